@@ -1,0 +1,1 @@
+"""click commands. Thin: parse, call one function, print."""

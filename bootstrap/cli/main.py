@@ -1,0 +1,49 @@
+"""The `gpunode` command.
+
+Heavy imports (pyinfra, grpc) happen inside the commands that need them, so that
+`gpunode --help` and `gpunode render` start fast and `gpunode plugin serve` never loads
+pyinfra's gevent.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+
+import click
+
+from gpunode.bootstrap.errors import GpunodeError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(version("gpunode"), "--version", prog_name="gpunode")
+def cli() -> None:
+    """Take a Linux host with NVIDIA GPUs to a working Kubernetes GPU node, and prove it.
+
+    \b
+    The chain gpunode sets up and checks, link by link:
+      driver -> container toolkit -> containerd runtime "nvidia" -> RuntimeClass
+      -> device plugin (NVML) -> kubelet registration -> Allocatable nvidia.com/gpu
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: expected failures become one paragraph and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except GpunodeError as exc:
+        click.echo(f"gpunode: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

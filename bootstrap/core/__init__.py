@@ -1,0 +1,1 @@
+"""Pure functions, no I/O: where gpunode's knowledge lives."""

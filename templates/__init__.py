@@ -1,0 +1,1 @@
+"""jinja2 templates shipped as package data (loaded with importlib.resources)."""
