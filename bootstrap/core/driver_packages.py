@@ -101,14 +101,14 @@ class DriverPlan:
 def _validate(request: DriverRequest, kernel_release: str) -> tuple[str | None, str | None]:
     """(branch, version) after checking their syntax and that they agree."""
     branch, version = request.branch, request.version
-    if branch is not None and not _BRANCH.match(branch):
+    if branch is not None and not _BRANCH.fullmatch(branch):
         raise UserError(
             f"Invalid driver branch {branch!r}: a branch is NVIDIA's major version, "
             "three or four digits such as 535 or 580.",
             fix="pass --driver-branch 535 (or another branch number)",
         )
     if version is not None:
-        if not _VERSION.match(version):
+        if not _VERSION.fullmatch(version):
             raise UserError(
                 f"Invalid driver version {version!r}.",
                 fix="pass NVIDIA's version (535.261.03) or the distro's package version "
@@ -128,7 +128,7 @@ def _validate(request: DriverRequest, kernel_release: str) -> tuple[str | None, 
     if request.flavour not in ("proprietary", "open"):
         raise UserError(f"Unknown driver flavour {request.flavour!r}.",
                         fix="use the proprietary or the open flavour")
-    if request.kernel_module != "none" and not _KERNEL_RELEASE.match(kernel_release):
+    if request.kernel_module != "none" and not _KERNEL_RELEASE.fullmatch(kernel_release):
         raise UserError(f"Unexpected kernel release {kernel_release!r} (from uname -r).")
     return branch, version
 

@@ -115,7 +115,7 @@ def _family(os: OsRelease) -> Family:
 
 
 def _check_version(version: str) -> None:
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise UserError(
             f"Invalid toolkit version {version!r}.",
             fix="pass NVIDIA's version such as 1.17.8 (or the package version 1.17.8-1)",
@@ -147,7 +147,7 @@ def key_install_script(key_url: str, fingerprint: str, keyring_path: str, *, dea
     """sh script: fetch the key (curl or wget, whichever exists), refuse it unless its
     primary fingerprint is `fingerprint`, write it (dearmored for apt's signed-by, armored
     for rpm) to `keyring_path` with a rename, so that a failure leaves nothing behind."""
-    if not _FINGERPRINT.match(fingerprint):
+    if not _FINGERPRINT.fullmatch(fingerprint):
         raise ValueError(f"not an OpenPGP v4 fingerprint: {fingerprint!r}")
     url, fpr, keyring = shlex.quote(key_url), shlex.quote(fingerprint), shlex.quote(keyring_path)
     tmp = shlex.quote(keyring_path + ".gpunode-tmp")

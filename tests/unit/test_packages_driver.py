@@ -92,6 +92,7 @@ def test_debian_trixie_is_branch_550() -> None:
     (BOOKWORM, DriverRequest(branch="535", version="550.163.01"), "not of branch 535"),
     (BOOKWORM, DriverRequest(branch="5x5"), "Invalid driver branch"),
     (BOOKWORM, DriverRequest(version="535; rm -rf /"), "Invalid driver version"),
+    (BOOKWORM, DriverRequest(version="535.261.03\n"), "Invalid driver version"),
     (OsRelease(id="debian", version_id="11", codename="bullseye"), DriverRequest(), "not of debian 11"),
     (OsRelease(id="arch"), DriverRequest(), "does not know how to install"),
     (OsRelease(id="fedora", version_id="41"), DriverRequest(), "does not know how to install"),
