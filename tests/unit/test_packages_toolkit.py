@@ -189,3 +189,21 @@ def test_dnf_toolkit_plan_and_bad_versions() -> None:
     for bad in ("1.17.8; reboot", "latest", "1.17.8\n"):
         with pytest.raises(UserError, match="toolkit version"):
             plan_toolkit_packages(bad, {})
+
+
+def test_update_of_only_the_toolkit_source(tmp_path: Path) -> None:
+    """apt_update_command(sources_list=...) refreshes that one file and nothing else."""
+    from gpunode.bootstrap.core.packages import apt_update_command
+
+    debian = ("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
+              "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    apt = PrivateApt(tmp_path, {"debian.sources": debian})
+    listing = plan_toolkit_repo(BOOKWORM, "x86_64").files[0]
+    path = tmp_path / "etc/apt/sources.list.d/nvidia-container-toolkit.list"
+    path.write_text(listing.content)
+    words = shlex.split(apt_update_command(sources_list=str(path)))
+    assert words[0] == "DEBIAN_FRONTEND=noninteractive"
+    out = apt.run(*words[1:], "--print-uris", check=False)
+    assert out.returncode == 0, out.stderr
+    assert "nvidia.github.io/libnvidia-container/stable/deb/amd64/Packages" in out.stdout
+    assert "deb.debian.org" not in out.stdout
