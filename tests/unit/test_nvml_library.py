@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -553,3 +554,21 @@ def test_two_drivers_in_the_cache_the_loaders_choice_wins(host: Host) -> None:
     chosen = choose_nvml_library(evidence)
     assert chosen.path == "/usr/local/lib/libnvidia-ml.so.550.54.15"
     assert any(DEBIAN_FILE in note and "535.261.03" in note for note in chosen.notes)
+
+
+def test_the_probe_through_pyinfras_command_fact() -> None:
+    # The node layer runs PROBE_COMMAND as a pyinfra fact; pyinfra wraps it in its own shell
+    # quoting. Run it that way on @local (in a separate process: pyinfra brings gevent).
+    script = (
+        "from pyinfra.api import Config, Inventory, State\n"
+        "from pyinfra.api.connect import connect_all\n"
+        "from pyinfra.facts.server import Command\n"
+        "from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND\n"
+        "inventory = Inventory((['@local'], {}))\n"
+        "state = State(inventory, Config())\n"
+        "connect_all(state)\n"
+        "print(inventory.get_host('@local').get_fact(Command, command=PROBE_COMMAND))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    direct = subprocess.run(["sh", "-c", PROBE_COMMAND], capture_output=True, text=True, check=True)
+    assert parse_probe(result.stdout) == parse_probe(direct.stdout)

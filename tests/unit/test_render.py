@@ -111,7 +111,7 @@ def test_help_explains_the_version_default_and_the_subcommands(capsys: pytest.Ca
     assert "subcommands" in out
 
 
-def test_the_installed_command(tmp_path: object) -> None:
+def test_the_installed_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gpunode.bootstrap.cli.main", "render", "--lib-path",
          "/usr/lib64/libnvidia-ml.so.550.54.15", "--plugin", "nvidia"],
