@@ -495,8 +495,7 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
                          + (f" (driver {other_version})" if other_version else "")
                          + f"; the loader uses {chosen.start} first")
 
-    leftovers = _leftovers(arch, evidence, resolve, chosen.final)
-    notes.extend(leftovers)
+    notes.extend(_leftovers(arch, evidence, resolve, {r.final for r in usable}))
 
     module = evidence.module_version
     if module is None:
@@ -547,10 +546,10 @@ def _check_chain(
 
 
 def _leftovers(
-    arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, chosen_file: str
+    arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, already_named: set[str]
 ) -> list[str]:
     notes: list[str] = []
-    seen = {chosen_file}
+    seen = set(already_named)
     for path in evidence.listed:
         resolution = resolve(path)
         if resolution.looped:

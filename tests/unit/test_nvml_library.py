@@ -553,7 +553,12 @@ def test_two_drivers_in_the_cache_the_loaders_choice_wins(host: Host) -> None:
     assert evidence.ldconfig.splitlines()[0].endswith("=> /usr/local/lib/libnvidia-ml.so.1")
     chosen = choose_nvml_library(evidence)
     assert chosen.path == "/usr/local/lib/libnvidia-ml.so.550.54.15"
-    assert any(DEBIAN_FILE in note and "535.261.03" in note for note in chosen.notes)
+    assert [note for note in chosen.notes if DEBIAN_FILE in note] == [
+        f"also in ldconfig's cache: /lib/x86_64-linux-gnu/libnvidia-ml.so.1 -> "
+        f"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 -> "
+        f"/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu -> "
+        f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1 -> {DEBIAN_FILE} "
+        f"(driver 535.261.03); the loader uses /usr/local/lib/libnvidia-ml.so.1 first"]
 
 
 def test_the_probe_through_pyinfras_command_fact() -> None:
