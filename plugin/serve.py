@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from gpunode.plugin.config import ConfigError, PluginConfig, check_socket_paths
 from gpunode.plugin.devices import Resource, plan_resources
@@ -17,7 +18,24 @@ from gpunode.plugin.nvml import Inventory, NvmlInitError, discover, start_nvml
 INIT_FAILURE_REPEAT_SECONDS = 600
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc; None where that is unavailable)."""
+    try:
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ready() -> None:
+    age = process_age()
+    log_event("plugin_ready", version=package_version(), seconds_since_start=None if age is None else f"{age:.2f}")
+
+
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # slow to import: not on the way to Register
+
     try:
         return version("gpunode")
     except PackageNotFoundError:
@@ -65,7 +83,7 @@ def serve(config: PluginConfig) -> int:
     from gpunode.plugin.nvml import XidEventSet
     from gpunode.plugin.server import PluginManager
 
-    log_event("plugin_starting", version=package_version(), driver=inventory.driver_version,
+    log_event("plugin_starting", driver=inventory.driver_version,
               nvml=inventory.nvml_version or None, gpus=len(inventory.gpus),
               resources=",".join(f"{r.name}:{len(r.devices)}" for r in resources),
               mig_strategy=config.mig_strategy, device_id_strategy=config.device_id_strategy,
@@ -92,7 +110,7 @@ def serve(config: PluginConfig) -> int:
     else:
         log_event("health_checks", enabled="false")
 
-    manager = PluginManager(config, resources, tracker, inventory.topology, metrics)
+    manager = PluginManager(config, resources, tracker, inventory.topology, metrics, on_ready=_ready)
     manager.install_signal_handlers()
     manager.run()
     return 0

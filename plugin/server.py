@@ -218,7 +218,8 @@ class ResourceServer:
 
 class PluginManager:
     def __init__(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker,
-                 topology: Topology, metrics: Metrics) -> None:
+                 topology: Topology, metrics: Metrics, on_ready: Callable[[], None] | None = None) -> None:
+        self._on_ready = on_ready
         self._config = config
         self._resources = resources
         self._tracker = tracker
@@ -330,6 +331,9 @@ class PluginManager:
         self._retry_at = None
         self._attempts = 0
         self._backoff = BACKOFF_FIRST
+        if self._on_ready is not None:
+            on_ready, self._on_ready = self._on_ready, None
+            on_ready()
 
     def run(self) -> None:
         """Serve, register and keep registered until asked to stop (SIGTERM, SIGINT)."""
