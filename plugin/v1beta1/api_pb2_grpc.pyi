@@ -5,7 +5,7 @@ The kubelet device plugin API, version v1beta1, as the kubelet serves and calls 
 (k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto). Written out for gpunode:
 every service, message, field name and field number must match the kubelet's, since
 the two sides only agree through them. Regenerate the Python modules beside this file
-with `python tests/plugin/generate_api.py` (see that script for the pinned tools).
+with `python tests/plugin/plugin_generate_api.py` (see that script for the pinned tools).
 """
 
 import abc

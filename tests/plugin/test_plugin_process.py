@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import GPU, PluginHarness
+from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir  # noqa: F401 (fixtures)
 from standins.fake_nvml import FakeGpu, FakeMig, FakeNvmlConfig
 from standins.kubelet import HEALTHY, UNHEALTHY, plugin_sockets
 

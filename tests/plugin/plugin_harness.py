@@ -1,5 +1,6 @@
-"""Fixtures for the device plugin tests: the fake NVML library, a kubelet stand-in, and the
-plugin itself as a real subprocess (`python -m gpunode.plugin serve ...`)."""
+"""Fixtures for the device plugin tests (imported by the test modules; a conftest.py here would
+shadow tests/conftest.py for `from conftest import ...`): the fake NVML library, a kubelet
+stand-in, and the plugin itself as a real subprocess (`python -m gpunode.plugin serve ...`)."""
 
 from __future__ import annotations
 

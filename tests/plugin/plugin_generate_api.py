@@ -1,11 +1,11 @@
 """Regenerate the device plugin API's Python modules from plugin/v1beta1/api.proto.
 
-    .venv/bin/python tests/plugin/generate_api.py
+    .venv/bin/python tests/plugin/plugin_generate_api.py
 
 The generated code depends on the generator's version: grpcio-tools writes the oldest
 grpcio and protobuf it works with into the modules (a runtime check), so the tools are
 pinned (the `test` extra pins the same versions) and pyproject's runtime floors follow
-them. tests/plugin/test_api_generated.py fails when the committed modules differ from
+them. tests/plugin/test_plugin_api.py fails when the committed modules differ from
 what this script writes.
 """
 
