@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import threading
 from bisect import bisect_left
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -110,33 +110,30 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics
-
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-        if self.path.split("?", 1)[0] != "/metrics":
-            self.send_error(404, "only /metrics is served here")
-            return
-        body = self.metrics.render().encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass  # one line per scrape would drown the plugin's own events
-
-
-class _MetricsServer6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def serve_metrics(address: tuple[str, int], metrics: Metrics) -> ThreadingHTTPServer:
+def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
     """Serve /metrics on address from a daemon thread; returns the server (for its port)."""
-    handler = type("MetricsHandler", (_Handler,), {"metrics": metrics})
-    server_class = _MetricsServer6 if ":" in address[0] else ThreadingHTTPServer
-    server = server_class(address, handler)
-    server.daemon_threads = True
+    # Imported here: http.server is slow to import and most plugins run without metrics.
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = metrics.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass  # one line per scrape would drown the plugin's own events
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        daemon_threads = True
+
+    server = Server(address, Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -253,6 +253,28 @@ def test_mig_mixed_serves_one_resource_per_profile(harness: PluginHarness) -> No
     assert plugin_sockets(harness.kubelet_dir) == []
 
 
+def test_mig_single_serves_mig_devices_as_the_gpu_resource(harness: PluginHarness) -> None:
+    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1"), FakeGpu(1, mig="1")),
+                                     migs=(FakeMig(0, gi=1), FakeMig(0, gi=2), FakeMig(1, gi=1))))
+    harness.serve("--mig-strategy", "single", "--device-id-strategy", "index")
+    assert [d.id for d in harness.kubelet.devices(GPU)] == ["0:0", "0:1", "1:0"]
+    response = harness.kubelet.allocate(GPU, ["0:1"]).container_responses[0]
+    assert dict(response.envs) == {"NVIDIA_VISIBLE_DEVICES": "0:1"}
+
+
+def test_mig_without_monitoring_rights_fails_naming_the_capability(harness: PluginHarness) -> None:
+    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", mig_error="NO_PERMISSION"),),
+                                     migs=(FakeMig(0, gi=1),)))
+    plugin = harness.start("--mig-strategy", "mixed")
+    assert plugin.proc.wait(10) == 1
+    line, = plugin.log().splitlines()
+    assert line.startswith("nvml_init_failed reason=mig_no_permission ")
+    assert "NVIDIA_MIG_MONITOR_DEVICES=all" in line and "SYS_ADMIN" in line
+    # The same node with MIG strategy none does not need MIG rights at all.
+    harness.serve("--mig-strategy", "none")
+    assert [d.id for d in harness.kubelet.devices(GPU)] == [uuid(0)]
+
+
 def test_mig_single_with_mixed_layout_fails_naming_mixed(harness: PluginHarness) -> None:
     harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1"), FakeGpu(1)), migs=(FakeMig(0, gi=1),)))
     plugin = harness.start("--mig-strategy", "single")

@@ -75,6 +75,7 @@ class FakeGpu:
     memory_mib: int = 40960
     mig: str = "0"                 # "unsupported", "0" (disabled) or "1" (enabled)
     events: bool = True            # False: the GPU cannot register for XID events
+    mig_error: str | None = None   # NVML error its MIG device lookups answer (NO_PERMISSION: F7)
 
     def resolved_uuid(self) -> str:
         return self.uuid or f"GPU-{0xfa4e0000 + self.index:08x}-0000-4000-8000-{self.index:012x}"
@@ -90,6 +91,8 @@ class FakeGpu:
             parts.append(f"numa={self.numa}")
         if not self.events:
             parts.append("events=unsupported")
+        if self.mig_error:
+            parts.append(f"mig_error={self.mig_error}")
         return " ".join(parts)
 
 

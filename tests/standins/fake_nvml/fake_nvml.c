@@ -149,6 +149,7 @@ struct fake_device {
     unsigned long long memory_bytes;
     int mig_mode;                  /* -1: MIG not supported, 0 disabled, 1 enabled */
     int events_supported;
+    int mig_error;                 /* NVML error the MIG device queries answer (0: none) */
     unsigned int gi, ci, gi_slices, ci_slices, sm_count, copy_engines, decoders, encoders, jpegs, ofas;
     struct fake_device *migs[MAX_MIGS];
     unsigned int mig_count;
@@ -347,6 +348,12 @@ static int parse_config_line(char *line, int lineno, int *init_error) {
             else if (strcmp(key, "memory_mib") == 0) g->memory_bytes = strtoull(value, NULL, 10) << 20;
             else if (strcmp(key, "mig") == 0) g->mig_mode = strcmp(value, "unsupported") == 0 ? -1 : atoi(value);
             else if (strcmp(key, "events") == 0) g->events_supported = strcmp(value, "unsupported") != 0;
+            else if (strcmp(key, "mig_error") == 0) {
+                if ((g->mig_error = parse_error_code(value)) < 0) {
+                    complain("config %s: mig_error wants an NVML error name", where);
+                    return NVML_ERROR_UNKNOWN;
+                }
+            }
             else if (strcmp(key, "pci_device_id") == 0) g->pci_device_id = (unsigned int)strtoul(value, NULL, 16);
             else {
                 complain("config %s: unknown gpu key", where);
@@ -725,6 +732,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned
     CHECK_GPU(d);
     if (!mig) return NVML_ERROR_INVALID_ARGUMENT;
     if (d->mig_mode != 1) return NVML_ERROR_INVALID_ARGUMENT;
+    if (d->mig_error) return d->mig_error;
     if (index >= 7) return NVML_ERROR_INVALID_ARGUMENT;
     if (index >= d->mig_count) return NVML_ERROR_NOT_FOUND;
     *mig = d->migs[index];
