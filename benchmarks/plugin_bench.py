@@ -253,7 +253,7 @@ def measure() -> dict[str, str]:
         stop(process)
     finally:
         world.close()
-    figures["load"] = f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end (1-minute load average, 2 cores)"
+    figures["load"] = f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     return figures
 
 
@@ -277,14 +277,15 @@ def record(figures: dict[str, str]) -> None:
         START,
         "## Device plugin",
         "",
-        f"Measured {today} on {platform.node() and 'a'} {os.cpu_count()}-core {platform.machine()} machine, "
+        f"Measured {today} on a {os.cpu_count()}-core {platform.machine()} machine, "
         f"Python {platform.python_version()}, "
         "with `benchmarks/plugin_bench.py --record`: the plugin as a real process (`python -m gpunode.plugin serve`, "
         "8 fake GPUs in NVLink pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real "
         "pynvml. NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way).",
         "",
-        f"**Other engineers were loading the CPU while these were taken** (load average {figures['load']}); "
-        "the figures are upper bounds, to be re-measured on a quiet machine.",
+        f"**Other engineers were loading the CPU while these were taken** (1-minute load average "
+        f"{figures['load']}, on 2 cores); the figures are upper bounds, to be re-measured on a quiet machine. "
+        "The do-nothing gRPC server beside the Allocate figures shows what the load alone costs.",
         "",
         "| figure | gpunode plugin | NVIDIA's plugin | target |",
         "|---|---|---|---|",

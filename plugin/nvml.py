@@ -297,7 +297,9 @@ class NvmlEvent:
 
 
 class XidEventSet:
-    """NVML's event set for XID critical errors on every GPU that supports them."""
+    """NVML's event set for XID critical errors on every GPU that supports them.
+
+    Raises pynvml.NVMLError when NVML offers no event sets at all."""
 
     def __init__(self, gpu_uuids: list[str]) -> None:
         self._set = pynvml.nvmlEventSetCreate()
@@ -305,8 +307,8 @@ class XidEventSet:
         self.unsupported: list[str] = []
         self._uuids = gpu_uuids
         for uuid in gpu_uuids:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
             try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
                 supported = pynvml.nvmlDeviceGetSupportedEventTypes(handle)
                 pynvml.nvmlDeviceRegisterEvents(handle, supported & pynvml.nvmlEventTypeXidCriticalError, self._set)
                 self.watched.append(uuid)

@@ -64,7 +64,12 @@ def serve(config: PluginConfig) -> int:
     """Run the plugin; returns the process exit code."""
     metrics = Metrics()
     if config.metrics_addr is not None:
-        serve_metrics(config.metrics_addr, metrics)
+        host, port = config.metrics_addr
+        try:
+            serve_metrics(config.metrics_addr, metrics)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                              "choose a free --metrics-addr, or leave it empty") from exc
     try:
         inventory, resources = load_devices(config)
     except NvmlInitError as exc:
@@ -79,6 +84,8 @@ def serve(config: PluginConfig) -> int:
     metrics.nvml_up(True)
 
     # grpc is imported only now: a plugin that fails above stays small and quick.
+    import pynvml
+
     from gpunode.plugin.health import HealthMonitor, HealthTracker
     from gpunode.plugin.nvml import XidEventSet
     from gpunode.plugin.server import PluginManager
@@ -101,12 +108,18 @@ def serve(config: PluginConfig) -> int:
     if config.health_checks:
         gpu_uuids = list(dict.fromkeys(d.gpu.uuid for r in resources for d in r.devices))
         # Registered before the kubelet hears of us: no XID after registration is missed.
-        events = XidEventSet(gpu_uuids)
-        log_event("health_checks", watched=len(events.watched), unsupported=",".join(events.unsupported) or None,
-                  ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
-                  fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
-                  recovery_seconds=f"{config.health_recovery_seconds:g}")
-        HealthMonitor(tracker, events).start()
+        try:
+            events = XidEventSet(gpu_uuids)
+        except pynvml.NVMLError as exc:
+            # Devices work without XID events (some virtualised GPUs have none): serve them,
+            # and say loudly that their health is not watched.
+            log_event("health_checks", enabled="false", reason="nvml_events_unavailable", error=str(exc))
+        else:
+            log_event("health_checks", watched=len(events.watched), unsupported=",".join(events.unsupported) or None,
+                      ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
+                      fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
+                      recovery_seconds=f"{config.health_recovery_seconds:g}")
+            HealthMonitor(tracker, events).start()
     else:
         log_event("health_checks", enabled="false")
 

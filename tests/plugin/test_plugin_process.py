@@ -146,6 +146,13 @@ def test_lost_gpu_is_unhealthy(harness: PluginHarness) -> None:
     assert {d.id: d.health for d in devices} == {uuid(0): UNHEALTHY, uuid(1): HEALTHY}
 
 
+def test_gpu_without_event_support_is_served_and_named(harness: PluginHarness) -> None:
+    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0), FakeGpu(1, events=False))))
+    plugin = harness.serve()
+    assert harness.kubelet.healthy_count(GPU) == 2
+    assert f"health_checks watched=1 unsupported={uuid(1)}" in plugin.log()
+
+
 def test_health_checks_can_be_disabled(harness: PluginHarness) -> None:
     harness.configure(FakeNvmlConfig.uniform(2))
     plugin = harness.serve(env={"GPUNODE_HEALTH_CHECKS": "false"})
@@ -345,6 +352,14 @@ def test_bad_flag_values_exit_2_naming_the_problem(harness: PluginHarness) -> No
         plugin = harness.start(*args)
         assert plugin.proc.wait(10) == 2, args
         assert words in plugin.log(), plugin.log()
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        plugin = harness.start("--metrics-addr", f"127.0.0.1:{busy.getsockname()[1]}")
+        assert plugin.proc.wait(10) == 2
+    assert "cannot serve metrics on 127.0.0.1:" in plugin.log()
     long_dir = harness.root / ("x" * 120)
     plugin = harness.start("--kubelet-dir", str(long_dir), kubelet_dir=False)
     assert plugin.proc.wait(10) == 2
@@ -403,3 +418,14 @@ def test_python_dash_m_and_gpunode_plugin_serve_are_the_same_command(short_dir: 
         for env in ("GPUNODE_KUBELET_DIR", "GPUNODE_HEALTH_RECOVERY_SECONDS", "GPUNODE_METRICS_ADDR",
                     "GPUNODE_FAIL_ON_INIT_ERROR"):
             assert env in result.stdout
+
+
+def test_gpunode_plugin_serve_runs_the_same_plugin(harness: PluginHarness) -> None:
+    # As the DaemonSet may start it: the `gpunode` command line, configured by environment.
+    plugin = harness.start(command=("-m", "gpunode.bootstrap.cli.main", "plugin", "serve"), kubelet_dir=False,
+                           env={"GPUNODE_KUBELET_DIR": str(harness.kubelet_dir)})
+    harness.kubelet.wait_registered(GPU, timeout=10)
+    assert harness.kubelet.healthy_count(GPU) == 2
+    assert plugin.terminate() == 0
+    failed = harness.start("--resource-name", "nogpu", command=("-m", "gpunode.bootstrap.cli.main", "plugin", "serve"))
+    assert failed.proc.wait(10) == 2
