@@ -296,6 +296,11 @@ class NvmlEvent:
     error: str | None = None
 
 
+def _address(handle: Any) -> int | None:
+    value = ctypes.cast(handle, ctypes.c_void_p).value
+    return int(value) if value is not None else None
+
+
 class XidEventSet:
     """NVML's event set for XID critical errors on every GPU that supports them.
 
@@ -306,9 +311,13 @@ class XidEventSet:
         self.watched: list[str] = []
         self.unsupported: list[str] = []
         self._uuids = gpu_uuids
+        # Events name their GPU by handle; a GPU that fell off the bus may no longer answer
+        # nvmlDeviceGetUUID, so remember which handle is which while it still does.
+        self._by_handle: dict[int | None, str] = {}
         for uuid in gpu_uuids:
             try:
                 handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+                self._by_handle[_address(handle)] = uuid
                 supported = pynvml.nvmlDeviceGetSupportedEventTypes(handle)
                 pynvml.nvmlDeviceRegisterEvents(handle, supported & pynvml.nvmlEventTypeXidCriticalError, self._set)
                 self.watched.append(uuid)
@@ -325,10 +334,12 @@ class XidEventSet:
             return NvmlEvent(gpu_uuid=None, xid=None, error=str(exc))
         if data.eventType != pynvml.nvmlEventTypeXidCriticalError:
             return None
-        try:
-            uuid: str | None = _text(pynvml.nvmlDeviceGetUUID(data.device))
-        except pynvml.NVMLError:
-            uuid = None
+        uuid = self._by_handle.get(_address(data.device))
+        if uuid is None:
+            try:
+                uuid = _text(pynvml.nvmlDeviceGetUUID(data.device))
+            except pynvml.NVMLError:
+                uuid = None
         gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
         return NvmlEvent(
             gpu_uuid=uuid, xid=int(data.eventData),

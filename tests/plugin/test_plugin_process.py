@@ -139,11 +139,16 @@ def test_fatal_xid_is_remembered_across_kubelet_restart(harness: PluginHarness) 
 
 
 def test_lost_gpu_is_unhealthy(harness: PluginHarness) -> None:
-    harness.configure(FakeNvmlConfig.uniform(2))
-    harness.serve()
+    harness.configure(FakeNvmlConfig.uniform(3))
+    plugin = harness.serve()
     harness.nvml.lose_gpu(0)
     devices = harness.kubelet.wait_devices(GPU, lambda ds: any(d.health == UNHEALTHY for d in ds))
-    assert {d.id: d.health for d in devices} == {uuid(0): UNHEALTHY, uuid(1): HEALTHY}
+    assert {d.id: d.health for d in devices} == {uuid(0): UNHEALTHY, uuid(1): HEALTHY, uuid(2): HEALTHY}
+    # XID 79 and the GPU gone at once: the event still names its GPU, whose queries now fail.
+    harness.nvml.inject_xid(2, 79)
+    harness.nvml.lose_gpu(2)
+    harness.kubelet.wait_devices(GPU, lambda ds: [d.health for d in ds] == [UNHEALTHY, HEALTHY, UNHEALTHY])
+    assert f"xid gpu={uuid(2)} xid=79 action=fatal" in plugin.log()
 
 
 def test_gpu_without_event_support_is_served_and_named(harness: PluginHarness) -> None:
@@ -294,7 +299,7 @@ def test_eight_gpus_preferred_allocation_follows_topology(harness: PluginHarness
     harness.configure(FakeNvmlConfig.dgx_like())
     harness.serve()
     ids = [d.id for d in harness.kubelet.devices(GPU)]
-    assert [d.numa_nodes for d in harness.kubelet.devices(GPU)] == [(0,)] * 4 + [(1,)] * 4
+    assert [d.topology for d in harness.kubelet.devices(GPU)] == [(0,)] * 4 + [(1,)] * 4
     prefer = harness.kubelet.preferred_allocation
     assert prefer(GPU, ids, [], 2) == [uuid(0), uuid(1)]                        # an NVLink pair
     assert prefer(GPU, ids, [uuid(5)], 2) == [uuid(4), uuid(5)]                 # its NVLink partner

@@ -53,7 +53,7 @@ _EXTENDED_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za
 class DeviceState:
     id: str
     health: str
-    numa_nodes: tuple[int, ...] = ()   # the device's TopologyInfo
+    topology: tuple[int, ...] = ()   # the device's TopologyInfo
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class _Endpoint:
             for response in call:
                 devices = tuple(
                     DeviceState(id=d.ID, health=d.health,
-                                numa_nodes=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else ())
+                                topology=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else ())
                     for d in response.devices
                 )
                 self.owner._received(self, devices)
@@ -260,7 +260,7 @@ class KubeletStandIn:
             if self._endpoints.get(resource) is not endpoint:
                 return  # replaced by a newer registration: nothing changes
             del self._endpoints[resource]
-            devices = tuple(DeviceState(d.id, UNHEALTHY, d.numa_nodes) for d in self._devices.get(resource, ()))
+            devices = tuple(DeviceState(d.id, UNHEALTHY, d.topology) for d in self._devices.get(resource, ()))
             self._publish(resource, devices, True)
         endpoint.channel.close()
         if self.on_update:
