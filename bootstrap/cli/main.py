@@ -14,6 +14,7 @@ import click
 
 from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.errors import GpunodeError
+from gpunode.plugin.cli import plugin_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +30,7 @@ def cli() -> None:
 
 
 cli.add_command(render)
+cli.add_command(plugin_group)
 
 
 def main(argv: list[str] | None = None) -> None:
