@@ -358,3 +358,26 @@ def test_a_killed_test_process_takes_its_host_with_it(cache_dir: Path, tmp_path:
     assert Path(workdir).exists()
     start_debian_host(cache_dir, name="sweeper").stop()
     assert not Path(workdir).exists()
+
+
+def test_a_loaded_nvidia_module_can_be_shown_to_the_host_and_taken_away(
+    debian_host: DebianHost,
+) -> None:
+    debian_host.set_loaded_nvidia_module("535.309.01")
+    assert debian_host.ssh("cat /sys/module/nvidia/version").stdout == "535.309.01\n"
+    if Path("/proc/modules").exists():  # a kernel without module support has none
+        assert debian_host.ssh("lsmod | awk '$1 == \"nvidia\"'").stdout.startswith("nvidia ")
+    else:
+        assert debian_host.ssh("test -e /proc/modules", check=False).returncode == 1
+    driver = debian_host.ssh("cat /proc/driver/nvidia/version").stdout
+    assert driver.startswith("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.309.01  ")
+    assert debian_host.ssh("test -d /sys/module/kernel").returncode == 0  # the rest is real
+    assert not Path("/sys/module/nvidia").exists()  # the machine's kernel is untouched
+
+    debian_host.set_loaded_nvidia_module("550.163.01")  # after a "reboot" into a new driver
+    assert debian_host.ssh("cat /sys/module/nvidia/version").stdout == "550.163.01\n"
+    debian_host.set_loaded_nvidia_module(None)
+    assert debian_host.ssh("test -e /sys/module/nvidia", check=False).returncode == 1
+    assert "nvidia" not in debian_host.ssh("cat /proc/modules", check=False).stdout
+    with pytest.raises(ValueError, match="not a driver version"):
+        debian_host.set_loaded_nvidia_module("535; reboot")

@@ -32,6 +32,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import textwrap
 import threading
 import time
 import weakref
@@ -235,6 +236,45 @@ class DebianHost:
         while self.containerd_pid() is not None:
             time.sleep(0.05)
 
+    # --- the kernel module this kernel cannot load ---------------------------------------
+
+    def set_loaded_nvidia_module(self, version: str | None) -> None:
+        """Make the host see an nvidia kernel module of `version` loaded (None: no module).
+
+        The machine's kernel takes no nvidia module, so this shows one where a node's tools
+        and facts look, in the kernel's formats, inside this host only:
+        /sys/module/nvidia/version (an overlay on the real /sys/module), the `nvidia` line
+        of /proc/modules (so lsmod lists it; only on a kernel with loadable modules: one
+        built without them has no /proc/modules at all) and /proc/driver/nvidia/version (a
+        tmpfs on /proc/driver). Calling it again replaces the version. Nothing else of a driver
+        comes with it (no /dev/nvidia*, NVML still finds no GPU).
+        """
+        if version is not None and not re.fullmatch(r"[0-9]+(\.[0-9]+)+", version):
+            raise ValueError(f"{version!r} is not a driver version like 535.309.01")
+        script = """
+            set -e
+            base=/run/gpunode-testbed/kmod
+            for m in /proc/modules /proc/driver /sys/module; do
+                if mountpoint -q "$m"; then umount "$m"; fi
+            done
+            rm -rf "$base"
+            [ -n "$1" ] || exit 0
+            mkdir -p "$base/upper" "$base/work"
+            mount -t overlay gpunode-kmod -o "lowerdir=/sys/module,upperdir=$base/upper,workdir=$base/work" /sys/module
+            mkdir /sys/module/nvidia
+            printf '%s\\n' "$1" > /sys/module/nvidia/version
+            echo live > /sys/module/nvidia/initstate
+            echo 0 > /sys/module/nvidia/refcnt
+            if [ -e /proc/modules ]; then
+                { cat /proc/modules; echo "nvidia 56913920 0 - Live 0x0000000000000000 (POE)"; } > "$base/modules"
+                mount --bind "$base/modules" /proc/modules
+            fi
+            mount -t tmpfs -o mode=0555,size=64k gpunode-driver /proc/driver
+            mkdir /proc/driver/nvidia
+            printf 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  %s  Thu Jan  1 00:00:00 UTC 2025\\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14+deb12u1)\\n' "$1" > /proc/driver/nvidia/version
+        """
+        self.exec(f"sh -c {shlex.quote(textwrap.dedent(script))} sh {shlex.quote(version or '')}")
+
     # --- lifetime ---------------------------------------------------------------------
 
     @property
@@ -266,8 +306,12 @@ def start_debian_host(
     name: str = "gpunode-test",
     recipe: RootfsRecipe = DEFAULT_RECIPE,
     ready_timeout: float = 30,
+    seed_apt_cache: bool = True,
 ) -> DebianHost:
     """Start a fresh host from the cached root filesystem (built on first use).
+
+    `seed_apt_cache=False` starts with an empty /var/cache/apt/archives, so apt downloads
+    everything (a cold install); what it downloads still goes to the shared pool.
 
     Call it from a thread that outlives the host (the main thread, a pytest fixture): the
     host is killed when the thread that started it exits.
@@ -287,7 +331,7 @@ def start_debian_host(
     for _attempt in range(3):
         port = _reserve_port()
         try:
-            return _launch(name, lower, hosts_dir, apt_pool, port, ready_timeout)
+            return _launch(name, lower, hosts_dir, apt_pool, port, ready_timeout, seed_apt_cache)
         except _PortTaken as exc:  # another process took the port between probe and bind
             last_error = exc
             _release_port(port)
@@ -368,7 +412,13 @@ def _release_port(port: int) -> None:
 
 
 def _launch(
-    name: str, lower: Path, hosts_dir: Path, apt_pool: Path, port: int, ready_timeout: float
+    name: str,
+    lower: Path,
+    hosts_dir: Path,
+    apt_pool: Path,
+    port: int,
+    ready_timeout: float,
+    seed_apt_cache: bool,
 ) -> DebianHost:
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=hosts_dir))
     for part in (str(lower), str(workdir)):
@@ -376,7 +426,7 @@ def _launch(
             raise HostStartError(f"the test cache path {part!r} may not contain ',' or ':'")
     process: subprocess.Popen[bytes] | None = None
     try:
-        _prepare_workdir(workdir, name, port, lower, apt_pool)
+        _prepare_workdir(workdir, name, port, lower, apt_pool if seed_apt_cache else None)
         log = open(workdir / "host.log", "wb")
         with log:
             process = subprocess.Popen(
@@ -403,7 +453,9 @@ def _launch(
     )
 
 
-def _prepare_workdir(workdir: Path, name: str, port: int, lower: Path, apt_pool: Path) -> None:
+def _prepare_workdir(
+    workdir: Path, name: str, port: int, lower: Path, apt_pool: Path | None
+) -> None:
     seed = workdir / "seed"
     seed.mkdir()
     for sub in ("upper", "ovl-work", "root", "containerd"):
@@ -472,7 +524,7 @@ def _prepare_workdir(workdir: Path, name: str, port: int, lower: Path, apt_pool:
     _seed_apt_archives(lower, workdir / "upper", apt_pool)
 
 
-def _seed_apt_archives(lower: Path, upper: Path, apt_pool: Path) -> None:
+def _seed_apt_archives(lower: Path, upper: Path, apt_pool: Path | None) -> None:
     """Give the host the packages earlier hosts downloaded (hard links, no copies).
 
     Each host has its own archives directory: apt locks it and writes partial downloads
@@ -488,7 +540,7 @@ def _seed_apt_archives(lower: Path, upper: Path, apt_pool: Path) -> None:
         (upper / part).mkdir(exist_ok=True)
         os.chmod(upper / part, stat.S_IMODE(st.st_mode))
         os.chown(upper / part, st.st_uid, st.st_gid)
-    for deb in apt_pool.glob("*.deb"):
+    for deb in apt_pool.glob("*.deb") if apt_pool is not None else []:
         target = upper / rel / deb.name
         try:
             os.link(deb, target)
