@@ -381,3 +381,11 @@ def test_a_loaded_nvidia_module_can_be_shown_to_the_host_and_taken_away(
     assert "nvidia" not in debian_host.ssh("cat /proc/modules", check=False).stdout
     with pytest.raises(ValueError, match="not a driver version"):
         debian_host.set_loaded_nvidia_module("535; reboot")
+
+
+def test_files_put_into_the_host_arrive_byte_for_byte(debian_host: DebianHost) -> None:
+    payload = bytes(range(256)) + "é\n$(reboot);'\"".encode()
+    debian_host.put_file("/etc/gpunode test/odd name.bin", payload, mode=0o600)
+    listing = debian_host.ssh("stat -c '%a %U %s' '/etc/gpunode test/odd name.bin'").stdout.split()
+    assert listing == ["600", "root", str(len(payload))]
+    assert (debian_host.root / "etc/gpunode test/odd name.bin").read_bytes() == payload

@@ -22,6 +22,7 @@ or by the next start if the test process was killed.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -111,6 +112,8 @@ class DebianHost:
         point at the *test machine's* files when followed from here: read them with
         os.readlink, or ask the host (`exec("readlink -f ...")`).
         """
+        if not self.running:  # its PID may belong to another process by now
+            raise RuntimeError(f"{self.name} is not running")
         return Path(f"/proc/{self._init_pid}/root")
 
     @property
@@ -182,12 +185,12 @@ class DebianHost:
         return _run(argv, check=check, input=input, timeout=timeout, env=env)
 
     def put_file(self, path: str, content: bytes | str, mode: int = 0o644) -> None:
-        """Write a file in the host (parents made), owned by root."""
+        """Write a file in the host (parents made), owned by root, bytes exactly as given."""
         data = content.encode() if isinstance(content, str) else content
         quoted = shlex.quote(path)
         self.exec(
-            f"mkdir -p \"$(dirname {quoted})\" && cat > {quoted} && chmod {mode:o} {quoted}",
-            input=data.decode("latin-1"),
+            f"mkdir -p \"$(dirname {quoted})\" && base64 -d > {quoted} && chmod {mode:o} {quoted}",
+            input=base64.b64encode(data).decode("ascii"),
         )
 
     # --- containerd as a plain process (there is no systemd) ---------------------------
@@ -706,6 +709,9 @@ def _sweep_abandoned(hosts_dir: Path, apt_pool: Path) -> None:
             continue
         if _start_time(int(owner_pid)) == owner_start:
             continue  # its test process is alive: the host is someone's
-        _kill_host(None, int(init_pid), pid_ns)
+        try:
+            _kill_host(None, int(init_pid), pid_ns)
+        except RuntimeError:
+            continue  # something of it still runs: leave its directory alone
         _harvest_apt_archives(workdir / "upper" / "var/cache/apt/archives", apt_pool)
         shutil.rmtree(workdir, ignore_errors=True)
