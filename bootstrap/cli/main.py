@@ -12,6 +12,7 @@ from importlib.metadata import version
 
 import click
 
+from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.errors import GpunodeError
 
 
@@ -25,6 +26,9 @@ def cli() -> None:
       driver -> container toolkit -> containerd runtime "nvidia" -> RuntimeClass
       -> device plugin (NVML) -> kubelet registration -> Allocatable nvidia.com/gpu
     """
+
+
+cli.add_command(render)
 
 
 def main(argv: list[str] | None = None) -> None:
