@@ -480,12 +480,18 @@ def _plan_dropin(
             fix="give the drop-in a path of its own, or use --in-place.",
         )
     dropin_model = load_strict(dropin_text, dropin_path) if dropin_text is not None else {}
-    dropin_schema = dropin_model.get("version")
-    if dropin_model and dropin_schema is not None and dropin_schema not in (2, 3, 4):
-        raise UnsupportedSchemaError(
-            f"{dropin_path} says `version = {dropin_schema!r}`, which gpunode does not know.",
-            fix=f"move {dropin_path} away; gpunode writes it anew.",
+    dropin_source = dropin_text if dropin_text is not None else _dropin_header(config_path, rules, schema)
+    dropin_schema = dropin_model.get("version", schema)
+    if not strictly_equal(dropin_schema, schema):
+        # An import's version applies to the merged config (proven with 2.x): a drop-in
+        # of another schema would be misread, so it is written anew.
+        notes.append(
+            f"{dropin_path} was written for config version {dropin_schema!r}, but {config_path} "
+            f"is version {schema}; gpunode writes the drop-in anew, dropping what it held: "
+            f"{', '.join(sorted(_leaves(dropin_model)))}."
         )
+        dropin_model = {}
+        dropin_source = _dropin_header(config_path, rules, schema)
     if dropin_model:
         _check_structure(dropin_model, schema, dropin_path, settings.runtime_name)
 
@@ -557,7 +563,6 @@ def _plan_dropin(
             if settings.set_default_runtime:
                 editor.set_if_different(default_runtime_path(schema), settings.runtime_name)
 
-    dropin_source = dropin_text if dropin_text is not None else _dropin_header(config_path, rules, schema)
     new_dropin = edit_checked(dropin_source, dropin_path, dropin_model, dropin_edits)
     return FileChange(config_path, config_text, new_main), FileChange(dropin_path, dropin_text, new_dropin)
 

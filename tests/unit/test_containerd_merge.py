@@ -347,6 +347,15 @@ def test_a_1x_dropin_is_rebuilt_from_the_main_file_and_says_what_it_drops() -> N
     assert any("replaces a whole plugin table" in note for note in plan.notes)
 
 
+def test_a_dropin_of_another_schema_is_written_anew() -> None:
+    old = f'version = 3\n[plugins."{V3}".containerd.runtimes.nvidia.options]\n  BinaryName = "/x"\n'
+    plan = plan_runtime_merge("version = 2\n", containerd_version="2.1", settings=RuntimeSettings(), dropin_text=old)
+    data = tomllib.loads(plan.files[1].new_text)
+    assert data["version"] == 2 and V3 not in data["plugins"]
+    assert data["plugins"][V2]["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"] == NVIDIA
+    assert any("written for config version 3" in note and "BinaryName" in note for note in plan.notes)
+
+
 def test_1x_dropin_warns_about_other_imports() -> None:
     text = 'version = 2\nimports = ["/etc/containerd/registry.toml"]\n'
     plan = plan_runtime_merge(text, containerd_version="1.7", settings=RuntimeSettings())
