@@ -449,6 +449,17 @@ def _plan_in_place(
     new_cri = _with_runtime(
         lookup(model, cri_path(schema)), rules, settings, notes, add_builtin_runc=rules.runtimes_replace_builtin
     )
+    imports = model.get("imports") or []
+    if imports:
+        how = (
+            "an imported file that has the CRI table replaces it whole, the runtime written here included"
+            if rules.imports_replace_plugin_tables
+            else "what an imported file sets overrides what is written here"
+        )
+        notes.append(
+            f"{config_path} imports {', '.join(imports)}; with containerd {rules.label} {how}. "
+            "`containerd config dump` shows the effective result."
+        )
     text = config_text if config_text is not None else _NEW_MAIN_HEADER
 
     def edits(editor: TomlEditor) -> None:
