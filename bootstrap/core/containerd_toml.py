@@ -2,11 +2,14 @@
 
 tomlkit keeps comments, key order and layout, but some of its edits go wrong on legal
 layouts (a table added under a table that was defined by dotted keys lands in the wrong
-place). So every edit here is made twice over: on the tomlkit document, and on a plain
-dict (the model of what the result must mean). The rendered text is parsed again with a
-strict TOML parser and must equal the model; if the natural edit does not, the edit is
-replayed with new tables appended at the end of the file under their full header path,
-which is always legal, and checked again. Nothing unchecked is ever returned.
+place), and it cannot parse some legal layouts at all (tables defined out of order). So
+every edit here is made twice over: on the tomlkit document, and on a plain dict (the model
+of what the result must mean). The rendered text is parsed again with a strict TOML parser
+and must equal the model, and tomlkit must be able to read it again. If the natural edit
+fails that check, the edit is replayed with new tables written inline, then with new
+tables appended at the end of the file under their full header path, each checked again.
+A file tomlkit cannot parse can still receive new tables appended as text. Nothing
+unchecked is ever returned, and a file that needs no change is returned byte for byte.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-Path = tuple[str, ...]
+KeyPath = tuple[str, ...]
 _POSITION = re.compile(r"^(?P<reason>.*?)\s*\((?:at line (?P<line>\d+), column (?P<col>\d+)|at end of document)\)$")
 
 
@@ -71,7 +74,7 @@ def strictly_equal(left: object, right: object) -> bool:
     return type(left) is type(right) and left == right
 
 
-def lookup(data: Mapping[str, Any], path: Path) -> Any:
+def lookup(data: Mapping[str, Any], path: KeyPath) -> Any:
     """The value at `path` in plain data, or None."""
     node: Any = data
     for key in path:
@@ -209,15 +212,15 @@ class TomlEditor:
         self.model = model
         self._original = copy.deepcopy(model)
         self._strategy = strategy if document is not None else "append"
-        self._appended: list[tuple[Path, dict[str, Any]]] = []
+        self._appended: list[tuple[KeyPath, dict[str, Any]]] = []
         self._layout = _layout(document) if document is not None else (0, 0)
 
     # -- reading -------------------------------------------------------------------------
-    def get(self, path: Path) -> Any:
+    def get(self, path: KeyPath) -> Any:
         """The intended value at `path` (plain data), or None."""
         return lookup(self.model, path)
 
-    def _node(self, path: Path) -> Any:
+    def _node(self, path: KeyPath) -> Any:
         if self.document is None:
             raise _NeedsParser(path)
         node: Any = self.document
@@ -227,7 +230,7 @@ class TomlEditor:
             node = node[key]
         return node
 
-    def _appended_home(self, path: Path) -> tuple[dict[str, Any], Path] | None:
+    def _appended_home(self, path: KeyPath) -> tuple[dict[str, Any], KeyPath] | None:
         """The table appended earlier in this edit that `path` lies in, and the rest of the path."""
         for base, mapping in self._appended:
             if path[: len(base)] == base:
@@ -235,16 +238,16 @@ class TomlEditor:
         return None
 
     # -- writing -------------------------------------------------------------------------
-    def set(self, path: Path, value: Any) -> None:
+    def set(self, path: KeyPath, value: Any) -> None:
         """Set a value (plain data; a mapping becomes a table)."""
         self._model_set(path, value)
         self._document_set(path, value)
 
-    def set_if_different(self, path: Path, value: Any) -> None:
+    def set_if_different(self, path: KeyPath, value: Any) -> None:
         if not strictly_equal(self.get(path), value):
             self.set(path, value)
 
-    def append(self, path: Path, value: Any) -> None:
+    def append(self, path: KeyPath, value: Any) -> None:
         """Append to an array (kept in its layout), or create a one-element array."""
         current = self.get(path)
         if not isinstance(current, list):
@@ -258,7 +261,7 @@ class TomlEditor:
             return
         self._node(path).append(value)
 
-    def delete(self, path: Path) -> None:
+    def delete(self, path: KeyPath) -> None:
         if lookup(self.model, path) is None:
             return
         parent = lookup(self.model, path[:-1])
@@ -271,7 +274,7 @@ class TomlEditor:
         node = self._node(path[:-1])
         del node[path[-1]]
 
-    def sync(self, path: Path, desired: Mapping[str, Any], *, prune: bool) -> None:
+    def sync(self, path: KeyPath, desired: Mapping[str, Any], *, prune: bool) -> None:
         """Make the table at `path` hold `desired`, touching only what differs.
 
         With prune, keys the table has and `desired` lacks are removed; without, kept.
@@ -297,13 +300,13 @@ class TomlEditor:
             for key in [k for k in current if k not in desired]:
                 self.delete((*path, key))
 
-    def _model_set(self, path: Path, value: Any) -> None:
+    def _model_set(self, path: KeyPath, value: Any) -> None:
         node = self.model
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
 
-    def _document_set(self, path: Path, value: Any) -> None:
+    def _document_set(self, path: KeyPath, value: Any) -> None:
         home = self._appended_home(path)
         if home is not None:
             mapping, rest = home
@@ -342,7 +345,7 @@ class TomlEditor:
             parent[key] = tomlkit.item(payload)
             _indent_like_siblings(parent, key)
 
-    def _headers_above(self, path: Path) -> int:
+    def _headers_above(self, path: KeyPath) -> int:
         """How many of the tables along `path` print a header of their own."""
         count = 0
         for depth in range(1, len(path) + 1):
@@ -351,7 +354,7 @@ class TomlEditor:
                 count += 1
         return count
 
-    def _append_without_parser(self, path: Path, value: Any) -> None:
+    def _append_without_parser(self, path: KeyPath, value: Any) -> None:
         depth = len(path) - 1
         while depth > 0 and not isinstance(lookup(self._original, path[:depth]), Mapping):
             depth -= 1
@@ -364,7 +367,7 @@ class TomlEditor:
             raise _NeedsParser(path)
         self._appended.append((path[: depth + 1], dict(payload)))
 
-    def _inside_inline(self, path: Path) -> bool:
+    def _inside_inline(self, path: KeyPath) -> bool:
         return any(isinstance(self._node(path[:depth]), InlineTable) for depth in range(1, len(path) + 1))
 
     # -- result --------------------------------------------------------------------------
