@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpunode.bootstrap.core.apt_sources import plan_apt_components
+from gpunode.bootstrap.core.containerd import parse_containerd_version
 from gpunode.bootstrap.core.driver_packages import DriverRequest, plan_driver
 from gpunode.bootstrap.core.host_facts import HostFacts
 from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord
@@ -108,8 +109,12 @@ def plan_preflight(facts: HostFacts, settings: NodeSettings) -> StepPlan:
         return plan
     parts = [found, facts.os.describe(), f"kernel {facts.kernel_release} {facts.arch}"]
     if facts.containerd.version_text:
-        parts.append(facts.containerd.version_text.split()[-2] if len(facts.containerd.version_text.split()) > 2
-                     else facts.containerd.version_text)
+        try:
+            parts.append("containerd " + ".".join(map(str, parse_containerd_version(facts.containerd.version_text))))
+        except GpunodeError:
+            parts.append(facts.containerd.version_text)
+    elif not facts.is_k3s:
+        parts.append("no containerd")
     if facts.module_version:
         parts.append(f"nvidia module {facts.module_version} loaded")
     plan.unchanged = ", ".join(parts)
