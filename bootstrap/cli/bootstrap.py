@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from gpunode.bootstrap.core.report import format_reports, reports_to_json
+from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
 
 
@@ -96,6 +97,8 @@ def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | Non
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UserError("bootstrap changes hosts and this is not an interactive terminal.",
                         fix="pass --yes to apply, or --dry-run to see the plan")
+    # Flags are checked before any host is contacted: a bad flag is the user's, not a host's.
+    resolve_settings("command line", {}, settings)
     override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
                         known_hosts=known_hosts, sudo=sudo)
     pyinfra_inventory = make_inventory(hosts, inventory, override)

@@ -51,7 +51,7 @@ _BOOLEANS = {f.name for f in fields(NodeSettings) if f.type in ("bool", bool)}
 _ABSOLUTE_PATHS = ("containerd_config", "runtime_path")
 
 
-def _as_bool(host: str, source: str, name: str, value: Any) -> bool:
+def _as_bool(host: str, source: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -59,37 +59,32 @@ def _as_bool(host: str, source: str, name: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise UserError(
-        f"{host}: {source} {name} = {value!r} is not a boolean.",
-        fix=f"set {name} to true or false",
-    )
+    raise UserError(f"{host}: {source} = {value!r} is not a boolean.", fix=f"set {source} to true or false")
 
 
 def _check(host: str, source: str, name: str, value: Any) -> Any:
     if value is None:
         return None
     if name in _BOOLEANS:
-        return _as_bool(host, source, name, value)
+        return _as_bool(host, source, value)
     if not isinstance(value, str):
-        raise UserError(f"{host}: {source} {name} = {value!r} must be a string.",
-                        fix=f"quote the value of {name}")
+        raise UserError(f"{host}: {source} = {value!r} must be a string.", fix=f"quote the value of {source}")
     if "\n" in value or "\0" in value:
-        raise UserError(f"{host}: {source} {name} contains a newline or NUL byte.",
-                        fix=f"give {name} on one line")
+        raise UserError(f"{host}: {source} contains a newline or NUL byte.", fix=f"give {source} on one line")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(
-            f"{host}: {source} {name} = {value!r} is not one of {', '.join(_CHOICES[name])}.",
+            f"{host}: {source} = {value!r} is not one of {', '.join(_CHOICES[name])}.",
             fix=f"use one of: {', '.join(_CHOICES[name])}",
         )
     if name == "driver_branch" and not _BRANCH.match(value):
-        raise UserError(f"{host}: {source} driver_branch = {value!r} is not a driver branch.",
+        raise UserError(f"{host}: {source} = {value!r} is not a driver branch.",
                         fix="give the three-digit branch, e.g. 535 or 550")
     if name in ("driver_version", "toolkit_version") and not _VERSION.match(value):
-        raise UserError(f"{host}: {source} {name} = {value!r} is not a package version.",
-                        fix=f"give {name} as the distro prints it, e.g. 535.261.03 or 1.17.8-1")
+        raise UserError(f"{host}: {source} = {value!r} is not a package version.",
+                        fix=f"give {source} as the distro prints it, e.g. 535.261.03 or 1.17.8-1")
     if name in _ABSOLUTE_PATHS and not value.startswith("/"):
-        raise UserError(f"{host}: {source} {name} = {value!r} is not an absolute path.",
-                        fix=f"give {name} as an absolute path on the host")
+        raise UserError(f"{host}: {source} = {value!r} is not an absolute path.",
+                        fix=f"give {source} as an absolute path on the host")
     return value
 
 
@@ -105,7 +100,7 @@ def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str,
     values: dict[str, Any] = {}
     for name in known:
         if DATA_PREFIX + name in data:
-            values[name] = _check(host, f"inventory data ({DATA_PREFIX}{name})", name, data[DATA_PREFIX + name])
+            values[name] = _check(host, f"inventory data {DATA_PREFIX}{name}", name, data[DATA_PREFIX + name])
     for name, value in overrides.items():
         if name not in known:
             raise ValueError(f"unknown setting {name}")
@@ -116,7 +111,7 @@ def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str,
         settings.driver_branch
     ):
         raise UserError(
-            f"{host}: driver_version {settings.driver_version} is not on branch {settings.driver_branch}.",
+            f"{host}: driver version {settings.driver_version} is not on branch {settings.driver_branch}.",
             fix="give a version of that branch, or only one of the two",
         )
     return settings

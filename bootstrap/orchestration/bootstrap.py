@@ -107,7 +107,9 @@ def _record(run: HostRun, plan: StepPlan, request: BootstrapRequest) -> None:
         status = "failed"
     elif plan.skipped is not None:
         status = "skipped"
-    elif plan.will_change:
+    elif plan.will_change or plan.changes:
+        # A step without commands can still change something: what it decided (the library
+        # moved), which the state step then records.
         status = "changed"
     else:
         status = "unchanged"

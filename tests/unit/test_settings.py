@@ -24,6 +24,7 @@ def test_flags_override_inventory_data_which_override_defaults() -> None:
         ({"gpunode_kernel_module": "kmod"}, {}, ["kmod", "dkms, precompiled, none"]),
         ({}, {"driver_branch": "53"}, ["--driver-branch", "three-digit"]),
         ({}, {"driver_version": "535; rm -rf /"}, ["--driver-version", "not a package version"]),
+        ({}, {"toolkit_version": "latest!"}, ["option --toolkit-version", "1.17.8-1"]),
         ({"gpunode_allow_no_gpu": "perhaps"}, {}, ["gpunode_allow_no_gpu", "true or false"]),
         ({"gpunode_containerd_config": "etc/containerd/config.toml"}, {}, ["absolute path"]),
         ({}, {"containerd_restart_command": "systemctl restart containerd\nrm -rf /"}, ["newline"]),
