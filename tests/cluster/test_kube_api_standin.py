@@ -381,6 +381,27 @@ def test_invalid_daemonset_is_rejected_with_422(kube_api: KubeApiStandIn,
     assert kube_api.get("DaemonSet", DS, NS) is None
 
 
+def test_unknown_fields_are_refused_as_by_a_real_server(kube_api: KubeApiStandIn,
+                                                        kubectl: Kubectl) -> None:
+    misplaced = daemonset()
+    misplaced["spec"]["template"]["spec"]["containers"][0]["runtimeClassName"] = "nvidia"
+    refused = apply(kubectl, misplaced, rc=1)
+    assert refused.stderr.strip() == (
+        f"Error from server: failed to create typed patch object ({NS}/{DS}; apps/v1, "
+        'Kind=DaemonSet): .spec.template.spec.containers[name="plugin"].runtimeClassName: '
+        "field not declared in schema")
+    created = kubectl("create", "-f", "-", stdin=manifest(misplaced), rc=1)
+    assert ('Error from server (BadRequest): error when creating "STDIN": DaemonSet in version '
+            '"v1" cannot be handled as a DaemonSet: strict decoding error: unknown field '
+            '"spec.template.spec.containers[0].runtimeClassName"') in created.stderr
+    assert kube_api.get("DaemonSet", DS, NS) is None
+    apply(kubectl, daemonset())
+    warned = kubectl("patch", "ds", DS, "-n", NS, "--type=merge", "-p", '{"spec":{"bogus":1}}')
+    assert 'Warning: unknown field "spec.bogus"' in warned.stderr
+    ds = kube_api.get("DaemonSet", DS, NS)
+    assert ds is not None and "bogus" not in ds["spec"]
+
+
 # The DaemonSet controller, rollout, wait -----------------------------------------------
 
 def test_rollout_status_waits_for_ready_pods_and_times_out_with_kubectls_message(
@@ -411,7 +432,9 @@ def test_on_delete_strategy_keeps_old_pods_until_deleted(kube_api: KubeApiStandI
     apply(kubectl, daemonset(strategy="OnDelete", image="registry.example/gpunode-plugin:0.2.0"))
     assert [p["metadata"]["name"] for p in pods_of(kube_api)] == [old_pod["metadata"]["name"]]
     ds = kube_api.get("DaemonSet", DS, NS)
-    assert ds is not None and ds["status"]["updatedNumberScheduled"] == 0
+    # Zero is omitted (omitempty), as a real server sends it: readers must default it.
+    assert ds is not None and "updatedNumberScheduled" not in ds["status"]
+    assert ds["status"]["observedGeneration"] == 2
     refused = kubectl("rollout", "status", f"ds/{DS}", "-n", NS, "--timeout=2s", rc=1)
     assert "rollout status is only available for RollingUpdate strategy type" in refused.stderr
     kubectl("delete", "pod", old_pod["metadata"]["name"], "-n", NS)
@@ -563,9 +586,12 @@ def test_events_by_field_selector_and_in_describe(kube_api: KubeApiStandIn,
 def test_scheduler_reports_insufficient_gpus_then_binds(kube_api: KubeApiStandIn,
                                                        kubectl: Kubectl) -> None:
     gpu_node(kube_api)
-    kube_api.on_pod_created(lambda pod: (
-        kube_api.set_pod_logs("default", pod["metadata"]["name"], "GPU 0: Tesla T4\n"),
-        kube_api.set_pod_phase("default", pod["metadata"]["name"], "Succeeded")))
+
+    def run_nvidia_smi(pod: dict[str, Any]) -> None:
+        kube_api.set_pod_logs("default", pod["metadata"]["name"], "GPU 0: Tesla T4\n")
+        kube_api.set_pod_phase("default", pod["metadata"]["name"], "Succeeded")
+
+    kube_api.on_pod_created(run_nvidia_smi)
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-check"},
            "spec": {"restartPolicy": "Never", "runtimeClassName": "nvidia",
                     "containers": [{"name": "smi", "image": "cuda", "command": ["nvidia-smi", "-L"],
@@ -606,11 +632,14 @@ def test_logs_of_pods_daemonsets_tail_and_previous(kube_api: KubeApiStandIn,
 
 def test_run_a_pod_and_read_its_logs(kube_api: KubeApiStandIn, kubectl: Kubectl) -> None:
     kube_api.add_node("node-1")
-    kube_api.on_pod_created(lambda pod: (
-        kube_api.set_pod_logs(pod["metadata"]["namespace"], pod["metadata"]["name"],
-                              " ".join(pod["spec"]["containers"][0]["args"]) + "\n"),
-        kube_api.set_pod_phase(pod["metadata"]["namespace"], pod["metadata"]["name"],
-                               "Succeeded")))
+
+    def run_echo(pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        args = pod["spec"]["containers"][0]["args"]
+        kube_api.set_pod_logs(meta["namespace"], meta["name"], " ".join(args) + "\n")
+        kube_api.set_pod_phase(meta["namespace"], meta["name"], "Succeeded")
+
+    kube_api.on_pod_created(run_echo)
     out = kubectl("run", "smoke", "--image=busybox", "--restart=Never", "--", "echo", "hello")
     assert out.stdout == "pod/smoke created\n"
     kube_api.wait_hooks_idle()

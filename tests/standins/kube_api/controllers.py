@@ -365,10 +365,12 @@ class Controllers:
                     available += 1
             elif node_pods:
                 misscheduled += 1
+        # As the Go type serialises it: the last four are omitempty, absent when zero.
         status: JSON = {"currentNumberScheduled": current, "desiredNumberScheduled": desired,
                         "numberMisscheduled": misscheduled, "numberReady": ready,
-                        "observedGeneration": ds["metadata"].get("generation", 1),
-                        "updatedNumberScheduled": updated}
+                        "observedGeneration": ds["metadata"].get("generation", 1)}
+        if updated:
+            status["updatedNumberScheduled"] = updated
         if available:
             status["numberAvailable"] = available
         if desired - available:

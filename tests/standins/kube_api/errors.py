@@ -23,8 +23,9 @@ class ApiError(Exception):
 
     def status(self) -> JSON:
         out: JSON = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                     "status": "Failure", "message": self.message, "reason": self.reason,
-                     "code": self.code}
+                     "status": "Failure", "message": self.message, "code": self.code}
+        if self.reason:
+            out["reason"] = self.reason
         if self.details is not None:
             out["details"] = self.details
         return out

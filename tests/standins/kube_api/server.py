@@ -102,6 +102,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache, private")
+        for warning in getattr(self, "_warnings", None) or []:
+            self.send_header("Warning", '299 - "' + warning.replace('"', '\\"') + '"')
         for key, value in (extra or {}).items():
             self.send_header(key, value)
         self.end_headers()
@@ -188,7 +190,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(errors.unauthorized())
             return
         try:
-            self._route(url.path, query, body, content_type)
+            mode = query.get("fieldValidation") or "Warn"
+            with self.standin.store.field_validation(mode) as warnings:
+                self._warnings = warnings
+                self._route(url.path, query, body, content_type)
         except errors.ApiError as err:
             self._send_error(err)
         except SelectorError as err:

@@ -37,7 +37,7 @@ from .store import APPLY_PATCH, MERGE_PATCH, ListOptions, Store, now_rfc3339
 from .selectors import parse_field_selector, parse_label_selector
 
 JSON = dict[str, Any]
-PodCallback = Callable[[JSON], None]
+PodCallback = Callable[[JSON], object]  # the return value is ignored
 
 SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.3",
                   "gitCommit": "32cc146f75aad04beaaa245a7157eb35063a9f99",

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from . import admission, errors, ownership, patches
+from . import admission, errors, ownership, patches, schema
 from .events import EVENTS_V1_FIELDS, from_events_v1, to_events_v1
 from .resources import BUILTIN_TYPES, ResourceType, type_from_crd
 from .selectors import (
@@ -89,6 +89,35 @@ class Store:
         self._depth = 0
         self._dirty = False
         self._reconciling = False
+        # Per request thread: the fieldValidation mode and the warnings for the response.
+        self._request = threading.local()
+
+    @contextlib.contextmanager
+    def field_validation(self, mode: str) -> Iterator[list[str]]:
+        """Strict (reject unknown fields), Warn (list them) or Ignore, for this thread's
+        writes; yields the warnings to send back (kubectl prints them)."""
+        self._request.mode = mode
+        self._request.warnings = []
+        try:
+            yield self._request.warnings
+        finally:
+            self._request.mode = None
+            self._request.warnings = None
+
+    def _check_unknown_fields(self, rt: ResourceType, obj: JSON) -> None:
+        if rt.custom:
+            return
+        mode = getattr(self._request, "mode", None) or "Strict"
+        unknown = schema.unknown_fields(rt.kind, obj, drop=mode != "Strict")
+        if not unknown:
+            return
+        texts = [f'unknown field "{decoder_path}"' for _, decoder_path in unknown]
+        if mode == "Strict":
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                f"strict decoding error: {', '.join(texts)}")
+        if mode == "Warn" and self._request.warnings is not None:
+            self._request.warnings.extend(texts)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -262,7 +291,10 @@ class Store:
             return self.resolve("Event")
         return rt
 
-    def _finish(self, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
+    def _finish(self, rt: ResourceType, obj: JSON, old: JSON | None,
+                check_fields: bool = True) -> None:
+        if check_fields:
+            self._check_unknown_fields(rt, obj)
         admission.apply_defaults(rt, obj)
         problems = admission.validate(rt, obj, old)
         if problems:
@@ -328,6 +360,9 @@ class Store:
                 spec.setdefault("priority", 0)
             if spec.get("nodeName") and self.prepare_bound_pod is not None:
                 self.prepare_bound_pod(obj)
+        elif rt.kind == "DaemonSet" and rt.group == "apps":
+            obj["status"] = {"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                             "desiredNumberScheduled": 0, "numberReady": 0}
         elif rt.kind == "Event" and rt.group == "":
             obj.setdefault("count", 1)
             stamp = now_rfc3339()
@@ -448,6 +483,16 @@ class Store:
         if not isinstance(applied, dict):
             raise errors.bad_request("apply patch must be an object")
         applied = self._incoming(rt, applied, namespace)
+        if not srt.custom:
+            # Apply types the patch against the schema first, whatever fieldValidation
+            # says; kube-apiserver 1.32 reports a failure there as a bare 500.
+            unknown = schema.unknown_fields(srt.kind, applied)
+            if unknown:
+                group_version = f"{rt.group}/{rt.version}"
+                raise errors.ApiError(
+                    500, "", f"failed to create typed patch object ({namespace}/{name}; "
+                             f"{group_version}, Kind={rt.kind}): "
+                    + "\n".join(f"{path}: field not declared in schema" for path, _ in unknown))
         applied_name = applied["metadata"].get("name")
         if applied_name and applied_name != name:
             raise errors.bad_request(
