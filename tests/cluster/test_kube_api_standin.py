@@ -442,6 +442,27 @@ def test_on_delete_strategy_keeps_old_pods_until_deleted(kube_api: KubeApiStandI
     assert new_pod["spec"]["containers"][0]["image"] == "registry.example/gpunode-plugin:0.2.0"
 
 
+def test_missing_service_account_shows_as_failed_create_on_the_daemonset(
+        kube_api: KubeApiStandIn, kubectl: Kubectl) -> None:
+    gpu_node(kube_api)
+    kubectl("create", "namespace", "gpunode-system")
+    ds = daemonset()
+    ds["metadata"]["namespace"] = "gpunode-system"
+    ds["spec"]["template"]["spec"]["serviceAccountName"] = "gpunode-plugin"
+    apply(kubectl, ds)
+    events = kubectl("get", "events", "-n", "gpunode-system", "--field-selector",
+                     f"involvedObject.kind=DaemonSet,involvedObject.name={DS}").stdout
+    assert (f'Error creating: pods "{DS}-" is forbidden: error looking up service account '
+            'gpunode-system/gpunode-plugin: serviceaccount "gpunode-plugin" not found') in events
+    assert kube_api.list("pods", "gpunode-system") == []
+    kubectl("create", "serviceaccount", "gpunode-plugin", "-n", "gpunode-system")
+    [pod] = kube_api.list("pods", "gpunode-system")
+    assert pod["spec"]["serviceAccountName"] == "gpunode-plugin"
+    kubectl("delete", "namespace", "gpunode-system")
+    assert kube_api.list("daemonsets", "gpunode-system") == []
+    assert kube_api.list("pods", "gpunode-system") == []
+
+
 def test_tainted_gpu_node_without_toleration_gets_no_daemon_pod(
         kube_api: KubeApiStandIn, kubectl: Kubectl) -> None:
     """FIELD-NOTES F15: DESIRED counts only nodes whose taints the pods tolerate."""

@@ -170,11 +170,12 @@ class Controllers:
         return [obj for _, obj in sorted(self.store.objects.get(rt.key, {}).items())]
 
     def record_event(self, involved: JSON, event_type: str, reason: str, message: str,
-                     component: str, host: str = "") -> JSON:
-        """Record an event about `involved`, folding a repeat into its count."""
+                     component: str, host: str = "", namespace: str | None = None) -> JSON:
+        """Record an event about `involved`, folding a repeat into its count. Events about
+        cluster-scoped objects go to `namespace` (default: "default")."""
         with self.store.writing():
             ref = _involved_reference(involved)
-            namespace = ref.get("namespace") or "default"
+            namespace = ref.get("namespace") or namespace or "default"
             rt = self._rt("Event")
             stamp = now_rfc3339()
             for key, event in self.store.objects.get(rt.key, {}).items():

@@ -368,15 +368,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     @staticmethod
     def _protobuf_to_json(rt: ResourceType, body: bytes) -> bytes:
-        if rt.kind != "SelfSubjectAccessReview":
+        supported = ("SelfSubjectAccessReview", "Namespace", "ServiceAccount", "ConfigMap",
+                     "Secret")
+        if rt.kind not in supported or rt.custom:
             raise errors.unsupported_media_type("application/vnd.kubernetes.protobuf",
                                                 ["application/json", "application/yaml"])
         try:
-            spec = protobuf.decode_access_review(body)
+            if rt.kind == "SelfSubjectAccessReview":
+                doc = {"metadata": {}, "spec": protobuf.decode_access_review(body)}
+            else:
+                doc = protobuf.decode_object(rt.kind, body)
         except ValueError as exc:
             raise errors.bad_request(f"unable to decode protobuf body: {exc}") from exc
-        return json.dumps({"apiVersion": rt.api_version, "kind": rt.kind, "metadata": {},
-                           "spec": spec}).encode()
+        return json.dumps({"apiVersion": rt.api_version, "kind": rt.kind, **doc}).encode()
 
     @staticmethod
     def _decode(body: bytes) -> Any:

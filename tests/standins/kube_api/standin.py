@@ -565,14 +565,8 @@ class KubeApiStandIn:
         if not rt.namespaced:
             involved = copy.deepcopy(involved)
             involved["metadata"]["namespace"] = ""
-        event = self.controllers.record_event(involved, type, reason, message, component)
-        if event["metadata"]["namespace"] != namespace:
-            # Events about cluster-scoped objects live where the caller says.
-            body = copy.deepcopy(event)
-            self.delete("Event", event["metadata"]["name"], event["metadata"]["namespace"])
-            body["metadata"] = {"name": event["metadata"]["name"], "namespace": namespace}
-            return self.create(body, field_manager=component)
-        return event
+        return self.controllers.record_event(involved, type, reason, message, component,
+                                             namespace=namespace)
 
     def add_cluster_policy(self, state: str = "ready", name: str = "cluster-policy",
                            spec: JSON | None = None) -> JSON:

@@ -318,19 +318,21 @@ class Store:
             namespace = self._check_namespace(rt, namespace)
             obj = self._incoming(rt, body, namespace)
             meta = obj["metadata"]
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + random_suffix()
-            name = meta.get("name", "")
-            if not name:
+            if not meta.get("name") and not meta.get("generateName"):
                 raise errors.invalid(rt, "", admission.validate_name(rt, ""))
-            if (namespace, name) in self._bucket(srt):
-                raise errors.already_exists(rt, name)
             for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields",
                         "deletionTimestamp", "generation"):
                 meta.pop(key, None)
             if srt.has_status and srt.kind not in ("Node", "Namespace"):
                 obj.pop("status", None)
+            # Admission sees the object before a generateName is turned into a name, so
+            # its refusals name `pods "ds-name-"`, as the real ones do.
             self._on_create(srt, obj)
+            if not meta.get("name"):
+                meta["name"] = meta["generateName"] + random_suffix()
+            name = meta["name"]
+            if (namespace, name) in self._bucket(srt):
+                raise errors.already_exists(rt, name)
             self._finish(srt, obj, None)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
@@ -358,6 +360,13 @@ class Store:
                 spec["priority"] = value
             else:
                 spec.setdefault("priority", 0)
+            account = spec.get("serviceAccountName") or spec.get("serviceAccount")
+            namespace = obj["metadata"].get("namespace", "")
+            if account and (namespace, account) not in self._bucket(self.resolve("ServiceAccount")):
+                raise errors.forbidden(rt, obj["metadata"].get("name") or
+                                       obj["metadata"].get("generateName", ""),
+                                       f"error looking up service account {namespace}/{account}: "
+                                       f'serviceaccount "{account}" not found')
             if spec.get("nodeName") and self.prepare_bound_pod is not None:
                 self.prepare_bound_pod(obj)
         elif rt.kind == "DaemonSet" and rt.group == "apps":
@@ -595,6 +604,16 @@ class Store:
 
     # Commit and watch ------------------------------------------------------------------
 
+    def _default_service_account(self, namespace: str) -> None:
+        """What the ServiceAccount controller does for every new namespace."""
+        sa_type = self.resolve("ServiceAccount")
+        if (namespace, "default") in self._bucket(sa_type):
+            return
+        account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "default", "namespace": namespace,
+                                "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}}
+        self._commit(sa_type, account, None)
+
     def _commit(self, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
@@ -606,6 +625,8 @@ class Store:
             self._dirty = True
         if rt.kind == "CustomResourceDefinition":
             self.register(type_from_crd(obj))
+        if rt.kind == "Namespace" and rt.group == "" and old is None:
+            self._default_service_account(obj["metadata"]["name"])
         for hook in self.after_write:
             hook(rt, "ADDED" if old is None else "MODIFIED", obj, old)
 
