@@ -639,6 +639,10 @@ class HttpsListener:
         self.listening.clear()
         sock, self.sock = self.sock, None
         if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop's select at once
+            except OSError:
+                pass
             sock.close()
 
     def start(self) -> None:
@@ -661,6 +665,9 @@ class HttpsListener:
                 continue
             try:
                 conn, addr = sock.accept()
+                # Responses go out as several small writes (headers, body, chunks): without
+                # this, Nagle's algorithm and the client's delayed ACK add ~40 ms to each.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 continue
             threading.Thread(target=self._serve_one, args=(conn, addr),
