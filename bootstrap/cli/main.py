@@ -12,7 +12,9 @@ from importlib.metadata import version
 
 import click
 
+from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.errors import GpunodeError
+from gpunode.plugin.cli import plugin_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -25,6 +27,10 @@ def cli() -> None:
       driver -> container toolkit -> containerd runtime "nvidia" -> RuntimeClass
       -> device plugin (NVML) -> kubelet registration -> Allocatable nvidia.com/gpu
     """
+
+
+cli.add_command(render)
+cli.add_command(plugin_group)
 
 
 def main(argv: list[str] | None = None) -> None:

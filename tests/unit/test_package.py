@@ -72,7 +72,7 @@ def test_nothing_installs_a_top_level_bootstrap_or_plugin(tmp_path: Path) -> Non
 
 def test_plugin_never_loads_pyinfra_gevent_or_bootstrap() -> None:
     probe = (
-        "import sys, gpunode.plugin; "
+        "import sys, gpunode.plugin, gpunode.plugin.cli, gpunode.plugin.server, gpunode.plugin.serve; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('pyinfra', 'gevent') "
         "or m.startswith('gpunode.bootstrap')]; print(bad)"
     )

@@ -1,0 +1,118 @@
+"""`gpunode render`: print what gpunode would apply or write, with no host and no cluster."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import click
+from click.core import ParameterSource
+
+from gpunode.bootstrap.core.manifests import (
+    MIG_STRATEGIES,
+    MODES,
+    NVIDIA_PLUGIN_IMAGE,
+    PLUGINS,
+    MigStrategy,
+    Mode,
+    Plugin,
+    PluginDeployment,
+    library_file_version,
+    render_manifests,
+)
+from gpunode.bootstrap.errors import UserError
+
+_MANIFEST_OPTIONS = (
+    "lib_path", "driver_version", "plugin", "mode", "image", "namespace", "mig_strategy",
+    "kubelet_root", "fail_on_init_error",
+)
+
+
+@click.group("render", invoke_without_command=True)
+@click.option("--lib-path", metavar="FILE",
+              help="The node's real NVML library file, e.g. "
+                   "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 "
+                   "(`readlink -f` of libnvidia-ml.so.1 on the node), never the .so.1 symlink. "
+                   "Required in mount mode.")
+@click.option("--driver-version", metavar="VERSION",
+              help="Driver version the DaemonSet is named and node-selected by. Default: read "
+                   "from the --lib-path file name (libnvidia-ml.so.<version>); required in "
+                   "runtime mode without --lib-path.")
+@click.option("--plugin", type=click.Choice(PLUGINS), default="bundled", show_default=True,
+              help="bundled: gpunode's own plugin; nvidia: NVIDIA's k8s-device-plugin image.")
+@click.option("--mode", type=click.Choice(MODES), default="mount", show_default=True,
+              help="mount: mount the library file, /dev, privileged; runtime: runtimeClassName "
+                   "nvidia, the NVIDIA runtime injects library and devices, SYS_ADMIN only.")
+@click.option("--image", metavar="REF",
+              help=f"Plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
+                   f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).")
+@click.option("--namespace", default="kube-system", show_default=True, metavar="NS")
+@click.option("--mig-strategy", type=click.Choice(MIG_STRATEGIES), default="none", show_default=True,
+              help="MIG exposure; single or mixed also turns on MIG monitoring (SYS_ADMIN).")
+@click.option("--kubelet-root", default="/var/lib/kubelet", show_default=True, metavar="DIR",
+              help="The kubelet's --root-dir on the nodes; its device-plugins dir is mounted.")
+@click.option("--fail-on-init-error/--no-fail-on-init-error", default=True, show_default=True,
+              help="Crash the plugin pod when NVML cannot start, so the failure shows instead of "
+                   "a Running pod with zero GPUs.")
+@click.pass_context
+def render(
+    ctx: click.Context,
+    lib_path: str | None,
+    driver_version: str | None,
+    plugin: str,
+    mode: str,
+    image: str | None,
+    namespace: str,
+    mig_strategy: str,
+    kubelet_root: str,
+    fail_on_init_error: bool,
+) -> None:
+    """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
+
+    \b
+    Example, for a Debian 12 node with driver 535.261.03:
+      gpunode render --lib-path \\
+        /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 | kubectl apply -f -
+
+    The options below apply to these manifests only. Other configuration (such as the
+    containerd drop-in) is printed by the subcommands listed under Commands, each with
+    its own --help. Exit status 0 when printed, 2 on bad input (the reason on stderr,
+    nothing on stdout).
+    """
+    if ctx.invoked_subcommand is not None:
+        given = [name for name in _MANIFEST_OPTIONS
+                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(
+                f"{flags} belong to the manifests `gpunode render` prints, not to "
+                f"`gpunode render {ctx.invoked_subcommand}`.",
+                f"Run `gpunode render {ctx.invoked_subcommand} --help` for its own options.",
+            )
+        return
+    if lib_path is None and mode == "mount":
+        raise UserError(
+            "Mount mode needs the node's real NVML library file, and --lib-path was not given.",
+            "Pass --lib-path with the file libnvidia-ml.so.1 resolves to on the node "
+            "(`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1` there), or use "
+            "--mode runtime with --driver-version.",
+        )
+    if driver_version is None:
+        if lib_path is None:
+            raise UserError(
+                "Runtime mode without --lib-path has no file name to read the driver version from.",
+                "Pass --driver-version (the node's driver, e.g. 535.261.03: "
+                "`cat /sys/module/nvidia/version` there).",
+            )
+        driver_version = library_file_version(lib_path)
+    deployment = PluginDeployment(
+        driver_version=driver_version,
+        lib_path=lib_path,
+        plugin=cast(Plugin, plugin),  # click.Choice has checked these three
+        mode=cast(Mode, mode),
+        mig_strategy=cast(MigStrategy, mig_strategy),
+        image=image,
+        namespace=namespace,
+        kubelet_root=kubelet_root,
+        fail_on_init_error=fail_on_init_error,
+    )
+    click.echo(render_manifests(deployment), nl=False)

@@ -1,0 +1,377 @@
+"""The cluster objects gpunode applies: RuntimeClass `nvidia` and a device plugin DaemonSet.
+
+One DaemonSet per driver version, named after it and node-selected on the node label
+`gpunode.io/driver-version`, so a fleet with mixed drivers gets, on every node, a plugin pod
+that mounts that node's library file. Two device access modes (FIELD-NOTES F1, F2, F5):
+
+- `mount`: the host's real `libnvidia-ml.so.<version>` (never the `.so.1` symlink, F2) as a
+  hostPath of type File at `/usr/local/lib/libnvidia-ml.so.1`, `LD_LIBRARY_PATH=/usr/local/lib`
+  and never a whole system library directory (F3); `/dev` from the host and `privileged: true`,
+  since the device cgroup refuses /dev/nvidia* to an unprivileged container (F5).
+- `runtime`: `runtimeClassName: nvidia`, the NVIDIA container runtime injects the library and
+  the devices; only `SYS_ADMIN` is added.
+
+Templates live in `gpunode.templates`; every value reaches them through the `yaml` filter (a
+JSON rendering, which is valid YAML), and the environment refuses to print anything that did
+not pass through it, so no value is ever pasted raw into a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version as package_version
+from typing import Any, Literal, Mapping
+
+import jinja2
+import yaml
+
+from gpunode.bootstrap.core.nvml_library import driver_version_of
+from gpunode.bootstrap.errors import UserError
+
+DRIVER_VERSION_LABEL = "gpunode.io/driver-version"
+MANAGED_BY_LABELS: Mapping[str, str] = {"app.kubernetes.io/managed-by": "gpunode"}
+NVML_LIBRARY_ANNOTATION = "gpunode.io/nvml-library"
+
+# Where the library is mounted inside the plugin container, and the directory put on
+# LD_LIBRARY_PATH: a directory of its own, so nothing of the image's is shadowed (F3).
+CONTAINER_LIBRARY_DIR = "/usr/local/lib"
+CONTAINER_LIBRARY_PATH = "/usr/local/lib/libnvidia-ml.so.1"
+# The kubelet's device-plugins directory is mounted here whatever the host's kubelet root:
+# NVIDIA's plugin only looks here, and the bundled plugin is told so by GPUNODE_KUBELET_DIR.
+CONTAINER_KUBELET_DIR = "/var/lib/kubelet/device-plugins"
+
+NVIDIA_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.20.0"
+BUNDLED_IMAGE_REPOSITORY = "ghcr.io/gpunode/gpunode"
+
+Plugin = Literal["bundled", "nvidia"]
+Mode = Literal["mount", "runtime"]
+MigStrategy = Literal["none", "single", "mixed"]
+
+PLUGINS: tuple[str, ...] = ("bundled", "nvidia")
+MODES: tuple[str, ...] = ("mount", "runtime")
+MIG_STRATEGIES: tuple[str, ...] = ("none", "single", "mixed")
+DEVICE_ID_STRATEGIES: tuple[str, ...] = ("uuid", "index")
+DEVICE_LIST_STRATEGIES: tuple[str, ...] = ("envvar", "cdi")
+
+_DAEMONSET_PREFIX = {"bundled": "gpunode-device-plugin", "nvidia": "gpunode-nvidia-device-plugin"}
+_TEMPLATE = {"bundled": "device-plugin-bundled.yaml.j2", "nvidia": "device-plugin-nvidia.yaml.j2"}
+
+_DRIVER_VERSION = re.compile(r"^\d{1,4}(?:\.\d{1,4}){1,3}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
+_RESOURCE_NAME = re.compile(r"^(?P<domain>[^/]+)/(?P<name>[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_METRICS_ADDR = re.compile(r"^(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+
+# An image reference as the container runtimes parse it: [registry[:port]/]path[:tag][@digest].
+# The first component is a registry only when it looks like a host (a dot, a port, or
+# localhost); otherwise it is part of the (lower-case) repository path.
+_IMAGE_HOST_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9]*[A-Za-z0-9])?"
+_IMAGE_DOMAIN = (rf"(?:(?:localhost|{_IMAGE_HOST_PART}(?:\.{_IMAGE_HOST_PART})+)(?::\d+)?"
+                 rf"|{_IMAGE_HOST_PART}:\d+)")
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+
+
+def bundled_image() -> str:
+    """The bundled plugin's image: gpunode's own, tagged with this package's version."""
+    try:
+        tag = package_version("gpunode")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        tag = "latest"
+    return f"{BUNDLED_IMAGE_REPOSITORY}:{tag}"
+
+
+def _check_driver_version(value: str) -> None:
+    if not isinstance(value, str) or not _DRIVER_VERSION.match(value):
+        raise UserError(
+            f"{value!r} is not an NVIDIA driver version.",
+            "Give it as it appears in the library's file name, e.g. 535.261.03 for "
+            "libnvidia-ml.so.535.261.03.",
+        )
+
+
+def daemonset_name(driver_version: str, plugin: str) -> str:
+    """`gpunode-device-plugin-535-261-03`: a DNS-1123 name per driver version and plugin."""
+    _check_driver_version(driver_version)
+    if plugin not in _DAEMONSET_PREFIX:
+        raise UserError(f"Unknown plugin {plugin!r}.", f"Use one of: {', '.join(PLUGINS)}.")
+    return f"{_DAEMONSET_PREFIX[plugin]}-{driver_version.replace('.', '-')}"
+
+
+def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"Unknown {what} {value!r}.", f"Use one of: {', '.join(choices)}.")
+
+
+def _check_host_path(what: str, value: str, flag: str) -> None:
+    if not value.startswith("/"):
+        raise UserError(f"The {what} {value!r} is not an absolute path.",
+                        f"Give {flag} as an absolute path on the node.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise UserError(f"The {what} {value!r} contains control characters.",
+                        f"Give {flag} as a plain path on the node.")
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise UserError(
+            f"The {what} {value!r} is not in normal form (Kubernetes refuses '..' in hostPath, "
+            "and '.', '//' or a trailing '/' make two names for one path).",
+            f"Give {flag} as {posixpath.normpath(value)!r}.",
+        )
+
+
+def library_file_version(lib_path: str) -> str:
+    """The driver version in a library file's name, after checking it is one to mount.
+
+    Raises UserError for a relative or odd path, for the `.so.1` symlink (F2) and for
+    anything that is not a `libnvidia-ml.so.<version>` file, above all a directory (F3).
+    """
+    _check_host_path("NVML library path", lib_path, "--lib-path")
+    found = driver_version_of(lib_path)
+    if found is not None and _DRIVER_VERSION.match(found):
+        return found
+    if posixpath.basename(lib_path).startswith("libnvidia-ml.so"):
+        problem = (f"{lib_path} is the symlink, not the library file: a hostPath mount of a "
+                   "symlink mounts nothing useful (F2).")
+    else:
+        problem = (f"{lib_path} is not an NVML library file (libnvidia-ml.so.<version>); "
+                   "mounting anything else, above all a whole library directory, breaks the "
+                   "container (F3).")
+    raise UserError(
+        problem,
+        "Give the real file the symlink chain ends at, e.g. "
+        "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 "
+        "(`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1` on the node).",
+    )
+
+
+@dataclass(frozen=True)
+class PluginDeployment:
+    """Everything that decides a device plugin DaemonSet; validated on construction."""
+
+    driver_version: str
+    lib_path: str | None  # the host's real library file; required in mount mode
+    plugin: Plugin = "bundled"
+    mode: Mode = "mount"
+    image: str | None = None  # None: the plugin's default image (set in __post_init__)
+    namespace: str = "kube-system"
+    kubelet_root: str = "/var/lib/kubelet"
+    mig_strategy: MigStrategy = "none"
+    fail_on_init_error: bool = True  # F11: an NVML failure must crash the pod, not idle
+    resource_name: str = "nvidia.com/gpu"
+    priority_class: str = "system-node-critical"
+    runtime_class: str = "nvidia"  # runtimeClassName in runtime mode
+    device_id_strategy: str = "uuid"
+    device_list_strategy: str = "envvar"
+    pass_device_specs: bool = False
+    health_checks: bool = True
+    health_ignore_xids: tuple[int, ...] = field(default=())
+    health_recovery_seconds: int | None = None  # bundled plugin only
+    metrics_addr: str | None = None  # bundled plugin only, e.g. ":9400"
+    image_pull_policy: str = "IfNotPresent"
+
+    def __post_init__(self) -> None:
+        _check_choice("plugin", self.plugin, PLUGINS)
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("MIG strategy", self.mig_strategy, MIG_STRATEGIES)
+        _check_choice("device ID strategy", self.device_id_strategy, DEVICE_ID_STRATEGIES)
+        _check_choice("device list strategy", self.device_list_strategy, DEVICE_LIST_STRATEGIES)
+        _check_choice("image pull policy", self.image_pull_policy, ("Always", "IfNotPresent", "Never"))
+        self._check_library()
+        _check_driver_version(self.driver_version)
+        _check_host_path("kubelet root directory", self.kubelet_root, "--kubelet-root")
+        if self.image is None:
+            object.__setattr__(self, "image", bundled_image() if self.plugin == "bundled" else NVIDIA_PLUGIN_IMAGE)
+        elif not isinstance(self.image, str) or not _IMAGE_REFERENCE.match(self.image):
+            raise UserError(
+                f"{self.image!r} is not a container image reference.",
+                "Give --image as [registry[:port]/]repository[:tag][@sha256:digest], e.g. "
+                f"{NVIDIA_PLUGIN_IMAGE}.",
+            )
+        if not _DNS_LABEL.match(self.namespace):
+            raise UserError(
+                f"{self.namespace!r} is not a valid namespace name.",
+                "Use lower-case letters, digits and '-', at most 63 characters, e.g. kube-system.",
+            )
+        if len(self.priority_class) > 253 or not _DNS_SUBDOMAIN.match(self.priority_class):
+            raise UserError(f"{self.priority_class!r} is not a valid priority class name.",
+                            "Use e.g. system-node-critical.")
+        if not _DNS_LABEL.match(self.runtime_class):
+            raise UserError(f"{self.runtime_class!r} is not a valid RuntimeClass name.",
+                            "Use the RuntimeClass gpunode creates: nvidia.")
+        self._check_resource_name()
+        self._check_health_and_metrics()
+
+    def _check_library(self) -> None:
+        if self.lib_path is None:
+            if self.mode == "mount":
+                raise UserError(
+                    "Mount mode needs the host's real NVML library file, and none was given.",
+                    "Pass --lib-path with the file libnvidia-ml.so.1 resolves to on the node "
+                    "(`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1` there; "
+                    "`gpunode bootstrap` finds it itself), or use --mode runtime.",
+                )
+            return
+        found = library_file_version(self.lib_path)
+        if found != self.driver_version:
+            raise UserError(
+                f"The library {self.lib_path} is driver {found}, but the driver version given "
+                f"is {self.driver_version}.",
+                "Leave --driver-version out (it is read from the library's file name) or make "
+                "them agree.",
+            )
+
+    def _check_resource_name(self) -> None:
+        found = _RESOURCE_NAME.match(self.resource_name)
+        if (not found or not _DNS_SUBDOMAIN.match(found.group("domain"))
+                or found.group("domain").endswith("kubernetes.io")):
+            raise UserError(
+                f"{self.resource_name!r} is not a valid extended resource name.",
+                "Use <domain>/<name> outside kubernetes.io, e.g. nvidia.com/gpu.",
+            )
+        if self.plugin == "nvidia" and self.resource_name != "nvidia.com/gpu":
+            raise UserError(
+                f"NVIDIA's device plugin names its resource itself; it cannot serve {self.resource_name!r}.",
+                "Use --plugin bundled for another resource name, or keep nvidia.com/gpu.",
+            )
+
+    def _check_health_and_metrics(self) -> None:
+        if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in self.health_ignore_xids):
+            raise UserError(f"XIDs to ignore must be non-negative integers, not {self.health_ignore_xids!r}.",
+                            "Give them as numbers, e.g. 13,31,43.")
+        if self.health_recovery_seconds is not None and (
+                isinstance(self.health_recovery_seconds, bool) or not isinstance(self.health_recovery_seconds, int)
+                or self.health_recovery_seconds <= 0):
+            raise UserError(f"The health recovery time {self.health_recovery_seconds!r} is not a positive "
+                            "number of seconds.", "Give a whole number of seconds, e.g. 300.")
+        if self.metrics_addr is not None and not _METRICS_ADDR.match(self.metrics_addr):
+            raise UserError(f"{self.metrics_addr!r} is not a listen address.",
+                            "Give host:port or :port, e.g. :9400.")
+        if self.plugin == "nvidia":
+            if self.device_list_strategy != "envvar":
+                raise UserError(
+                    "gpunode renders NVIDIA's plugin with the envvar device list strategy only.",
+                    "Use --plugin bundled for CDI, or NVIDIA's Helm chart for its CDI modes.",
+                )
+            if self.health_recovery_seconds is not None or self.metrics_addr is not None:
+                raise UserError(
+                    "NVIDIA's device plugin has no health recovery time and no metrics address.",
+                    "Leave them out, or use --plugin bundled.",
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+class _YamlText(str):
+    """Text the `yaml` filter produced: safe to place where a YAML value or key goes."""
+
+
+# YAML (1.1 and 1.2) treats these as line breaks or refuses them in a document; JSON leaves
+# them raw, so they are escaped on top of what json.dumps does.
+_YAML_UNSAFE = re.compile("[\u007f-\u009f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+def yaml_value(value: object) -> _YamlText:
+    """The jinja2 `yaml` filter: any plain value as a one-line JSON document, which YAML reads
+    back as exactly that value, whatever quotes, colons, hashes, braces or newlines it holds."""
+    if not (value is None or isinstance(value, (str, bool, int, list, tuple, dict))):
+        raise TypeError(f"refusing to render a {type(value).__name__} into a manifest")
+    text = json.dumps(value, ensure_ascii=False)
+    return _YamlText(_YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
+def _env_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _finalize(value: object) -> object:
+    # Called on every {{ ... }} output: anything that did not pass the yaml filter is a
+    # template bug, caught here rather than shipped as a manifest that parses differently.
+    if isinstance(value, _YamlText):
+        return value
+    raise TypeError(f"template printed {value!r} without the yaml filter")
+
+
+def _load_template(name: str) -> str:
+    return resources.files("gpunode.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FunctionLoader(_load_template),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    finalize=_finalize,
+)
+_ENV.filters["yaml"] = yaml_value
+_ENV.filters["envbool"] = _env_bool
+
+
+def _render(template: str, context: Mapping[str, Any]) -> str:
+    return _ENV.get_template(template).render(**context)
+
+
+def render_runtimeclass(handler: str = "nvidia") -> str:
+    """RuntimeClass `nvidia`, whose handler is the containerd runtime's name (F6, F17)."""
+    if not _DNS_LABEL.match(handler):
+        raise UserError(f"{handler!r} is not a valid RuntimeClass handler.",
+                        "Use the containerd runtime's name, e.g. nvidia.")
+    return _render("runtimeclass.yaml.j2", {
+        "name": "nvidia",
+        "handler": handler,
+        "labels": dict(MANAGED_BY_LABELS),
+    })
+
+
+def _context(dep: PluginDeployment) -> dict[str, Any]:
+    name = daemonset_name(dep.driver_version, dep.plugin)
+    selector = {"app.kubernetes.io/name": _DAEMONSET_PREFIX[dep.plugin], "app.kubernetes.io/instance": name}
+    labels = {**selector, **MANAGED_BY_LABELS, DRIVER_VERSION_LABEL: dep.driver_version}
+    annotations = {NVML_LIBRARY_ANNOTATION: dep.lib_path} if dep.mode == "mount" and dep.lib_path else {}
+    mig = dep.mig_strategy != "none"
+    # Runtime mode needs SYS_ADMIN anyway; in mount mode privileged already holds it, and it
+    # is named again when MIG is on so that the MIG requirement (F7) is visible in the spec.
+    capabilities = ["SYS_ADMIN"] if dep.mode == "runtime" or mig else []
+    return {
+        "dep": dep,
+        "name": name,
+        "selector": selector,
+        "labels": labels,
+        "annotations": annotations,
+        "node_selector": {DRIVER_VERSION_LABEL: dep.driver_version, "kubernetes.io/os": "linux"},
+        "mig": mig,
+        "privileged": dep.mode == "mount",
+        "capabilities": capabilities,
+        "kubelet_host_dir": posixpath.join(dep.kubelet_root, "device-plugins"),
+        "kubelet_container_dir": CONTAINER_KUBELET_DIR,
+        "library_dir": CONTAINER_LIBRARY_DIR,
+        "library_path": CONTAINER_LIBRARY_PATH,
+        "ignore_xids": ",".join(str(x) for x in dep.health_ignore_xids),
+    }
+
+
+def render_device_plugin(dep: PluginDeployment) -> str:
+    """The device plugin DaemonSet for one driver version, as one YAML document."""
+    return _render(_TEMPLATE[dep.plugin], _context(dep))
+
+
+def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
+    """RuntimeClass then DaemonSet, as a multi-document YAML stream."""
+    runtimeclass = render_runtimeclass(handler)
+    daemonset = render_device_plugin(dep)
+    return f"---\n{runtimeclass.rstrip()}\n---\n{daemonset.rstrip()}\n"
+
+
+def manifest_objects(dep: PluginDeployment, handler: str = "nvidia") -> list[dict[str, Any]]:
+    """The same objects, parsed, for the cluster layer (e.g. to apply or compare them)."""
+    return [doc for doc in yaml.safe_load_all(render_manifests(dep, handler)) if doc is not None]

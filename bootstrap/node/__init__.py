@@ -1,0 +1,1 @@
+"""pyinfra facts (read the host) and operations (change it)."""

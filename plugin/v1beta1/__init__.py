@@ -1,0 +1,5 @@
+"""The kubelet device plugin API v1beta1: api.proto and the modules grpcio-tools generated
+from it (api_pb2, api_pb2_grpc, with typed stubs). Do not edit the generated files; see
+tests/plugin/plugin_generate_api.py."""
+
+VERSION = "v1beta1"

@@ -1,0 +1,46 @@
+"""The plugin image installs gpunode without its dependencies plus the plugin's own four;
+the plugin must run on exactly those."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from plugin_generate_api import REPO_ROOT
+
+CONTAINERFILE = REPO_ROOT / "Containerfile"
+# The four requirements' import names, and typing_extensions, which grpcio itself requires.
+IMAGE_PACKAGES = {"gpunode", "click", "grpc", "google", "pynvml", "typing_extensions"}
+# Present here but not needed: grpc imports grpc_tools only if it happens to be installed
+# (here: the test extra); Cython's runtime modules and the venv's editable-install hooks.
+NOT_PACKAGES = ("grpc_tools", "cython_runtime", "_cython_", "__main__", "__editable__", "_distutils_hack")
+
+
+def test_containerfile_selects_the_plugin_requirements_from_pyproject(tmp_path: Path) -> None:
+    text = CONTAINERFILE.read_text()
+    script = re.search(r'python -c "(.*?)" > /wheels/plugin-requirements.txt', text, re.S)
+    assert script, "the Containerfile's requirement selection moved; update this test"
+    (tmp_path / "pyproject.toml").write_text((REPO_ROOT / "pyproject.toml").read_text())
+    result = subprocess.run([sys.executable, "-c", script.group(1).replace("\\n", "\n").replace(
+        "'\n'", "'\\n'")], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = [re.split(r"[<>=]", line)[0] for line in result.stdout.split()]
+    assert sorted(names) == ["click", "grpcio", "nvidia-ml-py", "protobuf"]
+    assert 'ENTRYPOINT ["python", "-m", "gpunode.plugin"]' in text and 'CMD ["serve"]' in text
+    for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
+        assert (REPO_ROOT / source).exists(), source
+
+
+def test_plugin_imports_only_what_the_image_installs() -> None:
+    probe = (
+        "import sys\n"
+        "import gpunode.plugin.cli, gpunode.plugin.serve, gpunode.plugin.server, gpunode.plugin.health, "
+        "gpunode.plugin.inventory_view\n"
+        "outside = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - set(sys.builtin_module_names))\n"
+        "print(' '.join(outside))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    outside = {name for name in result.stdout.split() if not name.startswith(NOT_PACKAGES)}
+    assert outside <= IMAGE_PACKAGES, outside - IMAGE_PACKAGES
