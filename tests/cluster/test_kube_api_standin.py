@@ -749,6 +749,36 @@ def test_auth_can_i_and_cluster_info(kube_api: KubeApiStandIn, kubectl: Kubectl)
         kubectl("cluster-info").stdout
 
 
+# gpunode's own manifests -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("plugin", "mode"), [("bundled", "mount"), ("nvidia", "runtime")])
+def test_gpunodes_rendered_manifests_apply_and_roll_out(kube_api: KubeApiStandIn,
+                                                        kubectl: Kubectl, plugin: str,
+                                                        mode: str) -> None:
+    from gpunode.bootstrap.core.manifests import PluginDeployment, render_manifests
+
+    deployment = PluginDeployment(
+        driver_version="535.288.01", plugin=plugin, mode=mode,  # type: ignore[arg-type]
+        lib_path="/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.288.01")
+    text = render_manifests(deployment)
+    gpu_node(kube_api, "gpu-1", taints=["nvidia.com/gpu=present:NoSchedule"],
+             labels={"kubernetes.io/os": "linux"})
+    mark_ready_on_create(kube_api)
+    out = kubectl("apply", "--server-side", "--field-manager=gpunode", "-f", "-", stdin=text)
+    [name] = [line.split("/")[1].split()[0] for line in out.stdout.splitlines()
+              if line.startswith("daemonset.apps/")]
+    first = kube_api.get("DaemonSet", name, NS)
+    kubectl("rollout", "status", f"ds/{name}", "-n", NS, "--timeout=10s")
+    kubectl("apply", "--server-side", "--field-manager=gpunode", "-f", "-", stdin=text)
+    again = kube_api.get("DaemonSet", name, NS)
+    assert first is not None and again is not None
+    assert again["metadata"]["generation"] == first["metadata"]["generation"] == 1
+    assert again["spec"] == first["spec"]
+    assert again["status"]["desiredNumberScheduled"] == 1  # the taint is tolerated
+    assert kubectl("diff", "--server-side", "--field-manager=gpunode", "-f", "-",
+                   stdin=text).stdout == ""
+
+
 # Wiring a pod to a real process --------------------------------------------------------
 
 def test_daemonset_pod_runs_as_a_real_process(kube_api: KubeApiStandIn, kubectl: Kubectl,

@@ -3,11 +3,12 @@
 Field sets are sets of paths; a path is a tuple of elements spelled as in FieldsV1:
 `f:<field>` for a map member, `k:{"name":"x"}` for an item of a list keyed by its fields,
 `v:"x"` for a member of a set of primitives. A field owned as a whole (a scalar, an
-atomic list, an empty map) is a leaf path. List items are members themselves (their path
-is in the set as well as their children's), which is what FieldsV1's "." records.
+atomic list or map, an empty map) is a leaf path. List items are members themselves
+(their path is in the set as well as their children's), which is what FieldsV1's "."
+records.
 
-Which lists are keyed, sets, or atomic follows the Go types' `listType`/`listMapKey`
-markers for the built-in types served here; custom resources have atomic lists.
+Which lists are keyed (and by what), sets or atomic, and which maps are atomic, comes
+from the object's schema (k8s_schema: the real v1.32 markers, or a CRD's schema).
 """
 
 from __future__ import annotations
@@ -17,21 +18,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from . import k8s_schema
+from .k8s_schema import Node
+
 JSON = dict[str, Any]
 Path = tuple[str, ...]
 
-# listType=map with these keys (apply).
-ASSOCIATIVE_KEYS: dict[str, tuple[str, ...]] = {
-    "containers": ("name",), "initContainers": ("name",), "ephemeralContainers": ("name",),
-    "env": ("name",), "volumes": ("name",), "volumeMounts": ("mountPath",),
-    "volumeDevices": ("devicePath",), "ports": ("containerPort", "protocol"),
-    "imagePullSecrets": ("name",), "hostAliases": ("ip",), "conditions": ("type",),
-    "ownerReferences": ("uid",), "resourceClaims": ("name",),
-    "topologySpreadConstraints": ("topologyKey", "whenUnsatisfiable"),
-    "containerStatuses": ("name",), "initContainerStatuses": ("name",),
-}
+# Key fields the server defaults before apply looks at them (a port's protocol).
 KEY_DEFAULTS: dict[str, Any] = {"protocol": "TCP"}
-SET_LISTS = {"finalizers"}
 
 # Never owned: identity and bookkeeping the server sets.
 IGNORED_TOP = {"apiVersion", "kind"}
@@ -40,20 +34,9 @@ IGNORED_METADATA = {"name", "namespace", "uid", "resourceVersion", "generation",
                     "managedFields", "selfLink", "generateName"}
 
 
-def _list_kind(field: str, custom: bool) -> str:
-    if custom:
-        return "atomic"
-    if field in ASSOCIATIVE_KEYS:
-        return "map"
-    if field in SET_LISTS:
-        return "set"
-    return "atomic"
-
-
-def _item_key(field: str, item: Any) -> str | None:
-    if not isinstance(item, dict):
+def _item_key(keys: tuple[str, ...], item: Any) -> str | None:
+    if not isinstance(item, dict) or not keys:
         return None
-    keys = ASSOCIATIVE_KEYS[field]
     ident = {}
     for k in keys:
         if k in item:
@@ -65,25 +48,33 @@ def _item_key(field: str, item: Any) -> str | None:
     return "k:" + json.dumps(dict(sorted(ident.items())), separators=(",", ":"))
 
 
-def _walk(value: Any, path: Path, field: str, custom: bool, out: set[Path]) -> None:
+def _item_matches(element: str, item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    ident = json.loads(element[2:])
+    return all(item.get(k, KEY_DEFAULTS.get(k)) == v for k, v in ident.items())
+
+
+def _walk(value: Any, path: Path, node: Node, out: set[Path]) -> None:
     if isinstance(value, dict):
-        if not value:
+        if not value or k8s_schema.is_atomic_map(node):
             out.add(path)
             return
         for key, child in value.items():
-            if child is None:
-                continue
-            _walk(child, path + (f"f:{key}",), key, custom, out)
+            if child is not None:
+                _walk(child, path + (f"f:{key}",), k8s_schema.child(node, key)[1], out)
         return
     if isinstance(value, list) and value:
-        kind = _list_kind(field, custom)
-        if kind == "map" and all(_item_key(field, i) for i in value):
+        kind, keys = k8s_schema.list_type(node)
+        item_node = k8s_schema.items(node)
+        if kind == "map" and all(_item_key(keys, i) for i in value):
             for item in value:
-                item_path = path + (str(_item_key(field, item)),)
+                item_path = path + (str(_item_key(keys, item)),)
                 out.add(item_path)
                 for key, child in item.items():
                     if child is not None:
-                        _walk(child, item_path + (f"f:{key}",), key, custom, out)
+                        _walk(child, item_path + (f"f:{key}",),
+                              k8s_schema.child(item_node, key)[1], out)
             return
         if kind == "set" and all(not isinstance(i, (dict, list)) for i in value):
             for item in value:
@@ -92,7 +83,7 @@ def _walk(value: Any, path: Path, field: str, custom: bool, out: set[Path]) -> N
     out.add(path)
 
 
-def fieldset(obj: JSON, custom: bool, scope: str = "main", has_status: bool = True) -> set[Path]:
+def fieldset(obj: JSON, root: Node, scope: str = "main", has_status: bool = True) -> set[Path]:
     """The paths of `obj` that can be owned.
 
     scope "main": everything but status (when the type has a status subresource);
@@ -106,13 +97,14 @@ def fieldset(obj: JSON, custom: bool, scope: str = "main", has_status: bool = Tr
             continue
         if key != "status" and scope == "status":
             continue
+        node = k8s_schema.child(root, key)[1]
         if key == "metadata" and isinstance(value, dict):
-            meta = {k: v for k, v in value.items() if k not in IGNORED_METADATA}
-            for mkey, mval in meta.items():
-                if mval is not None:
-                    _walk(mval, ("f:metadata", f"f:{mkey}"), mkey, custom, out)
+            for mkey, mval in value.items():
+                if mkey not in IGNORED_METADATA and mval is not None:
+                    _walk(mval, ("f:metadata", f"f:{mkey}"), k8s_schema.child(node, mkey)[1],
+                          out)
             continue
-        _walk(value, (f"f:{key}",), key, custom, out)
+        _walk(value, (f"f:{key}",), node, out)
     return out
 
 
@@ -121,18 +113,15 @@ _MISSING = object()
 
 def get_at(obj: Any, path: Path) -> Any:
     cur = obj
-    field = ""
     for el in path:
         if el.startswith("f:"):
-            field = el[2:]
-            if not isinstance(cur, dict) or field not in cur:
+            if not isinstance(cur, dict) or el[2:] not in cur:
                 return _MISSING
-            cur = cur[field]
+            cur = cur[el[2:]]
         elif el.startswith("k:"):
             if not isinstance(cur, list):
                 return _MISSING
-            cur = next((i for i in cur if field in ASSOCIATIVE_KEYS and _item_key(field, i) == el),
-                       _MISSING)
+            cur = next((i for i in cur if _item_matches(el, i)), _MISSING)
             if cur is _MISSING:
                 return _MISSING
         elif el.startswith("v:"):
@@ -151,8 +140,7 @@ def remove_at(obj: Any, path: Path) -> None:
     if last.startswith("f:") and isinstance(parent, dict):
         parent.pop(last[2:], None)
     elif last.startswith("k:") and isinstance(parent, list):
-        field = next((p[2:] for p in reversed(path[:-1]) if p.startswith("f:")), "")
-        parent[:] = [i for i in parent if _item_key(field, i) != last] if field in ASSOCIATIVE_KEYS else parent
+        parent[:] = [i for i in parent if not _item_matches(last, i)]
     elif last.startswith("v:") and isinstance(parent, list):
         want = json.loads(last[2:])
         parent[:] = [i for i in parent if i != want]
@@ -254,23 +242,25 @@ class ApplyConflict(Exception):
         self.conflicts = conflicts
 
 
-def _merge_applied(live: Any, applied: Any, field: str, custom: bool) -> Any:
-    if isinstance(applied, dict) and isinstance(live, dict):
+def _merge_applied(live: Any, applied: Any, node: Node) -> Any:
+    if isinstance(applied, dict) and isinstance(live, dict) and \
+            not k8s_schema.is_atomic_map(node):
         result = copy.deepcopy(live)
         for key, value in applied.items():
             if value is None:
                 continue
-            result[key] = _merge_applied(live.get(key), value, key, custom)
+            result[key] = _merge_applied(live.get(key), value, k8s_schema.child(node, key)[1])
         return result
     if isinstance(applied, list) and isinstance(live, list):
-        kind = _list_kind(field, custom)
-        if kind == "map" and all(_item_key(field, i) for i in applied + live):
-            live_by_key = {_item_key(field, i): i for i in live}
-            applied_keys = [_item_key(field, i) for i in applied]
-            merged = [_merge_applied(live_by_key.get(k), item, "", custom)
+        kind, keys = k8s_schema.list_type(node)
+        item_node = k8s_schema.items(node)
+        if kind == "map" and all(_item_key(keys, i) for i in applied + live):
+            live_by_key = {_item_key(keys, i): i for i in live}
+            applied_keys = [_item_key(keys, i) for i in applied]
+            merged = [_merge_applied(live_by_key[k], item, item_node)
                       if k in live_by_key else copy.deepcopy(item)
                       for k, item in zip(applied_keys, applied)]
-            merged += [copy.deepcopy(i) for i in live if _item_key(field, i) not in applied_keys]
+            merged += [copy.deepcopy(i) for i in live if _item_key(keys, i) not in applied_keys]
             return merged
         if kind == "set":
             return list(applied) + [i for i in live if i not in applied]
@@ -302,7 +292,7 @@ def _strip_for_apply(applied: JSON, has_status: bool) -> JSON:
 
 
 def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: bool,
-                      custom: bool, has_status: bool, api_version: str, now: str) -> JSON:
+                      root: Node, has_status: bool, api_version: str, now: str) -> JSON:
     """The object after `manager` applies `applied` to `live` (None: create).
 
     Raises ApplyConflict naming every field another manager owns with a different value,
@@ -310,7 +300,7 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
     """
     applied = _strip_for_apply(applied, has_status)
     entries = read_entries(live)
-    new_set = fieldset(applied, custom, "main", has_status)
+    new_set = fieldset(applied, root, "main", has_status)
     mine = next((e for e in entries if e.same_owner(manager, "Apply", "")), None)
     old_set = mine.fields if mine else set()
     base = copy.deepcopy(live) if live is not None else {}
@@ -338,7 +328,7 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
     for entry in entries:
         if entry is not mine:
             others |= entry.fields
-    result: JSON = _merge_applied(base, applied, "", custom)
+    result: JSON = _merge_applied(base, applied, root)
     removed: list[Path] = []
     # Outermost first: a removed list item takes its fields with it.
     for path in sorted(old_set - new_set - others, key=len):
@@ -350,7 +340,7 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
         removed.append(path)
         _prune_empty_parents(result, path, others | new_set)
 
-    present = fieldset(result, custom, "all", has_status)
+    present = fieldset(result, root, "all", has_status)
     for entry in entries:
         entry.fields &= present
     if mine is None:
@@ -364,17 +354,17 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
     return result
 
 
-def track_update(old: JSON | None, new: JSON, manager: str, custom: bool, has_status: bool,
+def track_update(old: JSON | None, new: JSON, manager: str, root: Node, has_status: bool,
                  api_version: str, now: str, subresource: str = "") -> None:
     """Record in `new`'s managedFields that `manager` set what changed from `old`."""
     scope = "status" if subresource == "status" else "main"
     entries = read_entries(old)
-    before = fieldset(old, custom, scope, has_status) if old else set()
-    after = fieldset(new, custom, scope, has_status)
+    before = fieldset(old, root, scope, has_status) if old else set()
+    after = fieldset(new, root, scope, has_status)
     changed = {p for p in after
                if p not in before or (get_at(old, p) != get_at(new, p)
                                       and not isinstance(get_at(new, p), dict))}
-    present = fieldset(new, custom, "all", has_status)
+    present = fieldset(new, root, "all", has_status)
     for entry in entries:
         if not entry.same_owner(manager, "Update", subresource):
             entry.fields -= changed

@@ -1,10 +1,9 @@
 """The three client patch formats kubectl sends: strategic merge, JSON merge, JSON patch.
 
-Strategic merge needs to know, per list field, whether it is merged by a key, merged as a
-set of primitives, or replaced; that knowledge comes from the Kubernetes Go types' patch
-tags (`patchMergeKey`, `patchStrategy`). The table below holds the ones of the types this
-stand-in serves; custom resources have none (their lists are replaced, as with the real
-server, which refuses strategic merge for them: 415).
+Strategic merge follows each field's `x-kubernetes-patch-merge-key` and
+`x-kubernetes-patch-strategy` from the schema (k8s_schema): lists of maps with a merge
+key are merged item by item, lists of primitives with strategy "merge" as sets, other
+lists replaced. Custom resources have no strategic merge (the server answers 415).
 """
 
 from __future__ import annotations
@@ -13,6 +12,9 @@ import copy
 import json
 from typing import Any
 
+from . import k8s_schema
+from .k8s_schema import Node
+
 JSON = dict[str, Any]
 
 
@@ -20,22 +22,10 @@ class PatchError(ValueError):
     """A patch that cannot be applied; the server answers 422 (or 400 for bad syntax)."""
 
 
-# Field name -> merge key (strategic merge). Fields not listed are replaced wholesale.
-SMP_MERGE_KEYS: dict[str, str] = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "env": "name", "volumes": "name", "volumeMounts": "mountPath",
-    "volumeDevices": "devicePath", "ports": "containerPort", "imagePullSecrets": "name",
-    "hostAliases": "ip", "conditions": "type", "ownerReferences": "uid",
-    "resourceClaims": "name", "topologySpreadConstraints": "topologyKey",
-    "containerStatuses": "name", "initContainerStatuses": "name", "addresses": "type",
-}
-# Lists of primitives merged as sets (patchStrategy "merge" without a key).
-SMP_MERGED_PRIMITIVES = {"finalizers"}
-
 _DELETE = object()
 
 
-def _merge_key_list(original: list[Any], patch: list[Any], key: str) -> list[Any]:
+def _merge_key_list(original: list[Any], patch: list[Any], key: str, item_node: Node) -> list[Any]:
     result = copy.deepcopy(original)
     for item in patch:
         if not isinstance(item, dict):
@@ -53,16 +43,15 @@ def _merge_key_list(original: list[Any], patch: list[Any], key: str) -> list[Any
                 del result[idx]
             continue
         if idx is None:
-            merged = strategic_merge({}, item)
-            result.append(merged)
+            result.append(strategic_merge({}, item, item_node))
         else:
-            merged = strategic_merge(result[idx], item)
-            result[idx] = merged
+            result[idx] = strategic_merge(result[idx], item, item_node)
     return result
 
 
-def strategic_merge(original: Any, patch: Any) -> Any:
-    """Apply a strategic merge patch to a built-in object (or part of one)."""
+def strategic_merge(original: Any, patch: Any, node: Node) -> Any:
+    """Apply a strategic merge patch to a built-in object (or to part of one, whose schema
+    is `node`)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     directive = patch.get("$patch")
@@ -88,18 +77,20 @@ def strategic_merge(original: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
             continue
+        field_node = k8s_schema.child(node, key)[1]
         current = result.get(key)
         if isinstance(value, dict):
-            merged = strategic_merge(current, value)
+            merged = strategic_merge(current, value, field_node)
             if merged is _DELETE:
                 result.pop(key, None)
             else:
                 result[key] = merged
         elif isinstance(value, list):
-            if key in SMP_MERGE_KEYS and all(isinstance(v, dict) for v in value):
+            merge_key, strategies = k8s_schema.patch_strategy(field_node)
+            if "merge" in strategies and merge_key and all(isinstance(v, dict) for v in value):
                 result[key] = _merge_key_list(current if isinstance(current, list) else [],
-                                              value, SMP_MERGE_KEYS[key])
-            elif key in SMP_MERGED_PRIMITIVES:
+                                              value, merge_key, k8s_schema.items(field_node))
+            elif "merge" in strategies and not merge_key:
                 merged_list = list(current) if isinstance(current, list) else []
                 merged_list += [v for v in value if v not in merged_list]
                 result[key] = merged_list
@@ -111,7 +102,7 @@ def strategic_merge(original: Any, patch: Any) -> Any:
         current = result.get(field)
         if not isinstance(current, list):
             continue
-        merge_key = SMP_MERGE_KEYS.get(field)
+        merge_key = k8s_schema.patch_strategy(k8s_schema.child(node, field)[1])[0]
 
         def rank(item: Any, order: list[Any] = order, merge_key: str | None = merge_key) -> int:
             ident = item.get(merge_key) if merge_key and isinstance(item, dict) else item

@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
-from . import admission, errors, ownership, patches, schema
+from . import admission, errors, k8s_schema, ownership, patches
 from .events import EVENTS_V1_FIELDS, from_events_v1, to_events_v1
+from .k8s_schema import Node
 from .resources import BUILTIN_TYPES, ResourceType, type_from_crd
 from .selectors import (
     FieldRequirement,
@@ -86,6 +87,8 @@ class Store:
         # Fills in the status of a pod created already bound to a node (spec.nodeName).
         self.prepare_bound_pod: Callable[[JSON], None] | None = None
         self.discovery_generation = 0
+        # Schemas of custom resources, from their CRDs: (group, version, kind) -> node.
+        self.crd_schemas: dict[tuple[str, str, str], Node] = {}
         self._depth = 0
         self._dirty = False
         self._reconciling = False
@@ -104,11 +107,15 @@ class Store:
             self._request.mode = None
             self._request.warnings = None
 
-    def _check_unknown_fields(self, rt: ResourceType, obj: JSON) -> None:
+    def schema_root(self, rt: ResourceType) -> Node:
+        """The schema objects of `rt` are checked and merged by (None: no schema)."""
         if rt.custom:
-            return
+            return self.crd_schemas.get((rt.group, rt.version, rt.kind))
+        return k8s_schema.builtin_root(rt.group, rt.version, rt.kind)
+
+    def _check_unknown_fields(self, rt: ResourceType, obj: JSON) -> None:
         mode = getattr(self._request, "mode", None) or "Strict"
-        unknown = schema.unknown_fields(rt.kind, obj, drop=mode != "Strict")
+        unknown = k8s_schema.unknown_fields(self.schema_root(rt), obj, drop=mode != "Strict")
         if not unknown:
             return
         texts = [f'unknown field "{decoder_path}"' for _, decoder_path in unknown]
@@ -336,7 +343,7 @@ class Store:
             self._finish(srt, obj, None)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
-            ownership.track_update(None, obj, manager, srt.custom, srt.has_status,
+            ownership.track_update(None, obj, manager, self.schema_root(srt), srt.has_status,
                                    rt.api_version, now_rfc3339())
             if dry_run:
                 return self._view(rt, obj)
@@ -405,7 +412,7 @@ class Store:
                 new.pop("status", None)
         self._finish(srt, new, old)
         if track:
-            ownership.track_update(old, new, manager, srt.custom, srt.has_status,
+            ownership.track_update(old, new, manager, self.schema_root(srt), srt.has_status,
                                    rt.api_version, now_rfc3339(), subresource)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if _same(old, new):
@@ -465,7 +472,7 @@ class Store:
                 elif content_type == MERGE_PATCH:
                     new = patches.json_merge_patch(current, doc)
                 else:
-                    new = patches.strategic_merge(current, doc)
+                    new = patches.strategic_merge(current, doc, self.schema_root(srt))
             except patches.PatchError as exc:
                 raise errors.ApiError(422 if content_type == JSON_PATCH else 400,
                                       "Invalid" if content_type == JSON_PATCH else "BadRequest",
@@ -492,10 +499,11 @@ class Store:
         if not isinstance(applied, dict):
             raise errors.bad_request("apply patch must be an object")
         applied = self._incoming(rt, applied, namespace)
-        if not srt.custom:
+        root = self.schema_root(srt)
+        if root is not None:
             # Apply types the patch against the schema first, whatever fieldValidation
             # says; kube-apiserver 1.32 reports a failure there as a bare 500.
-            unknown = schema.unknown_fields(srt.kind, applied)
+            unknown = k8s_schema.unknown_fields(root, applied)
             if unknown:
                 group_version = f"{rt.group}/{rt.version}"
                 raise errors.ApiError(
@@ -514,7 +522,7 @@ class Store:
         has_status = srt.has_status and subresource != "status"
         try:
             result = ownership.server_side_apply(
-                old, applied, manager, force, srt.custom, has_status, rt.api_version, now)
+                old, applied, manager, force, root, has_status, rt.api_version, now)
         except ownership.ApplyConflict as exc:
             raise _conflict_error(rt, name, exc.conflicts) from exc
         if old is None:
@@ -624,6 +632,11 @@ class Store:
         if rt.key != ("", "events"):
             self._dirty = True
         if rt.kind == "CustomResourceDefinition":
+            spec = obj.get("spec") or {}
+            kind = (spec.get("names") or {}).get("kind", "")
+            for version in spec.get("versions") or []:
+                self.crd_schemas[(spec.get("group", ""), version.get("name", ""), kind)] = \
+                    k8s_schema.crd_root(version)
             self.register(type_from_crd(obj))
         if rt.kind == "Namespace" and rt.group == "" and old is None:
             self._default_service_account(obj["metadata"]["name"])
