@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +29,7 @@ from .conftest import Kubectl
 NS = "kube-system"
 DS = "gpunode-device-plugin-535"
 VERSION_LABEL = "gpunode.io/driver-version"
+LIBRARY = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.288.01"
 
 
 def runtime_class() -> dict[str, Any]:
@@ -748,9 +752,8 @@ def test_gpunodes_rendered_manifests_apply_and_roll_out(kube_api: KubeApiStandIn
                                                         mode: str) -> None:
     from gpunode.bootstrap.core.manifests import PluginDeployment, render_manifests
 
-    deployment = PluginDeployment(
-        driver_version="535.288.01", plugin=plugin, mode=mode,  # type: ignore[arg-type]
-        lib_path="/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.288.01")
+    choices: dict[str, Any] = {"plugin": plugin, "mode": mode}
+    deployment = PluginDeployment(driver_version="535.288.01", lib_path=LIBRARY, **choices)
     text = render_manifests(deployment)
     gpu_node(kube_api, "gpu-1", taints=["nvidia.com/gpu=present:NoSchedule"],
              labels={"kubernetes.io/os": "linux"})
@@ -772,12 +775,22 @@ def test_gpunodes_rendered_manifests_apply_and_roll_out(kube_api: KubeApiStandIn
 
 # Wiring a pod to a real process --------------------------------------------------------
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
+    path = Path(tempfile.mkdtemp(prefix="gpn-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_daemonset_pod_runs_as_a_real_process(kube_api: KubeApiStandIn, kubectl: Kubectl,
-                                             tmp_path: Path) -> None:
+                                             short_tmp: Path) -> None:
     gpu_node(kube_api)
-    runner = PodProcessRunner(kube_api, tmp_path / "pods")
+    library = short_tmp / "libnvidia-ml.so.535.288.01"
+    library.write_bytes(b"not really a library")
+    runner = PodProcessRunner(kube_api, short_tmp / "pods", host_paths={LIBRARY: library})
     try:
-        script = ("echo plugin on $NODE_NAME with $LD_LIBRARY_PATH; "
+        script = ("echo plugin on $NODE_NAME; ls $LD_LIBRARY_PATH; "
                   "trap 'echo stopping; exit 0' TERM; while true; do sleep 0.05; done")
         ds = daemonset(command=["sh", "-c", script])
         ds["spec"]["template"]["spec"]["containers"][0]["env"].append(
@@ -785,8 +798,10 @@ def test_daemonset_pod_runs_as_a_real_process(kube_api: KubeApiStandIn, kubectl:
         apply(kubectl, ds)
         kubectl("rollout", "status", f"ds/{DS}", "-n", NS, "--timeout=10s")
         [pod] = pods_of(kube_api)
-        logs = eventually(lambda: kubectl("logs", f"ds/{DS}", "-n", NS).stdout)
-        assert logs == "plugin on gpu-1 with /usr/local/lib\n"
+        logs = eventually(lambda: kubectl("logs", f"ds/{DS}", "-n", NS).stdout.count("\n") >= 2
+                          and kubectl("logs", f"ds/{DS}", "-n", NS).stdout)
+        # The hostPath file is mounted where the manifest says, found via LD_LIBRARY_PATH.
+        assert logs == "plugin on gpu-1\nlibnvidia-ml.so.1\n"
         proc = runner.processes[(NS, pod["metadata"]["name"])]
         kubectl("delete", "ds", DS, "-n", NS)
         kube_api.wait_hooks_idle()
@@ -794,6 +809,74 @@ def test_daemonset_pod_runs_as_a_real_process(kube_api: KubeApiStandIn, kubectl:
         assert runner.processes == {}
     finally:
         runner.stop_all()
+
+
+def test_a_hostpath_file_that_is_not_there_fails_to_mount(kube_api: KubeApiStandIn,
+                                                          kubectl: Kubectl,
+                                                          short_tmp: Path) -> None:
+    """FIELD-NOTES F2 as the kubelet reports it: the pod never starts, the event says why."""
+    gpu_node(kube_api)
+    not_a_file = short_tmp / "lib-dir"
+    not_a_file.mkdir()
+    runner = PodProcessRunner(kube_api, short_tmp / "pods", host_paths={LIBRARY: not_a_file})
+    try:
+        apply(kubectl, daemonset(command=["sleep", "30"]))
+        kube_api.wait_hooks_idle()
+        [pod] = pods_of(kube_api)
+        name = pod["metadata"]["name"]
+        assert kubectl("get", "pod", name, "-n", NS).stdout.split()[7] == "ContainerCreating"
+        described = kubectl("describe", "pod", name, "-n", NS).stdout
+        assert (f'MountVolume.SetUp failed for volume "nvml" : hostPath type check failed: '
+                f"{LIBRARY} is not a file") in described
+        assert runner.processes == {}
+    finally:
+        runner.stop_all()
+
+
+def test_the_whole_path_from_apply_to_allocatable(kube_api: KubeApiStandIn, kubectl: Kubectl,
+                                                  cache_dir: Path, short_tmp: Path) -> None:
+    """gpunode's DaemonSet, applied by kubectl, runs the real bundled plugin (fake NVML with
+    2 GPUs, mounted as the manifest says); the kubelet stand-in publishes what the plugin
+    registers into the node's allocatable, as the kubelet would; kubectl sees it."""
+    from gpunode.bootstrap.core.manifests import PluginDeployment, render_manifests
+    from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml
+    from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
+
+    gpu = "nvidia.com/gpu"
+    nvml = FakeNvml(short_tmp / "nvml", build_fake_nvml(cache_dir),
+                    FakeNvmlConfig.uniform(2, driver_version="535.288.01"))
+    library = nvml.library_dir / "libnvidia-ml.so.1"
+
+    def publish(resource: str, devices: list[DeviceState]) -> None:
+        healthy = sum(1 for d in devices if d.health == HEALTHY)
+        kube_api.set_node_status("gpu-1", capacity={resource: str(len(devices))},
+                                 allocatable={resource: str(healthy)})
+
+    gpu_node(kube_api, labels={"kubernetes.io/os": "linux"})
+    with KubeletStandIn(short_tmp / "kubelet", on_update=publish) as kubelet:
+        runner = PodProcessRunner(
+            kube_api, short_tmp / "pods",
+            host_paths={LIBRARY: library, "/var/lib/kubelet/device-plugins": kubelet.dir},
+            extra_env={k: v for k, v in nvml.env().items() if k != "LD_LIBRARY_PATH"},
+            ready=lambda pod, proc: kubelet.registered(gpu))
+        try:
+            text = render_manifests(PluginDeployment(driver_version="535.288.01",
+                                                     lib_path=LIBRARY))
+            kubectl("apply", "--server-side", "--field-manager=gpunode", "-f", "-", stdin=text)
+            name = "gpunode-device-plugin-535-288-01"
+            kubectl("rollout", "status", f"ds/{name}", "-n", NS, "--timeout=30s")
+            kubectl("wait", "--for=jsonpath={.status.allocatable.nvidia\\.com/gpu}=2",
+                    "node/gpu-1", "--timeout=30s")
+            assert kubelet.healthy_count(gpu) == 2
+            kubectl("delete", "ds", name, "-n", NS)
+            kube_api.wait_hooks_idle()
+            # The plugin is gone: the kubelet keeps the key with 0 (F9), not absent.
+            zero = eventually(lambda: kubectl(
+                "get", "node", "gpu-1", "-o", "jsonpath={.status.allocatable.nvidia\\.com/gpu}"
+            ).stdout == "0")
+            assert zero
+        finally:
+            runner.stop_all()
 
 
 # kubectl from Debian where the system has none ------------------------------------------
