@@ -19,6 +19,7 @@ from gpunode.bootstrap.core.manifests import (
     library_file_version,
     render_manifests,
 )
+from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.errors import UserError
 
 _MANIFEST_OPTIONS = (
@@ -116,3 +117,6 @@ def render(
         fail_on_init_error=fail_on_init_error,
     )
     click.echo(render_manifests(deployment), nl=False)
+
+
+render.add_command(containerd_command)

@@ -17,12 +17,14 @@ def test_committed_generated_code_matches_api_proto(tmp_path: Path) -> None:
 
 
 def _floor(requirement: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in requirement.split(">=")[1].split(",")[0].split("."))
+    version = re.match(r"[\d.]+", requirement.split(">=")[1].strip())
+    assert version, requirement
+    return tuple(int(x) for x in version.group(0).split("."))
 
 
 def test_runtime_floors_match_what_the_generated_code_requires() -> None:
     deps = tomlkit.parse((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]  # type: ignore[index]
-    floors = {d.split(">=")[0]: _floor(d) for d in deps if ">=" in d}  # type: ignore[union-attr]
+    floors = {d.split(">=")[0].strip(): _floor(d) for d in deps if ">=" in d}  # type: ignore[union-attr]
     grpc_needs = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", (API_DIR / "api_pb2_grpc.py").read_text())
     pb = (API_DIR / "api_pb2.py").read_text()
     pb_needs = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb)

@@ -220,7 +220,7 @@ def test_bundled_plugin_runs_gpunode_plugin_serve_with_its_settings() -> None:
                      device_list_strategy="cdi", pass_device_specs=True, health_ignore_xids=(13, 31),
                      health_recovery_seconds=300, metrics_addr=":9400")
     ds = daemonset(dep)
-    assert container(ds)["command"] == ["gpunode", "plugin", "serve"]
+    assert container(ds)["command"] == ["python", "-m", "gpunode.plugin", "serve"]
     assert container(ds)["image"] == dep.image
     assert env(ds) == {
         "GPUNODE_KUBELET_DIR": "/var/lib/kubelet/device-plugins",

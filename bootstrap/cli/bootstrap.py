@@ -1,0 +1,116 @@
+"""`gpunode bootstrap HOST...`: bring hosts to working Kubernetes GPU nodes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from gpunode.bootstrap.core.report import format_reports, reports_to_json
+from gpunode.bootstrap.errors import UserError
+
+
+def _progress(output_json: bool) -> Any:
+    def say(text: str) -> None:
+        click.echo(text, err=True)
+
+    return say
+
+
+def _confirm(plan: str) -> bool:
+    click.echo("gpunode will make these changes:\n" + plan, err=True)
+    return click.confirm("Apply them?", default=False, err=True)
+
+
+@click.command("bootstrap")
+@click.argument("hosts", nargs=-1, metavar="[HOST]...")
+@click.option("-i", "--inventory", metavar="FILE",
+              help="A pyinfra inventory file (see inventory/fleet.py, inventory/homelab.py) "
+                   "instead of HOST arguments; settings come from its data as gpunode_<setting>.")
+@click.option("--ssh-user", metavar="USER", help="SSH user (default: inventory data, then your SSH config).")
+@click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
+@click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
+@click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
+@click.option("--known-hosts", metavar="FILE", help="known_hosts file to check host keys against.")
+@click.option("--sudo/--no-sudo", default=None,
+              help="Run commands through sudo on the hosts (needed when the SSH user is not root).")
+@click.option("--kernel-module", type=click.Choice(["dkms", "precompiled", "none"]),
+              help="How the nvidia kernel module gets there: built by DKMS, the distro's signed "
+                   "precompiled modules, or none (managed elsewhere; userspace only). Default dkms.")
+@click.option("--driver-branch", metavar="BRANCH", help="NVIDIA driver branch, e.g. 535.")
+@click.option("--driver-version", metavar="VERSION",
+              help="Exact driver version (535.261.03, or the distro package version). Default: "
+                   "keep the installed one; on a new host, the branch's current release. Pinned.")
+@click.option("--open-modules", "driver_flavour", flag_value="open", default=None,
+              help="Use NVIDIA's open kernel modules.")
+@click.option("--toolkit-version", metavar="VERSION", help="NVIDIA container toolkit version, e.g. 1.17.8-1.")
+@click.option("--toolkit-packages", metavar="DIR",
+              help="Install the container toolkit from this local directory of .deb/.rpm files "
+                   "(air-gapped hosts) instead of NVIDIA's repository.")
+@click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
+@click.option("--runtime-path", metavar="PATH", help="The toolkit's runtime binary on the hosts.")
+@click.option("--in-place", "containerd_in_place", is_flag=True, default=None,
+              help="Edit containerd's config.toml itself instead of adding a drop-in file.")
+@click.option("--set-default-runtime", is_flag=True, default=None,
+              help="Also make nvidia containerd's default runtime (pods still need RuntimeClass).")
+@click.option("--containerd-restart-command", metavar="CMD",
+              help="How to restart containerd on hosts without systemd (runit, s6, supervisord).")
+@click.option("--plugin-mode", type=click.Choice(["daemonset", "host"]),
+              help="daemonset: the plugin runs in the cluster; host: a systemd service on the node.")
+@click.option("--plugin-package", metavar="SPEC|FILE",
+              help="What pip installs on the node in host plugin mode (default gpunode==<this version>).")
+@click.option("--allow-no-gpu", is_flag=True, default=None,
+              help="Go on when the host has no NVIDIA GPU (testing, image building).")
+@click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
+@click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
+@click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True,
+              help="Hosts worked on at once.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | None, ssh_port: int | None,
+              ssh_key: str | None, ssh_config: str | None, known_hosts: str | None, sudo: bool | None,
+              skip_cluster: bool, dry_run: bool, yes: bool, parallel: int, output: str,
+              **settings: Any) -> None:
+    """Bring HOSTs (or an inventory) to working Kubernetes GPU nodes, idempotently.
+
+    \b
+    Steps per host: preflight, driver, nouveau, toolkit, containerd, nvml-library,
+    plugin-service, state; each reports changed / unchanged / failed / skipped.
+    A second run on an unchanged host changes nothing.
+
+    \b
+    Examples:
+      gpunode bootstrap gpu01.example --ssh-user admin --sudo
+      gpunode bootstrap -i inventory/fleet.py --dry-run
+      sudo gpunode bootstrap @local --kernel-module none --yes
+    """
+    # pyinfra runs hosts in greenlets; paramiko needs gevent's cooperative sockets for that.
+    from gevent import monkey
+
+    monkey.patch_all()
+    from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, run_bootstrap
+    from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
+
+    if not dry_run and not yes and not sys.stdin.isatty():
+        raise UserError("bootstrap changes hosts and this is not an interactive terminal.",
+                        fix="pass --yes to apply, or --dry-run to see the plan")
+    override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
+                        known_hosts=known_hosts, sudo=sudo)
+    pyinfra_inventory = make_inventory(hosts, inventory, override)
+    request = BootstrapRequest(
+        overrides=settings, dry_run=dry_run, parallel=parallel,
+        confirm=None if (yes or dry_run) else _confirm,
+        progress=_progress(output == "json"),
+    )
+    result = run_bootstrap(pyinfra_inventory, request)
+    reports = result.reports
+    if output == "json":
+        click.echo(reports_to_json(reports))
+    else:
+        click.echo(format_reports(reports, dry_run=dry_run))
+        if dry_run and result.plan:
+            click.echo("\nThe plan, with file diffs:\n" + result.plan, nl=False)
+    if not all(report.ok for report in reports):
+        sys.exit(1)

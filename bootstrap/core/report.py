@@ -1,0 +1,96 @@
+"""What a run did, per host and step: the summary users read and CI parses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+StepStatus = Literal["changed", "unchanged", "failed", "skipped"]
+STEP_STATUSES: tuple[StepStatus, ...] = ("changed", "unchanged", "failed", "skipped")
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: StepStatus
+    detail: str = ""
+
+
+@dataclass
+class HostReport:
+    host: str
+    steps: list[StepResult] = field(default_factory=list)
+    driver_version: str | None = None
+    nvml_library: str | None = None
+    gpu_count: int | None = None
+    reboot_required: bool = False
+    node_name: str | None = None
+    # Set when the host never got as far as its steps (unreachable, locked, no GPU).
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(step.status != "failed" for step in self.steps)
+
+    def step(self, name: str) -> StepResult | None:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        return None
+
+    def record(self, name: str, status: StepStatus, detail: str = "") -> StepResult:
+        """Add a step, or update it in place when a later phase finishes what it began."""
+        existing = self.step(name)
+        if existing is None:
+            existing = StepResult(name, status, detail)
+            self.steps.append(existing)
+        else:
+            existing.status = status
+            existing.detail = detail
+        return existing
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "ok": self.ok,
+            "error": self.error,
+            "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
+            "driver_version": self.driver_version,
+            "nvml_library": self.nvml_library,
+            "gpu_count": self.gpu_count,
+            "reboot_required": self.reboot_required,
+            "node_name": self.node_name,
+        }
+
+
+def reports_to_json(reports: list[HostReport]) -> str:
+    return json.dumps({"hosts": [r.as_dict() for r in reports]}, indent=2)
+
+
+def format_reports(reports: list[HostReport], *, dry_run: bool = False) -> str:
+    """The human summary: one block per host, one line per step."""
+    lines: list[str] = []
+    width = max((len(s.name) for r in reports for s in r.steps), default=10)
+    for report in reports:
+        counts = {status: sum(1 for s in report.steps if s.status == status) for status in STEP_STATUSES}
+        if report.error is not None:
+            headline = f"FAILED: {report.error}"
+        else:
+            verb = "would change" if dry_run else "changed"
+            headline = ("ok" if report.ok else "FAILED") + (
+                f" ({counts['changed']} {verb}, {counts['unchanged']} unchanged"
+                + (f", {counts['failed']} failed" if counts["failed"] else "")
+                + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+                + ")"
+            )
+        if report.reboot_required:
+            headline += ", REBOOT REQUIRED"
+        lines.append(f"{report.host}: {headline}")
+        for step in report.steps:
+            status = step.status
+            if dry_run and status == "changed":
+                status = "would change"  # type: ignore[assignment]
+            detail = step.detail.replace("\n", "\n" + " " * (width + 19))
+            lines.append(f"  {step.name:<{width}}  {status:<12}  {detail}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""Per-host settings of a bootstrap: defaults, then inventory data, then command-line flags.
+
+Inventory data uses the field names with a `gpunode_` prefix (`gpunode_driver_version`);
+a flag given on the command line overrides them for every host.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, get_args
+
+from gpunode.bootstrap.errors import UserError
+
+KernelModule = Literal["dkms", "precompiled", "none"]
+DriverFlavour = Literal["proprietary", "open"]
+PluginMode = Literal["daemonset", "host"]
+
+DATA_PREFIX = "gpunode_"
+
+_BRANCH = re.compile(r"^[0-9]{3}$")
+_VERSION = re.compile(r"^[0-9A-Za-z.+~:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    driver_branch: str | None = None
+    driver_version: str | None = None
+    kernel_module: KernelModule = "dkms"
+    driver_flavour: DriverFlavour = "proprietary"
+    toolkit_version: str | None = None
+    toolkit_packages: str | None = None
+    containerd_config: str = "/etc/containerd/config.toml"
+    runtime_path: str = "/usr/bin/nvidia-container-runtime"
+    containerd_in_place: bool = False
+    set_default_runtime: bool = False
+    containerd_restart_command: str | None = None
+    plugin_mode: PluginMode = "daemonset"
+    plugin_package: str | None = None
+    allow_no_gpu: bool = False
+    reboot: bool = False
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "kernel_module": get_args(KernelModule),
+    "driver_flavour": get_args(DriverFlavour),
+    "plugin_mode": get_args(PluginMode),
+}
+_BOOLEANS = {f.name for f in fields(NodeSettings) if f.type in ("bool", bool)}
+_ABSOLUTE_PATHS = ("containerd_config", "runtime_path")
+
+
+def _as_bool(host: str, source: str, name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UserError(
+        f"{host}: {source} {name} = {value!r} is not a boolean.",
+        fix=f"set {name} to true or false",
+    )
+
+
+def _check(host: str, source: str, name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _BOOLEANS:
+        return _as_bool(host, source, name, value)
+    if not isinstance(value, str):
+        raise UserError(f"{host}: {source} {name} = {value!r} must be a string.",
+                        fix=f"quote the value of {name}")
+    if "\n" in value or "\0" in value:
+        raise UserError(f"{host}: {source} {name} contains a newline or NUL byte.",
+                        fix=f"give {name} on one line")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise UserError(
+            f"{host}: {source} {name} = {value!r} is not one of {', '.join(_CHOICES[name])}.",
+            fix=f"use one of: {', '.join(_CHOICES[name])}",
+        )
+    if name == "driver_branch" and not _BRANCH.match(value):
+        raise UserError(f"{host}: {source} driver_branch = {value!r} is not a driver branch.",
+                        fix="give the three-digit branch, e.g. 535 or 550")
+    if name in ("driver_version", "toolkit_version") and not _VERSION.match(value):
+        raise UserError(f"{host}: {source} {name} = {value!r} is not a package version.",
+                        fix=f"give {name} as the distro prints it, e.g. 535.261.03 or 1.17.8-1")
+    if name in _ABSOLUTE_PATHS and not value.startswith("/"):
+        raise UserError(f"{host}: {source} {name} = {value!r} is not an absolute path.",
+                        fix=f"give {name} as an absolute path on the host")
+    return value
+
+
+def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> NodeSettings:
+    """Defaults <- inventory data (`gpunode_*`) <- command-line overrides (non-None only)."""
+    known = {f.name for f in fields(NodeSettings)}
+    unknown = sorted(k for k in data if k.startswith(DATA_PREFIX) and k[len(DATA_PREFIX):] not in known)
+    if unknown:
+        raise UserError(
+            f"{host}: unknown inventory setting(s) {', '.join(unknown)}.",
+            fix="check the spelling; known settings are " + ", ".join(sorted(DATA_PREFIX + k for k in known)),
+        )
+    values: dict[str, Any] = {}
+    for name in known:
+        if DATA_PREFIX + name in data:
+            values[name] = _check(host, f"inventory data ({DATA_PREFIX}{name})", name, data[DATA_PREFIX + name])
+    for name, value in overrides.items():
+        if name not in known:
+            raise ValueError(f"unknown setting {name}")
+        if value is not None:
+            values[name] = _check(host, f"option --{name.replace('_', '-')}", name, value)
+    settings = replace(NodeSettings(), **{k: v for k, v in values.items() if v is not None})
+    if settings.driver_branch and settings.driver_version and not settings.driver_version.startswith(
+        settings.driver_branch
+    ):
+        raise UserError(
+            f"{host}: driver_version {settings.driver_version} is not on branch {settings.driver_branch}.",
+            fix="give a version of that branch, or only one of the two",
+        )
+    return settings

@@ -1,0 +1,95 @@
+"""Step plugin-service: the bundled plugin as a systemd service on the node (homelab mode).
+
+The package goes into its own virtualenv on the node with only the plugin's dependencies
+(no pyinfra, no gevent); the unit runs `gpunode plugin serve`. Where the host has no
+systemd, the unit is written and the step says it could not start it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from importlib.metadata import requires, version
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from gpunode.bootstrap.core.host_facts import HostFacts
+from gpunode.bootstrap.core.host_record import HostRecord
+from gpunode.bootstrap.core.packages import FileSpec, PackageSpec, apt_install_command
+from gpunode.bootstrap.core.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
+from gpunode.bootstrap.core.settings import NodeSettings
+from gpunode.bootstrap.node.steps import StepPlan, UploadFiles, file_commands, file_diff
+
+PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py")
+WHEEL_DIR = "/var/lib/gpunode/packages/plugin"
+
+
+def plugin_service_paths(settings: NodeSettings) -> tuple[str, ...]:
+    return (UNIT_PATH,) if settings.plugin_mode == "host" else ()
+
+
+def plugin_requirements() -> list[str]:
+    """The plugin's own dependencies with the floors this gpunode was built against."""
+    wanted = []
+    for text in requires("gpunode") or []:
+        requirement = Requirement(text)
+        if requirement.name in PLUGIN_DEPENDENCIES and requirement.marker is None:
+            wanted.append(str(requirement))
+    return wanted
+
+
+def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_version: str | None,
+                             recorded: HostRecord | None) -> StepPlan:
+    plan = StepPlan("plugin-service")
+    if settings.plugin_mode != "host":
+        plan.skipped = "the plugin runs as a DaemonSet (plugin mode daemonset)"
+        return plan
+    ours = version("gpunode")
+    venv = facts.plugin_venv
+    pip = f"{VENV_DIR}/bin/pip"
+    package = settings.plugin_package or f"gpunode=={ours}"
+    if venv.installed_version != ours:
+        if venv.python3 is None:
+            plan.failed = "python3 is not installed on the host. Fix: install python3, or use --plugin-mode daemonset"
+            return plan
+        if facts.os.family == "debian" and not venv.venv_package:
+            plan.commands.append(apt_install_command([PackageSpec("python3-venv")], allow_downgrades=False))
+            plan.changes.append("install python3-venv")
+        if Path(package).is_file():
+            remote = posixpath.join(WHEEL_DIR, Path(package).name)
+            plan.commands.append(UploadFiles(((package, remote, ""),)))
+            package = remote
+        plan.commands += [
+            f"python3 -m venv {shlex.quote(VENV_DIR)}",
+            f"{shlex.quote(pip)} install --quiet --upgrade pip",
+            # The distribution also carries the operator side (pyinfra, gevent); the
+            # service needs only the plugin's dependencies.
+            f"{shlex.quote(pip)} install --quiet --no-deps {shlex.quote(package)}",
+            f"{shlex.quote(pip)} install --quiet " + " ".join(shlex.quote(r) for r in plugin_requirements()),
+        ]
+        plan.changes.append(f"install gpunode {ours} into {VENV_DIR}"
+                            + (f" (was {venv.installed_version})" if venv.installed_version else ""))
+    unit = render_plugin_unit(kubelet_root=facts.kubelet.root_dir, driver_version=driver_version)
+    current = facts.managed_file(UNIT_PATH)
+    unit_changed = current != unit
+    if unit_changed:
+        plan.commands += file_commands("plugin-service", [FileSpec(UNIT_PATH, unit)])
+        plan.changes.append(f"write {UNIT_PATH}")
+        plan.diff = file_diff(UNIT_PATH, current, unit)
+    driver_changed = recorded is not None and recorded.driver_version not in (None, driver_version)
+    needs_restart = unit_changed or driver_changed or venv.installed_version != ours
+    if facts.has_systemd:
+        if needs_restart:
+            plan.commands += ["systemctl daemon-reload", f"systemctl enable {UNIT_NAME}",
+                              f"systemctl restart {UNIT_NAME}"]
+            plan.changes.append(f"restart {UNIT_NAME}" + (" (driver changed)" if driver_changed else ""))
+        elif venv.unit_active != "active":
+            plan.commands += [f"systemctl enable --now {UNIT_NAME}"]
+            plan.changes.append(f"start {UNIT_NAME} (it was {venv.unit_active or 'not running'})")
+    elif plan.commands:
+        plan.notes.append(f"no systemd on this host: {UNIT_PATH} is written but could not be "
+                          f"started; run `{VENV_DIR}/bin/python -m gpunode.plugin serve` under your init system")
+    plan.unchanged = f"gpunode {ours} in {VENV_DIR}, {UNIT_NAME} " + (
+        venv.unit_active or "written (no systemd on this host)")
+    return plan

@@ -1,0 +1,53 @@
+"""The one fact bootstrap, verify and doctor read a host through: HostSnapshot.
+
+One round trip gathers everything (see snapshot_script.sh); parsing is pure and lives in
+gpunode.bootstrap.core.host_facts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib.resources import files
+
+from pyinfra.api.facts import FactBase
+
+from gpunode.bootstrap.core.host_facts import HostFacts, parse_snapshot
+from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND
+from gpunode.bootstrap.core.packages import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
+
+DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+UPLOAD_DIR = "/var/lib/gpunode/packages"
+
+
+@lru_cache(maxsize=1)
+def _script_template() -> str:
+    return files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
+
+
+def snapshot_command(containerd_config: str, managed_files: Iterable[str]) -> str:
+    script = (
+        _script_template()
+        .replace("GPUNODE_NVML_PROBE", PROBE_COMMAND)
+        .replace("GPUNODE_DPKG_QUERY", DPKG_QUERY_COMMAND)
+        .replace("GPUNODE_RPM_QUERY", RPM_QUERY_COMMAND)
+    )
+    assignments = (
+        f"GPUNODE_CONTAINERD_CONFIG={shlex.quote(containerd_config)}\n"
+        f"GPUNODE_MANAGED_FILES={shlex.quote(chr(10).join(managed_files))}\n"
+        f"GPUNODE_UPLOAD_DIR={shlex.quote(UPLOAD_DIR)}\n"
+    )
+    # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
+    return "sh -c " + shlex.quote(assignments + script)
+
+
+class HostSnapshot(FactBase[HostFacts]):
+    """Everything gpunode needs to know about a host, read in one round trip."""
+
+    def command(self, containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
+                managed_files: tuple[str, ...] = ()) -> str:
+        return snapshot_command(containerd_config, managed_files)
+
+    def process(self, output: list[str]) -> HostFacts:
+        return parse_snapshot("\n".join(output))

@@ -1,0 +1,107 @@
+# gpunode host snapshot: everything bootstrap, verify and doctor need to know about a host,
+# read in one round trip. It only reads. POSIX sh; every section starts with a line
+# "@@<name>"; file contents are base64 so that no content can forge a section line.
+# Parameters arrive as shell variables set before this script: GPUNODE_MANAGED_FILES
+# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR.
+PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
+sec() { printf '@@%s\n' "$1"; }
+b64file() {
+  if [ -f "$1" ] && [ -r "$1" ]; then
+    printf '%s ' "$1"; base64 < "$1" | tr -d '\n'; echo
+  fi
+}
+
+sec hostname; hostname 2>/dev/null || cat /proc/sys/kernel/hostname
+sec uname; uname -r; uname -m
+sec os_release; b64file /etc/os-release || b64file /usr/lib/os-release
+sec init; if [ -d /run/systemd/system ]; then echo systemd; else echo none; fi
+sec pci
+# `read` is a builtin: no fork per device on hosts with hundreds of PCI functions.
+for d in /sys/bus/pci/devices/*; do
+  [ -r "$d/vendor" ] || continue
+  read -r vendor < "$d/vendor" || continue
+  [ "$vendor" = 0x10de ] || continue
+  read -r device < "$d/device"; read -r class < "$d/class"
+  printf '%s %s %s\n' "${d##*/}" "$device" "$class"
+done
+sec lspci; command -v lspci >/dev/null 2>&1 && lspci -Dmm -d 10de: 2>/dev/null
+sec modules
+for m in nvidia nvidia_uvm nvidia_drm nvidia_modeset nouveau; do [ -d "/sys/module/$m" ] && echo "$m"; done
+sec secure_boot
+if command -v mokutil >/dev/null 2>&1 && mokutil --sb-state 2>/dev/null; then :
+elif [ ! -d /sys/firmware/efi ]; then echo "no-efi"
+else
+  for f in /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c; do
+    [ -r "$f" ] && printf 'efivar %s\n' "$(od -An -tu1 "$f" | tr -s ' ' | sed 's/^ //')"
+  done
+fi
+sec modprobe_nouveau
+grep -ls '^[[:space:]]*blacklist[[:space:]]\+nouveau' /etc/modprobe.d/*.conf /usr/lib/modprobe.d/*.conf /lib/modprobe.d/*.conf 2>/dev/null
+sec initramfs
+for t in update-initramfs dracut; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
+sec nvml
+GPUNODE_NVML_PROBE
+sec packages
+if command -v dpkg-query >/dev/null 2>&1; then echo dpkg; GPUNODE_DPKG_QUERY
+elif command -v rpm >/dev/null 2>&1; then echo rpm; GPUNODE_RPM_QUERY; fi
+sec toolkit_runtime; command -v nvidia-container-runtime 2>/dev/null
+sec containerd
+if command -v containerd >/dev/null 2>&1; then
+  command -v containerd; containerd --version 2>/dev/null | head -n 1
+fi
+sec containerd_config_path; printf '%s\n' "$GPUNODE_CONTAINERD_CONFIG"
+sec containerd_config; b64file "$GPUNODE_CONTAINERD_CONFIG"
+sec containerd_dump
+if command -v containerd >/dev/null 2>&1; then
+  if [ -f "$GPUNODE_CONTAINERD_CONFIG" ]; then
+    out=$(containerd --config "$GPUNODE_CONTAINERD_CONFIG" config dump 2>&1); rc=$?
+  else
+    out=$(containerd config dump 2>&1); rc=$?
+  fi
+  printf '%s ' "$rc"; printf '%s\n' "$out" | base64 | tr -d '\n'; echo
+fi
+sec k3s
+command -v k3s 2>/dev/null
+for f in /var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl /var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl; do
+  [ -f "$f" ] && echo "$f"
+done
+sec kubelet
+kubelet_root=/var/lib/kubelet
+for p in /proc/[0-9]*; do
+  read -r comm < "$p/comm" 2>/dev/null || continue
+  case "$comm" in
+    kubelet|k3s-server|k3s-agent|k3s)
+      args=$(tr '\0' '\n' < "$p/cmdline" 2>/dev/null)
+      printf 'process %s\n' "$comm"
+      printf '%s\n' "$args" | sed 's/^/arg /'
+      r=$(printf '%s\n' "$args" | awk 'p {print; p=0} /^--root-dir=/ {sub(/^--root-dir=/, ""); print} $0 == "--root-dir" {p=1}' | tail -n 1)
+      [ -n "$r" ] && kubelet_root=$r
+      break ;;
+  esac
+done
+printf 'root %s\n' "$kubelet_root"
+command -v kubelet >/dev/null 2>&1 && printf 'binary %s\n' "$(command -v kubelet)"
+sec device_plugins
+if [ -d "$kubelet_root/device-plugins" ]; then
+  for f in "$kubelet_root"/device-plugins/*; do
+    if [ -S "$f" ]; then echo "socket $f"; elif [ -e "$f" ]; then echo "file $f"; fi
+  done
+fi
+sec apt_sources
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do b64file "$f"; done
+sec managed_files
+printf '%s\n' "$GPUNODE_MANAGED_FILES" | while IFS= read -r f; do [ -n "$f" ] && b64file "$f"; done
+sec uploads
+if [ -d "$GPUNODE_UPLOAD_DIR" ]; then
+  find "$GPUNODE_UPLOAD_DIR" -type f -exec sha256sum {} + 2>/dev/null
+fi
+sec plugin_venv
+for d in /opt/gpunode/venv/lib/python3*/site-packages/gpunode-*.dist-info; do [ -d "$d" ] && echo "dist ${d##*/}"; done
+command -v python3 >/dev/null 2>&1 && echo "python3 $(command -v python3)"
+if command -v dpkg-query >/dev/null 2>&1; then
+  dpkg-query -W -f='${db:Status-Abbrev}' python3-venv 2>/dev/null | grep -q '^ii' && echo "venv-package installed"
+fi
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  printf 'unit-active %s\n' "$(systemctl is-active gpunode-device-plugin.service 2>/dev/null)"
+fi
+sec end

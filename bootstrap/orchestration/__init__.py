@@ -1,0 +1,1 @@
+"""Runs node steps per host (pyinfra API), then cluster steps, then verify."""

@@ -1,0 +1,342 @@
+"""`gpunode bootstrap`: the node steps on every host, in two phases, then the cluster steps.
+
+Phase 1 converges packages (driver, nouveau blacklist, container toolkit). What the host
+looks like after it (the library file, the toolkit's runtime) decides phase 2, so hosts
+that changed in phase 1 are read again before phase 2 is planned: nothing is guessed.
+Phase 2 writes what depends on it (containerd runtime, state record, host plugin service).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.host import Host
+from pyinfra.api.inventory import Inventory
+
+from gpunode.bootstrap.core.host_facts import HostFacts
+from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
+from gpunode.bootstrap.core.report import HostReport
+from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
+from gpunode.bootstrap.core.toolkit_packages import LocalPackage
+from gpunode.bootstrap.errors import GpunodeError, UserError
+from gpunode.bootstrap.node.containerd_step import containerd_managed_paths, plan_containerd_step
+from gpunode.bootstrap.node.host_lock import HostLock
+from gpunode.bootstrap.node.local_packages import read_local_packages
+from gpunode.bootstrap.node.operations import converge
+from gpunode.bootstrap.node.plugin_service import plan_plugin_service_step, plugin_service_paths
+from gpunode.bootstrap.node.steps import (
+    NOUVEAU_BLACKLIST,
+    StepPlan,
+    plan_driver_step,
+    plan_library_step,
+    plan_nouveau_step,
+    plan_preflight,
+    plan_state_step,
+    plan_toolkit_step,
+)
+from gpunode.bootstrap.core.driver_packages import DRIVER_PIN_PATH
+from gpunode.bootstrap.core.toolkit_packages import TOOLKIT_APT_KEYRING, TOOLKIT_APT_LIST, TOOLKIT_PIN_PATH
+from gpunode.bootstrap.core.apt_sources import GPUNODE_NONFREE_SOURCES
+from gpunode.bootstrap.orchestration.session import OpOutcome, PlannedOp, Session
+
+PHASE_ONE = ("driver", "nouveau", "toolkit")
+PHASE_TWO = ("containerd", "nvml-library", "plugin-service", "state")
+
+
+@dataclass
+class BootstrapRequest:
+    overrides: Mapping[str, Any]
+    dry_run: bool = False
+    parallel: int = 10
+    confirm: Callable[[str], bool] | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class HostRun:
+    """Everything known about one host during a run."""
+
+    host: Host
+    report: HostReport
+    settings: NodeSettings | None = None
+    facts: HostFacts | None = None
+    plans: dict[str, StepPlan] = field(default_factory=dict)
+    lock: HostLock | None = None
+    library_version: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.report.error is None and all(s.status != "failed" for s in self.report.steps)
+
+
+def managed_paths(settings: NodeSettings) -> tuple[str, ...]:
+    """Files the snapshot reads back so that steps can compare before writing."""
+    return (
+        STATE_PATH, NOUVEAU_BLACKLIST, DRIVER_PIN_PATH, GPUNODE_NONFREE_SOURCES, TOOLKIT_PIN_PATH,
+        TOOLKIT_APT_LIST, TOOLKIT_APT_KEYRING, *containerd_managed_paths(settings),
+        *plugin_service_paths(settings),
+    )
+
+
+def _say(request: BootstrapRequest, text: str) -> None:
+    if request.progress is not None:
+        request.progress(text)
+
+
+def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, list[LocalPackage]]:
+    """Read each distinct --toolkit-packages directory once, on the operator's machine."""
+    loaded: dict[str, list[LocalPackage]] = {}
+    for run in runs:
+        directory = run.settings.toolkit_packages if run.settings else None
+        if directory and directory not in loaded:
+            path = Path(directory).expanduser()
+            if not path.is_dir():
+                raise UserError(f"--toolkit-packages {directory} is not a directory.",
+                                fix="give the directory that holds the toolkit's .deb or .rpm files")
+            loaded[directory] = read_local_packages(path)
+    return loaded
+
+
+def _record(run: HostRun, plan: StepPlan, request: BootstrapRequest) -> None:
+    if plan.failed is not None:
+        status = "failed"
+    elif plan.skipped is not None:
+        status = "skipped"
+    elif plan.will_change:
+        status = "changed"
+    else:
+        status = "unchanged"
+    run.report.record(plan.name, status, _detail(plan))  # type: ignore[arg-type]
+    run.report.reboot_required |= plan.reboot_required
+    _say(request, f"[{run.report.host}] {plan.name}: {'would change' if status == 'changed' and request.dry_run else status}")
+
+
+def _detail(plan: StepPlan, output: str = "") -> str:
+    text = plan.summary()
+    if output:
+        text += f"\n{output.strip()}"
+    if plan.notes:
+        text += "\n" + "\n".join(f"note: {note}" for note in plan.notes)
+    return text
+
+
+def _plan_phase(runs: Sequence[HostRun], names: Sequence[str], planner: Callable[[HostRun, str], StepPlan],
+                request: BootstrapRequest) -> None:
+    for run in runs:
+        for name in names:
+            if not run.active:
+                run.report.record(name, "skipped", "an earlier step failed on this host")
+                continue
+            plan = planner(run, name)
+            run.plans[name] = plan
+            _record(run, plan, request)
+
+
+def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str],
+             request: BootstrapRequest) -> None:
+    plans: dict[Host, list[PlannedOp]] = {}
+    for run in runs:
+        ops = []
+        for name in names:
+            plan = run.plans.get(name)
+            if plan is None or not plan.will_change:
+                continue
+            ops.append(PlannedOp(name, converge, (plan.commands, plan.unchanged)))
+        if ops:
+            plans[run.host] = ops
+    by_host = {run.host: run for run in runs}
+
+    def on_outcome(host: Host, outcome: OpOutcome) -> None:
+        run = by_host[host]
+        plan = run.plans[outcome.step]
+        if outcome.succeeded:
+            run.report.record(outcome.step, "changed", _detail(plan))
+            _say(request, f"[{run.report.host}] {outcome.step}: changed")
+        else:
+            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output))
+            _say(request, f"[{run.report.host}] {outcome.step}: FAILED")
+
+    session.run(plans, on_outcome)
+    for run in runs:
+        # A step after a failed one never ran: say so instead of claiming a change.
+        failed_at = next((i for i, n in enumerate(names) if (s := run.report.step(n)) and s.status == "failed"), None)
+        if failed_at is not None:
+            for later in names[failed_at + 1:]:
+                step = run.report.step(later)
+                if step is not None and step.status == "changed":
+                    run.report.record(later, "skipped", "not run: an earlier step failed on this host")
+
+
+def _phase_one_planner(local: Mapping[str, list[LocalPackage]]) -> Callable[[HostRun, str], StepPlan]:
+    def planner(run: HostRun, name: str) -> StepPlan:
+        assert run.facts is not None and run.settings is not None
+        if name == "driver":
+            return plan_driver_step(run.facts, run.settings)
+        if name == "nouveau":
+            return plan_nouveau_step(run.facts, run.settings)
+        packages = local.get(run.settings.toolkit_packages) if run.settings.toolkit_packages else None
+        return plan_toolkit_step(run.facts, run.settings, packages)
+
+    return planner
+
+
+def _phase_two_planner(run: HostRun, name: str) -> StepPlan:
+    assert run.facts is not None and run.settings is not None
+    facts, settings = run.facts, run.settings
+    recorded = parse_record(facts.managed_file(STATE_PATH))
+    if name == "containerd":
+        return plan_containerd_step(facts, settings)
+    if name == "nvml-library":
+        outcome = plan_library_step(facts, settings, recorded)
+        if outcome.library is not None:
+            run.report.nvml_library = outcome.library.path
+            run.report.driver_version = outcome.library.version
+            run.library_version = outcome.library.version
+        return outcome.plan
+    if name == "plugin-service":
+        return plan_plugin_service_step(facts, settings, run.report.driver_version, recorded)
+    record = HostRecord(
+        gpunode_version=version("gpunode"),
+        node_name=facts.node_name,
+        gpu_count=len(facts.gpus),
+        gpus=tuple(f"{gpu.bus_id} {gpu.name}" for gpu in facts.gpus),
+        driver_version=run.report.driver_version,
+        driver_packages={k: v for k, v in sorted(facts.packages.items())
+                         if k.startswith(("libnvidia", "nvidia-", "libcuda"))
+                         and not k.startswith(("nvidia-container", "libnvidia-container"))},
+        kernel_module=settings.kernel_module,
+        nvml_library=run.report.nvml_library,
+        toolkit_version=facts.packages.get("nvidia-container-toolkit"),
+        containerd_files=tuple(containerd_managed_paths(settings)),
+        runtime_path=settings.runtime_path,
+        plugin_mode=settings.plugin_mode,
+    )
+    return plan_state_step(facts, record)
+
+
+@dataclass
+class BootstrapResult:
+    reports: list[HostReport]
+    # Every change per host with its file diffs: what --dry-run shows after the summary.
+    plan: str
+
+
+def _dry_run_phase_two_planner(run: HostRun, name: str) -> StepPlan:
+    driver = run.plans.get("driver")
+    if driver is not None and driver.will_change and name in ("nvml-library", "state"):
+        plan = StepPlan(name)
+        plan.skipped = "decided after the driver step has installed the driver (it would change first)"
+        return plan
+    return _phase_two_planner(run, name)
+
+
+def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapResult:
+    session = Session(inventory, parallel=request.parallel)
+    runs = [HostRun(host, HostReport(host.name)) for host in session.hosts]
+    try:
+        reports = _run(session, runs, request)
+        return BootstrapResult(reports, plan_text(runs))
+    finally:
+        for run in runs:
+            if run.lock is not None:
+                try:
+                    run.lock.release()
+                except Exception:  # noqa: BLE001 - the lock also goes away with the connection
+                    pass
+        session.disconnect()
+
+
+def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> list[HostReport]:
+    for run in runs:
+        try:
+            run.settings = resolve_settings(run.host.name, run.host.data.dict(),  # type: ignore[no-untyped-call]
+                                            request.overrides)
+        except UserError as exc:
+            run.report.error = str(exc)
+    _say(request, f"connecting to {len(runs)} host(s)")
+    for host, error in session.connect().items():
+        run = next(r for r in runs if r.host is host)
+        if error is not None and run.report.error is None:
+            run.report.error = f"could not connect: {error}"
+    live = [run for run in runs if run.report.error is None]
+    if not request.dry_run:
+        for run in live:
+            lock = HostLock(run.host, sudo=bool(run.host.data.get("_sudo")))
+            try:
+                lock.acquire()
+                run.lock = lock
+            except GpunodeError as exc:
+                run.report.error = str(exc)
+        live = [run for run in live if run.report.error is None]
+    local = _load_local_packages(live)
+
+    _read(session, live)
+    live = [run for run in live if run.active]
+    for run in live:
+        assert run.facts is not None and run.settings is not None
+        run.report.gpu_count = len(run.facts.gpus)
+        run.report.node_name = run.facts.node_name
+        preflight = plan_preflight(run.facts, run.settings)
+        run.plans["preflight"] = preflight
+        _record(run, preflight, request)
+    _plan_phase(live, PHASE_ONE, _phase_one_planner(local), request)
+
+    if request.dry_run:
+        # Phase 2 is planned from the host as it is now. Where the driver step would install
+        # or change the library first, what depends on the library cannot be known yet.
+        _plan_phase(live, PHASE_TWO, _dry_run_phase_two_planner, request)
+        return [run.report for run in runs]
+
+    if request.confirm is not None and any(
+        plan.will_change for run in live for plan in run.plans.values()
+    ):
+        if not request.confirm(plan_text(live)):
+            for run in live:
+                run.report.error = "not applied: the plan was not confirmed"
+            return [run.report for run in runs]
+
+    _execute(session, live, PHASE_ONE, request)
+    changed = [run for run in live if run.active and any(
+        (s := run.report.step(n)) is not None and s.status == "changed" for n in PHASE_ONE)]
+    if changed:
+        _say(request, f"reading {len(changed)} host(s) again after package changes")
+        _read(session, changed)
+    live = [run for run in live if run.active]
+    _plan_phase(live, PHASE_TWO, _phase_two_planner, request)
+    _execute(session, live, PHASE_TWO, request)
+    return [run.report for run in runs]
+
+
+def _read(session: Session, runs: Sequence[HostRun]) -> None:
+    settings = {run.host: run.settings for run in runs if run.settings is not None}
+    results = session.snapshot(
+        [run.host for run in runs],
+        containerd_config={h: s.containerd_config for h, s in settings.items()},
+        managed_files={h: managed_paths(s) for h, s in settings.items()},
+    )
+    for run in runs:
+        value = results[run.host]
+        if isinstance(value, Exception):
+            run.report.error = f"could not read the host: {value}"
+        else:
+            run.facts = value
+
+
+def plan_text(runs: Sequence[HostRun]) -> str:
+    """What a confirmation prompt shows: every change per host, with file diffs."""
+    lines: list[str] = []
+    for run in runs:
+        changes = [(name, plan) for name, plan in run.plans.items() if plan.will_change]
+        if not changes:
+            continue
+        lines.append(f"{run.report.host}:")
+        for name, plan in changes:
+            lines.append(f"  {name}: {plan.summary()}")
+            if plan.diff:
+                lines += ["    " + line for line in plan.diff.rstrip("\n").splitlines()]
+    return "\n".join(lines) + "\n" if lines else ""
