@@ -182,10 +182,6 @@ def _indent_like_siblings(parent: Any, key: str) -> None:
         new.trivia.indent = sibling.trivia.indent.rsplit("\n", 1)[-1]
 
 
-class InternalEditError(RuntimeError):
-    """gpunode could not express an edit in this file's layout (a bug: report it)."""
-
-
 # How a new table below the top level is written, tried in this order until the result
 # checks out: as a table where its parent is (the natural place, indented like the file);
 # as an inline table (the only legal way under a table defined by dotted keys, and one
@@ -395,7 +391,7 @@ def edit_checked(
 ) -> str:
     """Apply `edits` to `text` and return the new text, proven to mean the edited model.
 
-    `model` is the strict parse of `text`. Raises InternalEditError when no way of writing the
+    `model` is the strict parse of `text`. Raises ConfigStructureError when no way of writing the
     edit into this layout parses back to the intended data.
     """
     try:
@@ -405,15 +401,27 @@ def edit_checked(
     failures: list[str] = []
     for strategy in STRATEGIES:
         editor = TomlEditor(load_document(text, path), copy.deepcopy(model), strategy=strategy, source=text)
-        edits(editor)
-        if strictly_equal(editor.model, model):
-            return text  # nothing to change: the file stays byte for byte as it is
-        rendered = editor.render()
+        try:
+            edits(editor)
+            if strictly_equal(editor.model, model):
+                return text  # nothing to change: the file stays byte for byte as it is
+            rendered = editor.render()
+        except tomlkit.exceptions.TOMLKitError as exc:
+            # tomlkit parses some legal layouts (a table's sub-tables before it and after it)
+            # but then cannot insert into them; the next strategy may write it differently.
+            failures.append(f"{strategy}: tomlkit could not make the edit ({exc})")
+            continue
         problem = check_rendering(rendered, editor.model)
         if problem is None:
             return rendered
         failures.append(f"{strategy}: {problem}")
-    raise InternalEditError(f"gpunode could not edit {path} safely ({'; '.join(failures)})")
+    cannot_edit = ConfigStructureError(
+        f"{path} is valid TOML, but gpunode cannot edit its table layout without risking its "
+        f"meaning ({'; '.join(failures)}).",
+        fix="use the drop-in mode (the default), which leaves this file's layout alone, "
+        "or simplify the file's table layout (each table once, sub-tables after it).",
+    )
+    return _edit_without_parser(text, model, edits, cannot_edit)
 
 
 def _edit_without_parser(

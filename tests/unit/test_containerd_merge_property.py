@@ -291,13 +291,19 @@ def test_merge_is_right_preserving_and_idempotent(
 
     try:
         plan = plan_runtime_merge(text, containerd_version=version, settings=wanted, config_path=CONFIG)
-    except ConfigStructureError:
-        # Only a layout tomlkit cannot even read may be refused, and never in drop-in mode
+    except ConfigStructureError as refused:
+        # Only a layout tomlkit cannot read, or (in place) one it reads but cannot insert
+        # into, may be refused, with the drop-in mode as the fix; and never in drop-in mode
         # when there is no imports array to extend.
-        with pytest.raises(tomlkit.exceptions.TOMLKitError):
+        assert "drop-in mode" in str(refused)
+        try:
             tomlkit.parse(text)
+        except tomlkit.exceptions.TOMLKitError:
+            event("refused: a layout tomlkit cannot read")
+        else:
+            assert in_place and "cannot edit its table layout" in str(refused)
+            event("refused in place: a layout tomlkit reads but cannot insert into")
         assert in_place or "imports" in config
-        event("refused: a layout tomlkit cannot read")
         return
     event(f"{plan.mode}, containerd {version[0]}.x")
 
