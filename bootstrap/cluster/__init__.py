@@ -1,0 +1,1 @@
+"""The cluster layer: kubectl does the talking (users have it, with their contexts and auth)."""
