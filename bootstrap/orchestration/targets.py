@@ -44,11 +44,15 @@ def make_inventory(hosts: Sequence[str], inventory_file: str | None,
         if not path.is_file():
             raise UserError(f"Inventory file {inventory_file} does not exist.",
                             fix="give the path of a pyinfra inventory file, e.g. inventory/fleet.py")
-        # pyinfra's own loader understands inventory files with group_data/ next to them.
+        # pyinfra's own loader understands inventory files with group_data/ next to them;
+        # it records the file it executes on the current state, so it needs one in context.
+        from pyinfra.api.state import State
+        from pyinfra.context import ctx_state
         from pyinfra_cli.inventory import make_inventory_from_files
 
         try:
-            inventory: Inventory = make_inventory_from_files(str(path), override_data=dict(override_data))
+            with ctx_state.use(State()):
+                inventory: Inventory = make_inventory_from_files(str(path), override_data=dict(override_data))
         except Exception as exc:  # noqa: BLE001 - an inventory is user code; say what broke
             raise UserError(f"Inventory file {inventory_file} could not be loaded: {exc}",
                             fix="fix the inventory file (it is Python; see inventory/fleet.py)") from exc

@@ -1,0 +1,165 @@
+"""Figures of `gpunode bootstrap` (node steps) against disposable Debian 12 test hosts.
+
+    GPUNODE_TEST_CACHE=... .venv/bin/python benchmarks/bootstrap_bench.py [--hosts 10] [--record]
+
+Measures, with the real CLI over real SSH (tests/standins/debian_host.py hosts with two
+GPUs on their PCI bus, kernel module mode none, the toolkit from a local package dir):
+- a first bootstrap of a fresh host, and where the time goes (each progress line the CLI
+  prints is time-stamped as it arrives: connect, read, every step, the second read);
+- a no-change re-run against that host (median of 7), the figure ANCHORS.md sets at 1.5 s;
+- the same no-change run against N hosts at once (an inventory file), against one host.
+--record writes the figures into benchmarks/RESULTS.md (section "Bootstrap").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import test_cache_dir  # noqa: E402
+from e2e.bootstrap_harness import DRIVER, RESTART_CONTAINERD  # noqa: E402
+from e2e.host_gpus import nvidia_gpus, set_pci_functions  # noqa: E402
+from standins.debian_host import DebianHost, start_debian_host, start_debian_hosts, stop_all  # noqa: E402
+from standins.toolkit_packages import build_toolkit_packages  # noqa: E402
+
+COMMON = ["--yes", "--skip-cluster", "--kernel-module", "none", "--driver-version", DRIVER,
+          "--containerd-restart-command", RESTART_CONTAINERD, "--output", "json"]
+
+
+def prepare(host: DebianHost) -> None:
+    set_pci_functions(host, nvidia_gpus(2))
+    host.set_loaded_nvidia_module(DRIVER)
+    host.start_containerd()
+
+
+def inventory_for(hosts: list[DebianHost], directory: Path) -> Path:
+    entries = [
+        (host.name, {"ssh_hostname": host.address, "ssh_port": host.ssh_port, "ssh_user": host.ssh_user,
+                     "ssh_key": str(host.ssh_key), "ssh_known_hosts_file": str(host.known_hosts_path),
+                     "ssh_strict_host_key_checking": "yes"})
+        for host in hosts
+    ]
+    path = directory / "bench_inventory.py"
+    path.write_text(f"gpu_nodes = {entries!r}\n")
+    return path
+
+
+def run(args: list[str]) -> tuple[float, list[tuple[float, str]], dict[str, object]]:
+    """Wall time, time-stamped progress lines, JSON summary of one gpunode invocation."""
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stderr is not None and process.stdout is not None
+    progress = [(time.monotonic() - started, line.rstrip()) for line in process.stderr]
+    stdout = process.stdout.read()
+    process.wait()
+    wall = time.monotonic() - started
+    summary = json.loads(stdout)
+    if process.returncode != 0:
+        raise SystemExit(f"gpunode failed ({process.returncode}):\n{stdout}\n" + "\n".join(l for _, l in progress))
+    return wall, progress, summary
+
+
+def where_time_goes(progress: list[tuple[float, str]]) -> list[tuple[str, float]]:
+    """Seconds between consecutive progress lines, named by the line that ends each span."""
+    spans, previous = [], 0.0
+    for at, line in progress:
+        spans.append((re.sub(r"^\[[^]]+\] ", "", line), at - previous))
+        previous = at
+    return spans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hosts", type=int, default=10)
+    parser.add_argument("--record", action="store_true")
+    options = parser.parse_args()
+    cache = test_cache_dir()
+    load_start = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="gpunode-bench-") as scratch:
+        toolkit = Path(scratch) / "toolkit"
+        toolkit.mkdir()
+        build_toolkit_packages(toolkit)
+        common = COMMON + ["--toolkit-packages", str(toolkit)]
+
+        host = start_debian_host(cache, name="bench-1")
+        try:
+            prepare(host)
+            target = [f"root@{host.address}:{host.ssh_port}", "--ssh-key", str(host.ssh_key),
+                      "--known-hosts", str(host.known_hosts_path)]
+            first_wall, progress, _ = run(["bootstrap", *target, *common])
+            spans = where_time_goes(progress)
+            repeat = [run(["bootstrap", *target, *common])[0] for _ in range(7)]
+        finally:
+            host.stop()
+
+        fleet = start_debian_hosts(cache, options.hosts, name_prefix="bench")
+        try:
+            for each in fleet:
+                prepare(each)
+            inventory = inventory_for(fleet, Path(scratch))
+            fleet_first, _, _ = run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts), *common])
+            fleet_repeat = [run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts), *common])[0]
+                            for _ in range(3)]
+        finally:
+            stop_all(fleet)
+    load_end = os.getloadavg()[0]
+
+    one = statistics.median(repeat)
+    many = statistics.median(fleet_repeat)
+    rows = [
+        ("first bootstrap of a fresh host (driver userspace by apt, toolkit from a local dir, "
+         "containerd runtime, library, record)", f"{first_wall:.1f} s"),
+        ("no-change re-run, one host (median of 7)", f"{one:.2f} s (min {min(repeat):.2f}, max {max(repeat):.2f})"),
+        (f"first bootstrap of {options.hosts} fresh hosts at once", f"{fleet_first:.1f} s"),
+        (f"no-change re-run, {options.hosts} hosts at once (median of 3)", f"{many:.2f} s = {many / one:.2f} x one host"),
+    ]
+    table = "| figure | gpunode |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
+    breakdown = "| first run, span ending with | seconds |\n|---|---|\n" + "".join(
+        f"| {name} | {seconds:.2f} |\n" for name, seconds in spans)
+    print(table)
+    print(breakdown)
+    if options.record:
+        record(table + "\nWhere the first run's time goes (progress lines as they arrived):\n\n" + breakdown,
+               load_start, load_end)
+
+
+def record(body: str, load_start: float, load_end: float) -> None:
+    results = REPO / "benchmarks" / "RESULTS.md"
+    text = results.read_text()
+    section = (
+        "<!-- bootstrap:start -->\n## Bootstrap\n\n"
+        f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core {platform.machine()} "
+        f"machine, with `benchmarks/bootstrap_bench.py --record`: the real CLI over real SSH to "
+        "Debian 12 test hosts (tests/standins/debian_host.py), kernel module mode none, the toolkit "
+        "from a local package directory, containerd restarted by a command (no systemd there).\n\n"
+        f"Load average {load_start:.2f} at start, {load_end:.2f} at end (1-minute): "
+        + ("**the machine was busy; figures are upper bounds.**\n\n" if max(load_start, load_end) > 0.7
+           else "a quiet machine.\n\n")
+        + "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
+          "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.\n\n"
+        + body
+        + "\n<!-- bootstrap:end -->\n"
+    )
+    pattern = re.compile(r"<!-- bootstrap:start -->.*?<!-- bootstrap:end -->\n", re.S)
+    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    results.write_text(text)
+    print(f"recorded in {results}")
+
+
+if __name__ == "__main__":
+    main()
