@@ -87,10 +87,9 @@ def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | Non
       gpunode bootstrap -i inventory/fleet.py --dry-run
       sudo gpunode bootstrap @local --kernel-module none --yes
     """
-    # pyinfra runs hosts in greenlets; paramiko needs gevent's cooperative sockets for that.
-    from gevent import monkey
+    from gpunode.bootstrap.orchestration.green import patch_for_pyinfra
 
-    monkey.patch_all()
+    patch_for_pyinfra()
     from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, run_bootstrap
     from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
 
