@@ -24,7 +24,7 @@ def patch_for_pyinfra() -> None:
     def entry_points(**selection: Any) -> Any:
         return scanned.select(**selection) if selection else scanned
 
-    importlib.metadata.entry_points = entry_points  # type: ignore[assignment]
+    importlib.metadata.entry_points = entry_points
     try:
         monkey.patch_all()
     finally:
