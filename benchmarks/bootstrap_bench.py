@@ -14,10 +14,8 @@ GPUs on their PCI bus, kernel module mode none, the toolkit from a local package
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +32,9 @@ from e2e.bootstrap_harness import DRIVER, RESTART_CONTAINERD  # noqa: E402
 from e2e.host_gpus import nvidia_gpus, set_pci_functions  # noqa: E402
 from standins.debian_host import DebianHost, start_debian_host, start_debian_hosts, stop_all  # noqa: E402
 from standins.toolkit_packages import build_toolkit_packages  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results import load_note, measured_on, write_section  # noqa: E402
 
 COMMON = ["--yes", "--skip-cluster", "--kernel-module", "none", "--driver-version", DRIVER,
           "--containerd-restart-command", RESTART_CONTAINERD, "--output", "json"]
@@ -139,26 +140,17 @@ def main() -> None:
 
 
 def record(body: str, load_start: float, load_end: float) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    text = results.read_text()
-    section = (
-        "<!-- bootstrap:start -->\n## Bootstrap\n\n"
-        f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core {platform.machine()} "
-        f"machine, with `benchmarks/bootstrap_bench.py --record`: the real CLI over real SSH to "
-        "Debian 12 test hosts (tests/standins/debian_host.py), kernel module mode none, the toolkit "
-        "from a local package directory, containerd restarted by a command (no systemd there).\n\n"
-        f"Load average {load_start:.2f} at start, {load_end:.2f} at end (1-minute): "
-        + ("**the machine was busy; figures are upper bounds.**\n\n" if max(load_start, load_end) > 0.7
-           else "a quiet machine.\n\n")
-        + "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
-          "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.\n\n"
-        + body
-        + "\n<!-- bootstrap:end -->\n"
-    )
-    pattern = re.compile(r"<!-- bootstrap:start -->.*?<!-- bootstrap:end -->\n", re.S)
-    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    results.write_text(text)
-    print(f"recorded in {results}")
+    write_section("bootstrap", "Bootstrap", "\n\n".join([
+        measured_on("benchmarks/bootstrap_bench.py --record")
+        + " The real CLI over real SSH to Debian 12 test hosts (tests/standins/debian_host.py), "
+        "kernel module mode none, the toolkit from a local package directory, containerd "
+        "restarted by a command (no systemd there). The test hosts run on this machine's own "
+        "two cores: with N hosts, their side of every command competes with gpunode's.",
+        load_note(load_start, load_end),
+        "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
+        "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.",
+        body,
+    ]))
 
 
 if __name__ == "__main__":

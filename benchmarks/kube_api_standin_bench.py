@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import http.client
 import json
 import os
-import platform
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
 
-START, END = "<!-- kube-api-standin:start -->", "<!-- kube-api-standin:end -->"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import load_note, measured_on, write_section  # noqa: E402
 
 
 def ms(values: list[float]) -> str:
@@ -163,22 +161,11 @@ def main() -> None:
     print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after")
     if not args.record:
         return
-    section = "\n".join([
-        START, "## Kubernetes API stand-in (tests)", "",
-        f"Measured {dt.date.today().isoformat()} on a {os.cpu_count()}-core "
-        f"{platform.machine()} machine, Python {platform.python_version()}, with "
-        f"`benchmarks/kube_api_standin_bench.py --record` ({args.rounds} rounds). The 1-minute "
-        f"load average was {load_before:.2f} at start and {load_after:.2f} at the end "
-        "(other engineers share the machine): figures are upper bounds.", "",
-        *table, "", END])
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text)
-    print(f"recorded in {results.relative_to(ROOT)}")
+    write_section("kube-api-standin", "Kubernetes API stand-in (tests)", "\n\n".join([
+        measured_on("benchmarks/kube_api_standin_bench.py --record") + f" {args.rounds} rounds.",
+        load_note(load_before, load_after),
+        "\n".join(table),
+    ]))
 
 
 if __name__ == "__main__":

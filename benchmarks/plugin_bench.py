@@ -13,9 +13,7 @@ Prints the figures; --record also writes them into benchmarks/RESULTS.md (sectio
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
 import shutil
 import signal
@@ -34,12 +32,12 @@ import grpc  # noqa: E402
 
 from conftest import test_cache_dir  # noqa: E402
 from gpunode.plugin.v1beta1 import api_pb2  # noqa: E402
-from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig, build_fake_nvml  # noqa: E402
+from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml  # noqa: E402
 from standins.kubelet import UNHEALTHY, KubeletStandIn  # noqa: E402
 
 GPU = "nvidia.com/gpu"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- device-plugin:start -->", "<!-- device-plugin:end -->"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results import load_note, measured_on, write_section  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -142,7 +140,6 @@ def interleaved_with_floor(root: Path, stub: object, request: api_pb2.AllocateRe
 def measure() -> dict[str, str]:
     figures: dict[str, str] = {}
     world = World()
-    load_before = os.getloadavg()[0]
     try:
         # -- process start to Register (and to the first device list) --
         to_register, to_list = [], []
@@ -253,7 +250,6 @@ def measure() -> dict[str, str]:
         stop(process)
     finally:
         world.close()
-    figures["load"] = f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     return figures
 
 
@@ -271,55 +267,40 @@ LABELS = [
 ]
 
 
-def record(figures: dict[str, str]) -> None:
-    today = datetime.date.today().isoformat()
-    lines = [
-        START,
-        "## Device plugin",
-        "",
-        f"Measured {today} on a {os.cpu_count()}-core {platform.machine()} machine, "
-        f"Python {platform.python_version()}, "
-        "with `benchmarks/plugin_bench.py --record`: the plugin as a real process (`python -m gpunode.plugin serve`, "
-        "8 fake GPUs in NVLink pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real "
-        "pynvml. NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way).",
-        "",
-        f"**Other engineers were loading the CPU while these were taken** (1-minute load average "
-        f"{figures['load']}, on 2 cores); the figures are upper bounds, to be re-measured on a quiet machine. "
-        "The do-nothing gRPC server beside the Allocate figures shows what the load alone costs.",
-        "",
-        "| figure | gpunode plugin | NVIDIA's plugin | target |",
-        "|---|---|---|---|",
-    ]
+def record(figures: dict[str, str], load_start: float, load_end: float) -> None:
+    rows = ["| figure | gpunode plugin | NVIDIA's plugin | target |", "|---|---|---|---|"]
     for key, label, theirs, target in LABELS:
-        lines.append(f"| {label} | {figures[key]} | {theirs or '-'} | {target or '-'} |")
-    lines += [
+        rows.append(f"| {label} | {figures[key]} | {theirs or '-'} | {target or '-'} |")
+    rows += [
         "| devices Unhealthy after a transient XID | Healthy again after the quiet period "
         "(`--health-recovery-seconds`, default 60 s) | stay Unhealthy until the pod restarts | recover |",
         "| ListAndWatch stream ended by the kubelet | noticed at once, re-registered (see tests) | not noticed; "
         "waits for a file event or a 30 s retry | re-register |",
-        "",
-        END,
     ]
-    section = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    write_section("device-plugin", "Device plugin", "\n\n".join([
+        measured_on("benchmarks/plugin_bench.py --record")
+        + " The plugin as a real process (`python -m gpunode.plugin serve`, 8 fake GPUs in NVLink "
+        "pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real pynvml. "
+        "NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way). The "
+        "do-nothing gRPC server beside the Allocate figures shows what this machine's Python gRPC "
+        "costs by itself.",
+        load_note(load_start, load_end),
+        "\n".join(rows),
+    ]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="write the figures into benchmarks/RESULTS.md")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     figures = measure()
+    load_end = os.getloadavg()[0]
     for key, label, _, _ in LABELS:
         print(f"{label}: {figures[key]}")
-    print(f"load average: {figures['load']}")
+    print(f"1-minute load average: {load_start:.2f} at start, {load_end:.2f} at end")
     if args.record:
-        record(figures)
-        print(f"recorded in {RESULTS.relative_to(REPO)}")
+        record(figures, load_start, load_end)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,8 @@ benchmarks/RESULTS.md (section "Test bed") with the machine, the date and the lo
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +30,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import test_cache_dir  # noqa: E402
 from standins.debian_host import DebianHost, start_debian_host, start_debian_hosts, stop_all  # noqa: E402
 from standins.debian_rootfs import DEFAULT_RECIPE, rootfs_tarball, rootfs_tree  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results import load_note, measured_on, write_section  # noqa: E402
 
 DRIVER_PACKAGES = "libnvidia-ml1 nvidia-smi"
 INSTALL = f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {DRIVER_PACKAGES}"
@@ -148,25 +148,13 @@ def main() -> None:
 
 
 def record(table: str, load_start: float, load_end: float, cold: bool) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
     command = "benchmarks/testbed_bench.py --record" + (" --cold-build" if cold else "")
-    section = (
-        "<!-- testbed:start -->\n## Test bed\n\n"
-        f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core "
-        f"{platform.machine()} machine (kernel {platform.release()}), with `{command}`: Debian 12 "
-        "hosts from tests/standins/debian_host.py, the Debian archive (deb.debian.org) over "
-        "the network.\n\n"
-        f"Load average {load_start:.2f} at start, {load_end:.2f} at end (1-minute, 2 cores): "
-        + ("**other engineers were loading the CPU; figures are upper bounds.**\n\n"
-           if max(load_start, load_end) > 0.7 else "a quiet machine.\n\n")
-        + table
-        + "\n<!-- testbed:end -->\n"
-    )
-    pattern = re.compile(r"<!-- testbed:start -->.*?<!-- testbed:end -->\n", re.S)
-    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    results.write_text(text)
-    print(f"recorded in {results}")
+    write_section("testbed", "Test bed", "\n\n".join([
+        measured_on(command) + " Debian 12 hosts from tests/standins/debian_host.py, the Debian "
+        "archive (deb.debian.org) over the network.",
+        load_note(load_start, load_end),
+        table,
+    ]))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import Any
 
 from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.host import Host

@@ -1,0 +1,45 @@
+"""Writing a benchmark's section of benchmarks/RESULTS.md, with the machine, date and load.
+
+Each benchmark owns the text between `<!-- KEY:start -->` and `<!-- KEY:end -->`; a new
+recording replaces it and leaves the other sections alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# A 1-minute load average above this on this 2-core machine means something else was running.
+BUSY = 0.7
+
+
+def measured_on(command: str) -> str:
+    """The opening sentence: when, on what, with which command."""
+    return (f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core "
+            f"{platform.machine()} machine (kernel {platform.release()}), Python "
+            f"{platform.python_version()}, with `{command}`.")
+
+
+def load_note(start: float, end: float) -> str:
+    busy = max(start, end) > BUSY
+    return (f"1-minute load average {start:.2f} at start, {end:.2f} at end: "
+            + ("**the machine was busy with other work; the figures are upper bounds.**" if busy
+               else "a quiet machine."))
+
+
+def write_section(key: str, title: str, body: str) -> Path:
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    section = f"{start}\n## {title}\n\n{body.strip()}\n{end}\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _match: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text)
+    print(f"recorded in {RESULTS}")
+    return RESULTS
