@@ -13,6 +13,7 @@ from importlib.resources import files
 
 from pyinfra.api.facts import FactBase
 
+from gpunode.bootstrap.core.host_diagnostics import NVML_CHECK_SOURCE
 from gpunode.bootstrap.core.host_facts import HostFacts, parse_snapshot
 from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND
 from gpunode.bootstrap.core.packages import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
@@ -26,7 +27,9 @@ def _script_template() -> str:
     return files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
 
 
-def snapshot_command(containerd_config: str, managed_files: Iterable[str]) -> str:
+def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
+                     diagnostics: bool = False) -> str:
+    """The one command that reads a host; `diagnostics` adds what only doctor needs."""
     script = (
         _script_template()
         .replace("GPUNODE_NVML_PROBE", PROBE_COMMAND)
@@ -38,6 +41,9 @@ def snapshot_command(containerd_config: str, managed_files: Iterable[str]) -> st
         f"GPUNODE_MANAGED_FILES={shlex.quote(chr(10).join(managed_files))}\n"
         f"GPUNODE_UPLOAD_DIR={shlex.quote(UPLOAD_DIR)}\n"
     )
+    if diagnostics:
+        assignments += (f"GPUNODE_DIAGNOSE=1\n"
+                        f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n")
     # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
     return "sh -c " + shlex.quote(assignments + script)
 
@@ -46,8 +52,8 @@ class HostSnapshot(FactBase[HostFacts]):
     """Everything gpunode needs to know about a host, read in one round trip."""
 
     def command(self, containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
-                managed_files: tuple[str, ...] = ()) -> str:
-        return snapshot_command(containerd_config, managed_files)
+                managed_files: tuple[str, ...] = (), diagnostics: bool = False) -> str:
+        return snapshot_command(containerd_config, managed_files, diagnostics=diagnostics)
 
     def process(self, output: list[str]) -> HostFacts:
         return parse_snapshot("\n".join(output))
