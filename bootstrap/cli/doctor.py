@@ -9,6 +9,10 @@ import click
 from gpunode.bootstrap.errors import UserError
 
 
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 @click.command("doctor")
 @click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @click.option("-i", "--inventory", metavar="FILE", help="A pyinfra inventory file instead of HOST arguments.")
@@ -60,7 +64,6 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
     """
     from gpunode.bootstrap.cluster.kubectl import KubeAccess, SshTarget
     from gpunode.bootstrap.core.diagnosis import format_text
-    from gpunode.bootstrap.orchestration.targets import parse_target, ssh_data
 
     target_pod = None
     inventory_object = None
@@ -69,8 +72,13 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
                         fix="drop --no-cluster, or the cluster options")
     if no_cluster and not hosts and not inventory:
         raise UserError("--no-cluster with no HOST leaves nothing to check.", fix="name a host: gpunode doctor HOST")
-    override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
-                        known_hosts=known_hosts, sudo=sudo)
+    override: dict[str, object] = {}
+    if hosts or inventory or kube_host:
+        # pyinfra (imported by the targets module) is only needed when SSH is.
+        from gpunode.bootstrap.orchestration.targets import ssh_data
+
+        override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
+                            known_hosts=known_hosts, sudo=sudo)
     if hosts or inventory:
         # pyinfra runs hosts in greenlets; paramiko needs gevent's cooperative sockets for that.
         from gevent import monkey
@@ -87,11 +95,13 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
     if not no_cluster:
         control = None
         if kube_host:
+            from gpunode.bootstrap.orchestration.targets import parse_target
+
             name, data = parse_target(kube_host)
             control = SshTarget(host=name, user=data.get("ssh_user") or ssh_user,
-                                port=data.get("ssh_port") or ssh_port, key=override.get("ssh_key"),
-                                config_file=override.get("ssh_config_file"),
-                                known_hosts=override.get("ssh_known_hosts_file"))
+                                port=data.get("ssh_port") or ssh_port, key=_text(override.get("ssh_key")),
+                                config_file=_text(override.get("ssh_config_file")),
+                                known_hosts=_text(override.get("ssh_known_hosts_file")))
         kube = KubeAccess(kubeconfig=kubeconfig, context=context, control_host=control)
     request = DoctorRequest(inventory=inventory_object, nodes=nodes, pod=target_pod, kube=kube,
                             containerd_config=containerd_config, parallel=parallel)

@@ -19,7 +19,7 @@ from gpunode.bootstrap.core.diagnosis_host import K3S_CONTAINERD_CONFIG
 from gpunode.bootstrap.core.doctor_evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
 from gpunode.bootstrap.core.host_facts import HostFacts
 from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
-from gpunode.bootstrap.core.kube_view import dig
+from gpunode.bootstrap.core.kube_view import dig, pod_gpu_limit, pod_spec_of
 from gpunode.bootstrap.errors import GpunodeError, UserError
 
 NO_HOST = Unavailable("no HOST given: the driver, NVML library, toolkit, containerd and the kubelet's "
@@ -166,8 +166,9 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
         node = _node_for_host(host, cluster, override)
         if node:
             covered.add(node)
+        subject = host.name if not node or node == host.name else f"{host.name} (node {node})"
         cases.append(DoctorCase(
-            subject=host.name, node_name=node, host=host.facts,
+            subject=subject, node_name=node, host=host.facts,
             host_unavailable=Unavailable(host.problem) if host.problem else None,
             record=host.record, cluster=cluster.view(node),
             cluster_unavailable=cluster.problem if cluster.reader is None else None,
@@ -193,7 +194,10 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
             subject=f"node {node}", node_name=node, host_unavailable=NO_HOST,
             cluster=cluster.view(node), cluster_unavailable=cluster.problem if cluster.reader is None else None,
             target_pod=target if target is not None and node == target_node else None,
-            named_gpu_node=node in request.nodes or node == target_node,
+            # Named by the user, or the node of a pod that asks for a GPU: meant to have GPUs.
+            # A pod that asks for none may land on a CPU node (F16), which is then no GPU node.
+            named_gpu_node=node in request.nodes or (node == target_node and target is not None
+                                                     and pod_gpu_limit(pod_spec_of(target.pod)) > 0),
         ))
     if target is not None and target_node is None:
         cases.append(DoctorCase(
