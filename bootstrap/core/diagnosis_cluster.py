@@ -15,6 +15,7 @@ from gpunode.bootstrap.core.diagnosis_host import (
     describe_sockets,
     effective_config,
     gpu_count_hint,
+    library_evidence,
     plugin_sockets,
     runtime_name_for,
 )
@@ -452,7 +453,7 @@ def _library_mount_failed(case: DoctorCase, pod_ref: str, host_path: str, text: 
     evidence = [summary, f"event: {text}"]
     if case.host is not None:
         try:
-            library = choose_nvml_library(case.host.nvml)
+            library = choose_nvml_library(library_evidence(case.host))
         except LibraryProblem:
             library = None
         if library is not None and library.path != host_path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from gpunode.bootstrap.core.containerd_effective import (
     default_runtime_name,
@@ -17,7 +18,7 @@ from gpunode.bootstrap.core.doctor_evidence import DoctorCase
 from gpunode.bootstrap.core.host_diagnostics import HostDiagnostics, NvmlCheck
 from gpunode.bootstrap.core.host_facts import HostFacts
 from gpunode.bootstrap.core.kube_view import dig
-from gpunode.bootstrap.core.nvml_library import LibraryProblem, NvmlLibrary, choose_nvml_library
+from gpunode.bootstrap.core.nvml_library import LibraryEvidence, LibraryProblem, NvmlLibrary, choose_nvml_library
 from gpunode.bootstrap.errors import HostStateError
 
 K3S_CONTAINERD_CONFIG = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"
@@ -59,11 +60,10 @@ def host_rules(case: DoctorCase, findings: Findings) -> None:
             "Check that the GPU is seated and enabled (BIOS, VM passthrough), or run doctor on a GPU host.",
             "critical", "host")
         return
-    library = _driver_rules(facts, findings)
+    _driver_rules(facts, findings)
     _toolkit_rules(case, facts, findings)
     _containerd_rules(case, facts, findings)
     _kubelet_host_rules(case, facts, findings)
-    del library
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -74,7 +74,19 @@ def _gpu_lines(facts: HostFacts) -> list[str]:
 
 
 def _driver_installed(facts: HostFacts) -> bool:
-    return any(name.startswith(_DRIVER_PACKAGE_PREFIXES) for name in facts.packages)
+    diag = facts.diagnostics
+    return any(name.startswith(_DRIVER_PACKAGE_PREFIXES) for name in facts.packages) or bool(
+        diag is not None and diag.driver_root)
+
+
+def library_evidence(facts: HostFacts) -> LibraryEvidence:
+    """Where the NVML library is judged: the host's library directories, or the GPU
+    Operator's driver container root when the driver lives there (checked against the
+    module the host's kernel has loaded)."""
+    diag = facts.diagnostics
+    if diag is not None and diag.driver_root_nvml is not None:
+        return replace(diag.driver_root_nvml, module_version=facts.nvml.module_version)
+    return facts.nvml
 
 
 def _driver_version_hint(facts: HostFacts, library: NvmlLibrary | None) -> str | None:
@@ -111,7 +123,7 @@ def _nvml_line(check: NvmlCheck) -> str:
     return f"host NVML check: driver {check.driver or '?'}, {check.count} GPU(s): {found}"
 
 
-def _driver_rules(facts: HostFacts, findings: Findings) -> NvmlLibrary | None:
+def _driver_rules(facts: HostFacts, findings: Findings) -> None:
     diag = facts.diagnostics
     loaded = "nvidia" in facts.loaded_modules or facts.module_version is not None
     module_line = (f"loaded nvidia module: {facts.module_version}" if facts.module_version
@@ -119,13 +131,15 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> NvmlLibrary | None:
     gpus = _gpu_lines(facts)
     library: NvmlLibrary | None = None
     problem: LibraryProblem | None = None
+    evidence_source = library_evidence(facts)
     try:
-        library = choose_nvml_library(facts.nvml)
+        library = choose_nvml_library(evidence_source)
     except LibraryProblem as exc:
         problem = exc
     except HostStateError:
         problem = None
-    reboot = ("blacklist is in place" if facts.nouveau_blacklisted_by else "no blacklist")
+    root_lines = ([f"the driver runs in the GPU Operator's driver container, root {diag.driver_root}"]
+                  if diag is not None and diag.driver_root else [])
     explained = False
 
     if "nouveau" in facts.loaded_modules:
@@ -140,8 +154,8 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> NvmlLibrary | None:
             fix = ("Blacklist nouveau (`printf 'blacklist nouveau\\noptions nouveau modeset=0\\n' > "
                    "/etc/modprobe.d/blacklist-nouveau.conf`), rebuild the initramfs (" + _initramfs(facts) +
                    "), reboot; `gpunode bootstrap` does all of it and says when a reboot is required.")
-        findings.add("F13", "nouveau is loaded, so the NVIDIA driver cannot initialise the GPU "
-                     f"({reboot}).", evidence, fix, "critical", "driver", reboot_required=True)
+        findings.add("F13", "nouveau is loaded, so the NVIDIA driver cannot initialise the GPU.",
+                     evidence, fix, "critical", "driver", reboot_required=True)
         explained = True
 
     rejected = _kernel_lines(diag, _MODULE_REJECTED)
@@ -182,17 +196,17 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> NvmlLibrary | None:
         cause = (f"Driver/library version mismatch: the loaded nvidia kernel module is {found.group(1)}, the NVML "
                  f"library {found.group(2)}" + ("; the driver was upgraded and the host not rebooted."
                                                 if problem.reboot_required else ".")) if found else _first_sentence(problem.problem)
-        findings.add("F14", cause, [*problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
+        findings.add("F14", cause, [*root_lines, *problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
                      problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
         explained = True
     elif problem is not None and (loaded or _driver_installed(facts) or problem.verdict_id != "NVML-MISSING"):
-        findings.add(problem.verdict_id, _first_sentence(problem.problem), problem.evidence,
+        findings.add(problem.verdict_id, _first_sentence(problem.problem), [*root_lines, *problem.evidence],
                      problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
         explained = True
 
     if not loaded and not explained:
         if _driver_installed(facts) or library is not None or (diag is not None and diag.module_file):
-            evidence = [module_line, *gpus]
+            evidence = [module_line, *gpus, *root_lines]
             if diag is not None and diag.modinfo_available:
                 evidence.append(f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
                                 + (f" (version {diag.module_file_version})" if diag.module_file_version else ""))
@@ -213,11 +227,10 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> NvmlLibrary | None:
                          [module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
                          "Install it: `gpunode bootstrap HOST` (the distribution's packages for a "
                          "supported branch, pinned), then reboot if it says so.", "critical", "driver")
-        return library
+        return
 
     if loaded and library is not None and not explained and diag is not None:
         _live_nvml_rules(facts, diag, findings)
-    return library
 
 
 def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings) -> None:
@@ -250,7 +263,10 @@ def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings
         return
     line = _nvml_line(check)
     error = check.init_error or ""
-    if check.load_error:
+    if check.load_error and diag.driver_root:
+        findings.skip("the driver's live state", f"the host's python3 could not load the driver container's "
+                      f"NVML library ({check.load_error})")
+    elif check.load_error:
         findings.add("NVML-MISSING", "libnvidia-ml.so.1 cannot be loaded on the host.", [line],
                      "Reinstall the driver's NVML package (Debian: libnvidia-ml1) and run ldconfig.",
                      "critical", "driver")

@@ -3,7 +3,7 @@ layers, judged by gpunode.bootstrap.core.diagnosis without any I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpunode.bootstrap.core.host_facts import HostFacts
@@ -68,5 +68,4 @@ class DoctorCase:
     cluster_unavailable: Unavailable | None = None
     target_pod: PodEvidence | None = None  # --pod NS/NAME
     named_gpu_node: bool = False  # the user named this node, so it is meant to have GPUs
-    runtime_name: str = "nvidia"  # the containerd runtime GPU pods should run under
-    extra_unavailable: tuple[tuple[str, Unavailable], ...] = field(default=())
+    runtime_name: str = "nvidia"  # the containerd runtime GPU pods use, when no RuntimeClass says

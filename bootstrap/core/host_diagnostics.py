@@ -14,15 +14,18 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
+from gpunode.bootstrap.core.nvml_library import LibraryEvidence, LibraryProblem, parse_probe
+
 # Runs on the host with its own python3 (any 3.x: ctypes only, no f-strings), the way a
-# device plugin starts NVML: load libnvidia-ml.so.1, nvmlInit, count and name the GPUs.
+# device plugin starts NVML: load libnvidia-ml.so.1 (or the file GPUNODE_NVML_LIB names: the
+# GPU Operator's, in its driver container's root), nvmlInit, count and name the GPUs.
 # One result per line: `load-error <text>`, `init-error <code> <text>`, `driver <v>`,
 # `count <n>`, `count-error <code> <text>`, `device <index> <uuid> <name>`,
 # `device-error <index> <code> <text>`.
 NVML_CHECK_SOURCE = r"""
-import ctypes, sys
+import ctypes, os, sys
 try:
-    lib = ctypes.CDLL("libnvidia-ml.so.1")
+    lib = ctypes.CDLL(os.environ.get("GPUNODE_NVML_LIB") or "libnvidia-ml.so.1")
 except OSError as exc:
     print("load-error " + str(exc))
     sys.exit(3)
@@ -118,6 +121,9 @@ class HostDiagnostics:
     socket_mtimes: dict[str, int] = field(default_factory=dict)  # device-plugins entry -> mtime
     plugin_processes: tuple[HostProcess, ...] = ()
     runtime_binaries: dict[str, bool] = field(default_factory=dict)  # path -> exists
+    # The GPU Operator's driver container root and the NVML evidence read inside it.
+    driver_root: str | None = None
+    driver_root_nvml: LibraryEvidence | None = None
 
 
 def _decode_b64(data: str) -> str:
@@ -214,6 +220,15 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
         # Without procps the age is empty: `process <pid>  <state> <comm>` still splits in 5.
         if len(parts) == 5 and parts[0] == "process" and parts[1].isdigit():
             processes.append(HostProcess(int(parts[1]), _int(parts[2]), parts[3], parts[4]))
+    driver_root: str | None = None
+    driver_root_nvml: LibraryEvidence | None = None
+    root_lines = sections.get("diag_driver_root", [])
+    if root_lines and root_lines[0].startswith("root "):
+        driver_root = root_lines[0].split(" ", 1)[1].strip()
+        try:
+            driver_root_nvml = parse_probe("\n".join(root_lines[1:]))
+        except LibraryProblem:
+            driver_root_nvml = None
     binaries: dict[str, bool] = {}
     for line in sections.get("diag_runtime_binaries", []):
         key, _, path = line.strip().partition(" ")
@@ -227,4 +242,5 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
         modinfo_available=bool(modinfo),
         kubelet_age_seconds=kubelet_age, socket_mtimes=mtimes,
         plugin_processes=tuple(processes), runtime_binaries=binaries,
+        driver_root=driver_root, driver_root_nvml=driver_root_nvml,
     )

@@ -15,10 +15,11 @@ from pyinfra.api.facts import FactBase
 
 from gpunode.bootstrap.core.host_diagnostics import NVML_CHECK_SOURCE
 from gpunode.bootstrap.core.host_facts import HostFacts, parse_snapshot
-from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND
+from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND, probe_command
 from gpunode.bootstrap.core.packages import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
 
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+DRIVER_CONTAINER_ROOT = "/run/nvidia/driver"  # the GPU Operator's driver container root
 UPLOAD_DIR = "/var/lib/gpunode/packages"
 
 
@@ -27,11 +28,19 @@ def _script_template() -> str:
     return files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
 
 
+@lru_cache(maxsize=4)
+def _driver_root_probe(root: str) -> str:
+    # Run in a subshell: the probe sets its own variables and functions.
+    return "( " + probe_command(root=root) + " )"
+
+
 def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
-                     diagnostics: bool = False) -> str:
-    """The one command that reads a host; `diagnostics` adds what only doctor needs."""
+                     diagnostics: bool = False, driver_root: str = DRIVER_CONTAINER_ROOT) -> str:
+    """The one command that reads a host; `diagnostics` adds what only doctor needs
+    (`driver_root`: where a containerised driver's root would be mounted)."""
     script = (
         _script_template()
+        .replace("GPUNODE_NVML_PROBE_DRIVER_ROOT", _driver_root_probe(driver_root))
         .replace("GPUNODE_NVML_PROBE", PROBE_COMMAND)
         .replace("GPUNODE_DPKG_QUERY", DPKG_QUERY_COMMAND)
         .replace("GPUNODE_RPM_QUERY", RPM_QUERY_COMMAND)
@@ -43,7 +52,8 @@ def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
     )
     if diagnostics:
         assignments += (f"GPUNODE_DIAGNOSE=1\n"
-                        f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n")
+                        f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n"
+                        f"GPUNODE_DRIVER_ROOT={shlex.quote(driver_root)}\n")
     # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
     return "sh -c " + shlex.quote(assignments + script)
 

@@ -2,7 +2,8 @@
 # read in one round trip. It only reads. POSIX sh; every section starts with a line
 # "@@<name>"; file contents are base64 so that no content can forge a section line.
 # Parameters arrive as shell variables set before this script: GPUNODE_MANAGED_FILES
-# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR.
+# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR; for doctor also
+# GPUNODE_DIAGNOSE=1, GPUNODE_NVML_CHECK (python source), GPUNODE_DRIVER_ROOT.
 PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
 sec() { printf '@@%s\n' "$1"; }
 b64file() {
@@ -114,9 +115,22 @@ limited() { if command -v timeout >/dev/null 2>&1; then timeout 20 "$@"; else "$
 b64out() { printf '%s ' "$1"; printf '%s\n' "$2" | base64 | tr -d '\n'; echo; }
 age_of() { ps -o etimes= -p "$1" 2>/dev/null | tr -d ' '; }
 sec diag_now; date +%s
+# The GPU Operator's driver runs in a container whose root is mounted at /run/nvidia/driver
+# ($GPUNODE_DRIVER_ROOT): its libnvidia-ml is there, not in the host's library directories.
+sec diag_driver_root
+driver_lib=
+if [ -d "$GPUNODE_DRIVER_ROOT/usr" ]; then
+  printf 'root %s\n' "$GPUNODE_DRIVER_ROOT"
+  for d in usr/lib/x86_64-linux-gnu usr/lib64 usr/lib/aarch64-linux-gnu; do
+    if [ -e "$GPUNODE_DRIVER_ROOT/$d/libnvidia-ml.so.1" ]; then
+      driver_lib=$(readlink -f "$GPUNODE_DRIVER_ROOT/$d/libnvidia-ml.so.1"); break
+    fi
+  done
+  GPUNODE_NVML_PROBE_DRIVER_ROOT
+fi
 sec diag_nvml
 if command -v python3 >/dev/null 2>&1; then
-  out=$(limited python3 -c "$GPUNODE_NVML_CHECK" 2>&1); b64out "python3 $?" "$out"
+  out=$(GPUNODE_NVML_LIB="$driver_lib" limited python3 -c "$GPUNODE_NVML_CHECK" 2>&1); b64out "python3 $?" "$out"
 fi
 if command -v nvidia-smi >/dev/null 2>&1; then
   out=$(limited nvidia-smi -L 2>&1); b64out "nvidia-smi $?" "$out"

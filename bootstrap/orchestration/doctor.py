@@ -167,11 +167,14 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
         if node:
             covered.add(node)
         subject = host.name if not node or node == host.name else f"{host.name} (node {node})"
+        unknown_node = Unavailable("this host's node name is unknown (the host could not be read): "
+                                   "give it with --node NAME")
         cases.append(DoctorCase(
             subject=subject, node_name=node, host=host.facts,
             host_unavailable=Unavailable(host.problem) if host.problem else None,
             record=host.record, cluster=cluster.view(node),
-            cluster_unavailable=cluster.problem if cluster.reader is None else None,
+            cluster_unavailable=(cluster.problem if cluster.reader is None
+                                 else unknown_node if node is None else None),
             target_pod=target if target is not None and node == target_node else None,
             named_gpu_node=True,
         ))
