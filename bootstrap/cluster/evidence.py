@@ -123,31 +123,67 @@ class ClusterReader:
     def node_view(self, snapshot: ClusterSnapshot, node_name: str) -> ClusterView:
         node = snapshot.nodes.get(node_name)
         if node is None:
-            return ClusterView(node_name=node_name, node=None, daemonsets=tuple(snapshot.daemonsets),
-                               runtime_classes=tuple(snapshot.runtime_classes),
-                               cluster_policies=None if snapshot.cluster_policies is None
-                               else tuple(snapshot.cluster_policies), gaps=tuple(snapshot.gaps))
-        gaps = list(snapshot.gaps)
+            return self._view(snapshot, node_name, None, [], [], [])
         with ThreadPoolExecutor(max_workers=2) as pool:
             pods_job = pool.submit(self._optional_list, "pods", all_namespaces=True,
                                    field_selector=f"spec.nodeName={node_name}")
             events_job = pool.submit(self._events, None, "Node", node_name)
             pods_or_error, node_events = pods_job.result(), events_job.result()
+        gaps = [f"pods on {node_name} could not be listed: {pods_or_error}"] if isinstance(pods_or_error, str) else []
         pods = pods_or_error if isinstance(pods_or_error, list) else []
-        if isinstance(pods_or_error, str):
-            gaps.append(f"pods on {node_name} could not be listed: {pods_or_error}")
+        plugin_pods, others = self._split(snapshot, pods)
+        evidence = self._pods_evidence(plugin_pods + others)
+        return self._view(snapshot, node_name, node, node_events, evidence[:len(plugin_pods)],
+                          evidence[len(plugin_pods):], gaps)
+
+    def _split(self, snapshot: ClusterSnapshot, pods: Sequence[JSON]) -> tuple[list[JSON], list[JSON]]:
         plugin_pods = [p for p in pods if any(controlled_by(p, ds) for ds in snapshot.daemonsets)]
         others = [p for p in pods if p not in plugin_pods and _interesting(p)]
-        evidence = self._pods_evidence(plugin_pods + others)
+        return plugin_pods, others
+
+    @staticmethod
+    def _view(snapshot: ClusterSnapshot, node_name: str, node: JSON | None, node_events: Sequence[JSON],
+              plugin_pods: Sequence[PodEvidence], others: Sequence[PodEvidence],
+              gaps: Sequence[str] = ()) -> ClusterView:
         return ClusterView(
             node_name=node_name, node=node, node_events=tuple(node_events),
-            daemonsets=tuple(snapshot.daemonsets),
-            plugin_pods=tuple(evidence[:len(plugin_pods)]),
+            daemonsets=tuple(snapshot.daemonsets), plugin_pods=tuple(plugin_pods),
             runtime_classes=tuple(snapshot.runtime_classes),
             cluster_policies=None if snapshot.cluster_policies is None else tuple(snapshot.cluster_policies),
-            other_pods=tuple(evidence[len(plugin_pods):]),
-            gaps=tuple(gaps),
+            other_pods=tuple(others), gaps=tuple(snapshot.gaps) + tuple(gaps),
         )
+
+    def node_views(self, snapshot: ClusterSnapshot, node_names: Sequence[str]) -> dict[str, ClusterView]:
+        """Several nodes' views. For a few nodes, node by node; for more, every pod and every
+        node event are listed once and split by node (a kubectl run costs more than the
+        bigger answer), then each pod's events and logs are read concurrently."""
+        names = list(dict.fromkeys(node_names))
+        if len(names) <= 2:
+            return {name: self.node_view(snapshot, name) for name in names}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pods_job = pool.submit(self._optional_list, "pods", all_namespaces=True)
+            events_job = pool.submit(self._optional_list, "events", all_namespaces=True,
+                                     field_selector="involvedObject.kind=Node")
+            pods_or_error, events_or_error = pods_job.result(), events_job.result()
+        gaps = []
+        if isinstance(pods_or_error, str):
+            gaps.append(f"pods could not be listed: {pods_or_error}")
+        all_pods = pods_or_error if isinstance(pods_or_error, list) else []
+        node_events = events_or_error if isinstance(events_or_error, list) else []
+        chosen: dict[str, tuple[list[JSON], list[JSON]]] = {}
+        for name in names:
+            on_node = [p for p in all_pods if dig(p, "spec", "nodeName") == name]
+            chosen[name] = self._split(snapshot, on_node)
+        wanted = [p for plugin, others in chosen.values() for p in plugin + others]
+        evidence = dict(zip((id(p) for p in wanted), self._pods_evidence(wanted)))
+        views = {}
+        for name in names:
+            plugin, others = chosen[name]
+            views[name] = self._view(
+                snapshot, name, snapshot.nodes.get(name),
+                [e for e in node_events if dig(e, "involvedObject", "name") == name],
+                [evidence[id(p)] for p in plugin], [evidence[id(p)] for p in others], gaps)
+        return views
 
     def _events(self, namespace: str | None, kind: str, name: str) -> list[JSON]:
         selector = f"involvedObject.kind={kind},involvedObject.name={name}"
@@ -165,14 +201,17 @@ class ClusterReader:
 
     def pod_evidence(self, pod: JSON) -> PodEvidence:
         namespace, name = namespace_of(pod), name_of(pod)
-        events = self._events(namespace, "Pod", name)
         container = _main_container(pod)
         states = [s for s in container_states(pod) if not container or s.name == container]
         restarted = any(s.restarts > 0 or s.last_reason for s in states)
-        logs, problem = self._logs(namespace, name, container, previous=False)
-        previous = None
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            events_job = pool.submit(self._events, namespace, "Pod", name)
+            logs_job = pool.submit(self._logs, namespace, name, container, False)
+            previous_job = pool.submit(self._logs, namespace, name, container, True) if restarted else None
+            events = events_job.result()
+            logs, problem = logs_job.result()
+            previous, previous_problem = previous_job.result() if previous_job else (None, None)
         if restarted:
-            previous, previous_problem = self._logs(namespace, name, container, previous=True)
             if logs is None and previous is not None:
                 problem = None  # the current container has not started yet; its last run speaks
             elif previous is None and logs is None:

@@ -190,7 +190,9 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
         return situation
     record_mode = case.record.plugin_mode if case.record is not None else None
     unit = case.host.plugin_venv.unit_active if case.host is not None else None
-    if record_mode == "host" or unit is not None and unit != "inactive" and unit != "unknown":
+    # systemd says "inactive" (or "unknown") for a unit that is not installed at all.
+    unit_installed = unit is not None and unit not in ("inactive", "unknown")
+    if record_mode == "host" or unit_installed:
         situation.host_service = True
         if unit not in (None, "active"):
             findings.add("HOST-PLUGIN-DOWN", f"The device plugin runs as a service on the host (host mode), and "
@@ -330,6 +332,26 @@ def _plugin_rules(case: DoctorCase, view: ClusterView, node: JSON, situation: Pl
 
 def _one_plugin_pod(case: DoctorCase, view: ClusterView, node: JSON, evidence: PodEvidence,
                     situation: PluginSituation, findings: Findings) -> None:
+    before = len(findings.verdicts)
+    _judge_plugin_pod(case, view, node, evidence, situation, findings)
+    pod = evidence.pod
+    if len(findings.verdicts) == before and not is_up(pod) and dig(pod, "status", "phase") != "Succeeded":
+        # Not running, and nothing above says why: say what the pod and its events say.
+        pod_ref = ref(pod)
+        waiting_init = [s for s in container_states(pod) if s.state != "running"
+                        and s.name in {str(c.get("name")) for c in pod_spec_of(pod).get("initContainers") or []}]
+        lines = [f"pod {pod_ref}: {pod_summary(pod)}", *(event_text(e) for e in evidence.events[-5:])]
+        if waiting_init:
+            lines.append("waiting in init container(s): " + ", ".join(s.name for s in waiting_init)
+                         + " (the GPU Operator's validators wait there for the driver and the toolkit)")
+        findings.add("DP-POD-NOT-RUNNING", f"The device plugin pod {pod_ref} is not running.", lines,
+                     f"`kubectl describe pod -n {dig(pod, 'metadata', 'namespace')} {name_of(pod)}`; with the GPU "
+                     "Operator, its validator pods' logs name the driver or toolkit step that is not ready "
+                     "(`gpunode doctor HOST` judges those on the node).", "critical", "plugin")
+
+
+def _judge_plugin_pod(case: DoctorCase, view: ClusterView, node: JSON, evidence: PodEvidence,
+                      situation: PluginSituation, findings: Findings) -> None:
     pod = evidence.pod
     spec = pod_spec_of(pod)
     container = _plugin_container(spec)

@@ -191,21 +191,10 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             "critical", "driver", reboot_required=True)
         explained = True
 
-    if problem is not None and problem.verdict_id == "F14":
-        found = re.search(r"module is (\S+) but .* is (\S+?); NVML", problem.problem)
-        cause = (f"Driver/library version mismatch: the loaded nvidia kernel module is {found.group(1)}, the NVML "
-                 f"library {found.group(2)}" + ("; the driver was upgraded and the host not rebooted."
-                                                if problem.reboot_required else ".")) if found else _first_sentence(problem.problem)
-        findings.add("F14", cause, [*root_lines, *problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
-                     problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
-        explained = True
-    elif problem is not None and (loaded or _driver_installed(facts) or problem.verdict_id != "NVML-MISSING"):
-        findings.add(problem.verdict_id, _first_sentence(problem.problem), [*root_lines, *problem.evidence],
-                     problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
-        explained = True
-
+    installed = _driver_installed(facts) or library is not None or bool(diag is not None and diag.module_file)
     if not loaded and not explained:
-        if _driver_installed(facts) or library is not None or (diag is not None and diag.module_file):
+        # The kernel side first: without a module nothing above it can work.
+        if installed:
             evidence = [module_line, *gpus, *root_lines]
             if diag is not None and diag.modinfo_available:
                 evidence.append(f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
@@ -227,7 +216,21 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
                          [module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
                          "Install it: `gpunode bootstrap HOST` (the distribution's packages for a "
                          "supported branch, pinned), then reboot if it says so.", "critical", "driver")
-        return
+            return
+        explained = True
+
+    if problem is not None and problem.verdict_id == "F14":
+        found = re.search(r"module is (\S+) but .* is (\S+?); NVML", problem.problem)
+        cause = (f"Driver/library version mismatch: the loaded nvidia kernel module is {found.group(1)}, the NVML "
+                 f"library {found.group(2)}" + ("; the driver was upgraded and the host not rebooted."
+                                                if problem.reboot_required else ".")) if found else _first_sentence(problem.problem)
+        findings.add("F14", cause, [*root_lines, *problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
+                     problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
+        explained = True
+    elif problem is not None and (loaded or installed or problem.verdict_id != "NVML-MISSING"):
+        findings.add(problem.verdict_id, _first_sentence(problem.problem), [*root_lines, *problem.evidence],
+                     problem.fix or "", "critical", "driver", reboot_required=problem.reboot_required)
+        explained = True
 
     if loaded and library is not None and not explained and diag is not None:
         _live_nvml_rules(facts, diag, findings)

@@ -271,9 +271,10 @@ class ContainerState:
     last_message: str
 
 
-def container_states(pod: JSON) -> list[ContainerState]:
+def container_states(pod: JSON, init: bool = True) -> list[ContainerState]:
+    """Every container's state (init containers first, unless `init` is False)."""
     states = []
-    statuses = list(dig(pod, "status", "initContainerStatuses") or []) + \
+    statuses = (list(dig(pod, "status", "initContainerStatuses") or []) if init else []) + \
         list(dig(pod, "status", "containerStatuses") or [])
     for status in statuses:
         if not isinstance(status, dict):
@@ -298,13 +299,17 @@ def container_states(pod: JSON) -> list[ContainerState]:
 def pod_summary(pod: JSON) -> str:
     """What `kubectl get pod` would say: phase or the waiting reason, readiness, restarts."""
     phase = str(dig(pod, "status", "phase") or "Unknown")
-    states = container_states(pod)
+    states = container_states(pod, init=False)
     shown = phase
     for state in states:
         if state.state == "waiting" and state.reason:
             shown = state.reason
         elif state.state == "terminated" and state.reason and phase not in ("Succeeded", "Failed"):
             shown = state.reason
+    for state in container_states(pod)[:len(container_states(pod)) - len(states)]:
+        if state.state == "waiting" or (state.state == "terminated" and state.last_exit_code not in (None, 0)):
+            shown = f"Init:{state.reason or 'waiting'}"
+            break
     ready = sum(1 for s in states if s.ready)
     restarts = sum(s.restarts for s in states)
     return f"{shown}, {ready}/{len(states) or 1} ready, {restarts} restart(s)"
@@ -314,13 +319,13 @@ def is_up(pod: JSON) -> bool:
     """Running with every container running (whatever it is doing inside)."""
     if dig(pod, "status", "phase") != "Running":
         return False
-    states = [s for s in container_states(pod)]
+    states = container_states(pod, init=False)
     return bool(states) and all(s.state == "running" for s in states)
 
 
 def started_at(pod: JSON) -> datetime | None:
     """When the pod's latest container run started (the oldest of its running containers)."""
-    times = [s.started_at for s in container_states(pod) if s.started_at is not None]
+    times = [s.started_at for s in container_states(pod, init=False) if s.started_at is not None]
     return min(times) if times else None
 
 

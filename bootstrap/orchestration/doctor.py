@@ -132,6 +132,21 @@ def _node_for_host(host: _Host, cluster: _Cluster, override: str | None) -> str 
     return None
 
 
+def _prefetch_views(request: DoctorRequest, hosts: Sequence[_Host], cluster: _Cluster,
+                    target_node: str | None) -> None:
+    """Read every node's view at once (each is a few kubectl runs, mostly waiting)."""
+    if cluster.reader is None or cluster.snapshot is None:
+        return
+    override = request.nodes[0] if len(hosts) == 1 and len(request.nodes) == 1 else None
+    names = [n for n in (_node_for_host(h, cluster, override) for h in hosts) if n]
+    names += [n for n in request.nodes if n != override]
+    if target_node:
+        names.append(target_node)
+    if not hosts and not request.nodes and target_node is None:
+        names += gpu_nodes(list(cluster.snapshot.nodes.values()))
+    cluster.views.update(cluster.reader.node_views(cluster.snapshot, names))
+
+
 def run_doctor(request: DoctorRequest) -> Diagnosis:
     hosts = _read_hosts(request)
     cluster = _read_cluster(request)
@@ -159,6 +174,7 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
                 target = cluster.reader.pod_evidence(pod)
                 target_node = dig(pod, "spec", "nodeName") or None
 
+    _prefetch_views(request, hosts, cluster, target_node)
     cases: list[DoctorCase] = []
     covered: set[str] = set()
     override = request.nodes[0] if len(hosts) == 1 and len(request.nodes) == 1 else None

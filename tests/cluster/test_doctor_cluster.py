@@ -426,12 +426,29 @@ def test_f17_the_nodes_containerd_has_no_nvidia_runtime(cluster: Cluster) -> Non
 
 
 def test_every_gpu_node_when_none_is_named(cluster: Cluster) -> None:
+    """Three GPU nodes (read in one batch): the healthy one has no verdict, the one no plugin
+    DaemonSet selects (another driver) and the one with a plugin that crashes each get theirs;
+    the CPU node is not judged."""
     healthy(cluster)
-    cluster.api.add_node("gpu-2", labels={"nvidia.com/gpu.present": "true"})
+    # One kubelet stand-in, gpu-1's: the other nodes' pods are played by hand.
+    cluster.runner.select = lambda p: p["spec"].get("nodeName") == NODE
+    cluster.api.add_node("gpu-2", labels={"gpunode.io/driver-version": "550.54.15"})
+    cluster.api.add_node("gpu-3", labels={"gpunode.io/driver-version": DRIVER})
+    cluster.api.set_node_status("gpu-3", capacity={GPU: "2"}, allocatable={GPU: "0"})
+    pod = eventually(lambda: [p for p in cluster.api.list("pods", NS) if p["spec"].get("nodeName") == "gpu-3"],
+                     what="a plugin pod on gpu-3")[0]
+    cluster.api.set_pod_phase(NS, pod["metadata"]["name"], "Running", waiting_reason="CrashLoopBackOff",
+                              restart_count=2, exit_code=1)
+    cluster.api.set_pod_logs(NS, pod["metadata"]["name"], 'nvml_init_failed reason=driver_not_loaded error="NVML: '
+                             'Driver Not Loaded" fix="x"\n', previous=True)
     code, data = cluster.doctor()
     assert code == 1, explain(data)
-    assert {v["subject"] for v in data["verdicts"]} == {"node gpu-2"}
-    assert ids(data) == ["DP-NONE", "ALLOCATABLE-ABSENT"] or ids(data)[0] == "DP-NOT-SELECTED"
+    by_node: dict[str, list[str]] = {}
+    for verdict in data["verdicts"]:
+        by_node.setdefault(verdict["subject"], []).append(verdict["id"])
+    assert set(by_node) == {"node gpu-2", "node gpu-3"}, explain(data)
+    assert by_node["node gpu-2"] == ["DP-NOT-SELECTED", "ALLOCATABLE-ABSENT"]
+    assert by_node["node gpu-3"] == ["F13", "F9"]
 
 
 def test_nvidia_helm_chart_plugin_logs_are_read_too(cluster: Cluster) -> None:

@@ -127,6 +127,36 @@ def test_f13_module_not_loaded_with_the_driver_installed() -> None:
     assert verdict.id == "F13" and "not loaded" in verdict.cause and "modprobe nvidia" in verdict.fix
 
 
+def test_a_module_not_loaded_and_a_broken_chain_are_both_named_kernel_first() -> None:
+    host = healthy_host(loaded_modules=frozenset(), nvml=replace(debian_library(module=None), files=frozenset()))
+    assert ids(judge(case(host=host)))[:2] == ["F13", "F2"]
+
+
+def test_a_plugin_pod_stuck_before_running_says_what_its_events_say() -> None:
+    daemonset = gpunode_daemonset()
+    status = {"phase": "Pending", "initContainerStatuses": [], "containerStatuses": [{
+        "name": "gpunode-device-plugin", "ready": False, "restartCount": 0,
+        "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    event = {"type": "Warning", "reason": "FailedCreatePodSandBox", "message": "failed to setup network for sandbox"}
+    view = healthy_view(plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=(event,)),),
+                        node=gpu_node(allocatable=None, capacity=None))
+    diagnosis = judge(case(host=None, view=view))
+    assert ids(diagnosis) == ["DP-POD-NOT-RUNNING", "ALLOCATABLE-ABSENT"]
+    assert "failed to setup network" in " ".join(diagnosis.verdicts[0].evidence)
+
+
+def test_a_gpu_operator_plugin_pod_with_finished_init_containers_is_judged_by_its_plugin() -> None:
+    daemonset = gpunode_daemonset(fail_on_init_error=False)
+    status = running()
+    status["initContainerStatuses"] = [{"name": "toolkit-validation", "ready": True, "restartCount": 0,
+                                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]
+    log = 'nvml_init_failed reason=no_permission error="NVML: Insufficient Permissions" fix="x"'
+    view = healthy_view(plugin_pods=(PodEvidence(plugin_pod(daemonset, status), logs=log),),
+                        node=gpu_node(allocatable=None, capacity=None))
+    verdict = first(judge(case(host=None, view=view)))
+    assert verdict.id == "F11" and "Running, 1/1 ready" in verdict.evidence[0]
+
+
 def test_no_driver_at_all_is_its_own_verdict() -> None:
     host = healthy_host(loaded_modules=frozenset(), packages={}, nvml=replace(
         debian_library(module=None), ldconfig="", links={}, files=frozenset(), listed=()),
