@@ -8,7 +8,6 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from gpunode.bootstrap.core.containerd_effective import runtimes  # noqa: F401 - re-exported for tests
 from gpunode.bootstrap.core.diagnosis import Diagnosis, diagnose
 from gpunode.bootstrap.core.doctor_evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
 from gpunode.bootstrap.core.host_diagnostics import HostDiagnostics, NvmlCheck

@@ -116,6 +116,14 @@ def taint_text(taint: JSON) -> str:
     return f"{taint.get('key', '')}{value}:{taint.get('effect', '')}"
 
 
+def toleration_text(toleration: JSON) -> str:
+    key = toleration.get("key") or "*"
+    operator = toleration.get("operator") or "Equal"
+    value = f"={toleration.get('value')}" if operator == "Equal" and toleration.get("value") else ""
+    effect = f":{toleration['effect']}" if toleration.get("effect") else ""
+    return f"{key}{value} {operator}{effect}"
+
+
 def tolerates(tolerations: Sequence[JSON], taint: JSON) -> bool:
     """The scheduler's ToleratesTaint."""
     for toleration in tolerations:
