@@ -19,6 +19,7 @@ from gpunode.bootstrap.core.manifests import (
     library_file_version,
     render_manifests,
 )
+from gpunode.bootstrap.cli.render_alerts import alerts_command
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.errors import UserError
 
@@ -120,3 +121,4 @@ def render(
 
 
 render.add_command(containerd_command)
+render.add_command(alerts_command)

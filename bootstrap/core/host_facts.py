@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gpunode.bootstrap.core.host_diagnostics import HostDiagnostics, parse_diagnostics
 from gpunode.bootstrap.core.nvml_library import LibraryEvidence, parse_probe
 from gpunode.bootstrap.core.os_release import OsRelease, parse_os_release
 from gpunode.bootstrap.core.packages import DPKG_ARCH, parse_dpkg_query, parse_rpm_query
@@ -115,6 +116,8 @@ class HostFacts:
     managed_files: Mapping[str, str] = field(default_factory=dict)
     uploads: Mapping[str, str] = field(default_factory=dict)
     plugin_venv: PluginVenvFacts = field(default_factory=lambda: PluginVenvFacts())
+    # What only `gpunode doctor` asks for (the snapshot taken with diagnostics); else None.
+    diagnostics: HostDiagnostics | None = None
 
     @property
     def module_version(self) -> str | None:
@@ -317,4 +320,5 @@ def parse_snapshot(output: str) -> HostFacts:
         managed_files=decode_files(lines("managed_files")),
         uploads=parse_uploads(lines("uploads")),
         plugin_venv=parse_plugin_venv(lines("plugin_venv")),
+        diagnostics=parse_diagnostics(sections),
     )

@@ -13,11 +13,13 @@ from importlib.resources import files
 
 from pyinfra.api.facts import FactBase
 
+from gpunode.bootstrap.core.host_diagnostics import NVML_CHECK_SOURCE
 from gpunode.bootstrap.core.host_facts import HostFacts, parse_snapshot
-from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND
+from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND, probe_command
 from gpunode.bootstrap.core.packages import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
 
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+DRIVER_CONTAINER_ROOT = "/run/nvidia/driver"  # the GPU Operator's driver container root
 UPLOAD_DIR = "/var/lib/gpunode/packages"
 
 
@@ -26,9 +28,19 @@ def _script_template() -> str:
     return files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
 
 
-def snapshot_command(containerd_config: str, managed_files: Iterable[str]) -> str:
+@lru_cache(maxsize=4)
+def _driver_root_probe(root: str) -> str:
+    # Run in a subshell: the probe sets its own variables and functions.
+    return "( " + probe_command(root=root) + " )"
+
+
+def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
+                     diagnostics: bool = False, driver_root: str = DRIVER_CONTAINER_ROOT) -> str:
+    """The one command that reads a host; `diagnostics` adds what only doctor needs
+    (`driver_root`: where a containerised driver's root would be mounted)."""
     script = (
         _script_template()
+        .replace("GPUNODE_NVML_PROBE_DRIVER_ROOT", _driver_root_probe(driver_root))
         .replace("GPUNODE_NVML_PROBE", PROBE_COMMAND)
         .replace("GPUNODE_DPKG_QUERY", DPKG_QUERY_COMMAND)
         .replace("GPUNODE_RPM_QUERY", RPM_QUERY_COMMAND)
@@ -38,6 +50,10 @@ def snapshot_command(containerd_config: str, managed_files: Iterable[str]) -> st
         f"GPUNODE_MANAGED_FILES={shlex.quote(chr(10).join(managed_files))}\n"
         f"GPUNODE_UPLOAD_DIR={shlex.quote(UPLOAD_DIR)}\n"
     )
+    if diagnostics:
+        assignments += (f"GPUNODE_DIAGNOSE=1\n"
+                        f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n"
+                        f"GPUNODE_DRIVER_ROOT={shlex.quote(driver_root)}\n")
     # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
     return "sh -c " + shlex.quote(assignments + script)
 
@@ -46,8 +62,8 @@ class HostSnapshot(FactBase[HostFacts]):
     """Everything gpunode needs to know about a host, read in one round trip."""
 
     def command(self, containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
-                managed_files: tuple[str, ...] = ()) -> str:
-        return snapshot_command(containerd_config, managed_files)
+                managed_files: tuple[str, ...] = (), diagnostics: bool = False) -> str:
+        return snapshot_command(containerd_config, managed_files, diagnostics=diagnostics)
 
     def process(self, output: list[str]) -> HostFacts:
         return parse_snapshot("\n".join(output))

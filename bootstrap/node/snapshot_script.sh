@@ -2,7 +2,8 @@
 # read in one round trip. It only reads. POSIX sh; every section starts with a line
 # "@@<name>"; file contents are base64 so that no content can forge a section line.
 # Parameters arrive as shell variables set before this script: GPUNODE_MANAGED_FILES
-# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR.
+# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR; for doctor also
+# GPUNODE_DIAGNOSE=1, GPUNODE_NVML_CHECK (python source), GPUNODE_DRIVER_ROOT.
 PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
 sec() { printf '@@%s\n' "$1"; }
 b64file() {
@@ -59,6 +60,7 @@ if command -v containerd >/dev/null 2>&1; then
     out=$(containerd config dump 2>&1); rc=$?
   fi
   printf '%s ' "$rc"; printf '%s\n' "$out" | base64 | tr -d '\n'; echo
+  containerd_dump_out=$out
 fi
 sec k3s
 command -v k3s 2>/dev/null
@@ -72,6 +74,7 @@ for p in /proc/[0-9]*; do
   case "$comm" in
     kubelet|k3s-server|k3s-agent|k3s)
       args=$(tr '\0' '\n' < "$p/cmdline" 2>/dev/null)
+      kubelet_pid=${p#/proc/}
       printf 'process %s\n' "$comm"
       printf '%s\n' "$args" | sed 's/^/arg /'
       r=$(printf '%s\n' "$args" | awk 'p {print; p=0} /^--root-dir=/ {sub(/^--root-dir=/, ""); print} $0 == "--root-dir" {p=1}' | tail -n 1)
@@ -103,5 +106,68 @@ if command -v dpkg-query >/dev/null 2>&1; then
 fi
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   printf 'unit-active %s\n' "$(systemctl is-active gpunode-device-plugin.service 2>/dev/null)"
+fi
+if [ "${GPUNODE_DIAGNOSE:-0}" = 1 ]; then
+# What only `gpunode doctor` reads: live checks of the driver, the kernel's own words, and
+# the ages and times that tell a kubelet restart from a plugin that never registered. Still
+# read-only; every command that could hang on a sick driver runs under a time limit.
+limited() { if command -v timeout >/dev/null 2>&1; then timeout 20 "$@"; else "$@"; fi; }
+b64out() { printf '%s ' "$1"; printf '%s\n' "$2" | base64 | tr -d '\n'; echo; }
+age_of() { ps -o etimes= -p "$1" 2>/dev/null | tr -d ' '; }
+sec diag_now; date +%s
+# The GPU Operator's driver runs in a container whose root is mounted at /run/nvidia/driver
+# ($GPUNODE_DRIVER_ROOT): its libnvidia-ml is there, not in the host's library directories.
+sec diag_driver_root
+driver_lib=
+if [ -d "$GPUNODE_DRIVER_ROOT/usr" ]; then
+  printf 'root %s\n' "$GPUNODE_DRIVER_ROOT"
+  for d in usr/lib/x86_64-linux-gnu usr/lib64 usr/lib/aarch64-linux-gnu; do
+    if [ -e "$GPUNODE_DRIVER_ROOT/$d/libnvidia-ml.so.1" ]; then
+      driver_lib=$(readlink -f "$GPUNODE_DRIVER_ROOT/$d/libnvidia-ml.so.1"); break
+    fi
+  done
+  GPUNODE_NVML_PROBE_DRIVER_ROOT
+fi
+sec diag_nvml
+if command -v python3 >/dev/null 2>&1; then
+  out=$(GPUNODE_NVML_LIB="$driver_lib" limited python3 -c "$GPUNODE_NVML_CHECK" 2>&1); b64out "python3 $?" "$out"
+fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  out=$(limited nvidia-smi -L 2>&1); b64out "nvidia-smi $?" "$out"
+fi
+sec diag_kernel_log
+out=$( { dmesg 2>/dev/null || journalctl -k -b -q --no-pager 2>/dev/null; } \
+  | grep -iE 'nvrm|nvidia|nouveau|lockdown|module verification|key was rejected|unsigned module' | tail -n 40)
+b64out "lines 0" "$out"
+sec diag_modinfo
+if command -v modinfo >/dev/null 2>&1; then
+  for field in version signer filename; do printf '%s %s\n' "$field" "$(modinfo -F "$field" nvidia 2>/dev/null | head -n 1)"; done
+fi
+sec diag_kubelet
+if [ -n "${kubelet_pid:-}" ]; then printf 'age %s\n' "$(age_of "$kubelet_pid")"; fi
+for f in "$kubelet_root"/device-plugins/*; do
+  [ -e "$f" ] && printf 'mtime %s %s\n' "$(stat -c %Y "$f" 2>/dev/null)" "$f"
+done
+sec diag_plugin_processes
+for p in /proc/[0-9]*; do
+  read -r comm < "$p/comm" 2>/dev/null || continue
+  case "$comm" in
+    nvidia-device-p*|python*|gpunode*)
+      cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)
+      case "$cmd" in
+        *gpunode.plugin*|*"gpunode plugin"*|*nvidia-device-plugin*)
+          pid=${p#/proc/}
+          state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "$p/status" 2>/dev/null)
+          printf 'process %s %s %s %s\n' "$pid" "$(age_of "$pid")" "${state:-?}" "$comm" ;;
+      esac ;;
+  esac
+done
+sec diag_runtime_binaries
+# The runtimes' binaries as the effective config names them (k3s: its rendered config).
+{ printf '%s\n' "${containerd_dump_out:-}"; cat /var/lib/rancher/k3s/agent/etc/containerd/config.toml 2>/dev/null; } \
+  | sed -n 's/^[[:space:]]*BinaryName[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' \
+  | sort -u | while IFS= read -r bin; do
+  case "$bin" in /*) if [ -x "$bin" ]; then echo "present $bin"; else echo "missing $bin"; fi ;; esac
+done
 fi
 sec end

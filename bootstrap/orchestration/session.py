@@ -94,10 +94,11 @@ class Session:
         return {host: (str(value) if isinstance(value, Exception) else value) for host, value in results.items()}
 
     def snapshot(self, hosts: Sequence[Host], *, containerd_config: Mapping[Host, str],
-                 managed_files: Mapping[Host, tuple[str, ...]]) -> dict[Host, HostFacts | Exception]:
+                 managed_files: Mapping[Host, tuple[str, ...]],
+                 diagnostics: bool = False) -> dict[Host, HostFacts | Exception]:
         def read(host: Host) -> HostFacts | Exception:
             output = host.run_shell_command(
-                HostSnapshot().command(containerd_config[host], managed_files[host]),
+                HostSnapshot().command(containerd_config[host], managed_files[host], diagnostics),
             )
             status, lines = output
             if not status:

@@ -1,0 +1,60 @@
+"""`gpunode render alerts`: the alert rules for GPU nodes, as a PrometheusRule or a plain
+Prometheus rule file. Offline: nothing is read from a cluster."""
+
+from __future__ import annotations
+
+import click
+
+from gpunode.bootstrap.core.alerts import (
+    DEFAULT_DAEMONSET_REGEX,
+    DEFAULT_GPU_NODE_LABELS,
+    AlertOptions,
+    render_prometheus_rule,
+    render_rule_file,
+)
+from gpunode.bootstrap.errors import UserError
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise UserError(f"--label {value!r} is not KEY=VALUE.", fix="give e.g. --label release=prometheus")
+        labels[key] = text
+    return labels
+
+
+@click.command("alerts")
+@click.option("--plain", is_flag=True,
+              help="A plain Prometheus rule file (for rule_files:) instead of a PrometheusRule.")
+@click.option("--gpu-node-label", "gpu_node_labels", multiple=True, metavar="KEY[=VALUE]",
+              help="A node label that marks GPU nodes (repeatable; any one is enough). Default: "
+                   + ", ".join(DEFAULT_GPU_NODE_LABELS) + ". kube-state-metrics must export it "
+                   "(--metric-labels-allowlist=nodes=[KEY,...]).")
+@click.option("--daemonset-regex", default=DEFAULT_DAEMONSET_REGEX, show_default=True, metavar="RE",
+              help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's).")
+@click.option("--namespace", default="monitoring", show_default=True, metavar="NS",
+              help="The PrometheusRule's namespace.")
+@click.option("--label", "rule_labels", multiple=True, metavar="KEY=VALUE",
+              help="A label on the PrometheusRule, for the Prometheus Operator's ruleSelector "
+                   "(e.g. release=kube-prometheus-stack).")
+def alerts_command(plain: bool, gpu_node_labels: tuple[str, ...], daemonset_regex: str, namespace: str,
+                   rule_labels: tuple[str, ...]) -> None:
+    """Print the alert rules that catch a GPU node that stopped advertising its GPUs.
+
+    \b
+    GpuNodeAdvertisesZeroGpus          Allocatable nvidia.com/gpu == 0 on a GPU node, 2m
+    GpuNodeWithoutGpuResource          the key absent on a GPU node, 5m (0 and absent differ)
+    GpuDevicePluginDaemonSetNotReady   device plugin DaemonSet ready != desired, 5m
+    GpuDeviceUnhealthy                 the bundled plugin reports a device Unhealthy, 2m
+    GpuDevicePluginKeepsReRegistering  its registration count keeps rising
+    GpuDevicePluginNvmlDown            it runs, but NVML did not start
+
+    Exit status 0 when printed, 2 on bad input (nothing on stdout).
+    """
+    options = AlertOptions(
+        gpu_node_labels=gpu_node_labels or DEFAULT_GPU_NODE_LABELS,
+        daemonset_regex=daemonset_regex, namespace=namespace, rule_labels=_labels(rule_labels),
+    )
+    click.echo(render_rule_file(options) if plain else render_prometheus_rule(options), nl=False)

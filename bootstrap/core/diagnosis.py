@@ -1,0 +1,195 @@
+"""`gpunode doctor`'s judgement: evidence in, verdicts out, ordered by the chain. Pure.
+
+The chain (FIELD-NOTES.md) is walked from the bottom: driver -> container toolkit ->
+containerd runtime -> RuntimeClass -> device plugin deployment -> device plugin (NVML)
+-> kubelet registration -> Allocatable -> the workload pod. The lowest broken link comes
+first, since it explains the ones above it. A verdict for a failure mode of the field notes
+carries its id (F1 ... F17); anything else has an id of its own.
+
+The rules live in diagnosis_host (what the host says) and diagnosis_cluster (what the
+cluster says); this module holds the verdict type, the ordering, what could not be
+checked, the exit status and the two renderings (text, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gpunode.bootstrap.core.doctor_evidence import DoctorCase
+
+Severity = Literal["critical", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
+
+# The chain, bottom up. Every verdict sits on one link.
+LINKS: tuple[str, ...] = (
+    "host",           # the machine itself: GPUs on the bus
+    "driver",         # kernel module + libnvidia-ml
+    "toolkit",        # NVIDIA container toolkit
+    "containerd",     # containerd and its nvidia runtime
+    "runtimeclass",   # RuntimeClass nvidia -> containerd runtime
+    "deployment",     # a device plugin DaemonSet (or host service) that reaches the node
+    "plugin",         # the plugin process: NVML, devices, its configuration
+    "registration",   # kubelet, its device-plugins socket, Register
+    "allocatable",    # the node's Allocatable nvidia.com/gpu
+    "workload",       # the pod that asks for a GPU
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    id: str
+    cause: str  # one line
+    evidence: tuple[str, ...]
+    fix: str
+    severity: Severity
+    link: str
+    subject: str = ""  # the host or node (or pod) it is about
+    reboot_required: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "cause": self.cause, "evidence": list(self.evidence), "fix": self.fix,
+            "severity": self.severity, "link": self.link, "subject": self.subject,
+            "reboot_required": self.reboot_required,
+        }
+
+
+@dataclass(frozen=True)
+class NotChecked:
+    subject: str
+    what: str
+    why: str
+    asked: bool = True  # the user asked for it and it failed (counts for exit status 2)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"subject": self.subject, "what": self.what, "why": self.why, "asked": self.asked}
+
+
+@dataclass
+class Findings:
+    """What the rules of one case produce; `add` keeps one verdict per (id, cause)."""
+
+    subject: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    not_checked: list[NotChecked] = field(default_factory=list)
+
+    def add(self, id: str, cause: str, evidence: Iterable[str], fix: str,  # noqa: A002
+            severity: Severity, link: str, reboot_required: bool = False) -> Verdict:
+        assert link in LINKS, link
+        lines = tuple(line for line in evidence if line)
+        if severity != "info":
+            # A note (say, "the default runtime is nvidia") gives way to the verdict that
+            # shows it actually broke something.
+            self.verdicts = [v for v in self.verdicts if not (v.id == id and v.severity == "info")]
+        for index, existing in enumerate(self.verdicts):
+            if existing.id == id and existing.cause == cause:
+                merged = existing.evidence + tuple(l for l in lines if l not in existing.evidence)
+                self.verdicts[index] = Verdict(id, cause, merged, fix, existing.severity, link,
+                                               self.subject, existing.reboot_required or reboot_required)
+                return self.verdicts[index]
+        verdict = Verdict(id, cause, lines, fix, severity, link, self.subject, reboot_required)
+        self.verdicts.append(verdict)
+        return verdict
+
+    def skip(self, what: str, why: str, asked: bool = True) -> None:
+        self.not_checked.append(NotChecked(self.subject, what, why, asked))
+
+    def has(self, *ids: str) -> bool:
+        return any(v.id in ids for v in self.verdicts)
+
+    def below(self, link: str) -> list[Verdict]:
+        """Problems found on links lower than `link` (which would explain it)."""
+        limit = LINKS.index(link)
+        return [v for v in self.verdicts if LINKS.index(v.link) < limit and v.severity != "info"]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    verdicts: tuple[Verdict, ...]
+    not_checked: tuple[NotChecked, ...]
+
+    @property
+    def problems(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if v.severity != "info")
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy, 1 problems found, 2 could not check (and found nothing wrong)."""
+        if self.problems:
+            return 1
+        if any(item.asked for item in self.not_checked):
+            return 2
+        return 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "healthy": self.exit_code == 0,
+            "exit_code": self.exit_code,
+            "verdicts": [v.as_dict() for v in self.verdicts],
+            "not_checked": [n.as_dict() for n in self.not_checked],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+def order(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Lowest link first; within a link, critical before warning before info, then as found."""
+    ranked = sorted(enumerate(verdicts), key=lambda item: (
+        LINKS.index(item[1].link), SEVERITIES.index(item[1].severity), item[0]))
+    return [verdict for _, verdict in ranked]
+
+
+def diagnose_case(case: DoctorCase) -> Findings:
+    from gpunode.bootstrap.core.diagnosis_cluster import cluster_rules
+    from gpunode.bootstrap.core.diagnosis_host import host_rules
+
+    findings = Findings(case.subject)
+    host_rules(case, findings)
+    cluster_rules(case, findings)
+    return findings
+
+
+def diagnose(cases: Sequence[DoctorCase]) -> Diagnosis:
+    """Every case judged; verdicts grouped by case (in the order given), each group ordered
+    by the chain."""
+    verdicts: list[Verdict] = []
+    skipped: list[NotChecked] = []
+    for case in cases:
+        findings = diagnose_case(case)
+        verdicts.extend(order(findings.verdicts))
+        skipped.extend(findings.not_checked)
+    return Diagnosis(tuple(verdicts), tuple(skipped))
+
+
+def format_text(diagnosis: Diagnosis) -> str:
+    """One line per verdict (id, cause), then its evidence and fix; then what was not checked."""
+    lines: list[str] = []
+    subject = None
+    for verdict in diagnosis.verdicts:
+        if verdict.subject != subject:
+            subject = verdict.subject
+            lines.append(f"{subject}:")
+        marker = {"critical": "!!", "warning": "! ", "info": "  "}[verdict.severity]
+        reboot = " (reboot required)" if verdict.reboot_required else ""
+        lines.append(f"{marker}[{verdict.id}] {verdict.cause}{reboot}")
+        for line in verdict.evidence:
+            lines.append(f"      evidence: {line}")
+        lines.append(f"      fix: {verdict.fix}")
+    if diagnosis.not_checked:
+        lines.append("not checked:")
+        for item in diagnosis.not_checked:
+            lines.append(f"  {item.subject}: {item.what}: {item.why}")
+    code = diagnosis.exit_code
+    if code == 0:
+        lines.append("healthy: every link that was checked holds" + (
+            "" if not diagnosis.verdicts else " (notes above are for information)"))
+    elif code == 1:
+        count = len(diagnosis.problems)
+        lines.append(f"{count} problem(s) found; the first one listed for each node explains the rest")
+    else:
+        lines.append("could not check: nothing wrong found in what could be read, but see above")
+    return "\n".join(lines)
