@@ -35,6 +35,7 @@ from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import load_note, measured_on, write_section  # noqa: E402
+
 DRIVER = "535.261.03"
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 LOG = ("plugin_starting driver=535.261.03 gpus=2 resources=nvidia.com/gpu:2\n"
