@@ -45,10 +45,15 @@ def make_inventory(hosts: Sequence[str], inventory_file: str | None,
             raise UserError(f"Inventory file {inventory_file} does not exist.",
                             fix="give the path of a pyinfra inventory file, e.g. inventory/fleet.py")
         # pyinfra's own loader understands inventory files with group_data/ next to them.
+        from pyinfra.api.state import State
+        from pyinfra.context import ctx_state
         from pyinfra_cli.inventory import make_inventory_from_files
 
         try:
-            inventory: Inventory = make_inventory_from_files(str(path), override_data=dict(override_data))
+            # The loader notes the file it runs on the current pyinfra state; outside the
+            # pyinfra CLI there is none, so it gets a throwaway one.
+            with ctx_state.use(State()):
+                inventory: Inventory = make_inventory_from_files(str(path), override_data=dict(override_data))
         except Exception as exc:  # noqa: BLE001 - an inventory is user code; say what broke
             raise UserError(f"Inventory file {inventory_file} could not be loaded: {exc}",
                             fix="fix the inventory file (it is Python; see inventory/fleet.py)") from exc
