@@ -300,6 +300,24 @@ def test_verify_workload_runs_nvidia_smi_on_a_gpu_and_cleans_up(
     assert api.list("Pod", namespace="default") == [], "the workload pod was not deleted"
 
 
+def test_verify_workload_without_the_nvidia_runtime_names_it(api: KubeApiStandIn, hosts: list[DebianHost]) -> None:
+    """The node advertises its GPUs, but containerd has lost its nvidia runtime (F17): the
+    plugin is fine, a GPU pod is not. Only the workload check can tell."""
+    host = hosts[0]
+    dropin = "/etc/containerd/conf.d/99-nvidia.toml"
+    host.exec(f"mv {dropin} /root/99-nvidia.toml.away")
+    try:
+        result = verify(api, host.name, "--workload", "--workload-timeout", "3")
+    finally:
+        host.exec(f"mv /root/99-nvidia.toml.away {dropin}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{host.name}: {OK}\n")
+    assert "workload FAILED: the pod did not finish within 3 s" in result.stdout
+    assert 'no runtime for "nvidia" is configured' in result.stdout
+    api.wait_hooks_idle()
+    assert api.list("Pod", namespace="default") == [], "the workload pod was not deleted"
+
+
 def test_verify_absent_no_such_node_and_no_cluster(api: KubeApiStandIn, hosts: list[DebianHost]) -> None:
     api.add_node("cpu-only")
     absent = verify(api, "cpu-only", "--expect", "1", "--timeout", "1")
