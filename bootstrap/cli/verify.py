@@ -70,8 +70,6 @@ def verify(nodes: tuple[str, ...], expect: int | None, timeout: float, kubeconfi
                             workload_timeout=workload_timeout, tolerations=parse_tolerations(tolerations))
     try:
         checks = verify_nodes(Kubectl(access), request)
-    except UserError:
-        raise
     except GpunodeError as exc:
         # Could not check: no cluster, refused credentials, kubectl failing.
         if output == "json":

@@ -93,14 +93,20 @@ def wait_for_rollout(kubectl: Kubectl, targets: Sequence[RolloutTarget], timeout
         namespaces = sorted({t.namespace for t in pending})
         pods_by_namespace = {ns: kubectl.list("pods", namespace=ns, selector=MANAGED_BY_SELECTOR)
                              for ns in namespaces}
-        daemonsets = {(ns, str((d.get("metadata") or {}).get("name"))): d for ns in namespaces
-                      for d in kubectl.list("daemonsets", namespace=ns, selector=MANAGED_BY_SELECTOR)}
+        daemonsets: dict[tuple[str, str], Mapping[str, Any]] | None = None
         still = []
         for target in pending:
             pods = _pods_for(pods_by_namespace[target.namespace], target)
             last[target.node] = pods
-            updated = _all_updated(daemonsets.get((target.namespace, target.daemonset)), target.generation)
-            ready = [p for p in pods if _is_current(p, target, updated)]
+            ready = [p for p in pods if _is_current(p, target, False)]
+            if not ready and any(is_ready(p) for p in pods):
+                # A Ready pod of an older generation may still be current (see _is_current):
+                # the DaemonSet's status says, read once per round and only then.
+                if daemonsets is None:
+                    daemonsets = {(ns, str((d.get("metadata") or {}).get("name"))): d for ns in namespaces
+                                  for d in kubectl.list("daemonsets", namespace=ns, selector=MANAGED_BY_SELECTOR)}
+                updated = _all_updated(daemonsets.get((target.namespace, target.daemonset)), target.generation)
+                ready = [p for p in pods if _is_current(p, target, updated)]
             if ready:
                 name = (ready[-1].get("metadata") or {}).get("name", "?")
                 results[target.node] = RolloutResult(

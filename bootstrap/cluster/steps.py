@@ -25,7 +25,6 @@ from gpunode.bootstrap.cluster.objects import apply_object, delete_object, descr
 from gpunode.bootstrap.cluster.rollout import RolloutTarget, placement_blockers, wait_for_rollout
 from gpunode.bootstrap.cluster.verify import VerifyRequest, read_nodes, verify_nodes
 from gpunode.bootstrap.core.cluster_plan import (
-    OWNED_DAEMONSETS_SELECTOR,
     ClusterSettings,
     NodePlan,
     NodeTarget,
@@ -119,9 +118,12 @@ def _plan(run: _Run, settings: ClusterSettings) -> None:
         try:
             host.plan = plan_node(host.target, settings)
         except GpunodeError as exc:
+            # E.g. a library path no DaemonSet may mount: this node's plugin cannot be planned.
             for name in CLUSTER_STEPS:
-                run.record(host, name, "failed" if name == "runtimeclass" else "skipped",
-                           str(exc) if name == "runtimeclass" else "the cluster settings are not valid")
+                if name == "device-plugin":
+                    run.record(host, name, "failed", str(exc))
+                else:
+                    run.record(host, name, "skipped", "this node's device plugin could not be planned")
 
 
 # --------------------------------------------------------------------------------------
@@ -228,13 +230,17 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
             groups.setdefault(host.plan.serves, []).append(host)
 
     labelled = _labelled_nodes(run, kubectl, hosts)
+    # Every DaemonSet, once: gpunode's name may be taken by someone else's, and gpunode's own
+    # that no node selects any more are removed below.
+    existing = {(str((d.get("metadata") or {}).get("namespace")), str((d.get("metadata") or {}).get("name"))): d
+                for d in kubectl.list("daemonsets", all_namespaces=True)}
     in_run = {h.target.node for h in hosts}
     rollouts: list[RolloutTarget] = []
     for name, members in groups.items():
         deployment = members[0].plan.deployment  # type: ignore[union-attr]
         assert deployment is not None
         desired = yaml.safe_load(render_device_plugin(deployment))
-        current = kubectl.get("daemonset", name, namespace=deployment.namespace)
+        current = existing.get((deployment.namespace, name))
         what = describe(desired)
         refusal = None
         if current is not None and not is_managed_by_gpunode(current):
@@ -270,7 +276,7 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
                 outcomes[id(host)] = _PluginOutcome(status, detail)
                 rollouts.append(RolloutTarget(host.target.node, deployment.namespace, name, generation))
 
-    _remove_unused(run, kubectl, hosts, outcomes, labelled)
+    _remove_unused(run, kubectl, hosts, outcomes, labelled, list(existing.values()))
 
     if rollouts and not run.dry_run:
         by_node = {h.target.node: h for h in hosts}
@@ -316,9 +322,11 @@ def _breaks_other_nodes(desired: Mapping[str, Any], what: str, labelled: Sequenc
 
 
 def _remove_unused(run: _Run, kubectl: Kubectl, hosts: Sequence[_Host], outcomes: Mapping[int, _PluginOutcome],
-                   nodes: Sequence[Mapping[str, Any]]) -> None:
-    """Delete gpunode's DaemonSets that no node selects any more (never another's)."""
-    daemonsets = kubectl.list("daemonsets", all_namespaces=True, selector=OWNED_DAEMONSETS_SELECTOR)
+                   nodes: Sequence[Mapping[str, Any]], daemonsets: Sequence[Mapping[str, Any]]) -> None:
+    """Delete gpunode's DaemonSets that no node selects any more (never another's).
+
+    `daemonsets` as they were before this run's applies: one created by this run is
+    selected by the node it was made for, so it is never among the unused."""
     for ds in unused_daemonsets(daemonsets, nodes):
         meta = ds.get("metadata") or {}
         name, namespace = str(meta.get("name")), str(meta.get("namespace"))

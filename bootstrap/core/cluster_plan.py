@@ -39,10 +39,6 @@ HOST_PLUGIN = "host"
 NO_PLUGIN = "none"
 RESOURCE = "nvidia.com/gpu"
 MANAGED_BY_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY_LABELS.items())
-# gpunode's per-version DaemonSets: managed by gpunode and labelled with a driver version
-# (a DaemonSet from `gpunode render` carries both too; gpunode removes it only when it
-# selects no node).
-OWNED_DAEMONSETS_SELECTOR = f"{MANAGED_BY_SELECTOR},{DRIVER_VERSION_LABEL}"
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ def _rerun_fix(node: str) -> str:
     return f"run `gpunode bootstrap` for {node} again (it re-creates and rolls out its plugin)"
 
 
-def _pod_cause(pod: PodState, ds: str) -> tuple[str, str]:
+def _pod_cause(pod: PodState) -> tuple[str, str]:
     """Why the plugin pod does not serve the node, and what to do."""
     text = pod.describe()
     log = parse_plugin_log(pod.log) if pod.log else PluginLog()
@@ -396,7 +396,7 @@ def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | No
         fix = f"kubectl -n {shlex.quote((plugin.daemonset or '/').split('/')[0])} describe daemonset " \
               f"{shlex.quote((plugin.daemonset or '/').split('/')[-1])}"
     elif not (pod.phase == "Running" and pod.ready) or (log is not None and log.init_failure):
-        cause, fix = _pod_cause(pod, plugin.daemonset or "")
+        cause, fix = _pod_cause(pod)
     elif verdict.kind in ("fewer", "zero") and (missing or unhealthy):
         parts = []
         if missing:
