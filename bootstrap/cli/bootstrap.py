@@ -137,7 +137,7 @@ def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | Non
         validate_cluster_settings(cluster_settings)
         access = kube_access(kubeconfig=kubeconfig, kube_context=kube_context, kube_host=kube_host,
                              kubectl_path=kubectl_path, ssh_key=ssh_key, ssh_config=ssh_config,
-                             known_hosts=known_hosts)
+                             known_hosts=known_hosts, ssh_user=ssh_user)
         cluster = ClusterRequest(access, cluster_settings)
     override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
                         known_hosts=known_hosts, sudo=sudo)

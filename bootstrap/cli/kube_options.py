@@ -45,8 +45,9 @@ def parse_tolerations(values: tuple[str, ...]) -> tuple[Toleration, ...]:
 
 
 def parse_kube_host(text: str, *, key: str | None, config_file: str | None,
-                    known_hosts: str | None) -> SshTarget | None:
-    """`admin@cp1:2222` -> SshTarget; `@local` -> None (kubectl runs here)."""
+                    known_hosts: str | None, default_user: str | None = None) -> SshTarget | None:
+    """`admin@cp1:2222` -> SshTarget; `@local` -> None (kubectl runs here). Without a user
+    in the text, `default_user` (the run's --ssh-user), else ssh's own choice."""
     if text == "@local":
         return None
     if not text or any(c in text for c in " \t\n\0") or text.startswith("-"):
@@ -66,7 +67,7 @@ def parse_kube_host(text: str, *, key: str | None, config_file: str | None,
     for flag, path in (("--ssh-key", key), ("--ssh-config", config_file)):
         if path is not None and not Path(path).expanduser().is_file():
             raise UserError(f"{flag} {path} does not exist.", fix=f"give an existing file to {flag}")
-    return SshTarget(host=host, user=user, port=port,
+    return SshTarget(host=host, user=user if user is not None else default_user, port=port,
                      key=str(Path(key).expanduser()) if key else None,
                      config_file=str(Path(config_file).expanduser()) if config_file else None,
                      known_hosts=str(Path(known_hosts).expanduser()) if known_hosts else None)
@@ -74,9 +75,9 @@ def parse_kube_host(text: str, *, key: str | None, config_file: str | None,
 
 def kube_access(*, kubeconfig: str | None, kube_context: str | None, kube_host: str | None,
                 kubectl_path: str, ssh_key: str | None = None, ssh_config: str | None = None,
-                known_hosts: str | None = None) -> KubeAccess:
-    control = parse_kube_host(kube_host, key=ssh_key, config_file=ssh_config,
-                              known_hosts=known_hosts) if kube_host else None
+                known_hosts: str | None = None, ssh_user: str | None = None) -> KubeAccess:
+    control = parse_kube_host(kube_host, key=ssh_key, config_file=ssh_config, known_hosts=known_hosts,
+                              default_user=ssh_user) if kube_host else None
     if control is None and kubeconfig is not None and not Path(kubeconfig).expanduser().is_file():
         raise UserError(f"--kubeconfig {kubeconfig} does not exist.",
                         fix="give the kubeconfig file kubectl should use (or leave it out for kubectl's own)")

@@ -42,6 +42,10 @@ def test_kube_host_parses_like_an_ssh_target() -> None:
     target = parse_kube_host("admin@cp1.example:2222", key=None, config_file=None, known_hosts=None)
     assert (target.user, target.host, target.port) == ("admin", "cp1.example", 2222)  # type: ignore[union-attr]
     assert parse_kube_host("@local", key=None, config_file=None, known_hosts=None) is None
+    assert parse_kube_host("cp1", key=None, config_file=None, known_hosts=None,
+                           default_user="admin").user == "admin"  # type: ignore[union-attr]
+    assert parse_kube_host("root@cp1", key=None, config_file=None, known_hosts=None,
+                           default_user="admin").user == "root"  # type: ignore[union-attr]
 
 
 def test_kubectl_on_a_control_host_gets_every_value_quoted() -> None:
