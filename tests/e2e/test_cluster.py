@@ -12,7 +12,6 @@ a control host over SSH. A test that changes the fleet puts it back before it en
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
