@@ -7,6 +7,9 @@ from typing import Any
 
 import click
 
+from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.core.cluster_plan import ClusterSettings, validate_cluster_settings
+from gpunode.bootstrap.core.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.report import format_reports, reports_to_json
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
@@ -65,6 +68,23 @@ def _confirm(plan: str) -> bool:
               help="Go on when the host has no NVIDIA GPU (testing, image building).")
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
+@kube_options
+@click.option("--plugin", type=click.Choice(PLUGINS), default="bundled", show_default=True,
+              help="bundled: gpunode's own device plugin; nvidia: NVIDIA's k8s-device-plugin image "
+                   "(same mounts).")
+@click.option("--mode", type=click.Choice(MODES), default="mount", show_default=True,
+              help="mount: the node's real NVML library file mounted, /dev, privileged; runtime: "
+                   "runtimeClassName nvidia, the NVIDIA runtime injects library and devices.")
+@click.option("--image", metavar="REF",
+              help="Device plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
+                   f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).")
+@click.option("--namespace", default="kube-system", show_default=True, metavar="NS",
+              help="Namespace of the device plugin DaemonSets.")
+@toleration_option
+@click.option("--rollout-timeout", type=click.FloatRange(0, 3600), default=180, show_default=True,
+              metavar="SECONDS", help="How long the device plugin may take to run on a node.")
+@click.option("--verify-timeout", type=click.FloatRange(0, 3600), default=120, show_default=True,
+              metavar="SECONDS", help="How long Allocatable nvidia.com/gpu may take to reach the GPU count.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True,
@@ -72,25 +92,33 @@ def _confirm(plan: str) -> bool:
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | None, ssh_port: int | None,
               ssh_key: str | None, ssh_config: str | None, known_hosts: str | None, sudo: bool | None,
-              skip_cluster: bool, dry_run: bool, yes: bool, parallel: int, output: str,
+              skip_cluster: bool, kubeconfig: str | None, kube_context: str | None, kube_host: str | None,
+              kubectl_path: str, plugin: str, mode: str, image: str | None, namespace: str,
+              tolerations: tuple[str, ...], rollout_timeout: float, verify_timeout: float,
+              dry_run: bool, yes: bool, parallel: int, output: str,
               **settings: Any) -> None:
     """Bring HOSTs (or an inventory) to working Kubernetes GPU nodes, idempotently.
 
     \b
     Steps per host: preflight, driver, nouveau, toolkit, containerd, nvml-library,
-    plugin-service, state; each reports changed / unchanged / failed / skipped.
-    A second run on an unchanged host changes nothing.
+    plugin-service, state on the host; then, with kubectl, runtimeclass, node-label,
+    device-plugin (one DaemonSet per driver version and host layout, rolled out) and
+    verify (Allocatable nvidia.com/gpu = the GPUs found). Each reports changed /
+    unchanged / failed / skipped. A second run on an unchanged host changes nothing.
+    After a driver upgrade, a run moves the node to the new driver's DaemonSet.
 
     \b
     Examples:
       gpunode bootstrap gpu01.example --ssh-user admin --sudo
       gpunode bootstrap -i inventory/fleet.py --dry-run
       sudo gpunode bootstrap @local --kernel-module none --yes
+      gpunode bootstrap gpu01 gpu02 --kubeconfig ~/.kube/prod --context gpu
+      gpunode bootstrap gpu01 --kube-host admin@cp1 --toleration dedicated=ml:NoSchedule
     """
     from gpunode.bootstrap.orchestration.green import patch_for_pyinfra
 
     patch_for_pyinfra()
-    from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, run_bootstrap
+    from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, ClusterRequest, run_bootstrap
     from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
 
     if not dry_run and not yes and not sys.stdin.isatty():
@@ -98,13 +126,25 @@ def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | Non
                         fix="pass --yes to apply, or --dry-run to see the plan")
     # Flags are checked before any host is contacted: a bad flag is the user's, not a host's.
     resolve_settings("command line", {}, settings)
+    cluster = None
+    if not skip_cluster:
+        cluster_settings = ClusterSettings(
+            plugin=plugin, mode=mode, image=image, namespace=namespace,  # type: ignore[arg-type]
+            tolerations=parse_tolerations(tolerations),
+            rollout_timeout=rollout_timeout, verify_timeout=verify_timeout,
+        )
+        validate_cluster_settings(cluster_settings)
+        access = kube_access(kubeconfig=kubeconfig, kube_context=kube_context, kube_host=kube_host,
+                             kubectl_path=kubectl_path, ssh_key=ssh_key, ssh_config=ssh_config,
+                             known_hosts=known_hosts, ssh_user=ssh_user)
+        cluster = ClusterRequest(access, cluster_settings)
     override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
                         known_hosts=known_hosts, sudo=sudo)
     pyinfra_inventory = make_inventory(hosts, inventory, override)
     request = BootstrapRequest(
         overrides=settings, dry_run=dry_run, parallel=parallel,
         confirm=None if (yes or dry_run) else _confirm,
-        progress=_progress(output == "json"),
+        progress=_progress(output == "json"), cluster=cluster,
     )
     result = run_bootstrap(pyinfra_inventory, request)
     reports = result.reports

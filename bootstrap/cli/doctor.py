@@ -80,10 +80,9 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
         override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
                             known_hosts=known_hosts, sudo=sudo)
     if hosts or inventory:
-        # pyinfra runs hosts in greenlets; paramiko needs gevent's cooperative sockets for that.
-        from gevent import monkey
+        from gpunode.bootstrap.orchestration.green import patch_for_pyinfra
 
-        monkey.patch_all()
+        patch_for_pyinfra()
         from gpunode.bootstrap.orchestration.targets import make_inventory
 
         inventory_object = make_inventory(hosts, inventory, override)

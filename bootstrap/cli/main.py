@@ -15,6 +15,7 @@ import click
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.doctor import doctor
 from gpunode.bootstrap.cli.render import render
+from gpunode.bootstrap.cli.verify import verify
 from gpunode.bootstrap.errors import GpunodeError
 from gpunode.plugin.cli import plugin_group
 
@@ -34,6 +35,7 @@ def cli() -> None:
 cli.add_command(bootstrap)
 cli.add_command(render)
 cli.add_command(doctor)
+cli.add_command(verify)
 cli.add_command(plugin_group)
 
 

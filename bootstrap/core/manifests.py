@@ -18,6 +18,7 @@ not pass through it, so no value is ever pasted raw into a manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 import re
@@ -30,11 +31,16 @@ import jinja2
 import yaml
 
 from gpunode.bootstrap.core.nvml_library import driver_version_of
+from gpunode.bootstrap.core.taints import GPU_TOLERATION, Toleration
 from gpunode.bootstrap.errors import UserError
 
 DRIVER_VERSION_LABEL = "gpunode.io/driver-version"
 MANAGED_BY_LABELS: Mapping[str, str] = {"app.kubernetes.io/managed-by": "gpunode"}
 NVML_LIBRARY_ANNOTATION = "gpunode.io/nvml-library"
+# The node label naming what serves the node's GPUs: the device plugin DaemonSet's name (so
+# that DaemonSet, and no other of gpunode's, selects the node), `host` for the plugin as a
+# service on the node, `none` on a node without GPUs. See PluginDeployment.per_node_variant.
+DEVICE_PLUGIN_LABEL = "gpunode.io/device-plugin"
 
 # Where the library is mounted inside the plugin container, and the directory put on
 # LD_LIBRARY_PATH: a directory of its own, so nothing of the image's is shadowed (F3).
@@ -98,12 +104,20 @@ def _check_driver_version(value: str) -> None:
         )
 
 
-def daemonset_name(driver_version: str, plugin: str) -> str:
-    """`gpunode-device-plugin-535-261-03`: a DNS-1123 name per driver version and plugin."""
+def daemonset_name(driver_version: str, plugin: str, variant: str | None = None) -> str:
+    """`gpunode-device-plugin-535-261-03`: a DNS-1123 name per driver version and plugin;
+    with a variant (see `plugin_variant`), `gpunode-device-plugin-535-261-03-<variant>`."""
     _check_driver_version(driver_version)
     if plugin not in _DAEMONSET_PREFIX:
         raise UserError(f"Unknown plugin {plugin!r}.", f"Use one of: {', '.join(PLUGINS)}.")
-    return f"{_DAEMONSET_PREFIX[plugin]}-{driver_version.replace('.', '-')}"
+    name = f"{_DAEMONSET_PREFIX[plugin]}-{driver_version.replace('.', '-')}"
+    if variant is not None:
+        if not re.fullmatch(r"[0-9a-f]{1,16}", variant):
+            raise ValueError(f"variant {variant!r} is not a short hex digest")
+        name = f"{name}-{variant}"
+    # The name is also a label value (app.kubernetes.io/instance, gpunode.io/device-plugin).
+    assert len(name) <= 63, name
+    return name
 
 
 def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
@@ -175,6 +189,14 @@ class PluginDeployment:
     health_recovery_seconds: int | None = None  # bundled plugin only
     metrics_addr: str | None = None  # bundled plugin only, e.g. ":9400"
     image_pull_policy: str = "IfNotPresent"
+    # Tolerated on top of nvidia.com/gpu (F15): a site's own taints on its GPU nodes.
+    tolerations: tuple[Toleration, ...] = ()
+    # One DaemonSet per driver version *and* host layout, for `gpunode bootstrap`: nodes on
+    # one driver version can keep the library (Debian vs Ubuntu, x86_64 vs aarch64) or the
+    # kubelet root in different places, and a hostPath is one path for every node a
+    # DaemonSet runs on. The name then carries a digest of what differs (`plugin_variant`)
+    # and the DaemonSet selects only nodes labelled `gpunode.io/device-plugin=<its name>`.
+    per_node_variant: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("plugin", self.plugin, PLUGINS)
@@ -207,6 +229,13 @@ class PluginDeployment:
                             "Use the RuntimeClass gpunode creates: nvidia.")
         self._check_resource_name()
         self._check_health_and_metrics()
+        if any(not isinstance(t, Toleration) for t in self.tolerations):
+            raise TypeError("tolerations must be Toleration values")
+
+    @property
+    def daemonset_name(self) -> str:
+        return daemonset_name(self.driver_version, self.plugin,
+                              plugin_variant(self) if self.per_node_variant else None)
 
     def _check_library(self) -> None:
         if self.lib_path is None:
@@ -264,6 +293,24 @@ class PluginDeployment:
                     "NVIDIA's device plugin has no health recovery time and no metrics address.",
                     "Leave them out, or use --plugin bundled.",
                 )
+
+
+def plugin_variant(dep: PluginDeployment) -> str:
+    """A digest of what the DaemonSet mounts from the host and where it lives: 10 hex digits.
+
+    Two nodes get the same device plugin DaemonSet exactly when driver version, plugin and
+    this digest agree. The image and the plugin settings are not in it: changing them
+    updates the DaemonSet in place (a rolling update) instead of making a new one.
+    """
+    layout = {
+        "plugin": dep.plugin,
+        "mode": dep.mode,
+        "namespace": dep.namespace,
+        "library": dep.lib_path if dep.mode == "mount" else None,
+        "kubelet_root": dep.kubelet_root,
+    }
+    text = json.dumps(layout, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +381,7 @@ def render_runtimeclass(handler: str = "nvidia") -> str:
 
 
 def _context(dep: PluginDeployment) -> dict[str, Any]:
-    name = daemonset_name(dep.driver_version, dep.plugin)
+    name = dep.daemonset_name
     selector = {"app.kubernetes.io/name": _DAEMONSET_PREFIX[dep.plugin], "app.kubernetes.io/instance": name}
     labels = {**selector, **MANAGED_BY_LABELS, DRIVER_VERSION_LABEL: dep.driver_version}
     annotations = {NVML_LIBRARY_ANNOTATION: dep.lib_path} if dep.mode == "mount" and dep.lib_path else {}
@@ -348,7 +395,9 @@ def _context(dep: PluginDeployment) -> dict[str, Any]:
         "selector": selector,
         "labels": labels,
         "annotations": annotations,
-        "node_selector": {DRIVER_VERSION_LABEL: dep.driver_version, "kubernetes.io/os": "linux"},
+        "node_selector": {DRIVER_VERSION_LABEL: dep.driver_version, "kubernetes.io/os": "linux",
+                          **({DEVICE_PLUGIN_LABEL: name} if dep.per_node_variant else {})},
+        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *dep.tolerations)],
         "mig": mig,
         "privileged": dep.mode == "mount",
         "capabilities": capabilities,
@@ -375,3 +424,29 @@ def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
 def manifest_objects(dep: PluginDeployment, handler: str = "nvidia") -> list[dict[str, Any]]:
     """The same objects, parsed, for the cluster layer (e.g. to apply or compare them)."""
     return [doc for doc in yaml.safe_load_all(render_manifests(dep, handler)) if doc is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# The verify workload
+
+# A small glibc image: the NVIDIA runtime injects nvidia-smi and the driver's libraries.
+DEFAULT_VERIFY_IMAGE = "docker.io/library/debian:bookworm-slim"
+VERIFY_POD_LABELS: Mapping[str, str] = {**MANAGED_BY_LABELS, "app.kubernetes.io/name": "gpunode-verify"}
+
+
+def render_verify_pod(*, name: str, namespace: str, node: str, image: str = DEFAULT_VERIFY_IMAGE,
+                      runtime_class: str = "nvidia", tolerations: tuple[Toleration, ...] = (),
+                      resource_name: str = "nvidia.com/gpu") -> str:
+    """The `gpunode verify --workload` pod: `nvidia-smi -L` with one GPU on `node`."""
+    for what, value in (("pod name", name), ("namespace", namespace), ("RuntimeClass", runtime_class)):
+        if not _DNS_LABEL.match(value):
+            raise UserError(f"{value!r} is not a valid {what}.", "Use lower-case letters, digits and '-'.")
+    if not isinstance(image, str) or not _IMAGE_REFERENCE.match(image):
+        raise UserError(f"{image!r} is not a container image reference.",
+                        f"Give the image as [registry/]repository[:tag], e.g. {DEFAULT_VERIFY_IMAGE}.")
+    return _render("verify-pod.yaml.j2", {
+        "name": name, "namespace": namespace, "node": node, "image": image,
+        "runtime_class": runtime_class, "labels": dict(VERIFY_POD_LABELS),
+        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *tolerations)],
+        "resource": resource_name,
+    })

@@ -4,6 +4,14 @@ Phase 1 converges packages (driver, nouveau blacklist, container toolkit). What 
 looks like after it (the library file, the toolkit's runtime) decides phase 2, so hosts
 that changed in phase 1 are read again before phase 2 is planned: nothing is guessed.
 Phase 2 writes what depends on it (containerd runtime, state record, host plugin service).
+
+Hosts that need a reboot (a new driver whose module is not loaded yet: F13, F14) stop
+there with "reboot required", or with --reboot are rebooted (pyinfra's server.reboot, which
+waits for the host to come back), read again and given phase 2 once more.
+
+Then the cluster steps (gpunode.bootstrap.cluster.steps), once for every host whose node
+steps went well: RuntimeClass, node labels, the device plugin DaemonSet rolled out, and
+Allocatable nvidia.com/gpu verified.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from typing import Any
 from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
 
+from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
+from gpunode.bootstrap.cluster.steps import CLUSTER_STEPS, run_cluster_steps
+from gpunode.bootstrap.core.cluster_plan import ClusterSettings, NodeTarget
 from gpunode.bootstrap.core.host_facts import HostFacts
 from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
 from gpunode.bootstrap.core.report import HostReport
@@ -48,6 +59,14 @@ PHASE_ONE = ("driver", "nouveau", "toolkit")
 PHASE_TWO = ("containerd", "nvml-library", "plugin-service", "state")
 
 
+@dataclass(frozen=True)
+class ClusterRequest:
+    """How to reach the cluster, and what to put there (None in BootstrapRequest: --skip-cluster)."""
+
+    access: KubeAccess
+    settings: ClusterSettings
+
+
 @dataclass
 class BootstrapRequest:
     overrides: Mapping[str, Any]
@@ -55,6 +74,9 @@ class BootstrapRequest:
     parallel: int = 10
     confirm: Callable[[str], bool] | None = None
     progress: Callable[[str], None] | None = None
+    cluster: ClusterRequest | None = None
+    # How long to wait for a rebooted host to answer again (--reboot).
+    reboot_timeout: int = 600
 
 
 @dataclass
@@ -253,7 +275,20 @@ def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapR
         session.disconnect()
 
 
+def check_cluster(access: KubeAccess) -> None:
+    """Reach the cluster before any host is touched: a bootstrap that could not finish its
+    cluster half should not have changed the hosts first."""
+    try:
+        Kubectl(access).get("runtimeclass", "nvidia")
+    except GpunodeError as exc:
+        exc.problem += " Nothing was changed on the hosts."
+        exc.fix = (exc.fix + "; " if exc.fix else "") + "or pass --skip-cluster to set up the nodes alone"
+        raise
+
+
 def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> list[HostReport]:
+    if request.cluster is not None:
+        check_cluster(request.cluster.access)
     for run in runs:
         try:
             run.settings = resolve_settings(run.host.name, run.host.data.dict(),  # type: ignore[no-untyped-call]
@@ -292,6 +327,7 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
         # Phase 2 is planned from the host as it is now. Where the driver step would install
         # or change the library first, what depends on the library cannot be known yet.
         _plan_phase(live, PHASE_TWO, _dry_run_phase_two_planner, request)
+        _cluster(runs, request)
         return [run.report for run in runs]
 
     if request.confirm is not None and any(
@@ -311,7 +347,128 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
     live = [run for run in live if run.active]
     _plan_phase(live, PHASE_TWO, _phase_two_planner, request)
     _execute(session, live, PHASE_TWO, request)
+    _reboot_where_asked(session, runs, request)
+    _cluster(runs, request)
     return [run.report for run in runs]
+
+
+# --------------------------------------------------------------------------------------
+# --reboot
+
+
+def _rebootable(run: HostRun) -> bool:
+    """Asked to reboot, needs it, and nothing failed that a reboot would not fix."""
+    if run.settings is None or not run.settings.reboot or not run.report.reboot_required:
+        return False
+    if run.report.error is not None:
+        return False
+    failed = [s.name for s in run.report.steps if s.status == "failed"]
+    return all(run.plans.get(name) is not None and run.plans[name].reboot_required for name in failed)
+
+
+def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: BootstrapRequest) -> None:
+    """Reboot the hosts that need it (--reboot), wait for them, then redo phase 2 on them.
+
+    pyinfra's server.reboot starts the reboot detached, then reconnects until the host's
+    uptime shows it really went down. The host lock went with the old connection and is
+    taken again.
+    """
+    from pyinfra.operations import server
+
+    chosen = [run for run in runs if _rebootable(run)]
+    if not chosen:
+        return
+    plans: dict[Host, list[PlannedOp]] = {}
+    for run in chosen:
+        if run.host.name == "@local":
+            run.report.record("reboot", "failed", "gpunode cannot reboot the machine it runs on and wait for it. "
+                              "Fix: reboot this machine yourself, then run gpunode bootstrap again")
+            continue
+        plans[run.host] = [PlannedOp("reboot", server.reboot, kwargs={
+            "delay": 10, "interval": 2, "reboot_timeout": request.reboot_timeout})]
+    if not plans:
+        return
+    _say(request, f"rebooting {len(plans)} host(s) and waiting for them")
+    rebooted: list[HostRun] = []
+    by_host = {run.host: run for run in chosen}
+    for host, outcomes in session.run(plans).items():
+        run = by_host[host]
+        outcome = outcomes[-1] if outcomes else None
+        if outcome is None or not outcome.succeeded:
+            run.report.record("reboot", "failed", "rebooting failed or the host did not come back: "
+                              + (outcome.output if outcome else "no outcome"))
+            continue
+        run.report.record("reboot", "changed", "rebooted; the host is back")
+        _say(request, f"[{run.report.host}] reboot: changed")
+        if run.lock is not None:
+            run.lock = None  # its connection is gone, and the lock with it
+        lock = HostLock(run.host, sudo=bool(run.host.data.get("_sudo")))
+        try:
+            lock.acquire()
+            run.lock = lock
+        except GpunodeError as exc:
+            run.report.error = f"after the reboot: {exc}"
+            continue
+        run.report.reboot_required = False
+        for name in PHASE_TWO:  # planned again from the host as it is after the reboot
+            run.plans.pop(name, None)
+            step = run.report.step(name)
+            if step is not None:
+                run.report.steps.remove(step)
+        rebooted.append(run)
+    if not rebooted:
+        return
+    _read(session, rebooted)
+    again = [run for run in rebooted if run.report.error is None]
+    _plan_phase(again, PHASE_TWO, _phase_two_planner, request)
+    _execute(session, again, PHASE_TWO, request)
+
+
+# --------------------------------------------------------------------------------------
+# the cluster half
+
+
+def _cluster_target(run: HostRun) -> NodeTarget | str:
+    """The node as the cluster steps need it, or why it gets no cluster steps."""
+    if run.report.error is not None or not run.report.steps:
+        return "the node steps did not run"
+    if any(s.status == "failed" for s in run.report.steps):
+        return "an earlier step failed on this host"
+    if run.report.reboot_required:
+        return "reboot required first: reboot the host (or pass --reboot), then run again"
+    if run.facts is None or run.settings is None or not run.report.driver_version:
+        step = run.report.step("nvml-library")
+        why = step.detail if step is not None and step.status == "skipped" else "no NVML library was found"
+        return f"the driver is not settled yet ({why})"
+    return NodeTarget(
+        host=run.report.host, node=run.facts.node_name, driver_version=run.report.driver_version,
+        nvml_library=run.report.nvml_library, kubelet_root=run.facts.kubelet.root_dir,
+        gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus), plugin_mode=run.settings.plugin_mode,
+    )
+
+
+def _cluster(runs: Sequence[HostRun], request: BootstrapRequest) -> None:
+    if request.cluster is None:
+        return
+    targets: list[NodeTarget] = []
+    by_name: dict[str, HostRun] = {}
+    for run in runs:
+        target = _cluster_target(run)
+        if isinstance(target, str):
+            if run.report.error is None:
+                for name in CLUSTER_STEPS:
+                    run.report.record(name, "skipped", target)
+            continue
+        targets.append(target)
+        by_name[target.host] = run
+    if not targets:
+        return
+    _say(request, f"cluster steps for {len(targets)} node(s) with {request.cluster.access.describe()}")
+    results = run_cluster_steps(Kubectl(request.cluster.access), targets, request.cluster.settings,
+                                dry_run=request.dry_run, progress=request.progress)
+    for host, steps in results.items():
+        for step in steps:
+            by_name[host].report.record(step.name, step.status, step.detail)
 
 
 def _read(session: Session, runs: Sequence[HostRun]) -> None:

@@ -19,6 +19,14 @@ LD_LIBRARY_PATH=/usr/local/lib finds the mounted libnvidia-ml.so.1). A hostPath 
 `type` (File, Directory, Socket...) does not match what is there fails like the kubelet:
 the pod stays ContainerCreating with a FailedMount event (FIELD-NOTES F2).
 
+Two hooks let a test play a node's container runtime in more detail (both optional):
+`resolve_host_path(pod, host_path)` maps a hostPath per pod (None: `host_paths`, then the
+path itself), e.g. to check a library path against the pod's own test host;
+`pod_env(pod)` returns extra environment for one pod (what a device plugin's Allocate or
+the NVIDIA runtime would add) or raises ContainerStartError(reason, message) for a
+container the runtime cannot start (ErrImagePull, CreateContainerError ...): the pod then
+stays Pending with that waiting reason and a Failed event, as with a real kubelet.
+
 The pod is Running and Ready once `ready(pod, process)` says so (default: started); its
 output becomes `kubectl logs`; a process that exits reports CrashLoopBackOff
 (restartPolicy Always) or Succeeded/Failed; deleting the pod stops the process (SIGTERM,
@@ -70,6 +78,16 @@ def container_env(pod: JSON, container: JSON) -> dict[str, str]:
     return env
 
 
+class ContainerStartError(Exception):
+    """The container runtime could not start the pod's container (see `pod_env`)."""
+
+    def __init__(self, reason: str, message: str, event: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.event = event  # a Failed event recorded before the waiting state, if given
+
+
 class MountError(Exception):
     """A hostPath volume the kubelet would refuse to mount."""
 
@@ -84,7 +102,9 @@ class PodProcessRunner:
                  host_paths: Mapping[str, Path] | None = None,
                  extra_env: Mapping[str, str] | None = None,
                  ready: Callable[[JSON, subprocess.Popen[bytes]], bool] | None = None,
-                 grace_seconds: float = 2.0) -> None:
+                 grace_seconds: float = 2.0,
+                 resolve_host_path: Callable[[JSON, str], Path | None] | None = None,
+                 pod_env: Callable[[JSON], Mapping[str, str]] | None = None) -> None:
         self.api = api
         self.workdir = workdir
         self.select = select or (lambda pod: True)
@@ -92,6 +112,8 @@ class PodProcessRunner:
         self.extra_env = dict(extra_env or {})
         self.ready = ready or (lambda pod, proc: proc.poll() is None)
         self.grace_seconds = grace_seconds
+        self.resolve_host_path = resolve_host_path
+        self.pod_env = pod_env
         self.processes: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._counter = 0
@@ -110,7 +132,8 @@ class PodProcessRunner:
             if source is None:
                 continue
             host_path = str(source.get("path", ""))
-            target = Path(self.host_paths.get(host_path, host_path))
+            resolved = self.resolve_host_path(pod, host_path) if self.resolve_host_path else None
+            target = resolved if resolved is not None else Path(self.host_paths.get(host_path, host_path))
             kind = source.get("type") or ""
             if kind in ("FileOrCreate", "DirectoryOrCreate") and not target.exists():
                 if kind == "FileOrCreate":
@@ -168,6 +191,15 @@ class PodProcessRunner:
         for name, value in container_env(pod, container).items():
             env[name] = self._translate(value, root, mount_paths)
         env.update(self.extra_env)
+        if self.pod_env is not None:
+            try:
+                env.update(self.pod_env(pod))
+            except ContainerStartError as exc:
+                if exc.event:
+                    self.api.add_event(key[0], "Pod", key[1], "Failed", exc.event)
+                self.api.set_pod_phase(key[0], key[1], "Pending", waiting_reason=exc.reason,
+                                       message=exc.message)
+                return
         try:
             proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)

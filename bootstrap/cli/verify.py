@@ -1,0 +1,95 @@
+"""`gpunode verify NODE...`: does each node advertise its GPUs in Allocatable?"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.core.manifests import DEFAULT_VERIFY_IMAGE
+from gpunode.bootstrap.errors import GpunodeError, UserError
+
+EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
+
+
+@click.command("verify")
+@click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
+@click.option("--expect", type=click.IntRange(0, 4096), metavar="N",
+              help="GPUs each node must advertise. Default: what gpunode bootstrap recorded on the "
+                   "node (annotation gpunode.io/gpu-count), else the node's capacity.")
+@click.option("--timeout", type=click.FloatRange(0, 3600), default=60, show_default=True, metavar="SECONDS",
+              help="Wait up to this long for every node to be OK (0: look once).")
+@kube_options
+@click.option("--ssh-key", metavar="FILE", help="SSH private key for --kube-host.")
+@click.option("--ssh-config", metavar="FILE", help="ssh_config file for --kube-host.")
+@click.option("--known-hosts", metavar="FILE", help="known_hosts file for --kube-host.")
+@click.option("--workload", is_flag=True,
+              help="Also run a pod with runtimeClassName nvidia and nvidia.com/gpu: 1 on each OK node; "
+                   "its `nvidia-smi -L` must name a GPU. The pod is deleted afterwards.")
+@click.option("--workload-image", default=DEFAULT_VERIFY_IMAGE, show_default=True, metavar="REF",
+              help="Image of the workload pod (any glibc image: the NVIDIA runtime injects nvidia-smi).")
+@click.option("--workload-namespace", default="default", show_default=True, metavar="NS")
+@click.option("--workload-timeout", type=click.FloatRange(1, 3600), default=120, show_default=True,
+              metavar="SECONDS", help="How long the workload pod may take to finish.")
+@toleration_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def verify(nodes: tuple[str, ...], expect: int | None, timeout: float, kubeconfig: str | None,
+           kube_context: str | None, kube_host: str | None, kubectl_path: str, ssh_key: str | None,
+           ssh_config: str | None, known_hosts: str | None, workload: bool, workload_image: str,
+           workload_namespace: str, workload_timeout: float, tolerations: tuple[str, ...], output: str) -> None:
+    """Check that each NODE's Allocatable nvidia.com/gpu equals its GPUs, waiting up to --timeout.
+
+    \b
+    Verdicts, each with its likely cause and fix:
+      OK       Allocatable nvidia.com/gpu equals the GPUs expected
+      absent   no device plugin has registered on the node (the key is missing)
+      zero     the value is 0: the plugin is gone, or every GPU is unhealthy (F9)
+      fewer    GPUs missing (the plugin does not see them) or unhealthy, named
+      more     more than expected (the record is out of date)
+    Exit status: 0 every node OK; 1 a node is not OK; 2 could not check (no cluster,
+    no such node, bad input).
+
+    \b
+    Examples:
+      gpunode verify gpu01 gpu02
+      gpunode verify gpu01 --expect 8 --timeout 300 --workload --output json
+    """
+    from gpunode.bootstrap.cluster.kubectl import Kubectl
+    from gpunode.bootstrap.cluster.verify import VerifyRequest, verify_nodes
+
+    for name in nodes:
+        if not name or len(name) > 253 or any(c in name for c in " \t\n\0/"):
+            raise UserError(f"{name!r} is not a node name.", fix="give node names as `kubectl get nodes` shows them")
+    access = kube_access(kubeconfig=kubeconfig, kube_context=kube_context, kube_host=kube_host,
+                         kubectl_path=kubectl_path, ssh_key=ssh_key, ssh_config=ssh_config,
+                         known_hosts=known_hosts)
+    request = VerifyRequest(nodes=nodes, expect=expect, timeout=timeout, workload=workload,
+                            workload_namespace=workload_namespace, workload_image=workload_image,
+                            workload_timeout=workload_timeout, tolerations=parse_tolerations(tolerations))
+    try:
+        checks = verify_nodes(Kubectl(access), request)
+    except GpunodeError as exc:
+        # Could not check: no cluster, refused credentials, kubectl failing.
+        if output == "json":
+            click.echo(json.dumps({"ok": False, "exit_code": EXIT_COULD_NOT_CHECK, "error": str(exc),
+                                   "nodes": []}, indent=2))
+        click.echo(f"gpunode: could not check: {exc}", err=True)
+        sys.exit(EXIT_COULD_NOT_CHECK)
+    if not all(c.verdict.checked for c in checks):
+        code = EXIT_COULD_NOT_CHECK
+    elif all(c.ok for c in checks):
+        code = EXIT_OK
+    else:
+        code = EXIT_NOT_OK
+    if output == "json":
+        click.echo(json.dumps({"ok": code == EXIT_OK, "exit_code": code,
+                               "nodes": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        for check in checks:
+            head, *rest = check.lines()
+            click.echo(f"{check.verdict.node}: {head}")
+            for line in rest:
+                click.echo(f"  {line}")
+    sys.exit(code)

@@ -1,0 +1,464 @@
+"""Is a node advertising its GPUs? The verdict rules of `gpunode verify` (pure; no kubectl).
+
+The kubelet publishes `status.allocatable["nvidia.com/gpu"]` from what device plugins
+report: the count of Healthy devices. What that value means (FIELD-NOTES F8, F9):
+
+- key absent: no device plugin has ever registered the resource since the kubelet started;
+- `0`: a plugin registered once and is gone (the kubelet keeps the key), or every device it
+  reports is Unhealthy; alerts written as `absent(...)` never fire on this one;
+- fewer than expected: GPUs the plugin does not see (capacity short too) or sees Unhealthy
+  (capacity full, allocatable short);
+- equal: OK.
+
+The evidence about the plugin (its DaemonSet, its pod, the pod's events and log) only
+explains a verdict; it never makes a node OK.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from gpunode.bootstrap.core.cluster_plan import (
+    GPU_COUNT_ANNOTATION,
+    GPUS_ANNOTATION,
+    HOST_PLUGIN,
+    PLUGIN_DAEMONSET_ANNOTATION,
+    RESOURCE,
+    normalize_bus_id,
+)
+from gpunode.bootstrap.core.manifests import DEVICE_PLUGIN_LABEL
+
+VerdictKind = Literal["ok", "absent", "zero", "fewer", "more", "no-node"]
+VERDICTS: tuple[VerdictKind, ...] = ("ok", "absent", "zero", "fewer", "more", "no-node")
+
+HOST_UNIT = "gpunode-device-plugin.service"
+
+
+# --------------------------------------------------------------------------------------
+# What the bundled plugin says about itself in its log
+
+
+@dataclass(frozen=True)
+class LoggedDevice:
+    id: str
+    uuid: str
+    pci: str  # normalised bus ID ("" when not logged)
+    name: str
+
+
+@dataclass(frozen=True)
+class PluginLog:
+    """The bundled plugin's events since its last start (`event key=value ...` lines)."""
+
+    devices: tuple[LoggedDevice, ...] = ()
+    unhealthy: Mapping[str, str] = field(default_factory=dict)  # device id -> why
+    init_failure: Mapping[str, str] | None = None  # the nvml_init_failed fields
+    registered: bool = False
+    driver: str | None = None
+
+    def device(self, device_id: str) -> LoggedDevice | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_event_line(line: str) -> tuple[str, dict[str, str]] | None:
+    """`event k=v k2="v 2"` -> ("event", {...}); None for anything else."""
+    line = line.strip()
+    if not line or not re.match(r"^[a-z_]+(?: |$)", line):
+        return None
+    event, _, rest = line.partition(" ")
+    fields: dict[str, str] = {}
+    for key, value in _FIELD.findall(rest):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
+        fields[key] = value
+    return event, fields
+
+
+def parse_plugin_log(text: str) -> PluginLog:
+    """Read the bundled plugin's log; only what follows its last `plugin_starting` counts."""
+    devices: dict[str, LoggedDevice] = {}
+    unhealthy: dict[str, str] = {}
+    init_failure: dict[str, str] | None = None
+    registered = False
+    driver: str | None = None
+    for line in text.splitlines():
+        parsed = parse_event_line(line)
+        if parsed is None:
+            continue
+        event, fields = parsed
+        if event == "plugin_starting":
+            devices, unhealthy, registered = {}, {}, False
+            init_failure = None
+            driver = fields.get("driver")
+        elif event == "device" and "id" in fields:
+            devices[fields["id"]] = LoggedDevice(fields["id"], fields.get("uuid", ""),
+                                                 normalize_bus_id(fields["pci"]) if fields.get("pci") else "",
+                                                 fields.get("name", ""))
+        elif event == "device_unhealthy" and "device" in fields:
+            why = f"XID {fields['xid']}" if fields.get("xid") not in (None, "", "None") else "unhealthy"
+            unhealthy[fields["device"]] = why + (" (fatal)" if fields.get("fatal") == "true" else "")
+        elif event == "gpu_lost":
+            for device_id in filter(None, fields.get("devices", "").split(",")):
+                unhealthy[device_id] = "fell off the bus (GPU lost)"
+        elif event == "device_recovered" and "device" in fields:
+            unhealthy.pop(fields["device"], None)
+        elif event == "registered":
+            registered = True
+        elif event == "nvml_init_failed":
+            init_failure = fields
+    return PluginLog(tuple(devices.values()), unhealthy, init_failure, registered, driver)
+
+
+# --------------------------------------------------------------------------------------
+# Evidence about the plugin that should serve a node
+
+
+@dataclass(frozen=True)
+class PodState:
+    namespace: str
+    name: str
+    phase: str
+    ready: bool
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    termination_message: str | None = None
+    events: tuple[str, ...] = ()  # "Reason: message", newest last
+    log: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def describe(self) -> str:
+        """`pod kube-system/x is Pending (ContainerCreating): FailedMount: ...`"""
+        state = self.phase + (f" ({self.waiting_reason})" if self.waiting_reason else "")
+        if self.ready:
+            state += ", Ready"
+        if self.restarts:
+            state += f", restarted {self.restarts} time{'s' if self.restarts != 1 else ''}"
+        parts = [f"pod {self.ref} is {state}"]
+        if self.waiting_message:
+            parts.append(self.waiting_message)
+        if self.last_exit_code is not None:
+            parts.append(f"last exit code {self.last_exit_code}")
+        init = parse_plugin_log(self.log).init_failure if self.log else None
+        if init is not None:
+            parts.append("nvml_init_failed reason=" + init.get("reason", "?") +
+                         (f" error={init['error']!r}" if init.get("error") else ""))
+        elif self.termination_message:
+            parts.append(self.termination_message.strip().splitlines()[-1])
+        if self.events:
+            parts.append("event " + self.events[-1])
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class PluginEvidence:
+    """How the node's GPUs are meant to be served, and what is there."""
+
+    kind: Literal["daemonset", "host", "unknown"]
+    daemonset: str | None = None  # namespace/name gpunode recorded for the node
+    daemonset_found: bool = False
+    untolerated: tuple[str, ...] = ()  # taints of the node the DaemonSet does not tolerate
+    selector_mismatch: tuple[str, ...] = ()  # node labels the DaemonSet wants and the node lacks
+    pod: PodState | None = None
+
+
+# --------------------------------------------------------------------------------------
+# The node and the verdict
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    node: str
+    found: bool
+    allocatable: str | None = None  # the raw value of nvidia.com/gpu, None when absent
+    capacity: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_node(cls, name: str, node: Mapping[str, Any] | None) -> NodeObservation:
+        if node is None:
+            return cls(name, False)
+        meta = node.get("metadata") or {}
+        status = node.get("status") or {}
+        return cls(name, True, (status.get("allocatable") or {}).get(RESOURCE),
+                   (status.get("capacity") or {}).get(RESOURCE),
+                   dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}))
+
+    @property
+    def recorded_gpus(self) -> tuple[str, ...]:
+        text = self.annotations.get(GPUS_ANNOTATION, "")
+        return tuple(normalize_bus_id(b) for b in text.split(",") if b.strip())
+
+    @property
+    def plugin_daemonset(self) -> str | None:
+        return self.annotations.get(PLUGIN_DAEMONSET_ANNOTATION) or None
+
+    @property
+    def host_plugin(self) -> bool:
+        return self.labels.get(DEVICE_PLUGIN_LABEL) == HOST_PLUGIN
+
+
+def count(value: str | None) -> int | None:
+    """A resource quantity as a whole count (device counts are plain integers)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def expectation(node: NodeObservation, expect: int | None) -> tuple[int | None, str | None]:
+    """How many GPUs the node should advertise, and where that number came from."""
+    if expect is not None:
+        return expect, "--expect"
+    recorded = count(node.annotations.get(GPU_COUNT_ANNOTATION))
+    if recorded is not None:
+        return recorded, "recorded by gpunode bootstrap"
+    capacity = count(node.capacity)
+    if capacity is not None and capacity > 0:
+        return capacity, "the node's capacity"
+    return None, None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    node: str
+    kind: VerdictKind
+    allocatable: int | None = None
+    capacity: int | None = None
+    expected: int | None = None
+    expected_from: str | None = None
+    missing: tuple[str, ...] = ()
+    unhealthy: tuple[str, ...] = ()
+    cause: str | None = None
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+    @property
+    def checked(self) -> bool:
+        return self.kind != "no-node"
+
+    @property
+    def headline(self) -> str:
+        value = f"Allocatable {RESOURCE} = {self.allocatable}"
+        expected = f" (expected {self.expected})" if self.expected is not None else ""
+        if self.kind == "ok":
+            return f"{value}: OK"
+        if self.kind == "no-node":
+            return f"node {self.node} is not in the cluster: could not check"
+        if self.kind == "absent":
+            return (f"Allocatable {RESOURCE} absent{expected}: no device plugin has registered "
+                    f"{RESOURCE} on this node since its kubelet started")
+        if self.kind == "zero":
+            return f"{value}{expected}: the device plugin is gone or every GPU is unhealthy (F9)"
+        if self.kind == "fewer":
+            return f"{value}{expected}: fewer GPUs than the node has"
+        return f"{value}{expected}: more GPUs than expected"
+
+    def lines(self) -> list[str]:
+        out = [self.headline]
+        if self.missing:
+            out.append("missing (the plugin does not see them): " + ", ".join(self.missing))
+        if self.unhealthy:
+            out.append("unhealthy: " + ", ".join(self.unhealthy))
+        if self.cause:
+            out.append(f"cause: {self.cause}")
+        if self.fix:
+            out.append(f"fix: {self.fix}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node, "verdict": self.kind, "ok": self.ok, "checked": self.checked,
+            "allocatable": self.allocatable, "capacity": self.capacity,
+            "expected": self.expected, "expected_from": self.expected_from,
+            "missing": list(self.missing), "unhealthy": list(self.unhealthy),
+            "headline": self.headline, "cause": self.cause, "fix": self.fix,
+        }
+
+
+def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
+    """The verdict from the node alone (what is polled while waiting)."""
+    if not node.found:
+        return Verdict(node.node, "no-node", fix="check the node name (kubectl get nodes): it is the "
+                                                 "name the kubelet registered, e.g. the host name")
+    expected, source = expectation(node, expect)
+    allocatable, capacity = count(node.allocatable), count(node.capacity)
+    common = {"allocatable": allocatable, "capacity": capacity, "expected": expected, "expected_from": source}
+    if node.allocatable is None:
+        kind: VerdictKind = "ok" if expected == 0 else "absent"
+        if kind == "ok":
+            common["allocatable"] = 0
+    elif allocatable is None:
+        kind = "fewer"  # an unreadable quantity is never OK
+    elif expected is None:
+        kind = "ok" if allocatable > 0 else "zero"
+    elif allocatable == expected:
+        kind = "ok"
+    elif allocatable == 0:
+        kind = "zero"
+    elif allocatable < expected:
+        kind = "fewer"
+    else:
+        kind = "more"
+    return Verdict(node.node, kind, **common)  # type: ignore[arg-type]
+
+
+def _rerun_fix(node: str) -> str:
+    return f"run `gpunode bootstrap` for {node} again (it re-creates and rolls out its plugin)"
+
+
+def _pod_cause(pod: PodState) -> tuple[str, str]:
+    """Why the plugin pod does not serve the node, and what to do."""
+    text = pod.describe()
+    log = parse_plugin_log(pod.log) if pod.log else PluginLog()
+    init = log.init_failure
+    event_text = " ".join(pod.events)
+    if init is not None:
+        reason = init.get("reason", "")
+        fix = init.get("fix") or "see the plugin's log"
+        if reason == "driver_library_mismatch":
+            return text + " (F14)", "reboot the node onto the new driver, then run gpunode bootstrap again"
+        if reason == "library_not_found":
+            return text + " (F1)", fix
+        return text, fix
+    if "FailedMount" in event_text:
+        return (text + " (F2)", "run `gpunode bootstrap` for the node again: it mounts the library file the "
+                                "node really has; do not mount the libnvidia-ml.so.1 symlink")
+    if pod.waiting_reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+        return text, "check the plugin image (--image) and that the node can pull it"
+    if "FailedScheduling" in event_text or "untolerated taint" in event_text:
+        return text + " (F15)", "tolerate the node's taints (gpunode bootstrap --toleration KEY[=VALUE][:EFFECT])"
+    if pod.phase == "Running" and pod.ready and not log.registered and pod.log:
+        return text + "; it has not registered with the kubelet", \
+            "check the kubelet's device-plugins directory on the node (--kubelet-root)"
+    return text, f"kubectl -n {shlex.quote(pod.namespace)} describe pod {shlex.quote(pod.name)}; " \
+                 f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}"
+
+
+def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | None) -> Verdict:
+    """The verdict with its likely cause and fix, from the evidence about the plugin."""
+    if verdict.kind in ("ok", "no-node"):
+        return verdict
+    cause: str | None = None
+    fix: str | None = None
+    missing: tuple[str, ...] = ()
+    unhealthy: tuple[str, ...] = ()
+    pod = plugin.pod if plugin is not None else None
+    log = parse_plugin_log(pod.log) if pod is not None and pod.log else None
+
+    if log is not None and log.devices and verdict.kind in ("fewer", "zero"):
+        seen = {d.pci for d in log.devices if d.pci}
+        missing = tuple(b for b in node.recorded_gpus if seen and b not in seen)
+        unhealthy = tuple(
+            f"{device_id}" + (f" ({d.pci})" if (d := log.device(device_id)) and d.pci else "") + f": {why}"
+            for device_id, why in log.unhealthy.items())
+
+    if plugin is None or plugin.kind == "unknown":
+        cause = "gpunode did not bootstrap this node (no gpunode annotations), so which plugin should serve it is unknown"
+        fix = ("check the node's device plugin pod (kubectl get pods -A -o wide --field-selector "
+               f"spec.nodeName={shlex.quote(node.node)}), or run gpunode bootstrap for it")
+    elif plugin.kind == "host":
+        cause = (f"the plugin runs as a service on the node (plugin mode host) and is not serving "
+                 f"{RESOURCE}")
+        fix = (f"on the node: systemctl status {HOST_UNIT}; journalctl -u {HOST_UNIT}; "
+               "or run gpunode bootstrap for it again")
+    elif not plugin.daemonset_found:
+        cause = (f"its device plugin DaemonSet {plugin.daemonset} does not exist any more (F8): "
+                 "removed by someone or something else")
+        fix = _rerun_fix(node.node)
+    elif plugin.untolerated:
+        cause = (f"DaemonSet {plugin.daemonset} does not run on this node: the node has taint "
+                 f"{', '.join(plugin.untolerated)}, which it does not tolerate (F15)")
+        fix = ("run gpunode bootstrap with --toleration " + " --toleration ".join(plugin.untolerated)
+               + ", or remove the taint")
+    elif plugin.selector_mismatch:
+        cause = (f"DaemonSet {plugin.daemonset} does not select this node: the node lacks "
+                 f"{', '.join(plugin.selector_mismatch)}")
+        fix = _rerun_fix(node.node)
+    elif pod is None:
+        cause = f"DaemonSet {plugin.daemonset} has no pod on this node"
+        fix = f"kubectl -n {shlex.quote((plugin.daemonset or '/').split('/')[0])} describe daemonset " \
+              f"{shlex.quote((plugin.daemonset or '/').split('/')[-1])}"
+    elif not (pod.phase == "Running" and pod.ready) or (log is not None and log.init_failure):
+        cause, fix = _pod_cause(pod)
+    elif verdict.kind in ("fewer", "zero") and (missing or unhealthy):
+        parts = []
+        if missing:
+            parts.append(f"the plugin ({pod.ref}) sees {len(log.devices) if log else '?'} GPU(s); "
+                         f"not {', '.join(missing)}")
+        if unhealthy:
+            parts.append(f"{len(unhealthy)} GPU(s) reported Unhealthy")
+        cause = "; ".join(parts)
+        fix = ("check the GPUs on the node (nvidia-smi -q, dmesg for XID errors); a GPU lost or "
+               "with a fatal XID needs a node reset, then the plugin pod restarted")
+    elif verdict.kind == "absent" and log is not None and not log.registered:
+        cause = f"the plugin pod {pod.ref} is running but has not registered with the kubelet"
+        fix = "check the kubelet's device-plugins directory on the node (--kubelet-root)"
+    elif verdict.kind == "zero":
+        cause = f"the plugin pod {pod.ref} is running; the kubelet reports none of its GPUs healthy"
+        fix = f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}"
+    else:
+        cause = f"the plugin pod {pod.ref} is running"
+        fix = f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}"
+
+    if not missing and not unhealthy and verdict.kind == "fewer" and verdict.capacity is not None \
+            and verdict.expected is not None and verdict.allocatable is not None:
+        if verdict.capacity < verdict.expected:
+            cause = (f"the plugin sees {verdict.capacity} of {verdict.expected} GPUs" +
+                     (f"; {cause}" if cause else ""))
+        elif verdict.allocatable < verdict.capacity:
+            cause = (f"{verdict.capacity - verdict.allocatable} of {verdict.capacity} GPUs are "
+                     "reported Unhealthy" + (f"; {cause}" if cause else ""))
+    if verdict.kind == "more":
+        cause = ("the node advertises more GPUs than " + (verdict.expected_from or "expected")
+                 + " says" + (f"; {cause}" if cause else ""))
+        fix = "run gpunode bootstrap for the node again to record its GPUs, or give --expect"
+    return Verdict(verdict.node, verdict.kind, verdict.allocatable, verdict.capacity, verdict.expected,
+                   verdict.expected_from, missing, unhealthy, cause, fix)
+
+
+# --------------------------------------------------------------------------------------
+# The workload check (--workload)
+
+_SMI_LINE = re.compile(r"^GPU (?P<index>\d+): (?P<name>.+?) \(UUID: (?P<uuid>(?:GPU|MIG)-[0-9A-Za-z-]+)\)\s*$")
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    ok: bool
+    pod: str
+    detail: str
+    output: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "pod": self.pod, "detail": self.detail, "output": self.output}
+
+
+def judge_workload(pod: str, output: str, advertised: tuple[str, ...] = ()) -> WorkloadResult:
+    """`nvidia-smi -L` in the test pod must name a GPU, one the node's plugin advertises."""
+    found = [m for m in (_SMI_LINE.match(line) for line in output.splitlines()) if m]
+    if not found:
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        return WorkloadResult(False, pod, f"nvidia-smi -L named no GPU: {last}", output)
+    uuids = [m.group("uuid") for m in found]
+    if advertised and not any(u in advertised for u in uuids):
+        return WorkloadResult(False, pod, f"nvidia-smi -L named {', '.join(uuids)}, which the node's plugin "
+                                          "does not advertise", output)
+    names = "; ".join(f"GPU {m.group('index')}: {m.group('name')} ({m.group('uuid')})" for m in found)
+    return WorkloadResult(True, pod, f"nvidia-smi -L in pod {pod}: {names}", output)
