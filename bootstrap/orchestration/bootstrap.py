@@ -16,7 +16,6 @@ Allocatable nvidia.com/gpu verified.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
