@@ -64,6 +64,9 @@ def _confirm(plan: str) -> bool:
               help="daemonset: the plugin runs in the cluster; host: a systemd service on the node.")
 @click.option("--plugin-package", metavar="SPEC|FILE",
               help="What pip installs on the node in host plugin mode (default gpunode==<this version>).")
+@click.option("--plugin-wheels", metavar="DIR",
+              help="Host plugin mode without an index: upload these wheels (gpunode and click, grpcio, "
+                   "protobuf, nvidia-ml-py for the node's Python) and install only from them.")
 @click.option("--allow-no-gpu", is_flag=True, default=None,
               help="Go on when the host has no NVIDIA GPU (testing, image building).")
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")

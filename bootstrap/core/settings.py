@@ -38,6 +38,7 @@ class NodeSettings:
     containerd_restart_command: str | None = None
     plugin_mode: PluginMode = "daemonset"
     plugin_package: str | None = None
+    plugin_wheels: str | None = None
     allow_no_gpu: bool = False
     reboot: bool = False
 

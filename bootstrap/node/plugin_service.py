@@ -11,6 +11,7 @@ import posixpath
 import shlex
 from importlib.metadata import requires, version
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 
@@ -19,6 +20,7 @@ from gpunode.bootstrap.core.host_record import HostRecord
 from gpunode.bootstrap.core.packages import FileSpec, PackageSpec, apt_install_command
 from gpunode.bootstrap.core.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
 from gpunode.bootstrap.core.settings import NodeSettings
+from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.node.steps import StepPlan, UploadFiles, file_commands, file_diff
 
 PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py")
@@ -39,6 +41,41 @@ def plugin_requirements() -> list[str]:
     return wanted
 
 
+def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
+    """Commands that put the plugin into the venv: its dependencies first, gpunode last.
+
+    gpunode's own dist-info is what the snapshot takes for "installed", so it is written
+    only after everything it needs is there: a run cut off half way is redone next time.
+    """
+    pip = shlex.quote(f"{VENV_DIR}/bin/pip")
+    commands: list[Any] = [f"python3 -m venv {shlex.quote(VENV_DIR)}"]
+    source = ""
+    package = settings.plugin_package or f"gpunode=={ours}"
+    if settings.plugin_wheels:
+        wheels = sorted(Path(settings.plugin_wheels).expanduser().glob("*.whl"))
+        if not wheels:
+            raise UserError(f"--plugin-wheels {settings.plugin_wheels} holds no .whl files.",
+                            fix="put the gpunode wheel and its plugin dependencies there "
+                                "(pip wheel --no-deps . && pip download click grpcio protobuf nvidia-ml-py)")
+        commands.append(UploadFiles(tuple(
+            (str(wheel), posixpath.join(WHEEL_DIR, wheel.name), "") for wheel in wheels)))
+        # Only these files: a host without an index (air-gapped) must not try one.
+        source = f" --no-index --find-links {shlex.quote(WHEEL_DIR)}"
+    elif Path(package).is_file():
+        remote = posixpath.join(WHEEL_DIR, Path(package).name)
+        commands.append(UploadFiles(((package, remote, ""),)))
+        package = remote
+    if not settings.plugin_wheels:
+        commands.append(f"{pip} install --quiet --upgrade pip")
+    commands += [
+        f"{pip} install --quiet{source} " + " ".join(shlex.quote(r) for r in plugin_requirements()),
+        # The distribution also carries the operator side (pyinfra, gevent); the service
+        # needs only the plugin's dependencies, installed just above.
+        f"{pip} install --quiet --no-deps{source} {shlex.quote(package)}",
+    ]
+    return commands
+
+
 def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_version: str | None,
                              recorded: HostRecord | None) -> StepPlan:
     plan = StepPlan("plugin-service")
@@ -47,8 +84,6 @@ def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_ve
         return plan
     ours = version("gpunode")
     venv = facts.plugin_venv
-    pip = f"{VENV_DIR}/bin/pip"
-    package = settings.plugin_package or f"gpunode=={ours}"
     if venv.installed_version != ours:
         if venv.python3 is None:
             plan.failed = "python3 is not installed on the host. Fix: install python3, or use --plugin-mode daemonset"
@@ -56,20 +91,14 @@ def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_ve
         if facts.os.family == "debian" and not venv.venv_package:
             plan.commands.append(apt_install_command([PackageSpec("python3-venv")], allow_downgrades=False))
             plan.changes.append("install python3-venv")
-        if Path(package).is_file():
-            remote = posixpath.join(WHEEL_DIR, Path(package).name)
-            plan.commands.append(UploadFiles(((package, remote, ""),)))
-            package = remote
-        plan.commands += [
-            f"python3 -m venv {shlex.quote(VENV_DIR)}",
-            f"{shlex.quote(pip)} install --quiet --upgrade pip",
-            # The distribution also carries the operator side (pyinfra, gevent); the
-            # service needs only the plugin's dependencies.
-            f"{shlex.quote(pip)} install --quiet --no-deps {shlex.quote(package)}",
-            f"{shlex.quote(pip)} install --quiet " + " ".join(shlex.quote(r) for r in plugin_requirements()),
-        ]
+        try:
+            plan.commands += venv_install_commands(settings, ours)
+        except GpunodeError as exc:
+            plan.failed = str(exc)
+            return plan
         plan.changes.append(f"install gpunode {ours} into {VENV_DIR}"
-                            + (f" (was {venv.installed_version})" if venv.installed_version else ""))
+                            + (f" (was {venv.installed_version})" if venv.installed_version else "")
+                            + (f" from {settings.plugin_wheels}" if settings.plugin_wheels else ""))
     unit = render_plugin_unit(kubelet_root=facts.kubelet.root_dir, driver_version=driver_version)
     current = facts.managed_file(UNIT_PATH)
     unit_changed = current != unit
