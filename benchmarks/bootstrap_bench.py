@@ -34,7 +34,7 @@ from standins.debian_host import DebianHost, start_debian_host, start_debian_hos
 from standins.toolkit_packages import build_toolkit_packages  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from results import load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 
 COMMON = ["--yes", "--skip-cluster", "--kernel-module", "none", "--driver-version", DRIVER,
           "--containerd-restart-command", RESTART_CONTAINERD, "--output", "json"]
@@ -63,7 +63,7 @@ def run(args: list[str]) -> tuple[float, list[tuple[float, str]], dict[str, obje
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**installed_cli_env(), "PYTHONUNBUFFERED": "1"})
     assert process.stderr is not None and process.stdout is not None
     progress = [(time.monotonic() - started, line.rstrip()) for line in process.stderr]
     stdout = process.stdout.read()

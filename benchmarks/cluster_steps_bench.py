@@ -38,7 +38,7 @@ from gpunode.bootstrap.core.cluster_plan import ClusterSettings, NodeTarget  # n
 from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 
 LIBRARY = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"
 
@@ -90,7 +90,7 @@ def verify_round(rounds: int) -> list[float]:
         small_kubelet(api)
         api.add_node("gpu00")
         api.set_node_status("gpu00", capacity={"nvidia.com/gpu": "2"}, allocatable={"nvidia.com/gpu": "2"})
-        env = {**api.kubectl_env()}
+        env = installed_cli_env(api.kubectl_env())
         times = []
         for _ in range(rounds):
             started = time.perf_counter()

@@ -34,7 +34,7 @@ from gpunode.bootstrap.node.snapshot import snapshot_command  # noqa: E402
 from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 
 DRIVER = "535.261.03"
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
@@ -91,7 +91,7 @@ def main() -> None:
                                 (10, [], "`gpunode doctor` with 10 GPU nodes (all judged)")):
         api = cluster(nodes)
         try:
-            env = {**os.environ, **api.kubectl_env(), "KUBECONFIG": str(api.kubeconfig_path)}
+            env = {**installed_cli_env(api.kubectl_env()), "KUBECONFIG": str(api.kubeconfig_path)}
             timed(gpunode + ["doctor", *extra], env)  # kubectl's discovery cache warmed
             rows.append((label, seconds([timed(gpunode + ["doctor", *extra, "--output", "json"], env)
                                          for _ in range(args.runs)])))

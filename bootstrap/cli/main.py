@@ -7,6 +7,7 @@ pyinfra's gevent.
 
 from __future__ import annotations
 
+import gc
 import sys
 from importlib.metadata import version
 
@@ -57,5 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+def console_main() -> None:
+    """The installed `gpunode` command: main, then a quick exit."""
+    try:
+        main()
+    finally:
+        # The interpreter's final garbage collection walks every object pyinfra, paramiko
+        # and gevent created: about 0.13 s of a 1.4 s bootstrap, for a process that is
+        # ending anyway. Frozen objects are skipped; atexit handlers still run.
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -175,9 +175,19 @@ def probe_command(
     # target (relative targets against the link's directory) and start again; `..` is
     # resolved lexically, which is right because every component before it has already been
     # checked not to be a symlink. Variables are prefixed (no `local` in POSIX sh).
+    # The chains of ldconfig's entries and of the listed files share most of their links:
+    # each link is read and printed once (gn_links: newline, path, tab, target), each file's
+    # header once (gn_files), and a start path already followed is skipped (gn_starts). This
+    # runs on every host of every run; forks are most of its cost.
     return f"""r={q(root.rstrip('/'))}
 PATH="$PATH:/sbin:/usr/sbin"
+gn_nl='
+'
+gn_tab=$(printf '\\t')
+gn_links=; gn_files=; gn_starts=
 gn_follow() {{
+  case $gn_starts in *"$gn_nl$1$gn_nl"*) return 0;; esac
+  gn_starts=$gn_starts$gn_nl$1$gn_nl
   gn_p=$1; gn_hops=0
   while :; do
     gn_rest=${{gn_p#/}}; gn_cur=; gn_hit=
@@ -186,8 +196,12 @@ gn_follow() {{
       case $gn_c in ''|.) continue;; ..) gn_cur=${{gn_cur%/*}}; continue;; esac
       gn_cur=$gn_cur/$gn_c
       if [ -L "$r$gn_cur" ]; then
-        gn_t=$(readlink "$r$gn_cur")
-        printf 'link\\t%s\\t%s\\n' "$gn_cur" "$gn_t"
+        case $gn_links in
+          *"$gn_nl$gn_cur$gn_tab"*) gn_t=${{gn_links#*"$gn_nl$gn_cur$gn_tab"}}; gn_t=${{gn_t%%"$gn_nl"*}};;
+          *) gn_t=$(readlink "$r$gn_cur")
+             gn_links=$gn_links$gn_nl$gn_cur$gn_tab$gn_t$gn_nl
+             printf 'link\\t%s\\t%s\\n' "$gn_cur" "$gn_t";;
+        esac
         case $gn_t in /*) gn_p=$gn_t;; *) gn_p=${{gn_cur%/*}}/$gn_t;; esac
         if [ -n "$gn_rest" ]; then gn_p=$gn_p/$gn_rest; fi
         gn_hit=1; break
@@ -198,6 +212,8 @@ gn_follow() {{
     if [ "$gn_hops" -gt {MAX_HOPS} ]; then printf 'loop\\t%s\\n' "$1"; return 0; fi
   done
   gn_cur=${{gn_cur:-/}}
+  case $gn_files in *"$gn_nl$gn_cur$gn_nl"*) return 0;; esac
+  gn_files=$gn_files$gn_nl$gn_cur$gn_nl
   if [ -f "$r$gn_cur" ]; then
     printf 'file\\t%s\\t%s\\n' "$gn_cur" "$(od -An -tx1 -N20 "$r$gn_cur" 2>/dev/null | tr -d ' \\n')"
   elif [ -e "$r$gn_cur" ]; then printf 'other\\t%s\\n' "$gn_cur"
@@ -211,7 +227,11 @@ gn_ld=$({ldconfig_cmd} 2>&1); gn_st=$?
 printf 'ldconfig-status\\t%s\\n' "$gn_st"
 if [ "$gn_st" -ne 0 ]; then printf '%s\\n' "$gn_ld" | head -n 1 | while IFS= read -r gn_l; do printf 'ldconfig-error\\t%s\\n' "$gn_l"; done; fi
 printf '%s\\n' "$gn_ld" | grep -F 'libnvidia-ml.so' | while IFS= read -r gn_l; do printf 'ldconfig\\t%s\\n' "$gn_l"; done
-printf '%s\\n' "$gn_ld" | grep -F 'libnvidia-ml.so' | sed -n 's/.* => //p' | while IFS= read -r gn_l; do gn_follow "$gn_l"; done
+gn_ents=$(printf '%s\\n' "$gn_ld" | grep -F 'libnvidia-ml.so' | sed -n 's/.* => //p')
+# A here-document, not a pipe: the loop runs in this shell and keeps gn_follow's memo.
+while IFS= read -r gn_l; do [ -z "$gn_l" ] || gn_follow "$gn_l"; done <<gn_end
+$gn_ents
+gn_end
 for gn_d in {dir_words}; do
   for gn_f in "$r$gn_d"/*libnvidia-ml.so*; do
     if [ -L "$gn_f" ] || [ -e "$gn_f" ]; then

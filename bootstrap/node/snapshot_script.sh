@@ -6,9 +6,12 @@
 # GPUNODE_DIAGNOSE=1, GPUNODE_NVML_CHECK (python source), GPUNODE_DRIVER_ROOT.
 PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
 sec() { printf '@@%s\n' "$1"; }
+# One line of base64 from stdin. GNU base64 -w0 saves a `tr` per file (this script runs on
+# every host of every run); busybox's base64 refuses -w before reading anything.
+b64() { base64 -w0 2>/dev/null || base64 | tr -d '\n'; }
 b64file() {
   if [ -f "$1" ] && [ -r "$1" ]; then
-    printf '%s ' "$1"; base64 < "$1" | tr -d '\n'; echo
+    printf '%s ' "$1"; b64 < "$1"; echo
   fi
 }
 
@@ -59,7 +62,7 @@ if command -v containerd >/dev/null 2>&1; then
   else
     out=$(containerd config dump 2>&1); rc=$?
   fi
-  printf '%s ' "$rc"; printf '%s\n' "$out" | base64 | tr -d '\n'; echo
+  printf '%s ' "$rc"; printf '%s\n' "$out" | b64; echo
   containerd_dump_out=$out
 fi
 sec k3s
@@ -112,7 +115,7 @@ if [ "${GPUNODE_DIAGNOSE:-0}" = 1 ]; then
 # the ages and times that tell a kubelet restart from a plugin that never registered. Still
 # read-only; every command that could hang on a sick driver runs under a time limit.
 limited() { if command -v timeout >/dev/null 2>&1; then timeout 20 "$@"; else "$@"; fi; }
-b64out() { printf '%s ' "$1"; printf '%s\n' "$2" | base64 | tr -d '\n'; echo; }
+b64out() { printf '%s ' "$1"; printf '%s\n' "$2" | b64; echo; }
 age_of() { ps -o etimes= -p "$1" 2>/dev/null | tr -d ' '; }
 sec diag_now; date +%s
 # The GPU Operator's driver runs in a container whose root is mounted at /run/nvidia/driver

@@ -5,10 +5,15 @@ pyinfra runs hosts in greenlets, so paramiko needs gevent's cooperative sockets:
 patch to plugins through `importlib.metadata.entry_points()`, which rescans every
 installed distribution on each of ~30 calls (half a second in a full virtualenv); one
 scan, reused for the duration of the patch, gives the same answers.
+
+paramiko checks every incoming packet's MAC with a byte-by-byte Python loop; the standard
+library's `hmac.compare_digest` is the same constant-time comparison in C. With ten hosts
+the loop was a quarter of gpunode's own CPU time.
 """
 
 from __future__ import annotations
 
+import hmac
 import importlib.metadata
 from typing import Any
 
@@ -16,16 +21,24 @@ from typing import Any
 def patch_for_pyinfra() -> None:
     from gevent import monkey
 
-    if monkey.is_module_patched("socket"):
-        return
-    scanned = importlib.metadata.entry_points()
-    original = importlib.metadata.entry_points
+    if not monkey.is_module_patched("socket"):
+        scanned = importlib.metadata.entry_points()
+        original = importlib.metadata.entry_points
 
-    def entry_points(**selection: Any) -> Any:
-        return scanned.select(**selection) if selection else scanned
+        def entry_points(**selection: Any) -> Any:
+            return scanned.select(**selection) if selection else scanned
 
-    importlib.metadata.entry_points = entry_points
-    try:
-        monkey.patch_all()
-    finally:
-        importlib.metadata.entry_points = original
+        importlib.metadata.entry_points = entry_points
+        try:
+            monkey.patch_all()
+        finally:
+            importlib.metadata.entry_points = original
+    # After patch_all: paramiko must see gevent's socket and threading.
+    _compare_macs_in_c()
+
+
+def _compare_macs_in_c() -> None:
+    import paramiko.util
+
+    # packet.py looks the function up on paramiko.util at each call.
+    setattr(paramiko.util, "constant_time_bytes_eq", hmac.compare_digest)

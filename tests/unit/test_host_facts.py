@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,21 @@ def test_this_machine_reads_as_a_debian_host_without_gpus() -> None:
     assert "/no/such/file" not in facts.managed_files
     assert facts.managed_file("/etc/hostname") == open("/etc/hostname").read()
     assert facts.nvml.arch == facts.arch
+
+
+def test_a_base64_without_the_wrap_option_reads_the_same(tmp_path: Path) -> None:
+    """busybox's base64 has no -w: the snapshot falls back to `base64 | tr` and reads the same."""
+    shim = tmp_path / "base64"
+    real = subprocess.run(["sh", "-c", "command -v base64"], capture_output=True, text=True).stdout.strip()
+    shim.write_text(f'#!/bin/sh\nfor a; do case $a in -w*) echo "base64: unrecognized option: w" >&2; exit 1;; esac; done\n'
+                    f'exec {real} "$@"\n')
+    shim.chmod(0o755)
+    command = snapshot_command("/etc/containerd/config.toml", ("/etc/hostname", "/etc/os-release"))
+    plain = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    env = {"PATH": f"{tmp_path}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    shimmed = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True, env=env).stdout
+    assert parse_snapshot(shimmed).managed_files == parse_snapshot(plain).managed_files
+    assert parse_snapshot(shimmed).managed_file("/etc/os-release") == open("/etc/os-release").read()
 
 
 CRAFTED = "\n".join([
