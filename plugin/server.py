@@ -37,6 +37,10 @@ from gpunode.plugin.v1beta1 import VERSION, api_pb2, api_pb2_grpc
 from gpunode.plugin.watch import DirectoryWatcher
 
 REGISTER_TIMEOUT_SECONDS = 5.0
+# While Register is in flight the kubelet dials our socket back before it answers; if that
+# socket is deleted meanwhile the kubelet keeps dialing (10 s), so the socket is checked
+# this often and a lost one ends the wait at once.
+REGISTER_SOCKET_CHECK_SECONDS = 0.02
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 STOP_GRACE_SECONDS = 0.5
 # One worker per concurrent RPC; the ListAndWatch stream holds one for its whole life.
@@ -204,9 +208,14 @@ class ResourceServer:
         log_event("server_stopped", resource=self.resource.name, socket=self.socket)
 
     def register(self) -> None:
-        """Register with the kubelet; raises grpc.RpcError when it is absent or says no."""
-        with grpc.insecure_channel(f"unix:{self._config.kubelet_socket}") as channel:
-            api_pb2_grpc.RegistrationStub(channel).Register(
+        """Register with the kubelet; raises grpc.RpcError when it is absent or says no, and
+        OSError when this server's socket disappears before the kubelet has answered."""
+        # A connection of its own each time: gRPC's C core shares one connection attempt per
+        # address between channels, and a kubelet.sock just re-created would otherwise wait
+        # out the backoff of an attempt made while the kubelet was gone.
+        with grpc.insecure_channel(f"unix:{self._config.kubelet_socket}",
+                                   options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            call = api_pb2_grpc.RegistrationStub(channel).Register.future(
                 api_pb2.RegisterRequest(
                     version=VERSION, endpoint=self.resource.socket_name, resource_name=self.resource.name,
                     options=api_pb2.DevicePluginOptions(pre_start_required=False,
@@ -214,6 +223,14 @@ class ResourceServer:
                 ),
                 timeout=REGISTER_TIMEOUT_SECONDS,
             )
+            while True:
+                try:
+                    call.result(timeout=REGISTER_SOCKET_CHECK_SECONDS)
+                    return
+                except grpc.FutureTimeoutError:
+                    if not self.socket_intact():
+                        call.cancel()
+                        raise OSError(f"{self.socket} was removed while the kubelet was dialing it") from None
 
 
 class PluginManager:

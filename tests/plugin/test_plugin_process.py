@@ -202,6 +202,24 @@ def test_stream_ended_by_kubelet_means_registering_again(harness: PluginHarness)
     assert "stream_ended resource=nvidia.com/gpu by=kubelet" in plugin.log()
 
 
+def test_socket_removed_while_the_kubelet_dials_it_means_registering_again_at_once(harness: PluginHarness) -> None:
+    # The kubelet answers Register only after dialing the plugin's socket back, for up to
+    # 10 s. If the socket goes meanwhile, the plugin must not wait out its Register deadline.
+    harness.configure(FakeNvmlConfig.uniform(2))
+    plugin = harness.serve()
+    harness.kubelet.hold_registrations()
+    harness.kubelet.end_stream(GPU)          # the plugin restarts its server and registers again
+    harness.kubelet.wait_held_registration()
+    (harness.kubelet_dir / "gpunode-nvidia.com-gpu.sock").unlink()
+    removed = time.monotonic()
+    harness.kubelet.release_registrations()
+    harness.kubelet.wait_registered(GPU, timeout=10, after=1)
+    assert time.monotonic() - removed < 1.0
+    assert "was removed while the kubelet was dialing it" in plugin.wait_log("was removed while")
+    harness.kubelet.wait_devices(GPU, lambda ds: len(ds) == 2 and all(d.health == HEALTHY for d in ds), timeout=10)
+    assert plugin_sockets(harness.kubelet_dir) == ["gpunode-nvidia.com-gpu.sock"]
+
+
 def test_sigterm_stops_cleanly_and_removes_the_socket(harness: PluginHarness) -> None:
     plugin = harness.serve()
     assert plugin_sockets(harness.kubelet_dir) == ["gpunode-nvidia.com-gpu.sock"]

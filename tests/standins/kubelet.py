@@ -9,6 +9,8 @@ It behaves as the kubelet's device manager does:
   closed);
 - when a ListAndWatch stream ends, the resource's devices all count as Unhealthy (the
   kubelet's "PluginDisconnected") until the plugin registers again;
+- `hold_registrations()` makes it a slow kubelet: Register requests wait before dialing
+  the plugin back until `release_registrations()`;
 - `restart()` is a kubelet restart: the server goes, every file in the directory is
   deleted (the kubelet's checkpoint and subdirectories excepted), and a new kubelet.sock
   is served; `stop()` leaves the kubelet gone (socket removed) until `start()`.
@@ -81,7 +83,10 @@ class _Endpoint:
     def __init__(self, owner: KubeletStandIn, registration: Registration, socket: Path) -> None:
         self.owner = owner
         self.registration = registration
-        self.channel = grpc.insecure_channel(f"unix:{socket}")
+        # A connection of its own, as each of the kubelet's Go gRPC dials has: gRPC's C core
+        # would otherwise share one connection attempt per socket path between channels, and
+        # a dial of a socket that was just re-created would wait out an earlier dial's backoff.
+        self.channel = grpc.insecure_channel(f"unix:{socket}", options=[("grpc.use_local_subchannel_pool", 1)])
         self.stub = api_pb2_grpc.DevicePluginStub(self.channel)
         self.stream: grpc.Future | None = None  # the ListAndWatch call, for end_stream()
         self.closed = False
@@ -136,6 +141,11 @@ class KubeletStandIn:
         self._registrations: list[Registration] = []
         self._updates: list[Update] = []
         self._rejections: list[str] = []
+        # A slow kubelet, for tests: while the gate is closed, Register requests wait (valid,
+        # not yet dialing the plugin back); `held` counts the ones waiting.
+        self._gate = threading.Event()
+        self._gate.set()
+        self._held = 0
 
     # -- lifecycle --
 
@@ -184,6 +194,17 @@ class KubeletStandIn:
                     pass
         self.start()
 
+    def hold_registrations(self) -> None:
+        """From now on Register waits before dialing the plugin back, until released."""
+        self._gate.clear()
+
+    def release_registrations(self) -> None:
+        self._gate.set()
+
+    def wait_held_registration(self, timeout: float = 5.0) -> None:
+        """Until a Register request is waiting at the closed gate."""
+        self.wait_for(lambda: self._held > 0, timeout, "a held Register request")
+
     def end_stream(self, resource: str) -> None:
         """End the resource's ListAndWatch stream from the kubelet's side."""
         with self._cond:
@@ -210,6 +231,13 @@ class KubeletStandIn:
             return self._reject(f"invalid extended resource name {request.resource_name!r}")
         if "/" in request.endpoint or not request.endpoint:
             return self._reject(f"endpoint {request.endpoint!r} is not a socket file name")
+        if not self._gate.is_set():
+            with self._cond:
+                self._held += 1
+                self._cond.notify_all()
+            self._gate.wait()
+            with self._cond:
+                self._held -= 1
         with self._cond:
             number = 1 + sum(1 for r in self._registrations if r.resource == request.resource_name)
         registration = Registration(
