@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,17 @@ def run(args: list[str]) -> tuple[float, list[tuple[float, str]], dict[str, obje
     return wall, progress, summary
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by finished child processes (gpunode runs), and by the whole
+    machine (every process, the test hosts' included) since boot."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return children.ru_utime + children.ru_stime, busy / os.sysconf("SC_CLK_TCK")
+
+
 def where_time_goes(progress: list[tuple[float, str]]) -> list[tuple[str, float]]:
     """Seconds between consecutive progress lines, named by the line that ends each span."""
     spans, previous = [], 0.0
@@ -114,8 +126,12 @@ def main() -> None:
                 prepare(each)
             inventory = inventory_for(fleet, Path(scratch))
             fleet_first, _, _ = run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts), *common])
-            fleet_repeat = [run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts), *common])[0]
-                            for _ in range(3)]
+            fleet_repeat, fleet_cpu = [], []
+            for _ in range(3):
+                before = cpu_seconds()
+                fleet_repeat.append(run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts),
+                                         *common])[0])
+                fleet_cpu.append(tuple(after - earlier for after, earlier in zip(cpu_seconds(), before)))
         finally:
             stop_all(fleet)
     load_end = os.getloadavg()[0]
@@ -129,6 +145,12 @@ def main() -> None:
         (f"first bootstrap of {options.hosts} fresh hosts at once", f"{fleet_first:.1f} s"),
         (f"no-change re-run, {options.hosts} hosts at once (median of 3)", f"{many:.2f} s = {many / one:.2f} x one host"),
     ]
+    gpunode_cpu, machine_cpu = (statistics.median(c[i] for c in fleet_cpu) for i in (0, 1))
+    cores = os.cpu_count() or 1
+    rows.append(("CPU used during that run (median): gpunode itself, and the whole machine",
+                 f"gpunode {gpunode_cpu:.2f} s; machine {machine_cpu:.2f} s, so at least "
+                 f"{machine_cpu / cores:.2f} s of wall on {cores} cores; the rest is the {options.hosts} "
+                 "hosts' sshd and snapshot shells, which on a real fleet run on each host's own CPUs"))
     table = "| figure | gpunode |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
     breakdown = "| first run, span ending with | seconds |\n|---|---|\n" + "".join(
         f"| {name} | {seconds:.2f} |\n" for name, seconds in spans)

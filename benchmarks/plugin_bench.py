@@ -37,7 +37,7 @@ from standins.kubelet import UNHEALTHY, KubeletStandIn  # noqa: E402
 
 GPU = "nvidia.com/gpu"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from results import load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -58,7 +58,7 @@ class World:
         self.kubelet.start()
 
     def plugin(self, *args: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
+        env = {k: v for k, v in installed_cli_env().items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
         env.update(self.nvml.env())
         return subprocess.Popen([sys.executable, "-m", "gpunode.plugin", "serve", "--kubelet-dir", str(self.dir), *args],
                                 env=env, stdout=subprocess.DEVNULL, stderr=(self.root / "plugin.log").open("a"))

@@ -38,8 +38,11 @@ def measured_on(command: str) -> str:
 
 
 def load_note(start: float, end: float) -> str:
-    busy = max(start, end) > BUSY
-    return (f"1-minute load average {start:.2f} at start, {end:.2f} at end: "
+    """The machine's load: only the load before the benchmark says whether something else
+    was running; the load after it includes the benchmark's own work."""
+    busy = start > BUSY
+    return (f"1-minute load average {start:.2f} at start ({end:.2f} at end, the benchmark's own work "
+            "included): "
             + ("**the machine was busy with other work; the figures are upper bounds.**" if busy
                else "a quiet machine."))
 
