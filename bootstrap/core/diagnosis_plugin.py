@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gpunode.bootstrap.core.containerd_effective import default_runtime_name
@@ -43,6 +44,26 @@ _DEFAULT_LOADER_DIRS = frozenset({"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/
 # The kubelet's and containerd's words for a runtime or RuntimeClass that is not there.
 NO_RUNTIME = re.compile(r'no runtime for "?([\w.-]+)"? is configured')
 NO_RUNTIMECLASS = re.compile(r'RuntimeClass "?([\w.-]+)"? not found')
+
+
+def add_runtime_findings(findings: Findings, searched: str, texts: Sequence[str], summary: str, *,
+                         node: str, pod: str, runtime_class: object) -> None:
+    """F17 and RUNTIMECLASS-MISSING, read off what the kubelet said about a pod that cannot
+    start (`searched`; `texts` are its events, the evidence). `node` and `pod` are named as the
+    cause says them: "node gpu-1", "the device plugin pod kube-system/x"."""
+    missing_runtime = NO_RUNTIME.search(searched)
+    if missing_runtime:
+        findings.add("F17", f'containerd on {node} has no runtime "{missing_runtime.group(1)}": {pod} '
+                     f"(runtimeClassName {runtime_class}) cannot start.",
+                     [summary, *(t for t in texts if NO_RUNTIME.search(t))],
+                     "Install the toolkit and add the runtime (`gpunode bootstrap HOST`), or make the RuntimeClass "
+                     "handler name the runtime containerd has.", "critical", "containerd")
+    missing_class = NO_RUNTIMECLASS.search(searched)
+    if missing_class:
+        findings.add("RUNTIMECLASS-MISSING", f'RuntimeClass "{missing_class.group(1)}" does not exist: {pod} '
+                     "cannot be created.", [summary, *texts[:3]],
+                     "Create RuntimeClass nvidia (handler nvidia): `gpunode render` prints it.",
+                     "critical", "runtimeclass")
 _EXEC_FAILED = re.compile(r"exec .*no such file or directory|GLIBC_PRIVATE|version `GLIBC_|"
                           r"symbol lookup error", re.IGNORECASE)
 
@@ -158,20 +179,8 @@ def _judge_plugin_pod(case: DoctorCase, view: ClusterView, node: JSON, evidence:
             findings.add("DP-IMAGE", f"The device plugin pod {pod_ref} cannot pull its image {image}.",
                          [summary, *messages[:3]], "Check the image name and tag, the registry's reachability "
                          "from the node, and imagePullSecrets.", "critical", "plugin")
-    runtime_messages = " ".join(messages)
-    missing_runtime = NO_RUNTIME.search(runtime_messages)
-    if missing_runtime:
-        findings.add("F17", f'containerd on node {name_of(node)} has no runtime "{missing_runtime.group(1)}": '
-                     f"the device plugin pod {pod_ref} (runtimeClassName {spec.get('runtimeClassName')}) cannot start.",
-                     [summary, *(m for m in messages if NO_RUNTIME.search(m))],
-                     "Install the toolkit and add the runtime (`gpunode bootstrap HOST`), or make the RuntimeClass "
-                     "handler name the runtime containerd has.", "critical", "containerd")
-    missing_class = NO_RUNTIMECLASS.search(runtime_messages)
-    if missing_class:
-        findings.add("RUNTIMECLASS-MISSING", f'RuntimeClass "{missing_class.group(1)}" does not exist: the '
-                     f"device plugin pod {pod_ref} cannot be created.", [summary, *messages[:3]],
-                     "Create RuntimeClass nvidia (handler nvidia): `gpunode render` prints it.",
-                     "critical", "runtimeclass")
+    add_runtime_findings(findings, " ".join(messages), messages, summary, node=f"node {name_of(node)}",
+                         pod=f"the device plugin pod {pod_ref}", runtime_class=spec.get("runtimeClassName"))
 
     # F3 can be read off the spec alone: a whole system library directory over the image's.
     for mount in host_path_mounts(spec, container):

@@ -7,7 +7,7 @@ import re
 
 from gpunode.bootstrap.core.diagnosis import Findings
 from gpunode.bootstrap.core.diagnosis_host import runtime_name_for
-from gpunode.bootstrap.core.diagnosis_plugin import NO_RUNTIME, NO_RUNTIMECLASS, default_runtime
+from gpunode.bootstrap.core.diagnosis_plugin import add_runtime_findings, default_runtime
 from gpunode.bootstrap.core.doctor_evidence import JSON, ClusterView, DoctorCase, PodEvidence
 from gpunode.bootstrap.core.kube_view import (
     GPU_RESOURCE,
@@ -90,19 +90,8 @@ def workload_rules(case: DoctorCase, view: ClusterView | None, node: JSON | None
                          [summary, event_text(event)],
                          "Fix the node links above; or free GPUs / add GPU nodes.", "critical", "workload")
 
-    missing_runtime = NO_RUNTIME.search(everything)
-    if missing_runtime:
-        findings.add("F17", f'containerd on {spec.get("nodeName") or "the node"} has no runtime '
-                     f'"{missing_runtime.group(1)}": pod {pod_ref} (runtimeClassName {spec.get("runtimeClassName")}) '
-                     "cannot start.", [summary, *(t for t in texts if NO_RUNTIME.search(t))],
-                     "Install the toolkit and add the runtime (`gpunode bootstrap HOST`), or make the RuntimeClass "
-                     "handler name the runtime containerd has.", "critical", "containerd")
-    missing_class = NO_RUNTIMECLASS.search(everything)
-    if missing_class:
-        findings.add("RUNTIMECLASS-MISSING", f'RuntimeClass "{missing_class.group(1)}" does not exist: pod '
-                     f"{pod_ref} cannot be created.", [summary, *texts[:3]],
-                     "Create RuntimeClass nvidia (handler nvidia): `gpunode render` prints it.",
-                     "critical", "runtimeclass")
+    add_runtime_findings(findings, everything, texts, summary, node=spec.get("nodeName") or "the node",
+                         pod=f"pod {pod_ref}", runtime_class=spec.get("runtimeClassName"))
 
     if status_reason == "UnexpectedAdmissionError":
         if _MIG_ADMISSION.search(status_message):

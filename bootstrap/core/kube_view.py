@@ -82,6 +82,7 @@ def resource_value(node: JSON, field: str, resource: str = GPU_RESOURCE) -> str 
 
 
 def quantity(value: str | None) -> int | None:
+    """A resource quantity as a whole count (device counts are plain integers), else None."""
     if value is None:
         return None
     try:

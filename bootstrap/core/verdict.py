@@ -29,6 +29,7 @@ from gpunode.bootstrap.core.cluster_plan import (
     RESOURCE,
     normalize_bus_id,
 )
+from gpunode.bootstrap.core.kube_view import quantity
 from gpunode.bootstrap.core.manifests import DEVICE_PLUGIN_LABEL
 
 VerdictKind = Literal["ok", "absent", "zero", "fewer", "more", "no-node"]
@@ -209,24 +210,14 @@ class NodeObservation:
         return self.labels.get(DEVICE_PLUGIN_LABEL) == HOST_PLUGIN
 
 
-def count(value: str | None) -> int | None:
-    """A resource quantity as a whole count (device counts are plain integers)."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 def expectation(node: NodeObservation, expect: int | None) -> tuple[int | None, str | None]:
     """How many GPUs the node should advertise, and where that number came from."""
     if expect is not None:
         return expect, "--expect"
-    recorded = count(node.annotations.get(GPU_COUNT_ANNOTATION))
+    recorded = quantity(node.annotations.get(GPU_COUNT_ANNOTATION))
     if recorded is not None:
         return recorded, "recorded by gpunode bootstrap"
-    capacity = count(node.capacity)
+    capacity = quantity(node.capacity)
     if capacity is not None and capacity > 0:
         return capacity, "the node's capacity"
     return None, None
@@ -298,7 +289,7 @@ def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
         return Verdict(node.node, "no-node", fix="check the node name (kubectl get nodes): it is the "
                                                  "name the kubelet registered, e.g. the host name")
     expected, source = expectation(node, expect)
-    allocatable, capacity = count(node.allocatable), count(node.capacity)
+    allocatable, capacity = quantity(node.allocatable), quantity(node.capacity)
     common = {"allocatable": allocatable, "capacity": capacity, "expected": expected, "expected_from": source}
     if node.allocatable is None:
         kind: VerdictKind = "ok" if expected == 0 else "absent"

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -26,6 +26,7 @@ from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig, build_fake_nvm
 from standins.kube_api import KubeApiStandIn
 from standins.kube_api.process_pods import PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
+from polling import eventually
 
 JSON = dict[str, Any]
 NS = "kube-system"
@@ -35,16 +36,6 @@ LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"
 GPU = "nvidia.com/gpu"
 
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Cluster:

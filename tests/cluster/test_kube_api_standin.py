@@ -25,6 +25,7 @@ from standins.kube_api import KubeApiStandIn, debian_kubectl, kubectl_binary
 from standins.kube_api.process_pods import PodProcessRunner
 
 from .conftest import Kubectl
+from polling import eventually
 
 NS = "kube-system"
 DS = "gpunode-device-plugin-535"
@@ -106,14 +107,6 @@ def pods_of(api: KubeApiStandIn, name: str = DS) -> list[dict[str, Any]]:
     return [p for p in api.list("pods", NS)
             if any(r.get("name") == name for r in p["metadata"].get("ownerReferences", []))]
 
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 def later(seconds: float, action: Callable[[], Any]) -> threading.Thread:

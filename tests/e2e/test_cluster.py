@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from standins.debian_host import DebianHost, start_debian_hosts, stop_all
 from standins.fake_nvml import build_fake_nvml
 from standins.kube_api import KubeApiStandIn, debian_kubectl, kubectl_binary
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
+from polling import eventually
 
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 NEWER_LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{NEWER_DRIVER}"
@@ -167,16 +167,6 @@ def allocatable(api: KubeApiStandIn, name: str) -> str | None:
     assert node is not None
     return (node["status"].get("allocatable") or {}).get("nvidia.com/gpu")  # type: ignore[no-any-return]
 
-
-def wait_for(check: Any, timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.1)
 
 
 def restart_plugin(api: KubeApiStandIn, sim: SimulatedNode) -> None:
@@ -336,7 +326,7 @@ def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[D
                                              nodes: dict[str, SimulatedNode]) -> None:
     one, sim = hosts[0].name, nodes[hosts[0].name]
     sim.nvml.inject_xid(1, 79)  # GPU 1 fell off the bus
-    wait_for(lambda: allocatable(api, one) == "1", what="allocatable 1")
+    eventually(lambda: allocatable(api, one) == "1", what="allocatable 1")
     report = json_out(verify(api, one, "--output", "json", "--timeout", "2"))
     node = report["nodes"][0]
     assert (report["exit_code"], node["verdict"], node["allocatable"], node["capacity"]) == (1, "fewer", 1, 2)
@@ -344,7 +334,7 @@ def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[D
     assert sim.nvml.config.gpus[1].resolved_uuid() in unhealthy and "0000:5b:00.0" in unhealthy
     assert "XID 79" in unhealthy
     restart_plugin(api, sim)
-    wait_for(lambda: allocatable(api, one) == "2", what="a healthy restart")
+    eventually(lambda: allocatable(api, one) == "2", what="a healthy restart")
 
 
 def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[DebianHost],
@@ -353,7 +343,7 @@ def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[Deb
     sim.set_gpus(gpus_for(BUS_IDS[:1]))  # NVML sees one GPU of the two on the bus
     try:
         restart_plugin(api, sim)
-        wait_for(lambda: allocatable(api, one) == "1", what="allocatable 1")
+        eventually(lambda: allocatable(api, one) == "1", what="allocatable 1")
         result = verify(api, one, "--timeout", "2")
         assert result.returncode == 1
         assert "Allocatable nvidia.com/gpu = 1 (expected 2): fewer GPUs than the node has" in result.stdout
@@ -361,7 +351,7 @@ def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[Deb
     finally:
         sim.set_gpus(gpus_for(BUS_IDS))
         restart_plugin(api, sim)
-    wait_for(lambda: allocatable(api, one) == "2", what="both GPUs back")
+    eventually(lambda: allocatable(api, one) == "2", what="both GPUs back")
 
 
 def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
@@ -369,7 +359,7 @@ def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
     one = hosts[0].name
     (name,) = daemonsets(api)
     api.kubectl("delete", "daemonset", "-n", NS, name, check=True)  # as a GitOps prune would (F8)
-    wait_for(lambda: allocatable(api, one) == "0", what="allocatable 0")
+    eventually(lambda: allocatable(api, one) == "0", what="allocatable 0")
     result = verify(api, one, "--timeout", "1")
     assert result.returncode == 1
     assert "Allocatable nvidia.com/gpu = 0 (expected 2): the device plugin is gone" in result.stdout
@@ -479,7 +469,7 @@ def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hos
     hosts[0].set_loaded_nvidia_module(DRIVER)  # the library is NEWER_DRIVER's
     try:
         restart_plugin(api, sim)
-        wait_for(lambda: allocatable(api, one) == "0", what="allocatable 0")
+        eventually(lambda: allocatable(api, one) == "0", what="allocatable 0")
         result = verify(api, one, "--timeout", "3")
         assert result.returncode == 1, result.stdout
         assert "nvml_init_failed reason=driver_library_mismatch" in result.stdout and "(F14)" in result.stdout
@@ -487,7 +477,7 @@ def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hos
     finally:
         hosts[0].set_loaded_nvidia_module(NEWER_DRIVER)
         restart_plugin(api, sim)
-    wait_for(lambda: allocatable(api, one) == "2", what="the plugin back", timeout=60)
+    eventually(lambda: allocatable(api, one) == "2", what="the plugin back", timeout=60)
 
 
 # --------------------------------------------------------------------------------------

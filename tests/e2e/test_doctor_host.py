@@ -43,6 +43,7 @@ from standins.kube_api import KubeApiStandIn, kubectl_binary
 from standins.kube_api.process_pods import PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
+from polling import eventually
 
 JSON = dict[str, Any]
 NODE = "gpu-doctor"
@@ -58,16 +59,6 @@ KUBELET_SCRIPT = "#!/bin/sh\n# stands for the kubelet: its sockets are served by
 START_KUBELET = (f"setsid /usr/local/bin/kubelet --root-dir=/var/lib/kubelet --hostname-override={NODE} "
                  "</dev/null >/dev/null 2>&1 &")
 
-
-def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
