@@ -25,6 +25,12 @@ _UNREACHABLE = re.compile(
     r"net/http: request canceled|EOF$",
     re.MULTILINE,
 )
+# RBAC's refusal, as the API server words it (not other 403s, such as a PodSecurity or quota
+# admission refusal, which say why themselves).
+_FORBIDDEN = re.compile(
+    r'User "(?P<user>[^"]*)" cannot (?P<verb>\w+) resource "(?P<resource>[^"]*)"'
+    r'(?: in API group "(?P<group>[^"]*)")?(?: (?P<scope>at the cluster scope|in the namespace "[^"]*"))?'
+)
 _UNAUTHORIZED = re.compile(
     r"You must be logged in to the server|provide credentials|Unauthorized|"
     r"certificate signed by unknown authority|x509:",
@@ -146,6 +152,16 @@ class Kubectl:
         if _UNAUTHORIZED.search(message):
             return ClusterAuthError(f"the API server refused {self.access.describe()}'s credentials: {message}",
                                     fix="check the kubeconfig and context (kubectl auth whoami)")
+        forbidden = _FORBIDDEN.search(message)
+        if forbidden:
+            what = forbidden["resource"] + (f".{forbidden['group']}" if forbidden["group"] else "")
+            scope = f" {forbidden['scope']}" if forbidden["scope"] else ""
+            return ClusterAuthError(
+                f"{self.access.describe()} may not {forbidden['verb']} {what}{scope} "
+                f"(`{command}`): {message}",
+                fix=f'grant {forbidden["user"]} "{forbidden["verb"]}" on {what}{scope} (a Role or ClusterRole '
+                    "and its binding), or use a kubeconfig that has it; the README's \"Permissions\" lists "
+                    "what each command needs")
         if _UNREACHABLE.search(message):
             return ClusterUnreachable(f"could not reach the cluster with {self.access.describe()}: {message}",
                                       fix="check the kubeconfig and that the API server answers "

@@ -49,6 +49,23 @@ def test_unreachable_unauthorized_and_refused_are_told_apart(kube_api: KubeApiSt
         kubectl.run("get", "nosuchkind")
 
 
+def test_an_rbac_refusal_names_the_verb_the_resource_and_the_fix(kube_api: KubeApiStandIn,
+                                                                  kubectl_path: Path) -> None:
+    kube_api.add_node("gpu01")
+    kubectl = kubectl_for(kube_api, kubectl_path)
+    with kube_api.fault("forbidden", path_pattern="daemonsets"):
+        assert kubectl.get("node", "gpu01") is not None      # only daemonsets are refused
+        with pytest.raises(ClusterAuthError) as listing:
+            kubectl.list("daemonsets", all_namespaces=True)
+        with pytest.raises(ClusterAuthError) as deleting:
+            kubectl.run("delete", "daemonset", "x", "-n", "kube-system")
+    text = str(listing.value)
+    assert "may not list daemonsets.apps at the cluster scope" in text
+    assert 'Fix: grant system:serviceaccount:ci:gpunode "list" on daemonsets.apps at the cluster scope' in text
+    assert 'may not delete daemonsets.apps in the namespace "kube-system"' in str(deleting.value)
+    assert listing.value.exit_code == 2
+
+
 def test_a_missing_kubectl_is_a_user_error() -> None:
     with pytest.raises(UserError) as error:
         Kubectl(KubeAccess(kubectl="/nonexistent/kubectl")).list("nodes")

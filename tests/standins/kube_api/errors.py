@@ -117,6 +117,26 @@ def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
                     _details(rt, name))
 
 
+def rbac_forbidden(method: str, path: str, watch: bool, user: str) -> ApiError:
+    """What the API server's RBAC authorizer answers a request `user` may not make."""
+    parts = [p for p in path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[:1] == ["api"] else (parts[1] if len(parts) > 1 else "", parts[3:])
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    resource = rest[0] if rest else ""
+    name = rest[1] if len(rest) > 1 else ""
+    full = resource + ("/" + rest[2] if len(rest) > 2 else "")
+    verb = {"GET": "get" if name else ("watch" if watch else "list"), "POST": "create", "PATCH": "patch",
+            "PUT": "update", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+    where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    subject = (f"{resource}.{group}" if group else resource) + (f' "{name}"' if name else "")
+    return ApiError(403, "Forbidden",
+                    f'{subject} is forbidden: User "{user}" cannot {verb} resource "{full}" in API group '
+                    f'"{group}" {where}',
+                    {"name": name, "group": group, "kind": resource})
+
+
 def method_not_allowed() -> ApiError:
     return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the "
                                              "requested resource")

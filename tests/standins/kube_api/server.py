@@ -32,6 +32,8 @@ JSON = dict[str, Any]
 
 AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 PUBLIC_PATHS = {"/version", "/healthz", "/livez", "/readyz"}
+# Who the "forbidden" fault says was refused: a CI job's service account, as RBAC names it.
+FORBIDDEN_USER = "system:serviceaccount:ci:gpunode"
 
 
 @dataclass
@@ -185,6 +187,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if fault == "error500":
             self._send_error(errors.internal_error("the stand-in was told to fail"))
+            return
+        if fault == "forbidden":
+            self._send_error(errors.rbac_forbidden(self.command, url.path, query.get("watch") in ("true", "1"),
+                                                   FORBIDDEN_USER))
             return
         if fault == "unauthorized" or not self._authorised(url.path):
             self._send_error(errors.unauthorized())

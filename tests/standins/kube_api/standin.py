@@ -44,7 +44,7 @@ SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.3",
                   "gitTreeState": "clean", "buildDate": "2025-03-11T19:52:21Z",
                   "goVersion": "go1.23.6", "compiler": "gc", "platform": "linux/amd64"}
 
-FAULTS = ("unreachable", "drop", "error500", "hang", "unauthorized")
+FAULTS = ("unreachable", "drop", "error500", "hang", "unauthorized", "forbidden")
 
 CLUSTER_POLICY_CRD: JSON = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -257,7 +257,8 @@ class KubeApiStandIn:
         "drop": connections are accepted and closed without an answer (EOF);
         "error500": every request gets 500 InternalError;
         "hang": requests are never answered (kubectl needs --request-timeout);
-        "unauthorized": 401 for everything.
+        "unauthorized": 401 for everything;
+        "forbidden": 403 from RBAC, as the API server words it, for a user without the right.
         `path_pattern` (a regex searched in the request path) limits the fault to matching
         requests (not for "unreachable").
         """
