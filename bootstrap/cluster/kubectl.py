@@ -31,6 +31,18 @@ _FORBIDDEN = re.compile(
     r'User "(?P<user>[^"]*)" cannot (?P<verb>\w+) resource "(?P<resource>[^"]*)"'
     r'(?: in API group "(?P<group>[^"]*)")?(?: (?P<scope>at the cluster scope|in the namespace "[^"]*"))?'
 )
+# client-go's own log lines (`E1123 16:40:24.972700   15057 memcache.go:265] ...`), which kubectl
+# prints once per retry before its one-line verdict.
+_KLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.-]+:\d+\] ")
+
+
+def _without_klog(stderr: str) -> str:
+    """kubectl's error without client-go's log lines; those alone when there is nothing else."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    kept = [line for line in lines if not _KLOG_LINE.match(line)]
+    return "\n".join(kept or lines[-1:])
+
+
 _UNAUTHORIZED = re.compile(
     r"You must be logged in to the server|provide credentials|Unauthorized|"
     r"certificate signed by unknown authority|x509:",
@@ -144,7 +156,7 @@ class Kubectl:
         return result
 
     def error(self, result: KubectlResult) -> Exception:
-        message = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}")
+        message = (_without_klog(result.stderr) or result.stdout.strip() or f"exit status {result.returncode}")
         command = "kubectl " + " ".join(result.args)
         if self.access.control_host is not None and result.returncode == 255:
             return ClusterUnreachable(f"could not run kubectl on {self.access.control_host.host} over SSH: {message}",

@@ -291,8 +291,15 @@ def check_cluster(access: KubeAccess) -> None:
 
 
 def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> list[HostReport]:
+    unreachable = None
     if request.cluster is not None:
-        check_cluster(request.cluster.access)
+        try:
+            check_cluster(request.cluster.access)
+        except GpunodeError as exc:
+            if not request.dry_run:
+                raise
+            # A dry run still shows the node plan; its cluster half says why there is none.
+            unreachable = exc
     for run in runs:
         try:
             run.settings = resolve_settings(run.host.name, run.host.data.dict(),  # type: ignore[no-untyped-call]
@@ -331,7 +338,7 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
         # Phase 2 is planned from the host as it is now. Where the driver step would install
         # or change the library first, what depends on the library cannot be known yet.
         _plan_phase(live, PHASE_TWO, _dry_run_phase_two_planner, request)
-        _cluster(runs, request)
+        _cluster(runs, request, unreachable)
         return [run.report for run in runs]
 
     if request.confirm is not None and any(
@@ -453,12 +460,19 @@ def _cluster_target(run: HostRun) -> NodeTarget | str:
     )
 
 
-def _cluster(runs: Sequence[HostRun], request: BootstrapRequest) -> None:
+def _cluster(runs: Sequence[HostRun], request: BootstrapRequest,
+             unreachable: GpunodeError | None = None) -> None:
     if request.cluster is None:
         return
     targets: list[NodeTarget] = []
     by_name: dict[str, HostRun] = {}
     for run in runs:
+        if unreachable is not None and run.report.error is None:
+            first, *rest = CLUSTER_STEPS
+            run.report.record(first, "failed", f"not planned: {unreachable}")
+            for name in rest:
+                run.report.record(name, "skipped", "the cluster could not be reached")
+            continue
         target = _cluster_target(run)
         if isinstance(target, str):
             if run.report.error is None:

@@ -401,6 +401,30 @@ def test_dry_run_shows_the_switch_to_nvidias_plugin_and_changes_nothing(
     assert (sorted(daemonsets(api)), {h.name: node_labels(api, h.name) for h in hosts}) == before
 
 
+def test_a_dry_run_without_the_cluster_still_shows_the_node_plan(
+        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    with api.fault("unreachable"):
+        run = bootstrap(api, workdir, hosts, toolkit_dir, "--dry-run")
+    assert run.result.returncode == 1, run.explain()
+    for host in hosts:
+        report = host_report(run, host.name)
+        statuses = {entry["name"]: entry["status"] for entry in report["steps"]}
+        cluster = ("runtimeclass", "node-label", "device-plugin", "verify")
+        node_steps = {name: status for name, status in statuses.items() if name not in cluster}
+        assert {"preflight", "driver", "containerd", "state"} <= set(node_steps), run.explain()
+        assert "failed" not in node_steps.values(), run.explain()
+        runtimeclass = step(run, host.name, "runtimeclass")
+        assert runtimeclass["status"] == "failed"
+        assert "not planned: could not reach the cluster" in runtimeclass["detail"]
+        assert "Fix:" in runtimeclass["detail"]
+        assert [statuses[n] for n in ("node-label", "device-plugin", "verify")] == ["skipped"] * 3
+    # A real run still refuses before touching any host.
+    with api.fault("unreachable"):
+        refused = gpunode(api, "bootstrap", "-i", str(inventory(workdir, hosts)), "--yes",
+                          "--kubeconfig", str(api.kubeconfig_path))
+    assert refused.returncode == 1 and "Nothing was changed on the hosts" in refused.stderr
+
+
 def test_runtime_mode_moves_the_fleet_to_a_runtimeclass_daemonset_and_back(
         api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
     (mount_ds,) = daemonsets(api)
