@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import sys
-from importlib.metadata import version
 
 import click
 
@@ -22,7 +21,7 @@ from gpunode.plugin.cli import plugin_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(version("gpunode"), "--version", prog_name="gpunode")
+@click.version_option(None, "--version", package_name="gpunode", prog_name="gpunode")
 def cli() -> None:
     """Take a Linux host with NVIDIA GPUs to a working Kubernetes GPU node, and prove it.
 

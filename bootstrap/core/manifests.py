@@ -18,21 +18,21 @@ not pass through it, so no value is ever pasted raw into a manifest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version as package_version
-from typing import Any, Literal, Mapping
-
-import jinja2
-import yaml
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from gpunode.bootstrap.core.nvml_library import driver_version_of
 from gpunode.bootstrap.core.taints import GPU_TOLERATION, Toleration
 from gpunode.bootstrap.errors import UserError
+
+if TYPE_CHECKING:
+    import jinja2
 
 DRIVER_VERSION_LABEL = "gpunode.io/driver-version"
 MANAGED_BY_LABELS: Mapping[str, str] = {"app.kubernetes.io/managed-by": "gpunode"}
@@ -88,6 +88,8 @@ _IMAGE_REFERENCE = re.compile(
 
 def bundled_image() -> str:
     """The bundled plugin's image: gpunode's own, tagged with this package's version."""
+    from importlib.metadata import PackageNotFoundError, version as package_version
+
     try:
         tag = package_version("gpunode")
     except PackageNotFoundError:  # running from a checkout that was never installed
@@ -351,21 +353,27 @@ def _load_template(name: str) -> str:
     return resources.files("gpunode.templates").joinpath(name).read_text(encoding="utf-8")
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FunctionLoader(_load_template),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    finalize=_finalize,
-)
-_ENV.filters["yaml"] = yaml_value
-_ENV.filters["envbool"] = _env_bool
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Built (and jinja2 imported) on first use: most gpunode commands render no manifest.
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+    env.filters["yaml"] = yaml_value
+    env.filters["envbool"] = _env_bool
+    return env
 
 
 def _render(template: str, context: Mapping[str, Any]) -> str:
-    return _ENV.get_template(template).render(**context)
+    return _environment().get_template(template).render(**context)
 
 
 def render_runtimeclass(handler: str = "nvidia") -> str:
@@ -423,6 +431,8 @@ def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
 
 def manifest_objects(dep: PluginDeployment, handler: str = "nvidia") -> list[dict[str, Any]]:
     """The same objects, parsed, for the cluster layer (e.g. to apply or compare them)."""
+    import yaml
+
     return [doc for doc in yaml.safe_load_all(render_manifests(dep, handler)) if doc is not None]
 
 

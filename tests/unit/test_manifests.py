@@ -348,10 +348,10 @@ def test_every_template_slot_goes_through_the_yaml_filter(plugin: str) -> None:
 
 
 def test_a_value_printed_without_the_filter_is_refused() -> None:
-    template = manifests._ENV.from_string("name: {{ value }}\n")
+    template = manifests._environment().from_string("name: {{ value }}\n")
     with pytest.raises(TypeError, match="without the yaml filter"):
         template.render(value="x")
-    assert manifests._ENV.from_string("name: {{ value | yaml }}\n").render(value="a: b") == 'name: "a: b"\n'
+    assert manifests._environment().from_string("name: {{ value | yaml }}\n").render(value="a: b") == 'name: "a: b"\n'
 
 
 @pytest.mark.parametrize("value", [
