@@ -291,7 +291,7 @@ def check_cluster(access: KubeAccess) -> None:
 
 
 def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> list[HostReport]:
-    unreachable = None
+    unreachable: GpunodeError | None = None
     if request.cluster is not None:
         try:
             check_cluster(request.cluster.access)
@@ -471,7 +471,7 @@ def _cluster(runs: Sequence[HostRun], request: BootstrapRequest,
             first, *rest = CLUSTER_STEPS
             run.report.record(first, "failed", f"not planned: {unreachable}")
             for name in rest:
-                run.report.record(name, "skipped", "the cluster could not be reached")
+                run.report.record(name, "skipped", f"not planned: see {first}")
             continue
         target = _cluster_target(run)
         if isinstance(target, str):

@@ -418,6 +418,7 @@ def test_a_dry_run_without_the_cluster_still_shows_the_node_plan(
         assert "not planned: could not reach the cluster" in runtimeclass["detail"]
         assert "Fix:" in runtimeclass["detail"]
         assert [statuses[n] for n in ("node-label", "device-plugin", "verify")] == ["skipped"] * 3
+        assert step(run, host.name, "verify")["detail"] == "not planned: see runtimeclass"
     # A real run still refuses before touching any host.
     with api.fault("unreachable"):
         refused = gpunode(api, "bootstrap", "-i", str(inventory(workdir, hosts)), "--yes",
