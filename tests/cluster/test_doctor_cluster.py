@@ -81,10 +81,7 @@ class Cluster:
         return str(pod.get("status", {}).get("phase"))
 
     def allocatable(self) -> str | None:
-        node = self.api.get("Node", NODE)
-        assert node is not None
-        value = node["status"]["allocatable"].get(GPU)
-        return None if value is None else str(value)
+        return self.api.allocatable(NODE, GPU)
 
     def logs(self) -> str:
         pod = self.plugin_pod()

@@ -162,12 +162,6 @@ def node_labels(api: KubeApiStandIn, name: str) -> dict[str, str]:
     return dict(node["metadata"].get("labels") or {})
 
 
-def allocatable(api: KubeApiStandIn, name: str) -> str | None:
-    node = api.get("Node", name)
-    assert node is not None
-    return (node["status"].get("allocatable") or {}).get("nvidia.com/gpu")  # type: ignore[no-any-return]
-
-
 
 def restart_plugin(api: KubeApiStandIn, sim: SimulatedNode) -> None:
     """Delete the node's plugin pod; its DaemonSet starts a fresh one."""
@@ -196,7 +190,7 @@ def test_first_bootstrap_ends_with_allocatable_ok(first: Run, api: KubeApiStandI
         "runtimeclass": "changed", "node-label": "changed", "device-plugin": "changed", "verify": "unchanged",
     }, first.explain()
     assert step(first, one, "verify")["detail"] == OK
-    assert allocatable(api, one) == "2"
+    assert api.allocatable(one) == "2"
     # Node label and DaemonSet: one per driver version (and host layout), gpunode's own.
     labels = node_labels(api, one)
     assert labels[VERSION_LABEL] == DRIVER
@@ -225,7 +219,7 @@ def test_untolerated_taint_is_named_with_its_fix(first: Run, api: KubeApiStandIn
     assert f"--toleration {ML_TAINT}" in plugin["detail"]
     assert step(first, two, "verify")["status"] == "skipped"
     assert node_labels(api, two)[VERSION_LABEL] == DRIVER  # labelled: only the plugin cannot go there
-    assert allocatable(api, two) is None
+    assert api.allocatable(two) is None
 
 
 def test_toleration_takes_the_plugin_onto_the_tainted_node(
@@ -234,7 +228,7 @@ def test_toleration_takes_the_plugin_onto_the_tainted_node(
     assert run.result.returncode == 0, run.explain()
     assert run.result.stdout.rstrip().splitlines()[-1].split()[-5:] == OK.split(), run.result.stdout
     assert "update DaemonSet" in run.result.stdout  # the shared DaemonSet gained the toleration
-    assert allocatable(api, hosts[1].name) == "2"
+    assert api.allocatable(hosts[1].name) == "2"
     # The rolling update replaced gpn-1's pod too; it came back.
     check = verify(api, hosts[0].name, hosts[1].name, "--timeout", "30")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -326,7 +320,7 @@ def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[D
                                              nodes: dict[str, SimulatedNode]) -> None:
     one, sim = hosts[0].name, nodes[hosts[0].name]
     sim.nvml.inject_xid(1, 79)  # GPU 1 fell off the bus
-    eventually(lambda: allocatable(api, one) == "1", what="allocatable 1")
+    eventually(lambda: api.allocatable(one) == "1", what="allocatable 1")
     report = json_out(verify(api, one, "--output", "json", "--timeout", "2"))
     node = report["nodes"][0]
     assert (report["exit_code"], node["verdict"], node["allocatable"], node["capacity"]) == (1, "fewer", 1, 2)
@@ -334,7 +328,7 @@ def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[D
     assert sim.nvml.config.gpus[1].resolved_uuid() in unhealthy and "0000:5b:00.0" in unhealthy
     assert "XID 79" in unhealthy
     restart_plugin(api, sim)
-    eventually(lambda: allocatable(api, one) == "2", what="a healthy restart")
+    eventually(lambda: api.allocatable(one) == "2", what="a healthy restart")
 
 
 def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[DebianHost],
@@ -343,7 +337,7 @@ def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[Deb
     sim.set_gpus(gpus_for(BUS_IDS[:1]))  # NVML sees one GPU of the two on the bus
     try:
         restart_plugin(api, sim)
-        eventually(lambda: allocatable(api, one) == "1", what="allocatable 1")
+        eventually(lambda: api.allocatable(one) == "1", what="allocatable 1")
         result = verify(api, one, "--timeout", "2")
         assert result.returncode == 1
         assert "Allocatable nvidia.com/gpu = 1 (expected 2): fewer GPUs than the node has" in result.stdout
@@ -351,7 +345,7 @@ def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[Deb
     finally:
         sim.set_gpus(gpus_for(BUS_IDS))
         restart_plugin(api, sim)
-    eventually(lambda: allocatable(api, one) == "2", what="both GPUs back")
+    eventually(lambda: api.allocatable(one) == "2", what="both GPUs back")
 
 
 def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
@@ -359,7 +353,7 @@ def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
     one = hosts[0].name
     (name,) = daemonsets(api)
     api.kubectl("delete", "daemonset", "-n", NS, name, check=True)  # as a GitOps prune would (F8)
-    eventually(lambda: allocatable(api, one) == "0", what="allocatable 0")
+    eventually(lambda: api.allocatable(one) == "0", what="allocatable 0")
     result = verify(api, one, "--timeout", "1")
     assert result.returncode == 1
     assert "Allocatable nvidia.com/gpu = 0 (expected 2): the device plugin is gone" in result.stdout
@@ -494,7 +488,7 @@ def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hos
     hosts[0].set_loaded_nvidia_module(DRIVER)  # the library is NEWER_DRIVER's
     try:
         restart_plugin(api, sim)
-        eventually(lambda: allocatable(api, one) == "0", what="allocatable 0")
+        eventually(lambda: api.allocatable(one) == "0", what="allocatable 0")
         result = verify(api, one, "--timeout", "3")
         assert result.returncode == 1, result.stdout
         assert "nvml_init_failed reason=driver_library_mismatch" in result.stdout and "(F14)" in result.stdout
@@ -502,7 +496,7 @@ def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hos
     finally:
         hosts[0].set_loaded_nvidia_module(NEWER_DRIVER)
         restart_plugin(api, sim)
-    eventually(lambda: allocatable(api, one) == "2", what="the plugin back", timeout=60)
+    eventually(lambda: api.allocatable(one) == "2", what="the plugin back", timeout=60)
 
 
 # --------------------------------------------------------------------------------------

@@ -85,10 +85,7 @@ class Node:
         assert result.returncode == 0, result.stderr
 
     def allocatable(self) -> str | None:
-        node = self.api.get("Node", NODE)
-        assert node is not None
-        value = node["status"]["allocatable"].get(GPU)
-        return None if value is None else str(value)
+        return self.api.allocatable(NODE, GPU)
 
     def daemonset(self) -> JSON:
         objects = manifest_objects(PluginDeployment(driver_version=DRIVER, lib_path=LIBRARY))

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import REPO_ROOT
 from gpunode.bootstrap.core.containerd import (
     RuntimeSettings,
     UnsupportedSchemaError,
@@ -41,17 +42,7 @@ NVIDIA = "/usr/bin/nvidia-container-runtime"
 CRI = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
 
 # Debian 12's own /etc/containerd/config.toml, as the package ships it.
-DEBIAN_DEFAULT = """\
-version = 2
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-"""
+DEBIAN_DEFAULT = (REPO_ROOT / "tests/data/containerd/debian-12-config.toml").read_text()
 
 # Written by hand, the way people do: comments, flat headers out of order, dotted keys, an
 # inline table, another runtime, and an old nvidia runtime with the wrong binary and the

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO_ROOT
 from gpunode.bootstrap.core.containerd import runtime_problems
 from standins.containerd_binaries import containerd_bins  # noqa: F401  (fixture)
 
@@ -21,17 +22,8 @@ else:
 
 NVIDIA = "/usr/bin/nvidia-container-runtime"
 
-DEBIAN_DEFAULT = """\
-version = 2
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-"""
+# Debian 12's own /etc/containerd/config.toml, as the package ships it.
+DEBIAN_DEFAULT = (REPO_ROOT / "tests/data/containerd/debian-12-config.toml").read_text()
 
 SYSTEMD_V3 = """\
 # kubeadm node

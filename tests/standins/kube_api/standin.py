@@ -547,6 +547,14 @@ class KubeApiStandIn:
             rt = self._type("Node")
             return self.store.replace(rt, None, name, node, "kubelet", subresource="status")
 
+    def allocatable(self, name: str, resource: str = "nvidia.com/gpu") -> str | None:
+        """The node's allocatable `resource` as its status says it, or None when the key is absent."""
+        node = self.get("Node", name)
+        if node is None:
+            raise KeyError(f"no node {name}")
+        value = (node.get("status", {}).get("allocatable") or {}).get(resource)
+        return None if value is None else str(value)
+
     def remove_allocatable(self, name: str, resource: str, capacity: bool = True) -> JSON:
         """Drop `resource` from the node's allocatable (and capacity): 'key absent' (F9)."""
         return self.set_node_status(name, allocatable={resource: None},  # type: ignore[dict-item]
