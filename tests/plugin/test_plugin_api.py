@@ -74,3 +74,17 @@ def test_services_and_fields_are_the_kubelets() -> None:
         "Mount": {"container_path": 1, "host_path": 2, "read_only": 3},
         "DeviceSpec": {"container_path": 1, "host_path": 2, "permissions": 3},
     }
+
+
+def test_the_plugin_overrides_every_rpc_the_generated_base_leaves_unimplemented() -> None:
+    # The generated DevicePluginServicer answers each RPC with NotImplementedError (gRPC's
+    # UNIMPLEMENTED); the served class must replace every one of them.
+    from gpunode.plugin.server import DevicePluginService
+    from gpunode.plugin.v1beta1 import api_pb2_grpc
+
+    base = api_pb2_grpc.DevicePluginServicer
+    rpcs = [name for name in vars(base) if not name.startswith("_")]
+    assert set(rpcs) == {"GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate",
+                         "PreStartContainer"}
+    inherited = [name for name in rpcs if getattr(DevicePluginService, name) is getattr(base, name)]
+    assert inherited == [], f"served by the generated placeholder: {inherited}"
