@@ -37,8 +37,18 @@ from standins.toolkit_packages import build_toolkit_packages  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 
-COMMON = ["--yes", "--skip-cluster", "--kernel-module", "none", "--driver-version", DRIVER,
-          "--containerd-restart-command", RESTART_CONTAINERD, "--output", "json"]
+COMMON = [
+    "--yes",
+    "--skip-cluster",
+    "--kernel-module",
+    "none",
+    "--driver-version",
+    DRIVER,
+    "--containerd-restart-command",
+    RESTART_CONTAINERD,
+    "--output",
+    "json",
+]
 
 
 def prepare(host: DebianHost) -> None:
@@ -49,9 +59,17 @@ def prepare(host: DebianHost) -> None:
 
 def inventory_for(hosts: list[DebianHost], directory: Path) -> Path:
     entries = [
-        (host.name, {"ssh_hostname": host.address, "ssh_port": host.ssh_port, "ssh_user": host.ssh_user,
-                     "ssh_key": str(host.ssh_key), "ssh_known_hosts_file": str(host.known_hosts_path),
-                     "ssh_strict_host_key_checking": "yes"})
+        (
+            host.name,
+            {
+                "ssh_hostname": host.address,
+                "ssh_port": host.ssh_port,
+                "ssh_user": host.ssh_user,
+                "ssh_key": str(host.ssh_key),
+                "ssh_known_hosts_file": str(host.known_hosts_path),
+                "ssh_strict_host_key_checking": "yes",
+            },
+        )
         for host in hosts
     ]
     path = directory / "bench_inventory.py"
@@ -62,9 +80,13 @@ def inventory_for(hosts: list[DebianHost], directory: Path) -> Path:
 def run(args: list[str]) -> tuple[float, list[tuple[float, str]], dict[str, object]]:
     """Wall time, time-stamped progress lines, JSON summary of one gpunode invocation."""
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**installed_cli_env(), "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**installed_cli_env(), "PYTHONUNBUFFERED": "1"},
+    )
     assert process.stderr is not None and process.stdout is not None
     progress = [(time.monotonic() - started, line.rstrip()) for line in process.stderr]
     stdout = process.stdout.read()
@@ -112,8 +134,13 @@ def main() -> None:
         host = start_debian_host(cache, name="bench-1")
         try:
             prepare(host)
-            target = [f"root@{host.address}:{host.ssh_port}", "--ssh-key", str(host.ssh_key),
-                      "--known-hosts", str(host.known_hosts_path)]
+            target = [
+                f"root@{host.address}:{host.ssh_port}",
+                "--ssh-key",
+                str(host.ssh_key),
+                "--known-hosts",
+                str(host.known_hosts_path),
+            ]
             first_wall, progress, _ = run(["bootstrap", *target, *common])
             spans = where_time_goes(progress)
             repeat = [run(["bootstrap", *target, *common])[0] for _ in range(7)]
@@ -129,8 +156,9 @@ def main() -> None:
             fleet_repeat, fleet_cpu = [], []
             for _ in range(3):
                 before = cpu_seconds()
-                fleet_repeat.append(run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts),
-                                         *common])[0])
+                fleet_repeat.append(
+                    run(["bootstrap", "-i", str(inventory), "--parallel", str(options.hosts), *common])[0]
+                )
                 fleet_cpu.append(tuple(after - earlier for after, earlier in zip(cpu_seconds(), before)))
         finally:
             stop_all(fleet)
@@ -139,40 +167,60 @@ def main() -> None:
     one = statistics.median(repeat)
     many = statistics.median(fleet_repeat)
     rows = [
-        ("first bootstrap of a fresh host (driver userspace by apt, toolkit from a local dir, "
-         "containerd runtime, library, record)", f"{first_wall:.1f} s"),
+        (
+            "first bootstrap of a fresh host (driver userspace by apt, toolkit from a local dir, "
+            "containerd runtime, library, record)",
+            f"{first_wall:.1f} s",
+        ),
         ("no-change re-run, one host (median of 7)", f"{one:.2f} s (min {min(repeat):.2f}, max {max(repeat):.2f})"),
         (f"first bootstrap of {options.hosts} fresh hosts at once", f"{fleet_first:.1f} s"),
-        (f"no-change re-run, {options.hosts} hosts at once (median of 3)", f"{many:.2f} s = {many / one:.2f} x one host"),
+        (
+            f"no-change re-run, {options.hosts} hosts at once (median of 3)",
+            f"{many:.2f} s = {many / one:.2f} x one host",
+        ),
     ]
     gpunode_cpu, machine_cpu = (statistics.median(c[i] for c in fleet_cpu) for i in (0, 1))
     cores = os.cpu_count() or 1
-    rows.append(("CPU used during that run (median): gpunode itself, and the whole machine",
-                 f"gpunode {gpunode_cpu:.2f} s; machine {machine_cpu:.2f} s, so at least "
-                 f"{machine_cpu / cores:.2f} s of wall on {cores} cores; the rest is the {options.hosts} "
-                 "hosts' sshd and snapshot shells, which on a real fleet run on each host's own CPUs"))
+    rows.append(
+        (
+            "CPU used during that run (median): gpunode itself, and the whole machine",
+            f"gpunode {gpunode_cpu:.2f} s; machine {machine_cpu:.2f} s, so at least "
+            f"{machine_cpu / cores:.2f} s of wall on {cores} cores; the rest is the {options.hosts} "
+            "hosts' sshd and snapshot shells, which on a real fleet run on each host's own CPUs",
+        )
+    )
     table = "| figure | gpunode |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
     breakdown = "| first run, span ending with | seconds |\n|---|---|\n" + "".join(
-        f"| {name} | {seconds:.2f} |\n" for name, seconds in spans)
+        f"| {name} | {seconds:.2f} |\n" for name, seconds in spans
+    )
     print(table)
     print(breakdown)
     if options.record:
-        record(table + "\nWhere the first run's time goes (progress lines as they arrived):\n\n" + breakdown,
-               load_start, load_end)
+        record(
+            table + "\nWhere the first run's time goes (progress lines as they arrived):\n\n" + breakdown,
+            load_start,
+            load_end,
+        )
 
 
 def record(body: str, load_start: float, load_end: float) -> None:
-    write_section("bootstrap", "Bootstrap", "\n\n".join([
-        measured_on("benchmarks/bootstrap_bench.py --record")
-        + " The real CLI over real SSH to Debian 12 test hosts (tests/standins/debian_host.py), "
-        "kernel module mode none, the toolkit from a local package directory, containerd "
-        "restarted by a command (no systemd there). The test hosts run on this machine's own "
-        "two cores: with N hosts, their side of every command competes with gpunode's.",
-        load_note(load_start, load_end),
-        "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
-        "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.",
-        body,
-    ]))
+    write_section(
+        "bootstrap",
+        "Bootstrap",
+        "\n\n".join(
+            [
+                measured_on("benchmarks/bootstrap_bench.py --record")
+                + " The real CLI over real SSH to Debian 12 test hosts (tests/standins/debian_host.py), "
+                "kernel module mode none, the toolkit from a local package directory, containerd "
+                "restarted by a command (no systemd there). The test hosts run on this machine's own "
+                "two cores: with N hosts, their side of every command competes with gpunode's.",
+                load_note(load_start, load_end),
+                "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
+                "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.",
+                body,
+            ]
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
+
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl, KubectlResult  # noqa: E402
 from gpunode.bootstrap.cluster.steps import run_cluster_steps  # noqa: E402
-from gpunode.bootstrap.core.cluster_plan import ClusterSettings, NodeTarget  # noqa: E402
-from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
+from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, NodeTarget  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
@@ -56,8 +57,10 @@ def small_kubelet(api: KubeApiStandIn) -> None:
         meta = pod["metadata"]
         api.set_pod_phase(meta["namespace"], meta["name"], "Running", ready=True)
         if meta["namespace"] == "kube-system":
-            api.set_node_status(pod["spec"]["nodeName"], capacity={"nvidia.com/gpu": "2"},
-                                allocatable={"nvidia.com/gpu": "2"})
+            api.set_node_status(
+                pod["spec"]["nodeName"], capacity={"nvidia.com/gpu": "2"}, allocatable={"nvidia.com/gpu": "2"}
+            )
+
     api.on_pod_created(started)
 
 
@@ -69,8 +72,9 @@ def steps_round(nodes: int) -> tuple[float, int, float, int]:
         for index in range(nodes):
             name = f"gpu{index:02d}"
             api.add_node(name)
-            targets.append(NodeTarget(name, name, "535.261.03", LIBRARY, "/var/lib/kubelet",
-                                      ("0000:3b:00.0", "0000:5b:00.0")))
+            targets.append(
+                NodeTarget(name, name, "535.261.03", LIBRARY, "/var/lib/kubelet", ("0000:3b:00.0", "0000:5b:00.0"))
+            )
         kubectl = CountingKubectl(KubeAccess(kubeconfig=str(api.kubeconfig_path)))
         settings = ClusterSettings(rollout_timeout=30, verify_timeout=30)
         figures = []
@@ -94,9 +98,23 @@ def verify_round(rounds: int) -> list[float]:
         times = []
         for _ in range(rounds):
             started = time.perf_counter()
-            result = subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", "verify", "gpu00",
-                                     "--expect", "2", "--kubeconfig", str(api.kubeconfig_path)],
-                                    capture_output=True, text=True, env=env, check=False)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gpunode.bootstrap.cli.main",
+                    "verify",
+                    "gpu00",
+                    "--expect",
+                    "2",
+                    "--kubeconfig",
+                    str(api.kubeconfig_path),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            )
             times.append(time.perf_counter() - started)
             assert result.returncode == 0, result.stdout + result.stderr
         return times
@@ -113,26 +131,38 @@ def main() -> None:
         runs = [steps_round(nodes) for _ in range(args.rounds)]
         first = statistics.median(r[0] for r in runs)
         again = statistics.median(r[2] for r in runs)
-        rows.append(f"| cluster steps, {nodes} node{'s' if nodes > 1 else ''}: first run | "
-                    f"median {first:.2f} s, {runs[0][1]} kubectl runs |")
-        rows.append(f"| cluster steps, {nodes} node{'s' if nodes > 1 else ''}: no-change run | "
-                    f"median {again:.2f} s, {runs[0][3]} kubectl runs |")
+        rows.append(
+            f"| cluster steps, {nodes} node{'s' if nodes > 1 else ''}: first run | "
+            f"median {first:.2f} s, {runs[0][1]} kubectl runs |"
+        )
+        rows.append(
+            f"| cluster steps, {nodes} node{'s' if nodes > 1 else ''}: no-change run | "
+            f"median {again:.2f} s, {runs[0][3]} kubectl runs |"
+        )
     verify_times = verify_round(args.rounds * 2)
-    rows.append(f"| `gpunode verify NODE` on an OK node (whole command) | "
-                f"median {statistics.median(verify_times):.2f} s, max {max(verify_times):.2f} s |")
+    rows.append(
+        f"| `gpunode verify NODE` on an OK node (whole command) | "
+        f"median {statistics.median(verify_times):.2f} s, max {max(verify_times):.2f} s |"
+    )
     load_end = os.getloadavg()[0]
     table = ["| figure | measured |", "|---|---|", *rows]
     print("\n".join(table))
     print(f"load average {load_start:.2f} -> {load_end:.2f}")
     if not args.record:
         return
-    write_section("cluster-steps", "Cluster steps and verify", "\n\n".join([
-        measured_on("benchmarks/cluster_steps_bench.py --record") + f" {args.rounds} rounds; medians. "
-        f"Against the API stand-in with kubectl {kubectl_binary()} and a kubelet that makes pods "
-        "Ready at once: gpunode's and kubectl's own cost.",
-        load_note(load_start, load_end),
-        "\n".join(table),
-    ]))
+    write_section(
+        "cluster-steps",
+        "Cluster steps and verify",
+        "\n\n".join(
+            [
+                measured_on("benchmarks/cluster_steps_bench.py --record") + f" {args.rounds} rounds; medians. "
+                f"Against the API stand-in with kubectl {kubectl_binary()} and a kubelet that makes pods "
+                "Ready at once: gpunode's and kubectl's own cost.",
+                load_note(load_start, load_end),
+                "\n".join(table),
+            ]
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,14 @@ def client(api: KubeApiStandIn) -> http.client.HTTPSConnection:
     return http.client.HTTPSConnection("127.0.0.1", api.port, context=context, timeout=10)
 
 
-def request(conn: http.client.HTTPSConnection, api: KubeApiStandIn, method: str, path: str,
-            body: bytes | None = None, content_type: str = "application/json") -> bytes:
+def request(
+    conn: http.client.HTTPSConnection,
+    api: KubeApiStandIn,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+) -> bytes:
     headers = {"Authorization": f"Bearer {api.token}", "Content-Type": content_type}
     conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
@@ -65,12 +71,16 @@ def request(conn: http.client.HTTPSConnection, api: KubeApiStandIn, method: str,
 
 
 DAEMONSET = {
-    "apiVersion": "apps/v1", "kind": "DaemonSet",
+    "apiVersion": "apps/v1",
+    "kind": "DaemonSet",
     "metadata": {"name": "bench", "namespace": "kube-system"},
-    "spec": {"selector": {"matchLabels": {"app": "bench"}},
-             "template": {"metadata": {"labels": {"app": "bench"}},
-                          "spec": {"containers": [{"name": "c", "image": "busybox:1.36",
-                                                   "env": [{"name": "N", "value": "0"}]}]}}},
+    "spec": {
+        "selector": {"matchLabels": {"app": "bench"}},
+        "template": {
+            "metadata": {"labels": {"app": "bench"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "env": [{"name": "N", "value": "0"}]}]},
+        },
+    },
 }
 
 
@@ -83,9 +93,13 @@ def measure(rounds: int) -> list[tuple[str, str]]:
             api = KubeApiStandIn(workdir=Path(tmp) / f"s{n}").start()
             starts.append(time.perf_counter() - began)
             api.stop()
-        rows.append(("start (constructor + start(), kubeconfig written)",
-                     f"first {starts[0] * 1000:.0f} ms (makes the CA), then "
-                     f"{ms(starts[1:] or starts)} ({len(starts)} starts)"))
+        rows.append(
+            (
+                "start (constructor + start(), kubeconfig written)",
+                f"first {starts[0] * 1000:.0f} ms (makes the CA), then "
+                f"{ms(starts[1:] or starts)} ({len(starts)} starts)",
+            )
+        )
 
         with KubeApiStandIn(workdir=Path(tmp) / "main") as api:
             api.add_node("gpu-1")
@@ -98,22 +112,28 @@ def measure(rounds: int) -> list[tuple[str, str]]:
             rows.append(("GET /api/v1/nodes, one TLS connection", ms(gets)))
 
             applies = []
-            path = ("/apis/apps/v1/namespaces/kube-system/daemonsets/bench"
-                    "?fieldManager=gpunode&force=true")
+            path = "/apis/apps/v1/namespaces/kube-system/daemonsets/bench?fieldManager=gpunode&force=true"
             for n in range(rounds):
                 DAEMONSET["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = str(n)
                 body = json.dumps(DAEMONSET).encode()
                 began = time.perf_counter()
                 request(conn, api, "PATCH", path, body, "application/apply-patch+yaml")
                 applies.append(time.perf_counter() - began)
-            rows.append(("server-side apply of a changed DaemonSet (controller included: "
-                          "old pod deleted, new one created and bound)", ms(applies)))
+            rows.append(
+                (
+                    "server-side apply of a changed DaemonSet (controller included: "
+                    "old pod deleted, new one created and bound)",
+                    ms(applies),
+                )
+            )
 
             pod = api.list("pods", "kube-system")[0]["metadata"]["name"]
             watch = client(api)
-            watch.request("GET", "/api/v1/namespaces/kube-system/pods?watch=true&"
-                          f"fieldSelector=metadata.name%3D{pod}",
-                          headers={"Authorization": f"Bearer {api.token}"})
+            watch.request(
+                "GET",
+                f"/api/v1/namespaces/kube-system/pods?watch=true&fieldSelector=metadata.name%3D{pod}",
+                headers={"Authorization": f"Bearer {api.token}"},
+            )
             stream = watch.getresponse()
             stream.readline()  # the initial ADDED
             latencies = []
@@ -136,12 +156,10 @@ def measure(rounds: int) -> list[tuple[str, str]]:
             runs, bare = [], []
             for _ in range(max(rounds // 50, 10)):
                 began = time.perf_counter()
-                subprocess.run(base + ["get", "nodes", "-o", "name"], env=env,
-                               capture_output=True, check=True)
+                subprocess.run(base + ["get", "nodes", "-o", "name"], env=env, capture_output=True, check=True)
                 runs.append(time.perf_counter() - began)
                 began = time.perf_counter()
-                subprocess.run([str(kubectl), "version", "--client"], capture_output=True,
-                               check=True)
+                subprocess.run([str(kubectl), "version", "--client"], capture_output=True, check=True)
                 bare.append(time.perf_counter() - began)
             rows.append((f"`kubectl get nodes -o name` ({kubectl}, discovery cached)", ms(runs)))
             rows.append(("`kubectl version --client` (no server at all)", ms(bare)))
@@ -161,11 +179,17 @@ def main() -> None:
     print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after")
     if not args.record:
         return
-    write_section("kube-api-standin", "Kubernetes API stand-in (tests)", "\n\n".join([
-        measured_on("benchmarks/kube_api_standin_bench.py --record") + f" {args.rounds} rounds.",
-        load_note(load_before, load_after),
-        "\n".join(table),
-    ]))
+    write_section(
+        "kube-api-standin",
+        "Kubernetes API stand-in (tests)",
+        "\n\n".join(
+            [
+                measured_on("benchmarks/kube_api_standin_bench.py --record") + f" {args.rounds} rounds.",
+                load_note(load_before, load_after),
+                "\n".join(table),
+            ]
+        ),
+    )
 
 
 if __name__ == "__main__":

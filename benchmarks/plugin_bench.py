@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
-
 from conftest import test_cache_dir  # noqa: E402
-from gpunode.plugin.v1beta1 import api_pb2  # noqa: E402
 from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml  # noqa: E402
 from standins.kubelet import UNHEALTHY, KubeletStandIn  # noqa: E402
+
+from gpunode.plugin.v1beta1 import api_pb2  # noqa: E402
 
 GPU = "nvidia.com/gpu"
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -60,8 +60,12 @@ class World:
     def plugin(self, *args: str) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in installed_cli_env().items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
         env.update(self.nvml.env())
-        return subprocess.Popen([sys.executable, "-m", "gpunode.plugin", "serve", "--kubelet-dir", str(self.dir), *args],
-                                env=env, stdout=subprocess.DEVNULL, stderr=(self.root / "plugin.log").open("a"))
+        return subprocess.Popen(
+            [sys.executable, "-m", "gpunode.plugin", "serve", "--kubelet-dir", str(self.dir), *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "plugin.log").open("a"),
+        )
 
     def close(self) -> None:
         self.kubelet.stop()
@@ -102,7 +106,7 @@ time.sleep(600)
 
 
 def allocate_times(stub: object, request: api_pb2.AllocateRequest, count: int) -> list[float]:
-    call = getattr(stub, "Allocate")
+    call = stub.Allocate
     for _ in range(50):
         call(request, timeout=5)
     times = []
@@ -113,8 +117,9 @@ def allocate_times(stub: object, request: api_pb2.AllocateRequest, count: int) -
     return times
 
 
-def interleaved_with_floor(root: Path, stub: object, request: api_pb2.AllocateRequest,
-                           blocks: int = 10, per_block: int = 300) -> tuple[list[float], list[float]]:
+def interleaved_with_floor(
+    root: Path, stub: object, request: api_pb2.AllocateRequest, blocks: int = 10, per_block: int = 300
+) -> tuple[list[float], list[float]]:
     """Allocate times against the plugin and, in alternating blocks so that both see the
     same machine load, against a Python gRPC server that does nothing: what this machine
     and grpcio cost before the plugin does any work."""
@@ -156,9 +161,11 @@ def measure() -> dict[str, str]:
             t = time.monotonic()
             subprocess.run([sys.executable, "-c", "pass"], check=True)
             base.append(time.monotonic() - t)
-        figures["start_to_register"] = (f"median {statistics.median(to_register):.3f} s, max {max(to_register):.3f} s "
-                                        f"(10 starts; first device list {statistics.median(to_list):.3f} s; "
-                                        f"bare `python -c pass` here: {statistics.median(base):.3f} s)")
+        figures["start_to_register"] = (
+            f"median {statistics.median(to_register):.3f} s, max {max(to_register):.3f} s "
+            f"(10 starts; first device list {statistics.median(to_list):.3f} s; "
+            f"bare `python -c pass` here: {statistics.median(base):.3f} s)"
+        )
 
         process = world.plugin("--health-recovery-seconds", "0.2")
         world.kubelet.wait_registered(GPU, timeout=20, after=10)
@@ -168,14 +175,17 @@ def measure() -> dict[str, str]:
 
         # -- Allocate, one caller (and the same client against a do-nothing gRPC server) --
         one, floor = interleaved_with_floor(world.root, stub, request)
-        figures["allocate_one_caller"] = (f"p50 {ms(pct(one, 50))}, p99 {ms(pct(one, 99))} (3000 calls; a do-nothing "
-                                          f"Python gRPC server, same client, same moment: p50 {ms(pct(floor, 50))}, "
-                                          f"p99 {ms(pct(floor, 99))})")
+        figures["allocate_one_caller"] = (
+            f"p50 {ms(pct(one, 50))}, p99 {ms(pct(one, 99))} (3000 calls; a do-nothing "
+            f"Python gRPC server, same client, same moment: p50 {ms(pct(floor, 50))}, "
+            f"p99 {ms(pct(floor, 99))})"
+        )
 
         # -- Allocate, 8 concurrent callers (own channels, as separate clients) --
         def caller(count: int) -> list[float]:
             with grpc.insecure_channel(f"unix:{world.dir / 'gpunode-nvidia.com-gpu.sock'}") as channel:
                 from gpunode.plugin.v1beta1 import api_pb2_grpc
+
                 own = api_pb2_grpc.DevicePluginStub(channel)
                 times = []
                 for _ in range(count):
@@ -183,6 +193,7 @@ def measure() -> dict[str, str]:
                     own.Allocate(request, timeout=10)
                     times.append(time.perf_counter() - t)
                 return times
+
         with futures.ThreadPoolExecutor(8) as pool:
             eight = [t for result in pool.map(caller, [300] * 8) for t in result]
         figures["allocate_8_callers"] = f"p50 {ms(pct(eight, 50))}, p99 {ms(pct(eight, 99))} (8 x 300 calls)"
@@ -207,8 +218,10 @@ def measure() -> dict[str, str]:
                 stub.Allocate(request, timeout=5)
                 done += 1
             marks[target] = rss_mb(process.pid)
-        figures["rss"] = (f"{rss[0]:.1f} MB after {10 * (50 + 300) + 2400 + 1000} Allocates, {marks[10_000]:.1f} MB after "
-                          f"10,000, {marks[20_000]:.1f} MB after 20,000")
+        figures["rss"] = (
+            f"{rss[0]:.1f} MB after {10 * (50 + 300) + 2400 + 1000} Allocates, {marks[10_000]:.1f} MB after "
+            f"10,000, {marks[20_000]:.1f} MB after 20,000"
+        )
 
         # -- idle CPU --
         time.sleep(1.0)
@@ -244,8 +257,9 @@ def measure() -> dict[str, str]:
             registration = world.kubelet.wait_registered(GPU, timeout=10, after=count)
             again.append(registration.at - t)
         after_restarts = world.kubelet.devices(GPU)[3].health
-        figures["kubelet_restart_to_register"] = (f"median {ms(statistics.median(again))}, max {ms(max(again))} "
-                                                  "(10 kubelet restarts)")
+        figures["kubelet_restart_to_register"] = (
+            f"median {ms(statistics.median(again))}, max {ms(max(again))} (10 kubelet restarts)"
+        )
         figures["xid79_after_kubelet_restart"] = f"GPU 3 still {after_restarts} after 10 kubelet restarts"
         stop(process)
     finally:
@@ -260,8 +274,12 @@ LABELS = [
     ("allocate_1000_at_once", "1000 concurrent Allocate calls", "", "no error"),
     ("xid_to_unhealthy", "XID to Unhealthy on the ListAndWatch stream", "1 to 11 ms", "< 200 ms"),
     ("kubelet_restart_to_register", "kubelet.sock re-created to registered again", "0.002 s", "< 1 s"),
-    ("xid79_after_kubelet_restart", "GPU that fell off the bus (XID 79), after kubelet restarts",
-     "reported Healthy again", "stays Unhealthy"),
+    (
+        "xid79_after_kubelet_restart",
+        "GPU that fell off the bus (XID 79), after kubelet restarts",
+        "reported Healthy again",
+        "stays Unhealthy",
+    ),
     ("rss", "resident memory over Allocates", "28 MB after 1000", "< 60 MB, not growing"),
     ("idle_cpu", "idle CPU", "", "< 1 %"),
 ]
@@ -277,16 +295,22 @@ def record(figures: dict[str, str], load_start: float, load_end: float) -> None:
         "| ListAndWatch stream ended by the kubelet | noticed at once, re-registered (see tests) | not noticed; "
         "waits for a file event or a 30 s retry | re-register |",
     ]
-    write_section("device-plugin", "Device plugin", "\n\n".join([
-        measured_on("benchmarks/plugin_bench.py --record")
-        + " The plugin as a real process (`python -m gpunode.plugin serve`, 8 fake GPUs in NVLink "
-        "pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real pynvml. "
-        "NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way). The "
-        "do-nothing gRPC server beside the Allocate figures shows what this machine's Python gRPC "
-        "costs by itself.",
-        load_note(load_start, load_end),
-        "\n".join(rows),
-    ]))
+    write_section(
+        "device-plugin",
+        "Device plugin",
+        "\n\n".join(
+            [
+                measured_on("benchmarks/plugin_bench.py --record")
+                + " The plugin as a real process (`python -m gpunode.plugin serve`, 8 fake GPUs in NVLink "
+                "pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real pynvml. "
+                "NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way). The "
+                "do-nothing gRPC server beside the Allocate figures shows what this machine's Python gRPC "
+                "costs by itself.",
+                load_note(load_start, load_end),
+                "\n".join(rows),
+            ]
+        ),
+    )
 
 
 def main() -> None:

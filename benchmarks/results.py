@@ -32,19 +32,20 @@ def installed_cli_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def measured_on(command: str) -> str:
     """The opening sentence: when, on what, with which command."""
-    return (f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core "
-            f"{platform.machine()} machine (kernel {platform.release()}), Python "
-            f"{platform.python_version()}, with `{command}`.")
+    return (
+        f"Measured {datetime.date.today().isoformat()} on a {os.cpu_count()}-core "
+        f"{platform.machine()} machine (kernel {platform.release()}), Python "
+        f"{platform.python_version()}, with `{command}`."
+    )
 
 
 def load_note(start: float, end: float) -> str:
     """The machine's load: only the load before the benchmark says whether something else
     was running; the load after it includes the benchmark's own work."""
     busy = start > BUSY
-    return (f"1-minute load average {start:.2f} at start ({end:.2f} at end, the benchmark's own work "
-            "included): "
-            + ("**the machine was busy with other work; the figures are upper bounds.**" if busy
-               else "a quiet machine."))
+    return f"1-minute load average {start:.2f} at start ({end:.2f} at end, the benchmark's own work included): " + (
+        "**the machine was busy with other work; the figures are upper bounds.**" if busy else "a quiet machine."
+    )
 
 
 def write_section(key: str, title: str, body: str) -> Path:

@@ -66,9 +66,11 @@ def unpack_seconds(cache: Path) -> float:
     tarball = rootfs_tarball(cache, DEFAULT_RECIPE)
     rootfs_tree(cache, DEFAULT_RECIPE)
     with tempfile.TemporaryDirectory(prefix="testbed-unpack-", dir=cache) as scratch:
-        return timed(lambda: subprocess.run(
-            ["tar", "--zstd", "-C", scratch, "--numeric-owner", "-xpf", str(tarball)], check=True
-        ))
+        return timed(
+            lambda: subprocess.run(
+                ["tar", "--zstd", "-C", scratch, "--numeric-owner", "-xpf", str(tarball)], check=True
+            )
+        )
 
 
 def host_start_stop(cache: Path, runs: int) -> tuple[list[float], list[float]]:
@@ -136,7 +138,10 @@ def main() -> None:
         ("host stop (everything killed, directory removed)", fmt(stops)),
         ("ssh round trip (`ssh -F ... true`, new connection each)", fmt(trips)),
         ("`apt-get update` (lists from the image revalidated)", f"{cold_update:.1f} s, then {warm_update:.1f} s"),
-        (f"driver userspace install, cold (`{DRIVER_PACKAGES}`, empty apt cache)", f"{cold_install:.1f} s ({cold_note})"),
+        (
+            f"driver userspace install, cold (`{DRIVER_PACKAGES}`, empty apt cache)",
+            f"{cold_install:.1f} s ({cold_note})",
+        ),
         ("driver userspace install, warm (shared apt cache)", f"{warm_install:.1f} s ({warm_note})"),
         ("10 hosts started one after another", f"{fleet_start:.1f} s"),
         ("10 hosts: one ssh command on each, all at once", f"{fleet_ssh:.2f} s (stopping all: {fleet_stop:.2f} s)"),
@@ -149,12 +154,18 @@ def main() -> None:
 
 def record(table: str, load_start: float, load_end: float, cold: bool) -> None:
     command = "benchmarks/testbed_bench.py --record" + (" --cold-build" if cold else "")
-    write_section("testbed", "Test bed", "\n\n".join([
-        measured_on(command) + " Debian 12 hosts from tests/standins/debian_host.py, the Debian "
-        "archive (deb.debian.org) over the network.",
-        load_note(load_start, load_end),
-        table,
-    ]))
+    write_section(
+        "testbed",
+        "Test bed",
+        "\n\n".join(
+            [
+                measured_on(command) + " Debian 12 hosts from tests/standins/debian_host.py, the Debian "
+                "archive (deb.debian.org) over the network.",
+                load_note(load_start, load_end),
+                table,
+            ]
+        ),
+    )
 
 
 if __name__ == "__main__":

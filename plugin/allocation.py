@@ -26,7 +26,7 @@ from gpunode.plugin.config import PluginConfig
 from gpunode.plugin.devices import PluginDevice
 from gpunode.plugin.nvml import Topology
 
-EXHAUSTIVE_LIMIT = 5000     # sets to try before falling back to greedy growth
+EXHAUSTIVE_LIMIT = 5000  # sets to try before falling back to greedy growth
 SAME_GPU_SCORE = 1000
 CDI_KIND = "nvidia.com/gpu"
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
@@ -48,19 +48,26 @@ def pair_score(a: PluginDevice, b: PluginDevice, topology: Topology) -> int:
     return score
 
 
-def preferred_allocation(available: Sequence[str], must_include: Sequence[str], size: int,
-                         devices: dict[str, PluginDevice], order: dict[str, int], topology: Topology) -> list[str]:
+def preferred_allocation(
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    devices: dict[str, PluginDevice],
+    order: dict[str, int],
+    topology: Topology,
+) -> list[str]:
     """The best `size` IDs from `available`, always holding `must_include`.
 
     Never fails: the answer is only a hint to the kubelet, and an error here would fail
     the pod's admission. IDs the plugin does not know score nothing."""
+
     def position(device_id: str) -> tuple[int, str]:
         return order.get(device_id, len(order)), device_id
 
     chosen = sorted(dict.fromkeys(must_include), key=position)
     pool = sorted((i for i in dict.fromkeys(available) if i not in set(chosen)), key=position)
     if size <= len(chosen):
-        return chosen[:max(size, 0)]
+        return chosen[: max(size, 0)]
     need = min(size - len(chosen), len(pool))
 
     scores: dict[tuple[str, str], int] = {}
@@ -84,9 +91,15 @@ def preferred_allocation(available: Sequence[str], must_include: Sequence[str], 
         candidates = list(pool)
         for _ in range(need):
             base = chosen + picked
-            pick = max(candidates, key=lambda c: (sum(score(c, x) for x in base) if base
-                                                  else max((score(c, y) for y in candidates if y != c), default=0),
-                                                  -position(c)[0]))
+            pick = max(
+                candidates,
+                key=lambda c: (
+                    sum(score(c, x) for x in base)
+                    if base
+                    else max((score(c, y) for y in candidates if y != c), default=0),
+                    -position(c)[0],
+                ),
+            )
             picked.append(pick)
             candidates.remove(pick)
     return sorted(chosen + picked, key=position)

@@ -36,6 +36,7 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Para
             return parse(value)
         except ConfigError as exc:
             raise click.BadParameter(str(exc)) from exc
+
     return callback
 
 
@@ -45,18 +46,38 @@ def _xids(values: frozenset[int]) -> str:
 
 def device_options(command: F) -> F:
     """The options that decide which devices are advertised, shared by serve and list."""
-    for option in reversed([
-        click.option("--resource-name", envvar="GPUNODE_RESOURCE_NAME", default=DEFAULT_RESOURCE_NAME,
-                     show_default=True, show_envvar=True, callback=_checked(validate_resource_name),
-                     help="Extended resource name for full GPUs (MIG resources take its domain)."),
-        click.option("--mig-strategy", envvar="GPUNODE_MIG_STRATEGY", default="none", show_default=True,
-                     show_envvar=True, type=click.Choice(["none", "single", "mixed"]),
-                     help="none: full GPUs only; single: every GPU's MIG devices as the one resource; "
-                          "mixed: one resource per MIG profile, <domain>/mig-<profile>."),
-        click.option("--device-id-strategy", envvar="GPUNODE_DEVICE_ID_STRATEGY", default="uuid",
-                     show_default=True, show_envvar=True, type=click.Choice(["uuid", "index"]),
-                     help="Advertise devices by UUID, or by index (GPU N, MIG device N:M)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--resource-name",
+                envvar="GPUNODE_RESOURCE_NAME",
+                default=DEFAULT_RESOURCE_NAME,
+                show_default=True,
+                show_envvar=True,
+                callback=_checked(validate_resource_name),
+                help="Extended resource name for full GPUs (MIG resources take its domain).",
+            ),
+            click.option(
+                "--mig-strategy",
+                envvar="GPUNODE_MIG_STRATEGY",
+                default="none",
+                show_default=True,
+                show_envvar=True,
+                type=click.Choice(["none", "single", "mixed"]),
+                help="none: full GPUs only; single: every GPU's MIG devices as the one resource; "
+                "mixed: one resource per MIG profile, <domain>/mig-<profile>.",
+            ),
+            click.option(
+                "--device-id-strategy",
+                envvar="GPUNODE_DEVICE_ID_STRATEGY",
+                default="uuid",
+                show_default=True,
+                show_envvar=True,
+                type=click.Choice(["uuid", "index"]),
+                help="Advertise devices by UUID, or by index (GPU N, MIG device N:M).",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -67,53 +88,125 @@ def plugin_group() -> None:
 
 
 @plugin_group.command("serve")
-@click.option("--kubelet-dir", envvar="GPUNODE_KUBELET_DIR", default=str(DEFAULT_KUBELET_DIR), show_default=True,
-              show_envvar=True, type=click.Path(file_okay=False, path_type=Path),
-              help="The kubelet's device-plugins directory (kubelet.sock and the plugin's sockets).")
+@click.option(
+    "--kubelet-dir",
+    envvar="GPUNODE_KUBELET_DIR",
+    default=str(DEFAULT_KUBELET_DIR),
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The kubelet's device-plugins directory (kubelet.sock and the plugin's sockets).",
+)
 @device_options
-@click.option("--device-list-strategy", envvar="GPUNODE_DEVICE_LIST_STRATEGY", default="envvar", show_default=True,
-              show_envvar=True, type=click.Choice(["envvar", "cdi"]),
-              help="envvar: NVIDIA_VISIBLE_DEVICES in the container; cdi: CDI devices nvidia.com/gpu=<uuid>.")
-@click.option("--pass-device-specs/--no-pass-device-specs", envvar="GPUNODE_PASS_DEVICE_SPECS", default=False,
-              show_default=True, show_envvar=True,
-              help="Also hand the kubelet the device nodes (/dev/nvidiaN, nvidiactl, nvidia-uvm*) that exist.")
-@click.option("--dev-root", envvar="GPUNODE_DEV_ROOT", default="/", show_default=True, show_envvar=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Where the host's /dev (and /proc/driver/nvidia) are, for --pass-device-specs.")
-@click.option("--fail-on-init-error/--no-fail-on-init-error", envvar="GPUNODE_FAIL_ON_INIT_ERROR", default=True,
-              show_default=True, show_envvar=True,
-              help="Exit non-zero when NVML cannot start. Off: log the reason, stay up, advertise nothing.")
-@click.option("--health-checks/--no-health-checks", envvar="GPUNODE_HEALTH_CHECKS", default=True, show_default=True,
-              show_envvar=True, help="Watch NVML XID events and report affected devices Unhealthy.")
-@click.option("--health-ignore-xids", envvar="GPUNODE_HEALTH_IGNORE_XIDS", default=_xids(DEFAULT_IGNORED_XIDS),
-              show_default=True, show_envvar=True, callback=_checked(parse_xid_list),
-              help="XIDs that never make a device Unhealthy (application errors).")
-@click.option("--health-fatal-xids", envvar="GPUNODE_HEALTH_FATAL_XIDS", default=_xids(DEFAULT_FATAL_XIDS),
-              show_default=True, show_envvar=True, callback=_checked(parse_xid_list),
-              help="XIDs after which a device stays Unhealthy until the plugin restarts.")
-@click.option("--health-recovery-seconds", envvar="GPUNODE_HEALTH_RECOVERY_SECONDS", default=DEFAULT_RECOVERY_SECONDS,
-              show_default=True, show_envvar=True, type=click.FloatRange(min=0),
-              help="Quiet period after which a device made Unhealthy by a non-fatal XID is Healthy "
-                   "again; 0: never.")
-@click.option("--metrics-addr", envvar="GPUNODE_METRICS_ADDR", default="", show_envvar=True,
-              callback=_checked(parse_metrics_addr),
-              help="host:port to serve Prometheus metrics on /metrics (off when empty).")
-def serve_command(kubelet_dir: Path, resource_name: str, mig_strategy: str, device_id_strategy: str,
-                  device_list_strategy: str, pass_device_specs: bool, dev_root: Path, fail_on_init_error: bool,
-                  health_checks: bool, health_ignore_xids: frozenset[int], health_fatal_xids: frozenset[int],
-                  health_recovery_seconds: float, metrics_addr: tuple[str, int] | None) -> None:
+@click.option(
+    "--device-list-strategy",
+    envvar="GPUNODE_DEVICE_LIST_STRATEGY",
+    default="envvar",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["envvar", "cdi"]),
+    help="envvar: NVIDIA_VISIBLE_DEVICES in the container; cdi: CDI devices nvidia.com/gpu=<uuid>.",
+)
+@click.option(
+    "--pass-device-specs/--no-pass-device-specs",
+    envvar="GPUNODE_PASS_DEVICE_SPECS",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="Also hand the kubelet the device nodes (/dev/nvidiaN, nvidiactl, nvidia-uvm*) that exist.",
+)
+@click.option(
+    "--dev-root",
+    envvar="GPUNODE_DEV_ROOT",
+    default="/",
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the host's /dev (and /proc/driver/nvidia) are, for --pass-device-specs.",
+)
+@click.option(
+    "--fail-on-init-error/--no-fail-on-init-error",
+    envvar="GPUNODE_FAIL_ON_INIT_ERROR",
+    default=True,
+    show_default=True,
+    show_envvar=True,
+    help="Exit non-zero when NVML cannot start. Off: log the reason, stay up, advertise nothing.",
+)
+@click.option(
+    "--health-checks/--no-health-checks",
+    envvar="GPUNODE_HEALTH_CHECKS",
+    default=True,
+    show_default=True,
+    show_envvar=True,
+    help="Watch NVML XID events and report affected devices Unhealthy.",
+)
+@click.option(
+    "--health-ignore-xids",
+    envvar="GPUNODE_HEALTH_IGNORE_XIDS",
+    default=_xids(DEFAULT_IGNORED_XIDS),
+    show_default=True,
+    show_envvar=True,
+    callback=_checked(parse_xid_list),
+    help="XIDs that never make a device Unhealthy (application errors).",
+)
+@click.option(
+    "--health-fatal-xids",
+    envvar="GPUNODE_HEALTH_FATAL_XIDS",
+    default=_xids(DEFAULT_FATAL_XIDS),
+    show_default=True,
+    show_envvar=True,
+    callback=_checked(parse_xid_list),
+    help="XIDs after which a device stays Unhealthy until the plugin restarts.",
+)
+@click.option(
+    "--health-recovery-seconds",
+    envvar="GPUNODE_HEALTH_RECOVERY_SECONDS",
+    default=DEFAULT_RECOVERY_SECONDS,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0),
+    help="Quiet period after which a device made Unhealthy by a non-fatal XID is Healthy again; 0: never.",
+)
+@click.option(
+    "--metrics-addr",
+    envvar="GPUNODE_METRICS_ADDR",
+    default="",
+    show_envvar=True,
+    callback=_checked(parse_metrics_addr),
+    help="host:port to serve Prometheus metrics on /metrics (off when empty).",
+)
+def serve_command(
+    kubelet_dir: Path,
+    resource_name: str,
+    mig_strategy: str,
+    device_id_strategy: str,
+    device_list_strategy: str,
+    pass_device_specs: bool,
+    dev_root: Path,
+    fail_on_init_error: bool,
+    health_checks: bool,
+    health_ignore_xids: frozenset[int],
+    health_fatal_xids: frozenset[int],
+    health_recovery_seconds: float,
+    metrics_addr: tuple[str, int] | None,
+) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
     from gpunode.plugin.serve import serve
 
     config = PluginConfig(
-        kubelet_dir=kubelet_dir.absolute(), resource_name=resource_name,
+        kubelet_dir=kubelet_dir.absolute(),
+        resource_name=resource_name,
         mig_strategy=mig_strategy,  # type: ignore[arg-type]  # click.Choice checked it
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
         device_list_strategy=device_list_strategy,  # type: ignore[arg-type]
-        pass_device_specs=pass_device_specs, dev_root=dev_root, fail_on_init_error=fail_on_init_error,
-        health_checks=health_checks, health_ignore_xids=health_ignore_xids,
+        pass_device_specs=pass_device_specs,
+        dev_root=dev_root,
+        fail_on_init_error=fail_on_init_error,
+        health_checks=health_checks,
+        health_ignore_xids=health_ignore_xids,
         health_fatal_xids=health_fatal_xids - health_ignore_xids,
-        health_recovery_seconds=health_recovery_seconds, metrics_addr=metrics_addr,
+        health_recovery_seconds=health_recovery_seconds,
+        metrics_addr=metrics_addr,
     )
     try:
         code = serve(config)

@@ -63,7 +63,9 @@ def validate_resource_name(name: str) -> str:
     if not slash or not _DNS_SUBDOMAIN.match(domain) or len(domain) > 253:
         raise ConfigError(f"resource name {name!r} needs a DNS domain prefix, e.g. nvidia.com/gpu")
     if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
-        raise ConfigError(f"resource name {name!r} uses the reserved kubernetes.io domain; use your own, e.g. nvidia.com/gpu")
+        raise ConfigError(
+            f"resource name {name!r} uses the reserved kubernetes.io domain; use your own, e.g. nvidia.com/gpu"
+        )
     if not _RESOURCE_NAME.match(local) or len(local) > 63:
         raise ConfigError(
             f"resource name {name!r}: the part after '/' must be 1-63 letters, digits, '-', '_' or '.', "
@@ -73,7 +75,7 @@ def validate_resource_name(name: str) -> str:
 
 
 def parse_xid_list(text: str) -> frozenset[int]:
-    """"13, 31,43" -> {13, 31, 43}; the empty string -> no XIDs."""
+    """ "13, 31,43" -> {13, 31, 43}; the empty string -> no XIDs."""
     xids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
@@ -86,7 +88,7 @@ def parse_xid_list(text: str) -> frozenset[int]:
 
 
 def parse_metrics_addr(text: str) -> tuple[str, int] | None:
-    """"host:port", ":port" (all addresses) or "[::1]:port"; "" or "off" -> None."""
+    """ "host:port", ":port" (all addresses) or "[::1]:port"; "" or "off" -> None."""
     text = text.strip()
     if text in ("", "off", "none"):
         return None

@@ -11,9 +11,9 @@ from gpunode.plugin.nvml import GpuInfo, Inventory, MigInfo, NvmlInitError
 
 @dataclass(frozen=True)
 class PluginDevice:
-    id: str                     # the ID the kubelet sees (UUID or index, per strategy)
-    uuid: str                   # the GPU's or the MIG device's own UUID
-    gpu: GpuInfo                # the physical GPU (the parent, for a MIG device)
+    id: str  # the ID the kubelet sees (UUID or index, per strategy)
+    uuid: str  # the GPU's or the MIG device's own UUID
+    gpu: GpuInfo  # the physical GPU (the parent, for a MIG device)
     mig: MigInfo | None = None
 
     @property
@@ -41,8 +41,7 @@ class Resource:
 def _device(gpu: GpuInfo, mig: MigInfo | None, config: PluginConfig) -> PluginDevice:
     uuid = gpu.uuid if mig is None else mig.uuid
     probe = PluginDevice(id="", uuid=uuid, gpu=gpu, mig=mig)
-    return PluginDevice(id=uuid if config.device_id_strategy == "uuid" else probe.index_id,
-                        uuid=uuid, gpu=gpu, mig=mig)
+    return PluginDevice(id=uuid if config.device_id_strategy == "uuid" else probe.index_id, uuid=uuid, gpu=gpu, mig=mig)
 
 
 def mig_resource_name(domain: str, profile: str) -> str:
@@ -63,7 +62,8 @@ def plan_resources(inventory: Inventory, config: PluginConfig) -> list[Resource]
         if enabled and len(enabled) != len(gpus):
             plain = ", ".join(str(gpu.index) for gpu in gpus if not gpu.mig_enabled)
             raise NvmlInitError(
-                "mig_strategy_mismatch", f"MIG strategy single, but GPUs {plain} have MIG disabled",
+                "mig_strategy_mismatch",
+                f"MIG strategy single, but GPUs {plain} have MIG disabled",
                 "enable MIG on every GPU of the node, or use --mig-strategy mixed",
             )
         if not enabled:
@@ -72,7 +72,8 @@ def plan_resources(inventory: Inventory, config: PluginConfig) -> list[Resource]
             profiles = sorted({mig.profile for gpu in gpus for mig in gpu.migs})
             if len(profiles) > 1:
                 raise NvmlInitError(
-                    "mig_strategy_mismatch", f"MIG strategy single, but the node has MIG profiles {', '.join(profiles)}",
+                    "mig_strategy_mismatch",
+                    f"MIG strategy single, but the node has MIG profiles {', '.join(profiles)}",
                     "give every GPU the same MIG layout, or use --mig-strategy mixed",
                 )
             groups[config.resource_name] = [_device(gpu, mig, config) for gpu in gpus for mig in gpu.migs]
@@ -89,7 +90,8 @@ def plan_resources(inventory: Inventory, config: PluginConfig) -> list[Resource]
     if not resources:
         lost = f" ({len(inventory.lost_indices)} GPUs lost)" if inventory.lost_indices else ""
         raise NvmlInitError(
-            "no_devices", f"NVML started (driver {inventory.driver_version}) but found no devices to advertise "
+            "no_devices",
+            f"NVML started (driver {inventory.driver_version}) but found no devices to advertise "
             f"with MIG strategy {config.mig_strategy}{lost}",
             "check `nvidia-smi -L` on the host; with MIG enabled, create MIG devices or use --mig-strategy none",
         )

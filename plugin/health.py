@@ -37,7 +37,7 @@ class _DeviceHealth:
     resource: str
     device: PluginDevice
     fatal: bool = False
-    unhealthy_until: float | None = None   # None: healthy; math.inf: until the process ends
+    unhealthy_until: float | None = None  # None: healthy; math.inf: until the process ends
     last_xid: int | None = None
 
     @property
@@ -46,9 +46,15 @@ class _DeviceHealth:
 
 
 class HealthTracker:
-    def __init__(self, resources: Iterable[Resource], ignore_xids: frozenset[int], fatal_xids: frozenset[int],
-                 recovery_seconds: float, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        resources: Iterable[Resource],
+        ignore_xids: frozenset[int],
+        fatal_xids: frozenset[int],
+        recovery_seconds: float,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._states: dict[str, _DeviceHealth] = {}
         self._by_gpu: dict[str, list[_DeviceHealth]] = {}
         for resource in resources:
@@ -73,8 +79,9 @@ class HealthTracker:
 
     def snapshot(self, resource: str) -> list[tuple[PluginDevice, str]]:
         with self._cond:
-            return [(s.device, HEALTHY if s.healthy else UNHEALTHY)
-                    for s in self._states.values() if s.resource == resource]
+            return [
+                (s.device, HEALTHY if s.healthy else UNHEALTHY) for s in self._states.values() if s.resource == resource
+            ]
 
     def wait_for_change(self, seen_version: int, done: threading.Event) -> int:
         """Block until `version` differs from seen_version or `done` is set (set it, then
@@ -94,9 +101,13 @@ class HealthTracker:
         on_gpu = self._by_gpu.get(event.gpu_uuid or "", [])
         if event.gpu_instance is None:
             return list(on_gpu)
-        exact = [s for s in on_gpu if s.device.mig is not None
-                 and s.device.mig.gpu_instance == event.gpu_instance
-                 and (event.compute_instance is None or s.device.mig.compute_instance == event.compute_instance)]
+        exact = [
+            s
+            for s in on_gpu
+            if s.device.mig is not None
+            and s.device.mig.gpu_instance == event.gpu_instance
+            and (event.compute_instance is None or s.device.mig.compute_instance == event.compute_instance)
+        ]
         # A MIG instance we do not advertise on its own (MIG strategy none): the whole GPU.
         return exact or [s for s in on_gpu if s.device.mig is None]
 
@@ -108,12 +119,25 @@ class HealthTracker:
             if self._metrics:
                 self._metrics.xid(event.gpu_uuid or "unknown", xid)
             if xid in self.ignore_xids:
-                log_event("xid", gpu=event.gpu_uuid, xid=xid, gi=event.gpu_instance, ci=event.compute_instance,
-                          action="ignored")
+                log_event(
+                    "xid",
+                    gpu=event.gpu_uuid,
+                    xid=xid,
+                    gi=event.gpu_instance,
+                    ci=event.compute_instance,
+                    action="ignored",
+                )
                 return
             fatal = xid in self.fatal_xids
-            log_event("xid", gpu=event.gpu_uuid, xid=xid, gi=event.gpu_instance, ci=event.compute_instance,
-                      action="fatal" if fatal else "unhealthy", devices=",".join(s.device.id for s in targets) or "none")
+            log_event(
+                "xid",
+                gpu=event.gpu_uuid,
+                xid=xid,
+                gi=event.gpu_instance,
+                ci=event.compute_instance,
+                action="fatal" if fatal else "unhealthy",
+                devices=",".join(s.device.id for s in targets) or "none",
+            )
             self._mark(targets, xid=xid, fatal=fatal)
 
     def record_lost(self, gpu_uuid: str) -> None:
@@ -137,10 +161,17 @@ class HealthTracker:
                 state.unhealthy_until = math.inf
             if was_healthy:
                 changed = True
-                log_event("device_unhealthy", device=state.device.id, resource=state.resource, uuid=state.device.uuid,
-                          xid=xid, fatal=str(state.fatal).lower(),
-                          recovers_after=None if state.fatal or state.unhealthy_until == math.inf
-                          else f"{self.recovery_seconds:g}s")
+                log_event(
+                    "device_unhealthy",
+                    device=state.device.id,
+                    resource=state.resource,
+                    uuid=state.device.uuid,
+                    xid=xid,
+                    fatal=str(state.fatal).lower(),
+                    recovers_after=None
+                    if state.fatal or state.unhealthy_until == math.inf
+                    else f"{self.recovery_seconds:g}s",
+                )
         if changed:
             self._changed()
 
@@ -153,15 +184,24 @@ class HealthTracker:
                 if not state.fatal and state.unhealthy_until is not None and state.unhealthy_until <= now:
                     state.unhealthy_until = None
                     changed = True
-                    log_event("device_recovered", device=state.device.id, resource=state.resource,
-                              uuid=state.device.uuid, last_xid=state.last_xid, quiet_seconds=f"{self.recovery_seconds:g}")
+                    log_event(
+                        "device_recovered",
+                        device=state.device.id,
+                        resource=state.resource,
+                        uuid=state.device.uuid,
+                        last_xid=state.last_xid,
+                        quiet_seconds=f"{self.recovery_seconds:g}",
+                    )
             if changed:
                 self._changed()
 
     def next_recovery(self) -> float | None:
         with self._cond:
-            due = [s.unhealthy_until for s in self._states.values()
-                   if not s.fatal and s.unhealthy_until is not None and s.unhealthy_until != math.inf]
+            due = [
+                s.unhealthy_until
+                for s in self._states.values()
+                if not s.fatal and s.unhealthy_until is not None and s.unhealthy_until != math.inf
+            ]
         return min(due) if due else None
 
     def _changed(self) -> None:

@@ -51,10 +51,12 @@ def render_json(inventory: Inventory, resources: list[Resource]) -> dict[str, An
             {
                 "gpus": [a, b],
                 "nvlinks": inventory.topology.links(a, b),
-                "common_ancestor": TOPOLOGY_NAMES.get(level) if (level := inventory.topology.level(a, b)) is not None
+                "common_ancestor": TOPOLOGY_NAMES.get(level)
+                if (level := inventory.topology.level(a, b)) is not None
                 else None,
             }
-            for i, a in enumerate(gpus) for b in gpus[i + 1:]
+            for i, a in enumerate(gpus)
+            for b in gpus[i + 1 :]
         ],
     }
 
@@ -65,21 +67,31 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_text(inventory: Inventory, resources: list[Resource]) -> str:
-    out = [f"driver {inventory.driver_version}, NVML {inventory.nvml_version or 'unknown'}, "
-           f"{len(inventory.gpus)} GPUs"]
+    out = [f"driver {inventory.driver_version}, NVML {inventory.nvml_version or 'unknown'}, {len(inventory.gpus)} GPUs"]
     rows = [["RESOURCE", "ID", "HEALTH", "GPU", "NUMA", "MIG", "NAME", "PCI"]]
     for resource in resources:
         for device in resource.devices:
-            rows.append([resource.name, device.id, HEALTHY, str(device.gpu.index),
-                         "-" if device.numa_node is None else str(device.numa_node),
-                         device.mig.profile if device.mig else "-", device.gpu.name, device.gpu.pci_bus_id])
+            rows.append(
+                [
+                    resource.name,
+                    device.id,
+                    HEALTHY,
+                    str(device.gpu.index),
+                    "-" if device.numa_node is None else str(device.numa_node),
+                    device.mig.profile if device.mig else "-",
+                    device.gpu.name,
+                    device.gpu.pci_bus_id,
+                ]
+            )
     out += _table(rows)
     for index in inventory.lost_indices:
         out.append(f"GPU {index}: lost (NVML reports GPU_IS_LOST); not advertised")
     if len(inventory.gpus) > 1:
         out.append("")
-        out.append("topology (NV<n>: n NVLinks; PIX one PCIe switch, PXB several, PHB host bridge, "
-                   "NODE same NUMA node, SYS across CPUs)")
+        out.append(
+            "topology (NV<n>: n NVLinks; PIX one PCIe switch, PXB several, PHB host bridge, "
+            "NODE same NUMA node, SYS across CPUs)"
+        )
         indices = [gpu.index for gpu in inventory.gpus]
         matrix = [[""] + [f"GPU{b}" for b in indices]]
         matrix += [[f"GPU{a}"] + [_link(inventory, a, b) for b in indices] for a in indices]

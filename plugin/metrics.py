@@ -116,7 +116,7 @@ def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404, "only /metrics is served here")
                 return
@@ -127,7 +127,7 @@ def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # one line per scrape would drown the plugin's own events
 
     class Server(ThreadingHTTPServer):

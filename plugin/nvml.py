@@ -88,7 +88,8 @@ def start_nvml() -> None:
         if "cannot open shared object file" in text:
             raise NvmlInitError("library_not_found", text, _MOUNT_FIX) from exc
         raise NvmlInitError(
-            "library_unusable", text,
+            "library_unusable",
+            text,
             "mount the library built for this machine's architecture (never the i386 copy), as a single "
             "file at its own path; never mount a whole host library directory over the container's",
         ) from exc
@@ -96,18 +97,19 @@ def start_nvml() -> None:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         code = nvml_error_code(exc)
-        reason, fix = _INIT_FAILURES.get(code if code is not None else -1, (
-            "nvml_error", "check `nvidia-smi` on the host; " + _DEVICE_FIX))
+        reason, fix = _INIT_FAILURES.get(
+            code if code is not None else -1, ("nvml_error", "check `nvidia-smi` on the host; " + _DEVICE_FIX)
+        )
         raise NvmlInitError(reason, f"NVML: {exc}", fix) from exc
 
 
 @dataclass(frozen=True)
 class MigInfo:
-    slot: int                     # index among the parent's MIG devices
+    slot: int  # index among the parent's MIG devices
     uuid: str
     gpu_instance: int
     compute_instance: int
-    profile: str                  # e.g. 1g.5gb, 1c.2g.10gb, 1g.10gb+me
+    profile: str  # e.g. 1g.5gb, 1c.2g.10gb, 1g.10gb+me
     memory_mib: int
 
 
@@ -120,7 +122,7 @@ class GpuInfo:
     minor: int
     memory_bytes: int
     numa_node: int | None
-    mig_enabled: bool | None      # None: the GPU cannot do MIG
+    mig_enabled: bool | None  # None: the GPU cannot do MIG
     migs: tuple[MigInfo, ...] = ()
 
 
@@ -195,14 +197,16 @@ def _migs(handle: Any, memory_bytes: int) -> tuple[MigInfo, ...]:
         attrs = pynvml.nvmlDeviceGetAttributes(mig)
         gb = mig_memory_gb(memory_bytes, int(attrs.memorySizeMB))
         media = attrs.gpuInstanceSliceCount == 1 and attrs.sharedOfaCount > 0
-        found.append(MigInfo(
-            slot=slot,
-            uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),
-            gpu_instance=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
-            compute_instance=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
-            profile=mig_profile(int(attrs.gpuInstanceSliceCount), int(attrs.computeInstanceSliceCount), gb, media),
-            memory_mib=int(attrs.memorySizeMB),
-        ))
+        found.append(
+            MigInfo(
+                slot=slot,
+                uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),
+                gpu_instance=int(pynvml.nvmlDeviceGetGpuInstanceId(mig)),
+                compute_instance=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
+                profile=mig_profile(int(attrs.gpuInstanceSliceCount), int(attrs.computeInstanceSliceCount), gb, media),
+                memory_mib=int(attrs.memorySizeMB),
+            )
+        )
     return tuple(found)
 
 
@@ -211,7 +215,7 @@ def _topology(handles: dict[int, Any], bus_to_index: dict[str, int]) -> Topology
     nvlinks: dict[tuple[int, int], int] = {}
     indices = sorted(handles)
     for pos, a in enumerate(indices):
-        for b in indices[pos + 1:]:
+        for b in indices[pos + 1 :]:
             try:
                 levels[(a, b)] = int(pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[a], handles[b]))
             except pynvml.NVMLError:
@@ -264,33 +268,44 @@ def discover(with_migs: bool, sysfs: Path = Path("/sys")) -> Inventory:
                 mig_enabled = None
             migs = _migs(handle, memory) if (with_migs and mig_enabled) else ()
             handles[index] = handle
-            gpus.append(GpuInfo(
-                index=index, uuid=uuid, name=_text(pynvml.nvmlDeviceGetName(handle)), pci_bus_id=bus_id,
-                minor=int(pynvml.nvmlDeviceGetMinorNumber(handle)), memory_bytes=memory,
-                numa_node=_numa_node(handle, bus_id, sysfs), mig_enabled=mig_enabled, migs=migs,
-            ))
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    uuid=uuid,
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    pci_bus_id=bus_id,
+                    minor=int(pynvml.nvmlDeviceGetMinorNumber(handle)),
+                    memory_bytes=memory,
+                    numa_node=_numa_node(handle, bus_id, sysfs),
+                    mig_enabled=mig_enabled,
+                    migs=migs,
+                )
+            )
         topology = _topology(handles, {gpu.pci_bus_id: gpu.index for gpu in gpus})
     except pynvml.NVMLError as exc:
         code = nvml_error_code(exc)
         if code == pynvml.NVML_ERROR_NO_PERMISSION and with_migs:
             raise NvmlInitError(
-                "mig_no_permission", f"NVML: {exc} (reading MIG devices)",
+                "mig_no_permission",
+                f"NVML: {exc} (reading MIG devices)",
                 "give the plugin MIG monitoring rights: NVIDIA_MIG_MONITOR_DEVICES=all and capability "
                 "SYS_ADMIN, or use --mig-strategy none",
             ) from exc
-        reason, fix = _INIT_FAILURES.get(-1 if code is None else code, (
-            "nvml_query_failed", "check `nvidia-smi -q` on the host; " + _DEVICE_FIX))
+        reason, fix = _INIT_FAILURES.get(
+            -1 if code is None else code, ("nvml_query_failed", "check `nvidia-smi -q` on the host; " + _DEVICE_FIX)
+        )
         raise NvmlInitError(reason, f"NVML: {exc}", fix) from exc
-    return Inventory(driver_version=driver, nvml_version=nvml_version, gpus=tuple(gpus),
-                     topology=topology, lost_indices=tuple(lost))
+    return Inventory(
+        driver_version=driver, nvml_version=nvml_version, gpus=tuple(gpus), topology=topology, lost_indices=tuple(lost)
+    )
 
 
 @dataclass(frozen=True)
 class NvmlEvent:
     """One thing the event set said: an XID on a GPU (or one MIG device of it), or a lost GPU."""
 
-    gpu_uuid: str | None          # None: NVML could not say which GPU
-    xid: int | None               # None: the GPU is lost (or the wait failed)
+    gpu_uuid: str | None  # None: NVML could not say which GPU
+    xid: int | None  # None: the GPU is lost (or the wait failed)
     gpu_instance: int | None = None
     compute_instance: int | None = None
     error: str | None = None
@@ -342,7 +357,8 @@ class XidEventSet:
                 uuid = None
         gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
         return NvmlEvent(
-            gpu_uuid=uuid, xid=int(data.eventData),
+            gpu_uuid=uuid,
+            xid=int(data.eventData),
             gpu_instance=None if gi == NO_INSTANCE else gi,
             compute_instance=None if ci == NO_INSTANCE else ci,
         )

@@ -68,8 +68,10 @@ def serve(config: PluginConfig) -> int:
         try:
             serve_metrics(config.metrics_addr, metrics)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
-                              "choose a free --metrics-addr, or leave it empty") from exc
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+                "choose a free --metrics-addr, or leave it empty"
+            ) from exc
     try:
         inventory, resources = load_devices(config)
     except NvmlInitError as exc:
@@ -90,21 +92,36 @@ def serve(config: PluginConfig) -> int:
     from gpunode.plugin.nvml import XidEventSet
     from gpunode.plugin.server import PluginManager
 
-    log_event("plugin_starting", driver=inventory.driver_version,
-              nvml=inventory.nvml_version or None, gpus=len(inventory.gpus),
-              resources=",".join(f"{r.name}:{len(r.devices)}" for r in resources),
-              mig_strategy=config.mig_strategy, device_id_strategy=config.device_id_strategy,
-              device_list_strategy=config.device_list_strategy, kubelet_dir=config.kubelet_dir)
+    log_event(
+        "plugin_starting",
+        driver=inventory.driver_version,
+        nvml=inventory.nvml_version or None,
+        gpus=len(inventory.gpus),
+        resources=",".join(f"{r.name}:{len(r.devices)}" for r in resources),
+        mig_strategy=config.mig_strategy,
+        device_id_strategy=config.device_id_strategy,
+        device_list_strategy=config.device_list_strategy,
+        kubelet_dir=config.kubelet_dir,
+    )
     for index in inventory.lost_indices:
         log_event("gpu_lost", gpu=index, at="start")
     for resource in resources:
         for device in resource.devices:
-            log_event("device", id=device.id, resource=resource.name, uuid=device.uuid, gpu=device.gpu.index,
-                      mig=device.mig.profile if device.mig else None, numa=device.numa_node,
-                      pci=device.gpu.pci_bus_id, name=device.gpu.name)
+            log_event(
+                "device",
+                id=device.id,
+                resource=resource.name,
+                uuid=device.uuid,
+                gpu=device.gpu.index,
+                mig=device.mig.profile if device.mig else None,
+                numa=device.numa_node,
+                pci=device.gpu.pci_bus_id,
+                name=device.gpu.name,
+            )
 
-    tracker = HealthTracker(resources, config.health_ignore_xids, config.health_fatal_xids,
-                            config.health_recovery_seconds, metrics)
+    tracker = HealthTracker(
+        resources, config.health_ignore_xids, config.health_fatal_xids, config.health_recovery_seconds, metrics
+    )
     if config.health_checks:
         gpu_uuids = list(dict.fromkeys(d.gpu.uuid for r in resources for d in r.devices))
         # Registered before the kubelet hears of us: no XID after registration is missed.
@@ -115,10 +132,14 @@ def serve(config: PluginConfig) -> int:
             # and say loudly that their health is not watched.
             log_event("health_checks", enabled="false", reason="nvml_events_unavailable", error=str(exc))
         else:
-            log_event("health_checks", watched=len(events.watched), unsupported=",".join(events.unsupported) or None,
-                      ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
-                      fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
-                      recovery_seconds=f"{config.health_recovery_seconds:g}")
+            log_event(
+                "health_checks",
+                watched=len(events.watched),
+                unsupported=",".join(events.unsupported) or None,
+                ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
+                fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
+                recovery_seconds=f"{config.health_recovery_seconds:g}",
+            )
             HealthMonitor(tracker, events).start()
     else:
         log_event("health_checks", enabled="false")

@@ -61,8 +61,15 @@ def _identity(path: Path) -> tuple[int, int] | None:
 class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     """The DevicePlugin service for one resource."""
 
-    def __init__(self, resource: Resource, config: PluginConfig, tracker: HealthTracker, topology: Topology,
-                 metrics: Metrics, on_stream_end: Callable[[DevicePluginService], None]) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        config: PluginConfig,
+        tracker: HealthTracker,
+        topology: Topology,
+        metrics: Metrics,
+        on_stream_end: Callable[[DevicePluginService], None],
+    ) -> None:
         self.resource = resource
         self._config = config
         self._tracker = tracker
@@ -83,7 +90,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 done.set()
         self._tracker.wake_all()
 
-    def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
+    def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
         return api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
     def device_list(self) -> api_pb2.ListAndWatchResponse:
@@ -95,8 +104,9 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
             devices.append(api_pb2.Device(ID=device.id, health=health, topology=topology))
         return api_pb2.ListAndWatchResponse(devices=devices)
 
-    def ListAndWatch(self, request: api_pb2.Empty,
-                     context: grpc.ServicerContext) -> Iterator[api_pb2.ListAndWatchResponse]:
+    def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ListAndWatchResponse]:
         done = threading.Event()
         with self._streams_lock:
             self._streams.add(done)
@@ -123,12 +133,19 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 log_event("stream_ended", resource=self.resource.name, by="kubelet")
                 self._on_stream_end(self)
 
-    def GetPreferredAllocation(self, request: api_pb2.PreferredAllocationRequest,
-                               context: grpc.ServicerContext) -> api_pb2.PreferredAllocationResponse:
+    def GetPreferredAllocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreferredAllocationResponse:
         responses = []
         for container in request.container_requests:
-            ids = preferred_allocation(list(container.available_deviceIDs), list(container.must_include_deviceIDs),
-                                       container.allocation_size, self._by_id, self._order, self._topology)
+            ids = preferred_allocation(
+                list(container.available_deviceIDs),
+                list(container.must_include_deviceIDs),
+                container.allocation_size,
+                self._by_id,
+                self._order,
+                self._topology,
+            )
             responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
@@ -137,27 +154,35 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
         requested = [list(dict.fromkeys(container.devices_ids)) for container in request.container_requests]
         unknown = [i for ids in requested for i in ids if i not in self._by_id]
         if unknown or not requested or not all(requested):
-            problem = (f"unknown device IDs {', '.join(unknown)}" if unknown
-                       else "a container request names no device")
+            problem = f"unknown device IDs {', '.join(unknown)}" if unknown else "a container request names no device"
             log_event("allocate_rejected", resource=self.resource.name, problem=problem)
             self._metrics.allocate(self.resource.name, "INVALID_ARGUMENT", time.perf_counter() - started)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{self.resource.name}: {problem}; this plugin advertises {len(self._by_id)} devices")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{self.resource.name}: {problem}; this plugin advertises {len(self._by_id)} devices",
+            )
         responses = []
         for ids in requested:
             allocation = container_allocation([self._by_id[i] for i in ids], self._config)
-            responses.append(api_pb2.ContainerAllocateResponse(
-                envs=allocation.envs,
-                cdi_devices=[api_pb2.CDIDevice(name=name) for name in allocation.cdi_devices],
-                devices=[api_pb2.DeviceSpec(container_path=node.container_path, host_path=node.host_path,
-                                            permissions="rw") for node in allocation.device_nodes],
-            ))
+            responses.append(
+                api_pb2.ContainerAllocateResponse(
+                    envs=allocation.envs,
+                    cdi_devices=[api_pb2.CDIDevice(name=name) for name in allocation.cdi_devices],
+                    devices=[
+                        api_pb2.DeviceSpec(
+                            container_path=node.container_path, host_path=node.host_path, permissions="rw"
+                        )
+                        for node in allocation.device_nodes
+                    ],
+                )
+            )
         self._metrics.allocate(self.resource.name, "OK", time.perf_counter() - started)
         log_event("allocate", resource=self.resource.name, devices=";".join(",".join(ids) for ids in requested))
         return api_pb2.AllocateResponse(container_responses=responses)
 
-    def PreStartContainer(self, request: api_pb2.PreStartContainerRequest,
-                          context: grpc.ServicerContext) -> api_pb2.PreStartContainerResponse:
+    def PreStartContainer(
+        self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
 
 
@@ -213,13 +238,17 @@ class ResourceServer:
         # A connection of its own each time: gRPC's C core shares one connection attempt per
         # address between channels, and a kubelet.sock just re-created would otherwise wait
         # out the backoff of an attempt made while the kubelet was gone.
-        with grpc.insecure_channel(f"unix:{self._config.kubelet_socket}",
-                                   options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        with grpc.insecure_channel(
+            f"unix:{self._config.kubelet_socket}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
             call = api_pb2_grpc.RegistrationStub(channel).Register.future(
                 api_pb2.RegisterRequest(
-                    version=VERSION, endpoint=self.resource.socket_name, resource_name=self.resource.name,
-                    options=api_pb2.DevicePluginOptions(pre_start_required=False,
-                                                        get_preferred_allocation_available=True),
+                    version=VERSION,
+                    endpoint=self.resource.socket_name,
+                    resource_name=self.resource.name,
+                    options=api_pb2.DevicePluginOptions(
+                        pre_start_required=False, get_preferred_allocation_available=True
+                    ),
                 ),
                 timeout=REGISTER_TIMEOUT_SECONDS,
             )
@@ -234,8 +263,15 @@ class ResourceServer:
 
 
 class PluginManager:
-    def __init__(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker,
-                 topology: Topology, metrics: Metrics, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: PluginConfig,
+        resources: list[Resource],
+        tracker: HealthTracker,
+        topology: Topology,
+        metrics: Metrics,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self._on_ready = on_ready
         self._config = config
         self._resources = resources
@@ -277,8 +313,9 @@ class PluginManager:
     # -- the manager thread --
 
     def _new_server(self, resource: Resource) -> ResourceServer:
-        service = DevicePluginService(resource, self._config, self._tracker, self._topology, self._metrics,
-                                      self._stream_ended)
+        service = DevicePluginService(
+            resource, self._config, self._tracker, self._topology, self._metrics, self._stream_ended
+        )
         server = ResourceServer(service, self._config)
         server.start()
         return server
@@ -335,16 +372,26 @@ class PluginManager:
                 now = time.monotonic()
                 if self._attempts <= 3 or now - self._last_failure_log >= 60:
                     detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
-                    log_event("register_failed", resource=name, attempt=self._attempts, error=detail,
-                              retry_in=f"{self._backoff:g}s")
+                    log_event(
+                        "register_failed",
+                        resource=name,
+                        attempt=self._attempts,
+                        error=detail,
+                        retry_in=f"{self._backoff:g}s",
+                    )
                     self._last_failure_log = now
                 self._retry_at = now + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                 return
             self._registered_with[name] = kubelet
             self._metrics.registered(name)
-            log_event("registered", resource=name, socket=server.socket.name, attempt=self._attempts,
-                      seconds=f"{time.monotonic() - self._restarted_at:.3f}")
+            log_event(
+                "registered",
+                resource=name,
+                socket=server.socket.name,
+                attempt=self._attempts,
+                seconds=f"{time.monotonic() - self._restarted_at:.3f}",
+            )
         self._retry_at = None
         self._attempts = 0
         self._backoff = BACKOFF_FIRST

@@ -86,8 +86,8 @@ class DirectoryWatcher(threading.Thread):
                     break
                 offset = 0
                 while offset + 16 <= len(data):
-                    event_mask = int.from_bytes(data[offset + 4:offset + 8], "little")
-                    length = int.from_bytes(data[offset + 12:offset + 16], "little")
+                    event_mask = int.from_bytes(data[offset + 4 : offset + 8], "little")
+                    length = int.from_bytes(data[offset + 12 : offset + 16], "little")
                     mask |= event_mask
                     offset += 16 + length
         except BlockingIOError:

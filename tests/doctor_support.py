@@ -8,13 +8,13 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from gpunode.bootstrap.core.diagnosis import Diagnosis, diagnose
-from gpunode.bootstrap.core.doctor_evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
-from gpunode.bootstrap.core.host_diagnostics import HostDiagnostics, NvmlCheck
-from gpunode.bootstrap.core.host_facts import ContainerdFacts, HostFacts, KubeletFacts, PciGpu
-from gpunode.bootstrap.core.manifests import PluginDeployment, manifest_objects
-from gpunode.bootstrap.core.nvml_library import LibraryEvidence
-from gpunode.bootstrap.core.os_release import parse_os_release
+from gpunode.bootstrap.core.doctor.engine import Diagnosis, diagnose
+from gpunode.bootstrap.core.doctor.evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
+from gpunode.bootstrap.core.host.diagnostics import HostDiagnostics, NvmlCheck
+from gpunode.bootstrap.core.host.facts import ContainerdFacts, HostFacts, KubeletFacts, PciGpu
+from gpunode.bootstrap.core.host.os_release import parse_os_release
+from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.nvml.library import LibraryEvidence
 
 JSON = dict[str, Any]
 DRIVER = "535.261.03"
@@ -43,8 +43,9 @@ NVIDIA_RUNTIME = """  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{
 """
 
 
-def dump(default: str = "runc", runtime: str | None = "nvidia",
-         binary: str = "/usr/bin/nvidia-container-runtime") -> str:
+def dump(
+    default: str = "runc", runtime: str | None = "nvidia", binary: str = "/usr/bin/nvidia-container-runtime"
+) -> str:
     nvidia = NVIDIA_RUNTIME.format(name=runtime, binary=binary) if runtime else ""
     return DUMP.format(default=default, nvidia=nvidia)
 
@@ -54,9 +55,11 @@ def debian_library(module: str | None = DRIVER, version: str = DRIVER) -> Librar
     real = f"{LIB_DIR}/nvidia/current/libnvidia-ml.so.{version}"
     return LibraryEvidence(
         ldconfig=f"\tlibnvidia-ml.so.1 (libc6,x86-64) => {LIB_DIR}/libnvidia-ml.so.1",
-        links={f"{LIB_DIR}/libnvidia-ml.so.1": "/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu",
-               "/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu": f"{LIB_DIR}/nvidia/current/libnvidia-ml.so.1",
-               f"{LIB_DIR}/nvidia/current/libnvidia-ml.so.1": f"libnvidia-ml.so.{version}"},
+        links={
+            f"{LIB_DIR}/libnvidia-ml.so.1": "/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu",
+            "/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu": f"{LIB_DIR}/nvidia/current/libnvidia-ml.so.1",
+            f"{LIB_DIR}/nvidia/current/libnvidia-ml.so.1": f"libnvidia-ml.so.{version}",
+        },
         files=frozenset({real}),
         listed=(f"{LIB_DIR}/libnvidia-ml.so.1",),
         arch="x86_64",
@@ -70,7 +73,9 @@ def healthy_diagnostics(**changes: Any) -> HostDiagnostics:
         "now": NOW,
         "nvml": NvmlCheck(0, driver=DRIVER, count=2, devices=("GPU-1 NVIDIA A100", "GPU-2 NVIDIA A100")),
         "kernel_log": (),
-        "module_file_version": DRIVER, "module_signer": "Debian Secure Boot CA", "module_file": "/lib/modules/x/nvidia.ko",
+        "module_file_version": DRIVER,
+        "module_signer": "Debian Secure Boot CA",
+        "module_file": "/lib/modules/x/nvidia.ko",
         "modinfo_available": True,
         "kubelet_age_seconds": 3600,
         "socket_mtimes": {KUBELET_SOCKET: NOW - 3600, PLUGIN_SOCKET: NOW - 3500},
@@ -83,24 +88,47 @@ def healthy_diagnostics(**changes: Any) -> HostDiagnostics:
 
 def healthy_host(**changes: Any) -> HostFacts:
     facts = HostFacts(
-        hostname=NODE, kernel_release="6.1.0-28-amd64", arch="x86_64",
+        hostname=NODE,
+        kernel_release="6.1.0-28-amd64",
+        arch="x86_64",
         os=parse_os_release('ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'),
         init_system="systemd",
-        gpus=(PciGpu("0000:3b:00.0", "0x20b5", "GA100 [A100 PCIe 80GB]"),
-              PciGpu("0000:86:00.0", "0x20b5", "GA100 [A100 PCIe 80GB]")),
+        gpus=(
+            PciGpu("0000:3b:00.0", "0x20b5", "GA100 [A100 PCIe 80GB]"),
+            PciGpu("0000:86:00.0", "0x20b5", "GA100 [A100 PCIe 80GB]"),
+        ),
         loaded_modules=frozenset({"nvidia", "nvidia_uvm"}),
-        secure_boot=False, nouveau_blacklisted_by=("/etc/modprobe.d/gpunode-blacklist-nouveau.conf",),
+        secure_boot=False,
+        nouveau_blacklisted_by=("/etc/modprobe.d/gpunode-blacklist-nouveau.conf",),
         initramfs_tools=("update-initramfs",),
         nvml=debian_library(),
         package_manager="dpkg",
-        packages={"libnvidia-ml1": f"{DRIVER}-1", "nvidia-smi": f"{DRIVER}-1",
-                  "nvidia-container-toolkit": "1.17.8-1", "nvidia-container-toolkit-base": "1.17.8-1"},
+        packages={
+            "libnvidia-ml1": f"{DRIVER}-1",
+            "nvidia-smi": f"{DRIVER}-1",
+            "nvidia-container-toolkit": "1.17.8-1",
+            "nvidia-container-toolkit-base": "1.17.8-1",
+        },
         toolkit_runtime="/usr/bin/nvidia-container-runtime",
-        containerd=ContainerdFacts("/usr/bin/containerd", "containerd github.com/containerd/containerd 1.7.24",
-                                   "/etc/containerd/config.toml", "version = 2\n", dump(), None),
-        k3s_binary=None, k3s_templates=(),
-        kubelet=KubeletFacts(True, "kubelet", ("/usr/bin/kubelet", f"--root-dir={ROOT}"), ROOT, "/usr/bin/kubelet",
-                             (KUBELET_SOCKET, PLUGIN_SOCKET), (f"{ROOT}/device-plugins/kubelet_internal_checkpoint",)),
+        containerd=ContainerdFacts(
+            "/usr/bin/containerd",
+            "containerd github.com/containerd/containerd 1.7.24",
+            "/etc/containerd/config.toml",
+            "version = 2\n",
+            dump(),
+            None,
+        ),
+        k3s_binary=None,
+        k3s_templates=(),
+        kubelet=KubeletFacts(
+            True,
+            "kubelet",
+            ("/usr/bin/kubelet", f"--root-dir={ROOT}"),
+            ROOT,
+            "/usr/bin/kubelet",
+            (KUBELET_SOCKET, PLUGIN_SOCKET),
+            (f"{ROOT}/device-plugins/kubelet_internal_checkpoint",),
+        ),
         apt_sources={},
         diagnostics=healthy_diagnostics(),
     )
@@ -110,18 +138,37 @@ def healthy_host(**changes: Any) -> HostFacts:
 # --- the cluster -------------------------------------------------------------------------------
 
 
-def gpu_node(allocatable: str | None = "2", capacity: str | None = "2", labels: dict[str, str] | None = None,
-             taints: list[JSON] | None = None, ready: str = "True") -> JSON:
-    status: JSON = {"capacity": {"cpu": "32"}, "allocatable": {"cpu": "32"},
-                    "conditions": [{"type": "Ready", "status": ready, "reason": "KubeletReady"}]}
+def gpu_node(
+    allocatable: str | None = "2",
+    capacity: str | None = "2",
+    labels: dict[str, str] | None = None,
+    taints: list[JSON] | None = None,
+    ready: str = "True",
+) -> JSON:
+    status: JSON = {
+        "capacity": {"cpu": "32"},
+        "allocatable": {"cpu": "32"},
+        "conditions": [{"type": "Ready", "status": ready, "reason": "KubeletReady"}],
+    }
     if capacity is not None:
         status["capacity"]["nvidia.com/gpu"] = capacity
     if allocatable is not None:
         status["allocatable"]["nvidia.com/gpu"] = allocatable
-    node: JSON = {"apiVersion": "v1", "kind": "Node",
-                  "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux",
-                                                        "gpunode.io/driver-version": DRIVER, **(labels or {})}},
-                  "spec": {}, "status": status}
+    node: JSON = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE,
+            "labels": {
+                "kubernetes.io/hostname": NODE,
+                "kubernetes.io/os": "linux",
+                "gpunode.io/driver-version": DRIVER,
+                **(labels or {}),
+            },
+        },
+        "spec": {},
+        "status": status,
+    }
     if taints:
         node["spec"]["taints"] = taints
     return node
@@ -143,16 +190,35 @@ def runtime_class(handler: str = "nvidia") -> JSON:
 
 
 def running(started: str = "2025-06-15T10:00:00Z", restarts: int = 0, ready: bool = True) -> JSON:
-    return {"phase": "Running", "containerStatuses": [{
-        "name": "gpunode-device-plugin", "ready": ready, "restartCount": restarts,
-        "state": {"running": {"startedAt": started}}, "lastState": {}}]}
+    return {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": ready,
+                "restartCount": restarts,
+                "state": {"running": {"startedAt": started}},
+                "lastState": {},
+            }
+        ],
+    }
 
 
 def crashing(message: str = "", exit_code: int = 1, restarts: int = 4) -> JSON:
-    return {"phase": "Running", "containerStatuses": [{
-        "name": "gpunode-device-plugin", "ready": False, "restartCount": restarts,
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
-        "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message}}}]}
+    return {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": restarts,
+                "state": {
+                    "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+                },
+                "lastState": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message}},
+            }
+        ],
+    }
 
 
 def plugin_pod(daemonset: JSON, status: JSON | None = None) -> JSON:
@@ -162,13 +228,26 @@ def plugin_pod(daemonset: JSON, status: JSON | None = None) -> JSON:
     for container in spec["containers"]:
         container.setdefault("name", "gpunode-device-plugin")
     name = daemonset["metadata"]["name"] + "-x7k2p"
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": daemonset["metadata"].get("namespace", "kube-system"),
-                         "labels": template["metadata"].get("labels", {}),
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "controller": True,
-                                              "name": daemonset["metadata"]["name"],
-                                              "uid": daemonset["metadata"]["uid"]}]},
-            "spec": spec, "status": status or running()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": daemonset["metadata"].get("namespace", "kube-system"),
+            "labels": template["metadata"].get("labels", {}),
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "DaemonSet",
+                    "controller": True,
+                    "name": daemonset["metadata"]["name"],
+                    "uid": daemonset["metadata"]["uid"],
+                }
+            ],
+        },
+        "spec": spec,
+        "status": status or running(),
+    }
 
 
 REGISTERED_LOG = (
@@ -181,10 +260,14 @@ REGISTERED_LOG = (
 def healthy_view(**changes: Any) -> ClusterView:
     daemonset = gpunode_daemonset()
     values: dict[str, Any] = {
-        "node_name": NODE, "node": gpu_node(), "node_events": (),
+        "node_name": NODE,
+        "node": gpu_node(),
+        "node_events": (),
         "daemonsets": (daemonset,),
         "plugin_pods": (PodEvidence(plugin_pod(daemonset), logs=REGISTERED_LOG),),
-        "runtime_classes": (runtime_class(),), "cluster_policies": None, "other_pods": (),
+        "runtime_classes": (runtime_class(),),
+        "cluster_policies": None,
+        "other_pods": (),
     }
     values.update(changes)
     return ClusterView(**values)
@@ -193,7 +276,8 @@ def healthy_view(**changes: Any) -> ClusterView:
 def case(host: HostFacts | None | bool = True, view: ClusterView | None | bool = True, **changes: Any) -> DoctorCase:
     """A case for node gpu01; host/view True: the healthy ones, None: not given."""
     values: dict[str, Any] = {
-        "subject": NODE, "node_name": NODE,
+        "subject": NODE,
+        "node_name": NODE,
         "host": healthy_host() if host is True else host or None,
         "cluster": healthy_view() if view is True else view or None,
         "named_gpu_node": True,

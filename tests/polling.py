@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-               interval: float = 0.05) -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> Any:
     """The first truthy value `check()` returns; AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:

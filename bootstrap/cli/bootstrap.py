@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
-from gpunode.bootstrap.core.cluster_plan import ClusterSettings, validate_cluster_settings
-from gpunode.bootstrap.core.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
+from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
+from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.report import format_reports, reports_to_json
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
@@ -29,77 +29,167 @@ def _confirm(plan: str) -> bool:
 
 @click.command("bootstrap")
 @click.argument("hosts", nargs=-1, metavar="[HOST]...")
-@click.option("-i", "--inventory", metavar="FILE",
-              help="A pyinfra inventory file (see inventory/fleet.py, inventory/homelab.py) "
-                   "instead of HOST arguments; settings come from its data as gpunode_<setting>.")
+@click.option(
+    "-i",
+    "--inventory",
+    metavar="FILE",
+    help="A pyinfra inventory file (see inventory/fleet.py, inventory/homelab.py) "
+    "instead of HOST arguments; settings come from its data as gpunode_<setting>.",
+)
 @click.option("--ssh-user", metavar="USER", help="SSH user (default: inventory data, then your SSH config).")
 @click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
 @click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
 @click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
 @click.option("--known-hosts", metavar="FILE", help="known_hosts file to check host keys against.")
-@click.option("--sudo/--no-sudo", default=None,
-              help="Run commands through sudo on the hosts (needed when the SSH user is not root).")
-@click.option("--kernel-module", type=click.Choice(["dkms", "precompiled", "none"]),
-              help="How the nvidia kernel module gets there: built by DKMS, the distro's signed "
-                   "precompiled modules, or none (managed elsewhere; userspace only). Default dkms.")
+@click.option(
+    "--sudo/--no-sudo",
+    default=None,
+    help="Run commands through sudo on the hosts (needed when the SSH user is not root).",
+)
+@click.option(
+    "--kernel-module",
+    type=click.Choice(["dkms", "precompiled", "none"]),
+    help="How the nvidia kernel module gets there: built by DKMS, the distro's signed "
+    "precompiled modules, or none (managed elsewhere; userspace only). Default dkms.",
+)
 @click.option("--driver-branch", metavar="BRANCH", help="NVIDIA driver branch, e.g. 535.")
-@click.option("--driver-version", metavar="VERSION",
-              help="Exact driver version (535.261.03, or the distro package version). Default: "
-                   "keep the installed one; on a new host, the branch's current release. Pinned.")
-@click.option("--open-modules", "driver_flavour", flag_value="open", default=None,
-              help="Use NVIDIA's open kernel modules.")
+@click.option(
+    "--driver-version",
+    metavar="VERSION",
+    help="Exact driver version (535.261.03, or the distro package version). Default: "
+    "keep the installed one; on a new host, the branch's current release. Pinned.",
+)
+@click.option(
+    "--open-modules", "driver_flavour", flag_value="open", default=None, help="Use NVIDIA's open kernel modules."
+)
 @click.option("--toolkit-version", metavar="VERSION", help="NVIDIA container toolkit version, e.g. 1.17.8-1.")
-@click.option("--toolkit-packages", metavar="DIR",
-              help="Install the container toolkit from this local directory of .deb/.rpm files "
-                   "(air-gapped hosts) instead of NVIDIA's repository.")
+@click.option(
+    "--toolkit-packages",
+    metavar="DIR",
+    help="Install the container toolkit from this local directory of .deb/.rpm files "
+    "(air-gapped hosts) instead of NVIDIA's repository.",
+)
 @click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
 @click.option("--runtime-path", metavar="PATH", help="The toolkit's runtime binary on the hosts.")
-@click.option("--in-place", "containerd_in_place", is_flag=True, default=None,
-              help="Edit containerd's config.toml itself instead of adding a drop-in file.")
-@click.option("--set-default-runtime", is_flag=True, default=None,
-              help="Also make nvidia containerd's default runtime (pods still need RuntimeClass).")
-@click.option("--containerd-restart-command", metavar="CMD",
-              help="How to restart containerd on hosts without systemd (runit, s6, supervisord).")
-@click.option("--plugin-mode", type=click.Choice(["daemonset", "host"]),
-              help="daemonset: the plugin runs in the cluster; host: a systemd service on the node.")
-@click.option("--plugin-package", metavar="SPEC|FILE",
-              help="What pip installs on the node in host plugin mode (default gpunode==<this version>).")
-@click.option("--plugin-wheels", metavar="DIR",
-              help="Host plugin mode without an index: upload these wheels (gpunode and click, grpcio, "
-                   "protobuf, nvidia-ml-py for the node's Python) and install only from them.")
-@click.option("--allow-no-gpu", is_flag=True, default=None,
-              help="Go on when the host has no NVIDIA GPU (testing, image building).")
+@click.option(
+    "--in-place",
+    "containerd_in_place",
+    is_flag=True,
+    default=None,
+    help="Edit containerd's config.toml itself instead of adding a drop-in file.",
+)
+@click.option(
+    "--set-default-runtime",
+    is_flag=True,
+    default=None,
+    help="Also make nvidia containerd's default runtime (pods still need RuntimeClass).",
+)
+@click.option(
+    "--containerd-restart-command",
+    metavar="CMD",
+    help="How to restart containerd on hosts without systemd (runit, s6, supervisord).",
+)
+@click.option(
+    "--plugin-mode",
+    type=click.Choice(["daemonset", "host"]),
+    help="daemonset: the plugin runs in the cluster; host: a systemd service on the node.",
+)
+@click.option(
+    "--plugin-package",
+    metavar="SPEC|FILE",
+    help="What pip installs on the node in host plugin mode (default gpunode==<this version>).",
+)
+@click.option(
+    "--plugin-wheels",
+    metavar="DIR",
+    help="Host plugin mode without an index: upload these wheels (gpunode and click, grpcio, "
+    "protobuf, nvidia-ml-py for the node's Python) and install only from them.",
+)
+@click.option(
+    "--allow-no-gpu",
+    is_flag=True,
+    default=None,
+    help="Go on when the host has no NVIDIA GPU (testing, image building).",
+)
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
 @kube_options
-@click.option("--plugin", type=click.Choice(PLUGINS), default="bundled", show_default=True,
-              help="bundled: gpunode's own device plugin; nvidia: NVIDIA's k8s-device-plugin image "
-                   "(same mounts).")
-@click.option("--mode", type=click.Choice(MODES), default="mount", show_default=True,
-              help="mount: the node's real NVML library file mounted, /dev, privileged; runtime: "
-                   "runtimeClassName nvidia, the NVIDIA runtime injects library and devices.")
-@click.option("--image", metavar="REF",
-              help="Device plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
-                   f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).")
-@click.option("--namespace", default="kube-system", show_default=True, metavar="NS",
-              help="Namespace of the device plugin DaemonSets.")
+@click.option(
+    "--plugin",
+    type=click.Choice(PLUGINS),
+    default="bundled",
+    show_default=True,
+    help="bundled: gpunode's own device plugin; nvidia: NVIDIA's k8s-device-plugin image (same mounts).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="mount",
+    show_default=True,
+    help="mount: the node's real NVML library file mounted, /dev, privileged; runtime: "
+    "runtimeClassName nvidia, the NVIDIA runtime injects library and devices.",
+)
+@click.option(
+    "--image",
+    metavar="REF",
+    help="Device plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
+    f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).",
+)
+@click.option(
+    "--namespace",
+    default="kube-system",
+    show_default=True,
+    metavar="NS",
+    help="Namespace of the device plugin DaemonSets.",
+)
 @toleration_option
-@click.option("--rollout-timeout", type=click.FloatRange(0, 3600), default=180, show_default=True,
-              metavar="SECONDS", help="How long the device plugin may take to run on a node.")
-@click.option("--verify-timeout", type=click.FloatRange(0, 3600), default=120, show_default=True,
-              metavar="SECONDS", help="How long Allocatable nvidia.com/gpu may take to reach the GPU count.")
+@click.option(
+    "--rollout-timeout",
+    type=click.FloatRange(0, 3600),
+    default=180,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the device plugin may take to run on a node.",
+)
+@click.option(
+    "--verify-timeout",
+    type=click.FloatRange(0, 3600),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long Allocatable nvidia.com/gpu may take to reach the GPU count.",
+)
 @click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
-@click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True,
-              help="Hosts worked on at once.")
+@click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts worked on at once.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | None, ssh_port: int | None,
-              ssh_key: str | None, ssh_config: str | None, known_hosts: str | None, sudo: bool | None,
-              skip_cluster: bool, kubeconfig: str | None, kube_context: str | None, kube_host: str | None,
-              kubectl_path: str, plugin: str, mode: str, image: str | None, namespace: str,
-              tolerations: tuple[str, ...], rollout_timeout: float, verify_timeout: float,
-              dry_run: bool, yes: bool, parallel: int, output: str,
-              **settings: Any) -> None:
+def bootstrap(
+    hosts: tuple[str, ...],
+    inventory: str | None,
+    ssh_user: str | None,
+    ssh_port: int | None,
+    ssh_key: str | None,
+    ssh_config: str | None,
+    known_hosts: str | None,
+    sudo: bool | None,
+    skip_cluster: bool,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    kube_host: str | None,
+    kubectl_path: str,
+    plugin: str,
+    mode: str,
+    image: str | None,
+    namespace: str,
+    tolerations: tuple[str, ...],
+    rollout_timeout: float,
+    verify_timeout: float,
+    dry_run: bool,
+    yes: bool,
+    parallel: int,
+    output: str,
+    **settings: Any,
+) -> None:
     """Bring HOSTs (or an inventory) to working Kubernetes GPU nodes, idempotently.
 
     \b
@@ -125,29 +215,46 @@ def bootstrap(hosts: tuple[str, ...], inventory: str | None, ssh_user: str | Non
     from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
 
     if not dry_run and not yes and not sys.stdin.isatty():
-        raise UserError("bootstrap changes hosts and this is not an interactive terminal.",
-                        fix="pass --yes to apply, or --dry-run to see the plan")
+        raise UserError(
+            "bootstrap changes hosts and this is not an interactive terminal.",
+            fix="pass --yes to apply, or --dry-run to see the plan",
+        )
     # Flags are checked before any host is contacted: a bad flag is the user's, not a host's.
     resolve_settings("command line", {}, settings)
     cluster = None
     if not skip_cluster:
         cluster_settings = ClusterSettings(
-            plugin=plugin, mode=mode, image=image, namespace=namespace,  # type: ignore[arg-type]
+            plugin=plugin,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]
+            image=image,
+            namespace=namespace,
             tolerations=parse_tolerations(tolerations),
-            rollout_timeout=rollout_timeout, verify_timeout=verify_timeout,
+            rollout_timeout=rollout_timeout,
+            verify_timeout=verify_timeout,
         )
         validate_cluster_settings(cluster_settings)
-        access = kube_access(kubeconfig=kubeconfig, kube_context=kube_context, kube_host=kube_host,
-                             kubectl_path=kubectl_path, ssh_key=ssh_key, ssh_config=ssh_config,
-                             known_hosts=known_hosts, ssh_user=ssh_user)
+        access = kube_access(
+            kubeconfig=kubeconfig,
+            kube_context=kube_context,
+            kube_host=kube_host,
+            kubectl_path=kubectl_path,
+            ssh_key=ssh_key,
+            ssh_config=ssh_config,
+            known_hosts=known_hosts,
+            ssh_user=ssh_user,
+        )
         cluster = ClusterRequest(access, cluster_settings)
-    override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
-                        known_hosts=known_hosts, sudo=sudo)
+    override = ssh_data(
+        user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config, known_hosts=known_hosts, sudo=sudo
+    )
     pyinfra_inventory = make_inventory(hosts, inventory, override)
     request = BootstrapRequest(
-        overrides=settings, dry_run=dry_run, parallel=parallel,
+        overrides=settings,
+        dry_run=dry_run,
+        parallel=parallel,
         confirm=None if (yes or dry_run) else _confirm,
-        progress=_progress(output == "json"), cluster=cluster,
+        progress=_progress(output == "json"),
+        cluster=cluster,
     )
     result = run_bootstrap(pyinfra_inventory, request)
     reports = result.reports

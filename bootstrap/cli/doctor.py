@@ -16,14 +16,20 @@ def _text(value: object) -> str | None:
 @click.command("doctor")
 @click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @click.option("-i", "--inventory", metavar="FILE", help="A pyinfra inventory file instead of HOST arguments.")
-@click.option("--node", "nodes", multiple=True, metavar="NAME",
-              help="A Kubernetes node to judge (repeatable). With one HOST: that host's node name, "
-                   "when it differs from the host's.")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    metavar="NAME",
+    help="A Kubernetes node to judge (repeatable). With one HOST: that host's node name, "
+    "when it differs from the host's.",
+)
 @click.option("--pod", metavar="NS/NAME", help="A GPU pod that does not work (Pending, crashing, no GPU inside).")
 @click.option("--kubeconfig", metavar="FILE", help="kubeconfig for kubectl (default: kubectl's own).")
 @click.option("--context", metavar="NAME", help="kubeconfig context.")
-@click.option("--kube-host", metavar="HOST",
-              help="Run kubectl on this control host over SSH (with the SSH options below).")
+@click.option(
+    "--kube-host", metavar="HOST", help="Run kubectl on this control host over SSH (with the SSH options below)."
+)
 @click.option("--no-cluster", is_flag=True, help="Judge the HOSTs only; do not run kubectl.")
 @click.option("--ssh-user", metavar="USER", help="SSH user (default: inventory data, then your SSH config).")
 @click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
@@ -34,11 +40,25 @@ def _text(value: object) -> str | None:
 @click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts read at once.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...], pod: str | None,
-           kubeconfig: str | None, context: str | None, kube_host: str | None, no_cluster: bool,
-           ssh_user: str | None, ssh_port: int | None, ssh_key: str | None, ssh_config: str | None,
-           known_hosts: str | None, sudo: bool | None, containerd_config: str | None, parallel: int,
-           output: str) -> None:
+def doctor(
+    hosts: tuple[str, ...],
+    inventory: str | None,
+    nodes: tuple[str, ...],
+    pod: str | None,
+    kubeconfig: str | None,
+    context: str | None,
+    kube_host: str | None,
+    no_cluster: bool,
+    ssh_user: str | None,
+    ssh_port: int | None,
+    ssh_key: str | None,
+    ssh_config: str | None,
+    known_hosts: str | None,
+    sudo: bool | None,
+    containerd_config: str | None,
+    parallel: int,
+    output: str,
+) -> None:
     """Walk the GPU chain of nodes and name the link that broke, its evidence and its fix.
 
     \b
@@ -63,13 +83,15 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
     Exit status: 0 healthy, 1 problems found, 2 could not check (or bad input).
     """
     from gpunode.bootstrap.cluster.kubectl import KubeAccess, SshTarget
-    from gpunode.bootstrap.core.diagnosis import format_text
+    from gpunode.bootstrap.core.doctor.engine import format_text
 
     target_pod = None
     inventory_object = None
     if no_cluster and (kubeconfig or context or kube_host or pod):
-        raise UserError("--no-cluster leaves kubectl out, but --kubeconfig, --context, --kube-host or --pod need it.",
-                        fix="drop --no-cluster, or the cluster options")
+        raise UserError(
+            "--no-cluster leaves kubectl out, but --kubeconfig, --context, --kube-host or --pod need it.",
+            fix="drop --no-cluster, or the cluster options",
+        )
     if no_cluster and not hosts and not inventory:
         raise UserError("--no-cluster with no HOST leaves nothing to check.", fix="name a host: gpunode doctor HOST")
     override: dict[str, object] = {}
@@ -77,8 +99,9 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
         # pyinfra (imported by the targets module) is only needed when SSH is.
         from gpunode.bootstrap.orchestration.targets import ssh_data
 
-        override = ssh_data(user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config,
-                            known_hosts=known_hosts, sudo=sudo)
+        override = ssh_data(
+            user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config, known_hosts=known_hosts, sudo=sudo
+        )
     if hosts or inventory:
         from gpunode.bootstrap.orchestration.green import patch_for_pyinfra
 
@@ -97,13 +120,23 @@ def doctor(hosts: tuple[str, ...], inventory: str | None, nodes: tuple[str, ...]
             from gpunode.bootstrap.orchestration.targets import parse_target
 
             name, data = parse_target(kube_host)
-            control = SshTarget(host=name, user=data.get("ssh_user") or ssh_user,
-                                port=data.get("ssh_port") or ssh_port, key=_text(override.get("ssh_key")),
-                                config_file=_text(override.get("ssh_config_file")),
-                                known_hosts=_text(override.get("ssh_known_hosts_file")))
+            control = SshTarget(
+                host=name,
+                user=data.get("ssh_user") or ssh_user,
+                port=data.get("ssh_port") or ssh_port,
+                key=_text(override.get("ssh_key")),
+                config_file=_text(override.get("ssh_config_file")),
+                known_hosts=_text(override.get("ssh_known_hosts_file")),
+            )
         kube = KubeAccess(kubeconfig=kubeconfig, context=context, control_host=control)
-    request = DoctorRequest(inventory=inventory_object, nodes=nodes, pod=target_pod, kube=kube,
-                            containerd_config=containerd_config, parallel=parallel)
+    request = DoctorRequest(
+        inventory=inventory_object,
+        nodes=nodes,
+        pod=target_pod,
+        kube=kube,
+        containerd_config=containerd_config,
+        parallel=parallel,
+    )
     diagnosis = run_doctor(request)
     if output == "json":
         click.echo(diagnosis.to_json())

@@ -7,7 +7,9 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
-from gpunode.bootstrap.core.manifests import (
+from gpunode.bootstrap.cli.render_alerts import alerts_command
+from gpunode.bootstrap.cli.render_containerd import containerd_command
+from gpunode.bootstrap.core.kube.manifests import (
     MIG_STRATEGIES,
     MODES,
     NVIDIA_PLUGIN_IMAGE,
@@ -19,42 +21,79 @@ from gpunode.bootstrap.core.manifests import (
     library_file_version,
     render_manifests,
 )
-from gpunode.bootstrap.cli.render_alerts import alerts_command
-from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.errors import UserError
 
 _MANIFEST_OPTIONS = (
-    "lib_path", "driver_version", "plugin", "mode", "image", "namespace", "mig_strategy",
-    "kubelet_root", "fail_on_init_error",
+    "lib_path",
+    "driver_version",
+    "plugin",
+    "mode",
+    "image",
+    "namespace",
+    "mig_strategy",
+    "kubelet_root",
+    "fail_on_init_error",
 )
 
 
 @click.group("render", invoke_without_command=True)
-@click.option("--lib-path", metavar="FILE",
-              help="The node's real NVML library file, e.g. "
-                   "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 "
-                   "(`readlink -f` of libnvidia-ml.so.1 on the node), never the .so.1 symlink. "
-                   "Required in mount mode.")
-@click.option("--driver-version", metavar="VERSION",
-              help="Driver version the DaemonSet is named and node-selected by. Default: read "
-                   "from the --lib-path file name (libnvidia-ml.so.<version>); required in "
-                   "runtime mode without --lib-path.")
-@click.option("--plugin", type=click.Choice(PLUGINS), default="bundled", show_default=True,
-              help="bundled: gpunode's own plugin; nvidia: NVIDIA's k8s-device-plugin image.")
-@click.option("--mode", type=click.Choice(MODES), default="mount", show_default=True,
-              help="mount: mount the library file, /dev, privileged; runtime: runtimeClassName "
-                   "nvidia, the NVIDIA runtime injects library and devices, SYS_ADMIN only.")
-@click.option("--image", metavar="REF",
-              help=f"Plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
-                   f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).")
+@click.option(
+    "--lib-path",
+    metavar="FILE",
+    help="The node's real NVML library file, e.g. "
+    "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 "
+    "(`readlink -f` of libnvidia-ml.so.1 on the node), never the .so.1 symlink. "
+    "Required in mount mode.",
+)
+@click.option(
+    "--driver-version",
+    metavar="VERSION",
+    help="Driver version the DaemonSet is named and node-selected by. Default: read "
+    "from the --lib-path file name (libnvidia-ml.so.<version>); required in "
+    "runtime mode without --lib-path.",
+)
+@click.option(
+    "--plugin",
+    type=click.Choice(PLUGINS),
+    default="bundled",
+    show_default=True,
+    help="bundled: gpunode's own plugin; nvidia: NVIDIA's k8s-device-plugin image.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="mount",
+    show_default=True,
+    help="mount: mount the library file, /dev, privileged; runtime: runtimeClassName "
+    "nvidia, the NVIDIA runtime injects library and devices, SYS_ADMIN only.",
+)
+@click.option(
+    "--image",
+    metavar="REF",
+    help=f"Plugin image. Default: ghcr.io/gpunode/gpunode:<gpunode version> (bundled) "
+    f"or {NVIDIA_PLUGIN_IMAGE} (nvidia).",
+)
 @click.option("--namespace", default="kube-system", show_default=True, metavar="NS")
-@click.option("--mig-strategy", type=click.Choice(MIG_STRATEGIES), default="none", show_default=True,
-              help="MIG exposure; single or mixed also turns on MIG monitoring (SYS_ADMIN).")
-@click.option("--kubelet-root", default="/var/lib/kubelet", show_default=True, metavar="DIR",
-              help="The kubelet's --root-dir on the nodes; its device-plugins dir is mounted.")
-@click.option("--fail-on-init-error/--no-fail-on-init-error", default=True, show_default=True,
-              help="Crash the plugin pod when NVML cannot start, so the failure shows instead of "
-                   "a Running pod with zero GPUs.")
+@click.option(
+    "--mig-strategy",
+    type=click.Choice(MIG_STRATEGIES),
+    default="none",
+    show_default=True,
+    help="MIG exposure; single or mixed also turns on MIG monitoring (SYS_ADMIN).",
+)
+@click.option(
+    "--kubelet-root",
+    default="/var/lib/kubelet",
+    show_default=True,
+    metavar="DIR",
+    help="The kubelet's --root-dir on the nodes; its device-plugins dir is mounted.",
+)
+@click.option(
+    "--fail-on-init-error/--no-fail-on-init-error",
+    default=True,
+    show_default=True,
+    help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
+)
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -81,8 +120,9 @@ def render(
     nothing on stdout).
     """
     if ctx.invoked_subcommand is not None:
-        given = [name for name in _MANIFEST_OPTIONS
-                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+        given = [
+            name for name in _MANIFEST_OPTIONS if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        ]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UserError(
@@ -102,8 +142,7 @@ def render(
         if lib_path is None:
             raise UserError(
                 "Runtime mode without --lib-path has no file name to read the driver version from.",
-                "Pass --driver-version (the node's driver, e.g. 535.261.03: "
-                "`cat /sys/module/nvidia/version` there).",
+                "Pass --driver-version (the node's driver, e.g. 535.261.03: `cat /sys/module/nvidia/version` there).",
             )
         driver_version = library_file_version(lib_path)
     deployment = PluginDeployment(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from gpunode.bootstrap.core.alerts import (
+from gpunode.bootstrap.core.kube.alerts import (
     DEFAULT_DAEMONSET_REGEX,
     DEFAULT_GPU_NODE_LABELS,
     AlertOptions,
@@ -26,21 +26,40 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command("alerts")
-@click.option("--plain", is_flag=True,
-              help="A plain Prometheus rule file (for rule_files:) instead of a PrometheusRule.")
-@click.option("--gpu-node-label", "gpu_node_labels", multiple=True, metavar="KEY[=VALUE]",
-              help="A node label that marks GPU nodes (repeatable; any one is enough). Default: "
-                   + ", ".join(DEFAULT_GPU_NODE_LABELS) + ". kube-state-metrics must export it "
-                   "(--metric-labels-allowlist=nodes=[KEY,...]).")
-@click.option("--daemonset-regex", default=DEFAULT_DAEMONSET_REGEX, show_default=True, metavar="RE",
-              help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's).")
-@click.option("--namespace", default="monitoring", show_default=True, metavar="NS",
-              help="The PrometheusRule's namespace.")
-@click.option("--label", "rule_labels", multiple=True, metavar="KEY=VALUE",
-              help="A label on the PrometheusRule, for the Prometheus Operator's ruleSelector "
-                   "(e.g. release=kube-prometheus-stack).")
-def alerts_command(plain: bool, gpu_node_labels: tuple[str, ...], daemonset_regex: str, namespace: str,
-                   rule_labels: tuple[str, ...]) -> None:
+@click.option(
+    "--plain", is_flag=True, help="A plain Prometheus rule file (for rule_files:) instead of a PrometheusRule."
+)
+@click.option(
+    "--gpu-node-label",
+    "gpu_node_labels",
+    multiple=True,
+    metavar="KEY[=VALUE]",
+    help="A node label that marks GPU nodes (repeatable; any one is enough). Default: "
+    + ", ".join(DEFAULT_GPU_NODE_LABELS)
+    + ". kube-state-metrics must export it "
+    "(--metric-labels-allowlist=nodes=[KEY,...]).",
+)
+@click.option(
+    "--daemonset-regex",
+    default=DEFAULT_DAEMONSET_REGEX,
+    show_default=True,
+    metavar="RE",
+    help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's).",
+)
+@click.option(
+    "--namespace", default="monitoring", show_default=True, metavar="NS", help="The PrometheusRule's namespace."
+)
+@click.option(
+    "--label",
+    "rule_labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label on the PrometheusRule, for the Prometheus Operator's ruleSelector "
+    "(e.g. release=kube-prometheus-stack).",
+)
+def alerts_command(
+    plain: bool, gpu_node_labels: tuple[str, ...], daemonset_regex: str, namespace: str, rule_labels: tuple[str, ...]
+) -> None:
     """Print the alert rules that catch a GPU node that stopped advertising its GPUs.
 
     \b
@@ -55,6 +74,8 @@ def alerts_command(plain: bool, gpu_node_labels: tuple[str, ...], daemonset_rege
     """
     options = AlertOptions(
         gpu_node_labels=gpu_node_labels or DEFAULT_GPU_NODE_LABELS,
-        daemonset_regex=daemonset_regex, namespace=namespace, rule_labels=_labels(rule_labels),
+        daemonset_regex=daemonset_regex,
+        namespace=namespace,
+        rule_labels=_labels(rule_labels),
     )
     click.echo(render_rule_file(options) if plain else render_prometheus_rule(options), nl=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from gpunode.bootstrap.core.containerd import (
+from gpunode.bootstrap.core.containerd.plan import (
     DEFAULT_DROPIN_PATH,
     FileChange,
     RuntimeSettings,
@@ -31,7 +31,9 @@ def _read_config(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a containerd config file.", fix="give the config file itself.") from None
+        raise UserError(
+            f"{path} is a directory, not a containerd config file.", fix="give the config file itself."
+        ) from None
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{path} is not UTF-8 text (byte {exc.start}), so it is no TOML file containerd reads.",
@@ -128,7 +130,9 @@ def containerd_command(
         in_place=in_place,
         dropin_path=dropin_path,
     )
-    plan = plan_runtime_merge(text, containerd_version=version, settings=settings, config_path=str(config_file), k3s=k3s)
+    plan = plan_runtime_merge(
+        text, containerd_version=version, settings=settings, config_path=str(config_file), k3s=k3s
+    )
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     if show_diff:

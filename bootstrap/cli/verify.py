@@ -8,7 +8,7 @@ import sys
 import click
 
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
-from gpunode.bootstrap.core.manifests import DEFAULT_VERIFY_IMAGE
+from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE
 from gpunode.bootstrap.errors import GpunodeError, UserError
 
 EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
@@ -16,29 +16,67 @@ EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
 
 @click.command("verify")
 @click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
-@click.option("--expect", type=click.IntRange(0, 4096), metavar="N",
-              help="GPUs each node must advertise. Default: what gpunode bootstrap recorded on the "
-                   "node (annotation gpunode.io/gpu-count), else the node's capacity.")
-@click.option("--timeout", type=click.FloatRange(0, 3600), default=60, show_default=True, metavar="SECONDS",
-              help="Wait up to this long for every node to be OK (0: look once).")
+@click.option(
+    "--expect",
+    type=click.IntRange(0, 4096),
+    metavar="N",
+    help="GPUs each node must advertise. Default: what gpunode bootstrap recorded on the "
+    "node (annotation gpunode.io/gpu-count), else the node's capacity.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 3600),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait up to this long for every node to be OK (0: look once).",
+)
 @kube_options
 @click.option("--ssh-key", metavar="FILE", help="SSH private key for --kube-host.")
 @click.option("--ssh-config", metavar="FILE", help="ssh_config file for --kube-host.")
 @click.option("--known-hosts", metavar="FILE", help="known_hosts file for --kube-host.")
-@click.option("--workload", is_flag=True,
-              help="Also run a pod with runtimeClassName nvidia and nvidia.com/gpu: 1 on each OK node; "
-                   "its `nvidia-smi -L` must name a GPU. The pod is deleted afterwards.")
-@click.option("--workload-image", default=DEFAULT_VERIFY_IMAGE, show_default=True, metavar="REF",
-              help="Image of the workload pod (any glibc image: the NVIDIA runtime injects nvidia-smi).")
+@click.option(
+    "--workload",
+    is_flag=True,
+    help="Also run a pod with runtimeClassName nvidia and nvidia.com/gpu: 1 on each OK node; "
+    "its `nvidia-smi -L` must name a GPU. The pod is deleted afterwards.",
+)
+@click.option(
+    "--workload-image",
+    default=DEFAULT_VERIFY_IMAGE,
+    show_default=True,
+    metavar="REF",
+    help="Image of the workload pod (any glibc image: the NVIDIA runtime injects nvidia-smi).",
+)
 @click.option("--workload-namespace", default="default", show_default=True, metavar="NS")
-@click.option("--workload-timeout", type=click.FloatRange(1, 3600), default=120, show_default=True,
-              metavar="SECONDS", help="How long the workload pod may take to finish.")
+@click.option(
+    "--workload-timeout",
+    type=click.FloatRange(1, 3600),
+    default=120,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the workload pod may take to finish.",
+)
 @toleration_option
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def verify(nodes: tuple[str, ...], expect: int | None, timeout: float, kubeconfig: str | None,
-           kube_context: str | None, kube_host: str | None, kubectl_path: str, ssh_key: str | None,
-           ssh_config: str | None, known_hosts: str | None, workload: bool, workload_image: str,
-           workload_namespace: str, workload_timeout: float, tolerations: tuple[str, ...], output: str) -> None:
+def verify(
+    nodes: tuple[str, ...],
+    expect: int | None,
+    timeout: float,
+    kubeconfig: str | None,
+    kube_context: str | None,
+    kube_host: str | None,
+    kubectl_path: str,
+    ssh_key: str | None,
+    ssh_config: str | None,
+    known_hosts: str | None,
+    workload: bool,
+    workload_image: str,
+    workload_namespace: str,
+    workload_timeout: float,
+    tolerations: tuple[str, ...],
+    output: str,
+) -> None:
     """Check that each NODE's Allocatable nvidia.com/gpu equals its GPUs, waiting up to --timeout.
 
     \b
@@ -62,19 +100,33 @@ def verify(nodes: tuple[str, ...], expect: int | None, timeout: float, kubeconfi
     for name in nodes:
         if not name or len(name) > 253 or any(c in name for c in " \t\n\0/"):
             raise UserError(f"{name!r} is not a node name.", fix="give node names as `kubectl get nodes` shows them")
-    access = kube_access(kubeconfig=kubeconfig, kube_context=kube_context, kube_host=kube_host,
-                         kubectl_path=kubectl_path, ssh_key=ssh_key, ssh_config=ssh_config,
-                         known_hosts=known_hosts)
-    request = VerifyRequest(nodes=nodes, expect=expect, timeout=timeout, workload=workload,
-                            workload_namespace=workload_namespace, workload_image=workload_image,
-                            workload_timeout=workload_timeout, tolerations=parse_tolerations(tolerations))
+    access = kube_access(
+        kubeconfig=kubeconfig,
+        kube_context=kube_context,
+        kube_host=kube_host,
+        kubectl_path=kubectl_path,
+        ssh_key=ssh_key,
+        ssh_config=ssh_config,
+        known_hosts=known_hosts,
+    )
+    request = VerifyRequest(
+        nodes=nodes,
+        expect=expect,
+        timeout=timeout,
+        workload=workload,
+        workload_namespace=workload_namespace,
+        workload_image=workload_image,
+        workload_timeout=workload_timeout,
+        tolerations=parse_tolerations(tolerations),
+    )
     try:
         checks = verify_nodes(Kubectl(access), request)
     except GpunodeError as exc:
         # Could not check: no cluster, refused credentials, kubectl failing.
         if output == "json":
-            click.echo(json.dumps({"ok": False, "exit_code": EXIT_COULD_NOT_CHECK, "error": str(exc),
-                                   "nodes": []}, indent=2))
+            click.echo(
+                json.dumps({"ok": False, "exit_code": EXIT_COULD_NOT_CHECK, "error": str(exc), "nodes": []}, indent=2)
+            )
         click.echo(f"gpunode: could not check: {exc}", err=True)
         sys.exit(EXIT_COULD_NOT_CHECK)
     if not all(c.verdict.checked for c in checks):
@@ -84,8 +136,9 @@ def verify(nodes: tuple[str, ...], expect: int | None, timeout: float, kubeconfi
     else:
         code = EXIT_NOT_OK
     if output == "json":
-        click.echo(json.dumps({"ok": code == EXIT_OK, "exit_code": code,
-                               "nodes": [c.as_dict() for c in checks]}, indent=2))
+        click.echo(
+            json.dumps({"ok": code == EXIT_OK, "exit_code": code, "nodes": [c.as_dict() for c in checks]}, indent=2)
+        )
     else:
         for check in checks:
             head, *rest = check.lines()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl, KubectlError
-from gpunode.bootstrap.core.doctor_evidence import JSON, ClusterView, PodEvidence
-from gpunode.bootstrap.core.kube_view import (
+from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, PodEvidence
+from gpunode.bootstrap.core.kube.view import (
     GPU_RESOURCE,
     container_states,
     containers_of,
@@ -51,8 +51,11 @@ def gpu_nodes(nodes: Sequence[JSON]) -> list[str]:
     """Nodes that carry a GPU label or advertise (or once advertised) nvidia.com/gpu."""
     found = []
     for node in nodes:
-        if gpu_node_labels(node) or resource_value(node, "capacity") is not None \
-                or resource_value(node, "allocatable") is not None:
+        if (
+            gpu_node_labels(node)
+            or resource_value(node, "capacity") is not None
+            or resource_value(node, "allocatable") is not None
+        ):
             found.append(name_of(node))
     return sorted(found)
 
@@ -125,16 +128,18 @@ class ClusterReader:
         if node is None:
             return self._view(snapshot, node_name, None, [], [], [])
         with ThreadPoolExecutor(max_workers=2) as pool:
-            pods_job = pool.submit(self._optional_list, "pods", all_namespaces=True,
-                                   field_selector=f"spec.nodeName={node_name}")
+            pods_job = pool.submit(
+                self._optional_list, "pods", all_namespaces=True, field_selector=f"spec.nodeName={node_name}"
+            )
             events_job = pool.submit(self._events, None, "Node", node_name)
             pods_or_error, node_events = pods_job.result(), events_job.result()
         gaps = [f"pods on {node_name} could not be listed: {pods_or_error}"] if isinstance(pods_or_error, str) else []
         pods = pods_or_error if isinstance(pods_or_error, list) else []
         plugin_pods, others = self._split(snapshot, pods)
         evidence = self._pods_evidence(plugin_pods + others)
-        return self._view(snapshot, node_name, node, node_events, evidence[:len(plugin_pods)],
-                          evidence[len(plugin_pods):], gaps)
+        return self._view(
+            snapshot, node_name, node, node_events, evidence[: len(plugin_pods)], evidence[len(plugin_pods) :], gaps
+        )
 
     def _split(self, snapshot: ClusterSnapshot, pods: Sequence[JSON]) -> tuple[list[JSON], list[JSON]]:
         plugin_pods = [p for p in pods if any(controlled_by(p, ds) for ds in snapshot.daemonsets)]
@@ -142,15 +147,25 @@ class ClusterReader:
         return plugin_pods, others
 
     @staticmethod
-    def _view(snapshot: ClusterSnapshot, node_name: str, node: JSON | None, node_events: Sequence[JSON],
-              plugin_pods: Sequence[PodEvidence], others: Sequence[PodEvidence],
-              gaps: Sequence[str] = ()) -> ClusterView:
+    def _view(
+        snapshot: ClusterSnapshot,
+        node_name: str,
+        node: JSON | None,
+        node_events: Sequence[JSON],
+        plugin_pods: Sequence[PodEvidence],
+        others: Sequence[PodEvidence],
+        gaps: Sequence[str] = (),
+    ) -> ClusterView:
         return ClusterView(
-            node_name=node_name, node=node, node_events=tuple(node_events),
-            daemonsets=tuple(snapshot.daemonsets), plugin_pods=tuple(plugin_pods),
+            node_name=node_name,
+            node=node,
+            node_events=tuple(node_events),
+            daemonsets=tuple(snapshot.daemonsets),
+            plugin_pods=tuple(plugin_pods),
             runtime_classes=tuple(snapshot.runtime_classes),
             cluster_policies=None if snapshot.cluster_policies is None else tuple(snapshot.cluster_policies),
-            other_pods=tuple(others), gaps=tuple(snapshot.gaps) + tuple(gaps),
+            other_pods=tuple(others),
+            gaps=tuple(snapshot.gaps) + tuple(gaps),
         )
 
     def node_views(self, snapshot: ClusterSnapshot, node_names: Sequence[str]) -> dict[str, ClusterView]:
@@ -162,8 +177,9 @@ class ClusterReader:
             return {name: self.node_view(snapshot, name) for name in names}
         with ThreadPoolExecutor(max_workers=2) as pool:
             pods_job = pool.submit(self._optional_list, "pods", all_namespaces=True)
-            events_job = pool.submit(self._optional_list, "events", all_namespaces=True,
-                                     field_selector="involvedObject.kind=Node")
+            events_job = pool.submit(
+                self._optional_list, "events", all_namespaces=True, field_selector="involvedObject.kind=Node"
+            )
             pods_or_error, events_or_error = pods_job.result(), events_job.result()
         gaps = []
         if isinstance(pods_or_error, str):
@@ -180,9 +196,14 @@ class ClusterReader:
         for name in names:
             plugin, others = chosen[name]
             views[name] = self._view(
-                snapshot, name, snapshot.nodes.get(name),
+                snapshot,
+                name,
+                snapshot.nodes.get(name),
                 [e for e in node_events if dig(e, "involvedObject", "name") == name],
-                [evidence[id(p)] for p in plugin], [evidence[id(p)] for p in others], gaps)
+                [evidence[id(p)] for p in plugin],
+                [evidence[id(p)] for p in others],
+                gaps,
+            )
         return views
 
     def _events(self, namespace: str | None, kind: str, name: str) -> list[JSON]:
@@ -218,8 +239,7 @@ class ClusterReader:
                 problem = problem or previous_problem
         return PodEvidence(pod, tuple(events), logs, previous, problem)
 
-    def _logs(self, namespace: str, name: str, container: str | None,
-              previous: bool) -> tuple[str | None, str | None]:
+    def _logs(self, namespace: str, name: str, container: str | None, previous: bool) -> tuple[str | None, str | None]:
         args = ["logs", "-n", namespace, name, f"--tail={self.log_lines}"]
         if container:
             args += ["-c", container]
@@ -259,5 +279,6 @@ def _interesting(pod: JSON) -> bool:
     if pod_gpu_limit(pod_spec_of(pod), GPU_RESOURCE) > 0:
         phase = dig(pod, "status", "phase")
         return phase in ("Pending", "Failed") or any(
-            s.state != "running" or s.restarts > 0 for s in container_states(pod))
+            s.state != "running" or s.restarts > 0 for s in container_states(pod)
+        )
     return False

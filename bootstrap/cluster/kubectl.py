@@ -134,13 +134,20 @@ class Kubectl:
             return self.access.control_host.argv() + ["--", " ".join(shlex.quote(a) for a in argv)]
         return argv
 
-    def run(self, *args: str, stdin: str | None = None, timeout: float | None = None,
-            check: bool = True, request_timeout: bool = True) -> KubectlResult:
+    def run(
+        self,
+        *args: str,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        request_timeout: bool = True,
+    ) -> KubectlResult:
         """Run kubectl; with `check`, a failure becomes the matching error."""
         if self.access.control_host is None and shutil.which(self.access.kubectl) is None:
-            raise UserError(f"kubectl ({self.access.kubectl}) is not installed on this machine.",
-                            fix="install kubectl, pass --kubectl PATH, or run kubectl on a control host "
-                                "with --kube-host HOST")
+            raise UserError(
+                f"kubectl ({self.access.kubectl}) is not installed on this machine.",
+                fix="install kubectl, pass --kubectl PATH, or run kubectl on a control host with --kube-host HOST",
+            )
         argv = self._argv(args, request_timeout=request_timeout)
         limit = timeout if timeout is not None else self.access.request_timeout * 4 + 10
         try:
@@ -156,28 +163,33 @@ class Kubectl:
         return result
 
     def error(self, result: KubectlResult) -> Exception:
-        message = (_without_klog(result.stderr) or result.stdout.strip() or f"exit status {result.returncode}")
+        message = _without_klog(result.stderr) or result.stdout.strip() or f"exit status {result.returncode}"
         command = "kubectl " + " ".join(result.args)
         if self.access.control_host is not None and result.returncode == 255:
-            return ClusterUnreachable(f"could not run kubectl on {self.access.control_host.host} over SSH: {message}",
-                                      fix="check --kube-host and the SSH options")
+            return ClusterUnreachable(
+                f"could not run kubectl on {self.access.control_host.host} over SSH: {message}",
+                fix="check --kube-host and the SSH options",
+            )
         if _UNAUTHORIZED.search(message):
-            return ClusterAuthError(f"the API server refused {self.access.describe()}'s credentials: {message}",
-                                    fix="check the kubeconfig and context (kubectl auth whoami)")
+            return ClusterAuthError(
+                f"the API server refused {self.access.describe()}'s credentials: {message}",
+                fix="check the kubeconfig and context (kubectl auth whoami)",
+            )
         forbidden = _FORBIDDEN.search(message)
         if forbidden:
             what = forbidden["resource"] + (f".{forbidden['group']}" if forbidden["group"] else "")
             scope = f" {forbidden['scope']}" if forbidden["scope"] else ""
             return ClusterAuthError(
-                f"{self.access.describe()} may not {forbidden['verb']} {what}{scope} "
-                f"(`{command}`): {message}",
+                f"{self.access.describe()} may not {forbidden['verb']} {what}{scope} (`{command}`): {message}",
                 fix=f'grant {forbidden["user"]} "{forbidden["verb"]}" on {what}{scope} (a Role or ClusterRole '
-                    "and its binding), or use a kubeconfig that has it; the README's \"Permissions\" lists "
-                    "what each command needs")
+                'and its binding), or use a kubeconfig that has it; the README\'s "Permissions" lists '
+                "what each command needs",
+            )
         if _UNREACHABLE.search(message):
-            return ClusterUnreachable(f"could not reach the cluster with {self.access.describe()}: {message}",
-                                      fix="check the kubeconfig and that the API server answers "
-                                          "(kubectl cluster-info)")
+            return ClusterUnreachable(
+                f"could not reach the cluster with {self.access.describe()}: {message}",
+                fix="check the kubeconfig and that the API server answers (kubectl cluster-info)",
+            )
         return KubectlError(f"`{command}` failed: {message}", result=result)
 
     # -- reading --------------------------------------------------------------------------
@@ -194,8 +206,15 @@ class Kubectl:
             raise self.error(result)
         return _json(result)
 
-    def list(self, kind: str, *, namespace: str | None = None, all_namespaces: bool = False,
-             selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        all_namespaces: bool = False,
+        selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
         args = ["get", kind, "-o", "json"]
         if all_namespaces:
             args.append("--all-namespaces")
@@ -218,8 +237,9 @@ def _json(result: KubectlResult) -> dict[str, Any]:
     try:
         data = json.loads(result.stdout)
     except ValueError as exc:
-        raise KubectlError(f"`kubectl {' '.join(result.args)}` printed no JSON: {result.stdout[:200]!r}",
-                           result=result) from exc
+        raise KubectlError(
+            f"`kubectl {' '.join(result.args)}` printed no JSON: {result.stdout[:200]!r}", result=result
+        ) from exc
     if not isinstance(data, dict):
         raise KubectlError(f"`kubectl {' '.join(result.args)}` printed unexpected JSON", result=result)
     return data

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl, KubectlError
-from gpunode.bootstrap.core.cluster_plan import comparable
+from gpunode.bootstrap.core.kube.cluster_plan import comparable
 from gpunode.bootstrap.log import log_event
 
 FIELD_MANAGER = "gpunode"
@@ -38,8 +38,14 @@ def describe(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('kind', 'object')} {where}{meta.get('name', '?')}"
 
 
-def apply_object(kubectl: Kubectl, obj: Mapping[str, Any], before: Mapping[str, Any] | None, *,
-                 dry_run: bool = False, force_conflicts: bool = True) -> Applied:
+def apply_object(
+    kubectl: Kubectl,
+    obj: Mapping[str, Any],
+    before: Mapping[str, Any] | None,
+    *,
+    dry_run: bool = False,
+    force_conflicts: bool = True,
+) -> Applied:
     """Server-side apply `obj` as field manager gpunode; `before` is the object as read.
 
     `force_conflicts`: gpunode is the authority over what it owns; a field someone changed
@@ -54,8 +60,9 @@ def apply_object(kubectl: Kubectl, obj: Mapping[str, Any], before: Mapping[str, 
     try:
         after = json.loads(result.stdout)
     except ValueError as exc:
-        raise KubectlError(f"`kubectl apply` of {describe(obj)} printed no JSON: {result.stdout[:200]!r}",
-                           result=result) from exc
+        raise KubectlError(
+            f"`kubectl apply` of {describe(obj)} printed no JSON: {result.stdout[:200]!r}", result=result
+        ) from exc
     if isinstance(after, dict) and after.get("kind") == "List":
         items = after.get("items") or []
         after = items[0] if items else {}
@@ -67,15 +74,25 @@ def apply_object(kubectl: Kubectl, obj: Mapping[str, Any], before: Mapping[str, 
     return applied
 
 
-def patch_metadata(kubectl: Kubectl, kind: str, name: str, patch: Mapping[str, Any], *,
-                   dry_run: bool = False) -> dict[str, Any]:
+def patch_metadata(
+    kubectl: Kubectl, kind: str, name: str, patch: Mapping[str, Any], *, dry_run: bool = False
+) -> dict[str, Any]:
     """A JSON merge patch of labels/annotations, as field manager gpunode.
 
     A merge patch, not an apply: applying a Node that has just gone away would create a
     bogus one, while a patch of a missing node fails with NotFound.
     """
-    args = ["patch", kind, name, "--type=merge", f"--field-manager={FIELD_MANAGER}",
-            "-p", json.dumps(patch), "-o", "json"]
+    args = [
+        "patch",
+        kind,
+        name,
+        "--type=merge",
+        f"--field-manager={FIELD_MANAGER}",
+        "-p",
+        json.dumps(patch),
+        "-o",
+        "json",
+    ]
     if dry_run:
         args.insert(3, "--dry-run=server")
     result = kubectl.run(*args)
@@ -85,8 +102,9 @@ def patch_metadata(kubectl: Kubectl, kind: str, name: str, patch: Mapping[str, A
     return data if isinstance(data, dict) else {}
 
 
-def delete_object(kubectl: Kubectl, kind: str, name: str, namespace: str | None = None, *,
-                  dry_run: bool = False) -> None:
+def delete_object(
+    kubectl: Kubectl, kind: str, name: str, namespace: str | None = None, *, dry_run: bool = False
+) -> None:
     args = ["delete", kind, name, "--ignore-not-found", "--wait=false"]
     if namespace:
         args += ["-n", namespace]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl
-from gpunode.bootstrap.core.verdict import PodState
+from gpunode.bootstrap.core.verify.result import PodState
 
 LOG_LINES = 200
 
@@ -23,12 +23,17 @@ def pod_node(pod: Mapping[str, Any]) -> str:
 def events_of(kubectl: Kubectl, namespace: str, kind: str, name: str) -> tuple[str, ...]:
     """The object's events as "Reason: message", oldest first, warnings after normal ones
     of the same moment (so the last one is the one to show)."""
-    items = kubectl.list("events", namespace=namespace,
-                         field_selector=f"involvedObject.kind={kind},involvedObject.name={name}")
+    items = kubectl.list(
+        "events", namespace=namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
+    )
 
     def when(event: Mapping[str, Any]) -> tuple[str, int]:
-        stamp = str(event.get("lastTimestamp") or event.get("eventTime") or
-                    (event.get("metadata") or {}).get("creationTimestamp") or "")
+        stamp = str(
+            event.get("lastTimestamp")
+            or event.get("eventTime")
+            or (event.get("metadata") or {}).get("creationTimestamp")
+            or ""
+        )
         return stamp, 1 if event.get("type") == "Warning" else 0
 
     return tuple(f"{e.get('reason', '')}: {str(e.get('message', '')).strip()}" for e in sorted(items, key=when))
@@ -61,7 +66,10 @@ def pod_state(kubectl: Kubectl, pod: Mapping[str, Any], *, with_log: bool = True
     if meta.get("deletionTimestamp"):
         phase = "Terminating"
     return PodState(
-        namespace=namespace, name=name, phase=phase, ready=is_ready(pod),
+        namespace=namespace,
+        name=name,
+        phase=phase,
+        ready=is_ready(pod),
         waiting_reason=waiting.get("reason") or None,
         waiting_message=(waiting.get("message") or None),
         restarts=restarts,

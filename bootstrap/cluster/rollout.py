@@ -16,8 +16,8 @@ from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl
 from gpunode.bootstrap.cluster.pods import events_of, is_ready, pod_node, pod_state
-from gpunode.bootstrap.core.cluster_plan import MANAGED_BY_SELECTOR, selector_matches
-from gpunode.bootstrap.core.taints import DAEMON_POD_TOLERATIONS, Toleration, node_taints, untolerated_taints
+from gpunode.bootstrap.core.kube.cluster_plan import MANAGED_BY_SELECTOR, selector_matches
+from gpunode.bootstrap.core.kube.taints import DAEMON_POD_TOLERATIONS, Toleration, node_taints, untolerated_taints
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 GENERATION_LABEL = "pod-template-generation"
@@ -58,8 +58,11 @@ def _is_current(pod: Mapping[str, Any], target: RolloutTarget, all_updated: bool
     leaves the older pods current: their revision hash is the current one again)."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
-    return (not meta.get("deletionTimestamp") and is_ready(pod)
-            and (labels.get(GENERATION_LABEL) == str(target.generation) or all_updated))
+    return (
+        not meta.get("deletionTimestamp")
+        and is_ready(pod)
+        and (labels.get(GENERATION_LABEL) == str(target.generation) or all_updated)
+    )
 
 
 def _all_updated(daemonset: Mapping[str, Any] | None, generation: int) -> bool:
@@ -69,20 +72,33 @@ def _all_updated(daemonset: Mapping[str, Any] | None, generation: int) -> bool:
         return False
     status = daemonset.get("status") or {}
     desired = int(status.get("desiredNumberScheduled") or 0)
-    return (int(status.get("observedGeneration") or 0) >= generation and desired > 0
-            and int(status.get("updatedNumberScheduled") or 0) >= desired)
+    return (
+        int(status.get("observedGeneration") or 0) >= generation
+        and desired > 0
+        and int(status.get("updatedNumberScheduled") or 0) >= desired
+    )
 
 
 def _pods_for(pods: Sequence[Mapping[str, Any]], target: RolloutTarget) -> list[Mapping[str, Any]]:
-    found = [p for p in pods if pod_node(p) == target.node
-             and ((p.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL) == target.daemonset]
+    found = [
+        p
+        for p in pods
+        if pod_node(p) == target.node
+        and ((p.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL) == target.daemonset
+    ]
     # Newest last.
     return sorted(found, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
 
 
-def wait_for_rollout(kubectl: Kubectl, targets: Sequence[RolloutTarget], timeout: float, *,
-                     poll: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> dict[str, RolloutResult]:
+def wait_for_rollout(
+    kubectl: Kubectl,
+    targets: Sequence[RolloutTarget],
+    timeout: float,
+    *,
+    poll: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, RolloutResult]:
     """Wait until every target node runs a Ready pod of its DaemonSet's current generation."""
     started = clock()
     deadline = started + timeout
@@ -91,8 +107,7 @@ def wait_for_rollout(kubectl: Kubectl, targets: Sequence[RolloutTarget], timeout
     last: dict[str, list[Mapping[str, Any]]] = {}
     while pending:
         namespaces = sorted({t.namespace for t in pending})
-        pods_by_namespace = {ns: kubectl.list("pods", namespace=ns, selector=MANAGED_BY_SELECTOR)
-                             for ns in namespaces}
+        pods_by_namespace = {ns: kubectl.list("pods", namespace=ns, selector=MANAGED_BY_SELECTOR) for ns in namespaces}
         daemonsets: dict[tuple[str, str], Mapping[str, Any]] | None = None
         still = []
         for target in pending:
@@ -103,16 +118,21 @@ def wait_for_rollout(kubectl: Kubectl, targets: Sequence[RolloutTarget], timeout
                 # A Ready pod of an older generation may still be current (see _is_current):
                 # the DaemonSet's status says, read once per round and only then.
                 if daemonsets is None:
-                    daemonsets = {(ns, str((d.get("metadata") or {}).get("name"))): d for ns in namespaces
-                                  for d in kubectl.list("daemonsets", namespace=ns, selector=MANAGED_BY_SELECTOR)}
+                    daemonsets = {
+                        (ns, str((d.get("metadata") or {}).get("name"))): d
+                        for ns in namespaces
+                        for d in kubectl.list("daemonsets", namespace=ns, selector=MANAGED_BY_SELECTOR)
+                    }
                 updated = _all_updated(daemonsets.get((target.namespace, target.daemonset)), target.generation)
                 ready = [p for p in pods if _is_current(p, target, updated)]
             if ready:
                 name = (ready[-1].get("metadata") or {}).get("name", "?")
                 results[target.node] = RolloutResult(
-                    target.node, True,
+                    target.node,
+                    True,
                     f"pod {target.namespace}/{name} Ready on {target.node} after {clock() - started:.1f} s",
-                    f"{target.namespace}/{name}")
+                    f"{target.namespace}/{name}",
+                )
             else:
                 still.append(target)
         pending = still
@@ -124,16 +144,20 @@ def wait_for_rollout(kubectl: Kubectl, targets: Sequence[RolloutTarget], timeout
     return results
 
 
-def _timed_out(kubectl: Kubectl, target: RolloutTarget, pods: Sequence[Mapping[str, Any]],
-               timeout: float) -> RolloutResult:
-    head = (f"the rollout of DaemonSet {target.namespace}/{target.daemonset} on {target.node} "
-            f"did not finish within {timeout:g} s")
+def _timed_out(
+    kubectl: Kubectl, target: RolloutTarget, pods: Sequence[Mapping[str, Any]], timeout: float
+) -> RolloutResult:
+    head = (
+        f"the rollout of DaemonSet {target.namespace}/{target.daemonset} on {target.node} "
+        f"did not finish within {timeout:g} s"
+    )
     if not pods:
         events = events_of(kubectl, target.namespace, "DaemonSet", target.daemonset)
         warnings = [e for e in events if e.startswith(("FailedCreate", "FailedPlacement", "FailedDaemonPod"))]
         detail = f"{head}: the DaemonSet has no pod on the node" + (f"; event {warnings[-1]}" if warnings else "")
-        return RolloutResult(target.node, False, detail + (
-            f". Fix: kubectl -n {target.namespace} describe daemonset {target.daemonset}"))
+        return RolloutResult(
+            target.node, False, detail + (f". Fix: kubectl -n {target.namespace} describe daemonset {target.daemonset}")
+        )
     state = pod_state(kubectl, pods[-1])
     fix = _fix_for(state.describe())
     return RolloutResult(target.node, False, f"{head}: {state.describe()}. Fix: {fix}", state.ref)
@@ -143,8 +167,10 @@ def _fix_for(text: str) -> str:
     if "ImagePull" in text or "ErrImage" in text or "InvalidImageName" in text:
         return "check the plugin image (--image) and that the node can pull it"
     if "FailedMount" in text:
-        return ("the node lacks a file the pod mounts; run gpunode bootstrap for the node again so the "
-                "DaemonSet mounts the library the node has (F2)")
+        return (
+            "the node lacks a file the pod mounts; run gpunode bootstrap for the node again so the "
+            "DaemonSet mounts the library the node has (F2)"
+        )
     if "driver_library_mismatch" in text:
         return "reboot the node onto the new driver (F14), then run gpunode bootstrap again"
     if "nvml_init_failed" in text:

@@ -24,7 +24,7 @@ from gpunode.bootstrap.cluster.kubectl import Kubectl
 from gpunode.bootstrap.cluster.objects import apply_object, delete_object, describe, patch_metadata
 from gpunode.bootstrap.cluster.rollout import RolloutTarget, placement_blockers, wait_for_rollout
 from gpunode.bootstrap.cluster.verify import VerifyRequest, read_nodes, verify_nodes
-from gpunode.bootstrap.core.cluster_plan import (
+from gpunode.bootstrap.core.kube.cluster_plan import (
     ClusterSettings,
     NodePlan,
     NodeTarget,
@@ -35,7 +35,7 @@ from gpunode.bootstrap.core.cluster_plan import (
     selector_matches,
     unused_daemonsets,
 )
-from gpunode.bootstrap.core.manifests import (
+from gpunode.bootstrap.core.kube.manifests import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
     render_device_plugin,
@@ -62,8 +62,7 @@ class _Host:
 
 
 class _Run:
-    def __init__(self, targets: Sequence[NodeTarget], progress: Callable[[str], None] | None,
-                 dry_run: bool) -> None:
+    def __init__(self, targets: Sequence[NodeTarget], progress: Callable[[str], None] | None, dry_run: bool) -> None:
         self.hosts = [_Host(t) for t in targets]
         self.progress = progress
         self.dry_run = dry_run
@@ -81,16 +80,21 @@ class _Run:
         """A cluster-wide failure (unreachable, refused): this step fails, later ones skip."""
         for host in self.live():
             self.record(host, step, "failed", str(error))
-        later = CLUSTER_STEPS[CLUSTER_STEPS.index(step) + 1:]
+        later = CLUSTER_STEPS[CLUSTER_STEPS.index(step) + 1 :]
         for host in self.hosts:
             for name in later:
                 if name not in host.steps:
                     self.record(host, name, "skipped", "an earlier cluster step failed")
 
 
-def run_cluster_steps(kubectl: Kubectl, targets: Sequence[NodeTarget], settings: ClusterSettings, *,
-                      dry_run: bool = False,
-                      progress: Callable[[str], None] | None = None) -> dict[str, list[StepResult]]:
+def run_cluster_steps(
+    kubectl: Kubectl,
+    targets: Sequence[NodeTarget],
+    settings: ClusterSettings,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[StepResult]]:
     """Run the cluster steps for these nodes; the steps of each host, by host name."""
     run = _Run(targets, progress, dry_run)
     step = "runtimeclass"
@@ -140,23 +144,41 @@ def _runtimeclass(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> Non
     status: StepStatus
     if current is not None and not is_managed_by_gpunode(current):
         if current.get("handler") == settings.runtime_handler:
-            status, detail = "unchanged", (f"RuntimeClass {name} (handler {settings.runtime_handler}) exists "
-                                           "and is not gpunode's: left as it is")
+            status, detail = (
+                "unchanged",
+                (
+                    f"RuntimeClass {name} (handler {settings.runtime_handler}) exists "
+                    "and is not gpunode's: left as it is"
+                ),
+            )
         else:
-            status, detail = "failed", (
-                f"RuntimeClass {name} has handler {current.get('handler')!r}, but the containerd runtime "
-                f"gpunode configures is {settings.runtime_handler!r}: pods with runtimeClassName {name} would "
-                f"fail with `no runtime for {current.get('handler')!r} is configured` (F17). Fix: delete that "
-                "RuntimeClass (kubectl delete runtimeclass nvidia) and run gpunode bootstrap again")
+            status, detail = (
+                "failed",
+                (
+                    f"RuntimeClass {name} has handler {current.get('handler')!r}, but the containerd runtime "
+                    f"gpunode configures is {settings.runtime_handler!r}: pods with runtimeClassName {name} would "
+                    f"fail with `no runtime for {current.get('handler')!r} is configured` (F17). Fix: delete that "
+                    "RuntimeClass (kubectl delete runtimeclass nvidia) and run gpunode bootstrap again"
+                ),
+            )
     elif current is not None and current.get("handler") != settings.runtime_handler:
-        status, detail = "failed", (
-            f"RuntimeClass {name} has handler {current.get('handler')!r}, not {settings.runtime_handler!r}, and "
-            "a handler cannot be changed in place. Fix: kubectl delete runtimeclass nvidia, then run again")
+        status, detail = (
+            "failed",
+            (
+                f"RuntimeClass {name} has handler {current.get('handler')!r}, not {settings.runtime_handler!r}, and "
+                "a handler cannot be changed in place. Fix: kubectl delete runtimeclass nvidia, then run again"
+            ),
+        )
     else:
         applied = apply_object(kubectl, desired, current, dry_run=run.dry_run)
         if applied.changed:
-            status, detail = "changed", (f"{'create' if applied.created else 'update'} RuntimeClass {name} "
-                                         f"(handler {settings.runtime_handler})")
+            status, detail = (
+                "changed",
+                (
+                    f"{'create' if applied.created else 'update'} RuntimeClass {name} "
+                    f"(handler {settings.runtime_handler})"
+                ),
+            )
         else:
             status, detail = "unchanged", f"RuntimeClass {name} (handler {settings.runtime_handler})"
     for host in hosts:
@@ -173,10 +195,14 @@ def _read_nodes(run: _Run, kubectl: Kubectl) -> None:
     for host in hosts:
         host.node = nodes.get(host.target.node)
         if host.node is None:
-            run.record(host, "node-label", "failed",
-                       f"node {host.target.node} is not registered in the cluster (its kubelet has not joined, "
-                       "or registers under another name). Fix: join the node, check the kubelet's "
-                       "--hostname-override, or pass --skip-cluster")
+            run.record(
+                host,
+                "node-label",
+                "failed",
+                f"node {host.target.node} is not registered in the cluster (its kubelet has not joined, "
+                "or registers under another name). Fix: join the node, check the kubelet's "
+                "--hostname-override, or pass --skip-cluster",
+            )
             for name in CLUSTER_STEPS[2:]:
                 run.record(host, name, "skipped", "the node is not in the cluster")
             continue
@@ -223,8 +249,11 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
     for host in hosts:
         assert host.plan is not None
         if host.plan.deployment is None:
-            why = ("the plugin runs as a service on the node (plugin mode host)" if host.plan.serves == "host"
-                   else "no GPU on this host")
+            why = (
+                "the plugin runs as a service on the node (plugin mode host)"
+                if host.plan.serves == "host"
+                else "no GPU on this host"
+            )
             outcomes[id(host)] = _PluginOutcome("skipped", f"no DaemonSet: {why}")
         else:
             groups.setdefault(host.plan.serves, []).append(host)
@@ -232,8 +261,10 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
     labelled = _labelled_nodes(run, kubectl, hosts)
     # Every DaemonSet, once: gpunode's name may be taken by someone else's, and gpunode's own
     # that no node selects any more are removed below.
-    existing = {(str((d.get("metadata") or {}).get("namespace")), str((d.get("metadata") or {}).get("name"))): d
-                for d in kubectl.list("daemonsets", all_namespaces=True)}
+    existing = {
+        (str((d.get("metadata") or {}).get("namespace")), str((d.get("metadata") or {}).get("name"))): d
+        for d in kubectl.list("daemonsets", all_namespaces=True)
+    }
     in_run = {h.target.node for h in hosts}
     rollouts: list[RolloutTarget] = []
     for name, members in groups.items():
@@ -244,8 +275,10 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
         what = describe(desired)
         refusal = None
         if current is not None and not is_managed_by_gpunode(current):
-            refusal = (f"{what} exists and is not gpunode's (no app.kubernetes.io/managed-by: gpunode): gpunode "
-                       "never changes a DaemonSet it does not own. Fix: delete or rename it, or use --namespace")
+            refusal = (
+                f"{what} exists and is not gpunode's (no app.kubernetes.io/managed-by: gpunode): gpunode "
+                "never changes a DaemonSet it does not own. Fix: delete or rename it, or use --namespace"
+            )
         elif current is not None:
             refusal = _breaks_other_nodes(desired, what, labelled, in_run)
         if refusal is not None:
@@ -265,13 +298,19 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
             assert host.node is not None
             taints, missing = placement_blockers(applied.obj, host.node)
             if taints:
-                outcomes[id(host)] = _PluginOutcome("failed", (
-                    f"{what} will not run on node {host.target.node}: the node has taint {', '.join(taints)}, "
-                    "which the DaemonSet does not tolerate (F15). Fix: run again with "
-                    + " ".join(f"--toleration {t}" for t in taints) + ", or remove the taint"))
+                outcomes[id(host)] = _PluginOutcome(
+                    "failed",
+                    (
+                        f"{what} will not run on node {host.target.node}: the node has taint {', '.join(taints)}, "
+                        "which the DaemonSet does not tolerate (F15). Fix: run again with "
+                        + " ".join(f"--toleration {t}" for t in taints)
+                        + ", or remove the taint"
+                    ),
+                )
             elif missing and not run.dry_run:
-                outcomes[id(host)] = _PluginOutcome("failed", (
-                    f"{what} does not select node {host.target.node}: the node lacks {', '.join(missing)}"))
+                outcomes[id(host)] = _PluginOutcome(
+                    "failed", (f"{what} does not select node {host.target.node}: the node lacks {', '.join(missing)}")
+                )
             else:
                 outcomes[id(host)] = _PluginOutcome(status, detail)
                 rollouts.append(RolloutTarget(host.target.node, deployment.namespace, name, generation))
@@ -303,8 +342,9 @@ def _labelled_nodes(run: _Run, kubectl: Kubectl, hosts: Sequence[_Host]) -> list
     return nodes
 
 
-def _breaks_other_nodes(desired: Mapping[str, Any], what: str, labelled: Sequence[Mapping[str, Any]],
-                        in_run: set[str]) -> str | None:
+def _breaks_other_nodes(
+    desired: Mapping[str, Any], what: str, labelled: Sequence[Mapping[str, Any]], in_run: set[str]
+) -> str | None:
     """Refuse an update that would leave another node it serves without a plugin: its pod
     would be replaced by one that cannot go there (a toleration given before, left out now)."""
     selector = daemonset_node_selector(desired)
@@ -314,15 +354,24 @@ def _breaks_other_nodes(desired: Mapping[str, Any], what: str, labelled: Sequenc
             continue
         taints, _ = placement_blockers(desired, node)
         if taints:
-            return (f"refusing to update {what}: it also serves node {meta.get('name')}, whose taint "
-                    f"{', '.join(taints)} the updated DaemonSet would not tolerate, so its plugin pod would not "
-                    "come back (F15). Fix: run again with " + " ".join(f"--toleration {t}" for t in taints)
-                    + " (as that node was bootstrapped with)")
+            return (
+                f"refusing to update {what}: it also serves node {meta.get('name')}, whose taint "
+                f"{', '.join(taints)} the updated DaemonSet would not tolerate, so its plugin pod would not "
+                "come back (F15). Fix: run again with "
+                + " ".join(f"--toleration {t}" for t in taints)
+                + " (as that node was bootstrapped with)"
+            )
     return None
 
 
-def _remove_unused(run: _Run, kubectl: Kubectl, hosts: Sequence[_Host], outcomes: Mapping[int, _PluginOutcome],
-                   nodes: Sequence[Mapping[str, Any]], daemonsets: Sequence[Mapping[str, Any]]) -> None:
+def _remove_unused(
+    run: _Run,
+    kubectl: Kubectl,
+    hosts: Sequence[_Host],
+    outcomes: Mapping[int, _PluginOutcome],
+    nodes: Sequence[Mapping[str, Any]],
+    daemonsets: Sequence[Mapping[str, Any]],
+) -> None:
     """Delete gpunode's DaemonSets that no node selects any more (never another's).
 
     `daemonsets` as they were before this run's applies: one created by this run is
@@ -332,8 +381,10 @@ def _remove_unused(run: _Run, kubectl: Kubectl, hosts: Sequence[_Host], outcomes
         name, namespace = str(meta.get("name")), str(meta.get("namespace"))
         version = (meta.get("labels") or {}).get(DRIVER_VERSION_LABEL, "?")
         delete_object(kubectl, "daemonset", name, namespace, dry_run=run.dry_run)
-        note = (f"{'remove' if run.dry_run else 'removed'} DaemonSet {namespace}/{name} "
-                f"(driver {version}): no node uses it any more")
+        note = (
+            f"{'remove' if run.dry_run else 'removed'} DaemonSet {namespace}/{name} "
+            f"(driver {version}): no node uses it any more"
+        )
         movers = [h for h in hosts if h.previous_plugin == name]
         for host in movers or hosts:
             outcome = outcomes[id(host)]
@@ -366,7 +417,8 @@ def _verify(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> None:
     request = VerifyRequest(
         nodes=tuple(h.target.node for h in checked),
         expects={h.target.node: h.target.gpu_count for h in checked},
-        timeout=settings.verify_timeout, poll=0.5,
+        timeout=settings.verify_timeout,
+        poll=0.5,
     )
     results = {check.verdict.node: check for check in verify_nodes(kubectl, request)}
     for host in checked:

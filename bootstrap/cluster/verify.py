@@ -1,7 +1,7 @@
 """`gpunode verify`'s gathering: the nodes' Allocatable, waited for up to a deadline, then the
 evidence that explains a node that is not OK, and the optional test workload.
 
-The verdict rules themselves are pure (gpunode.bootstrap.core.verdict); this module only
+The verdict rules themselves are pure (gpunode.bootstrap.core.verify.result); this module only
 asks kubectl.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 from gpunode.bootstrap.cluster.kubectl import Kubectl
 from gpunode.bootstrap.cluster.pods import log_of, pod_state
 from gpunode.bootstrap.cluster.rollout import INSTANCE_LABEL, placement_blockers
-from gpunode.bootstrap.core.manifests import DEFAULT_VERIFY_IMAGE, render_verify_pod
-from gpunode.bootstrap.core.taints import Toleration
-from gpunode.bootstrap.core.verdict import (
+from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, render_verify_pod
+from gpunode.bootstrap.core.kube.taints import Toleration
+from gpunode.bootstrap.core.verify.result import (
     NodeObservation,
     PluginEvidence,
     Verdict,
@@ -98,16 +98,22 @@ def plugin_evidence(kubectl: Kubectl, node: NodeObservation, node_obj: Mapping[s
     if daemonset is None:
         return PluginEvidence("daemonset", ref, daemonset_found=False)
     untolerated, mismatch = placement_blockers(daemonset, node_obj)
-    pods = kubectl.list("pods", namespace=namespace, selector=f"{INSTANCE_LABEL}={name}",
-                        field_selector=f"spec.nodeName={node.node}")
+    pods = kubectl.list(
+        "pods", namespace=namespace, selector=f"{INSTANCE_LABEL}={name}", field_selector=f"spec.nodeName={node.node}"
+    )
     pods.sort(key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
-    return PluginEvidence("daemonset", ref, True, tuple(untolerated), tuple(mismatch),
-                          pod_state(kubectl, pods[-1]) if pods else None)
+    return PluginEvidence(
+        "daemonset", ref, True, tuple(untolerated), tuple(mismatch), pod_state(kubectl, pods[-1]) if pods else None
+    )
 
 
-def verify_nodes(kubectl: Kubectl, request: VerifyRequest, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> list[NodeCheck]:
+def verify_nodes(
+    kubectl: Kubectl,
+    request: VerifyRequest,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[NodeCheck]:
     """Wait up to `timeout` for every node to be OK, then explain each one that is not."""
     started = clock()
     deadline = started + request.timeout
@@ -118,8 +124,9 @@ def verify_nodes(kubectl: Kubectl, request: VerifyRequest, *,
         for name in names:
             if name in done:
                 continue
-            verdict = quick_verdict(NodeObservation.from_node(name, objects[name]),
-                                    request.expects.get(name, request.expect))
+            verdict = quick_verdict(
+                NodeObservation.from_node(name, objects[name]), request.expects.get(name, request.expect)
+            )
             if verdict.ok or not verdict.checked:
                 done[name] = (verdict, clock() - started)
         waiting = [n for n in names if n not in done]
@@ -139,8 +146,9 @@ def verify_nodes(kubectl: Kubectl, request: VerifyRequest, *,
                 verdict = explain(verdict, observation, plugin_evidence(kubectl, observation, node_obj))
             seconds = clock() - started
         checks[name] = NodeCheck(verdict, seconds=seconds)
-        log_event("verified", node=name, verdict=verdict.kind, allocatable=verdict.allocatable,
-                  expected=verdict.expected)
+        log_event(
+            "verified", node=name, verdict=verdict.kind, allocatable=verdict.allocatable, expected=verdict.expected
+        )
     if request.workload:
         for name in names:
             check = checks[name]
@@ -158,8 +166,9 @@ def _advertised(kubectl: Kubectl, node: str, node_obj: Mapping[str, Any]) -> tup
     if not ref or "/" not in ref:
         return ()
     namespace, name = ref.split("/", 1)
-    pods = kubectl.list("pods", namespace=namespace, selector=f"{INSTANCE_LABEL}={name}",
-                        field_selector=f"spec.nodeName={node}")
+    pods = kubectl.list(
+        "pods", namespace=namespace, selector=f"{INSTANCE_LABEL}={name}", field_selector=f"spec.nodeName={node}"
+    )
     uuids: list[str] = []
     for pod in pods:
         log = parse_plugin_log(log_of(kubectl, namespace, str((pod.get("metadata") or {}).get("name"))))
@@ -167,15 +176,27 @@ def _advertised(kubectl: Kubectl, node: str, node_obj: Mapping[str, Any]) -> tup
     return tuple(uuids)
 
 
-def run_workload(kubectl: Kubectl, node: str, request: VerifyRequest, node_obj: Mapping[str, Any], *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> WorkloadResult:
+def run_workload(
+    kubectl: Kubectl,
+    node: str,
+    request: VerifyRequest,
+    node_obj: Mapping[str, Any],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WorkloadResult:
     """Run `nvidia-smi -L` in a one-GPU pod on the node; the pod is deleted afterwards."""
     name = f"gpunode-verify-{secrets.token_hex(4)}"
     namespace = request.workload_namespace
     ref = f"{namespace}/{name}"
-    manifest = render_verify_pod(name=name, namespace=namespace, node=node, image=request.workload_image,
-                                 runtime_class=request.runtime_class, tolerations=request.tolerations)
+    manifest = render_verify_pod(
+        name=name,
+        namespace=namespace,
+        node=node,
+        image=request.workload_image,
+        runtime_class=request.runtime_class,
+        tolerations=request.tolerations,
+    )
     kubectl.run("create", "-f", "-", "-o", "name", stdin=manifest)
     log_event("workload_started", node=node, pod=ref)
     try:
@@ -190,13 +211,20 @@ def run_workload(kubectl: Kubectl, node: str, request: VerifyRequest, node_obj: 
         phase = ((pod or {}).get("status") or {}).get("phase")
         if pod is None or phase not in ("Succeeded", "Failed"):
             state = pod_state(kubectl, pod, with_log=False) if pod is not None else None
-            return WorkloadResult(False, ref, f"the pod did not finish within {request.workload_timeout:g} s"
-                                  + (f": {state.describe()}" if state else ""))
+            return WorkloadResult(
+                False,
+                ref,
+                f"the pod did not finish within {request.workload_timeout:g} s"
+                + (f": {state.describe()}" if state else ""),
+            )
         output = log_of(kubectl, namespace, name)
         if phase == "Failed":
             last = output.strip().splitlines()[-1] if output.strip() else "no output"
-            hint = " (nvidia-smi missing: does the pod run under the nvidia runtime? F6, F17)" \
-                if "not found" in output or "executable file not found" in output else ""
+            hint = (
+                " (nvidia-smi missing: does the pod run under the nvidia runtime? F6, F17)"
+                if "not found" in output or "executable file not found" in output
+                else ""
+            )
             return WorkloadResult(False, ref, f"nvidia-smi -L failed in pod {ref}: {last}{hint}", output)
         return judge_workload(ref, output, _advertised(kubectl, node, node_obj))
     finally:

@@ -14,39 +14,89 @@ from dataclasses import dataclass
 
 # The bundled plugin's reason keywords (plugin/nvml.py); NVIDIA's lines are mapped onto them.
 INIT_REASONS = (
-    "library_not_found", "library_unusable", "library_too_old", "driver_not_loaded",
-    "no_permission", "driver_library_mismatch", "nvml_unknown_error", "nvml_error",
-    "nvml_query_failed", "mig_no_permission", "mig_strategy_mismatch", "no_devices",
+    "library_not_found",
+    "library_unusable",
+    "library_too_old",
+    "driver_not_loaded",
+    "no_permission",
+    "driver_library_mismatch",
+    "nvml_unknown_error",
+    "nvml_error",
+    "nvml_query_failed",
+    "mig_no_permission",
+    "mig_strategy_mismatch",
+    "no_devices",
 )
 
 _EVENT_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 # NVIDIA's plugin (and the go-nvml / go-nvlib words it prints), most specific first.
 _NVIDIA_INIT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("library_unusable", re.compile(r"GLIBC_PRIVATE|version `GLIBC_|wrong ELF class|ELFCLASS32|"
-                                    r"symbol lookup error", re.IGNORECASE)),
-    ("library_not_found", re.compile(r"could not load NVML library|libnvidia-ml\.so\.1: cannot open "
-                                     r"shared object file|ERROR_LIBRARY_NOT_FOUND|NVML Shared Library "
-                                     r"Not Found|Incompatible platform detected", re.IGNORECASE)),
-    ("driver_library_mismatch", re.compile(r"Driver/library version mismatch|"
-                                           r"ERROR_LIB_RM_VERSION_MISMATCH", re.IGNORECASE)),
+    (
+        "library_unusable",
+        re.compile(
+            r"GLIBC_PRIVATE|version `GLIBC_|wrong ELF class|ELFCLASS32|"
+            r"symbol lookup error",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "library_not_found",
+        re.compile(
+            r"could not load NVML library|libnvidia-ml\.so\.1: cannot open "
+            r"shared object file|ERROR_LIBRARY_NOT_FOUND|NVML Shared Library "
+            r"Not Found|Incompatible platform detected",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "driver_library_mismatch",
+        re.compile(
+            r"Driver/library version mismatch|"
+            r"ERROR_LIB_RM_VERSION_MISMATCH",
+            re.IGNORECASE,
+        ),
+    ),
     ("driver_not_loaded", re.compile(r"Driver Not Loaded|ERROR_DRIVER_NOT_LOADED", re.IGNORECASE)),
-    ("mig_no_permission", re.compile(r"(MIG|mig).*(Insufficient Permissions|ERROR_NO_PERMISSION)|"
-                                     r"(Insufficient Permissions|ERROR_NO_PERMISSION).*(MIG|mig)")),
+    (
+        "mig_no_permission",
+        re.compile(
+            r"(MIG|mig).*(Insufficient Permissions|ERROR_NO_PERMISSION)|"
+            r"(Insufficient Permissions|ERROR_NO_PERMISSION).*(MIG|mig)"
+        ),
+    ),
     ("no_permission", re.compile(r"Insufficient Permissions|ERROR_NO_PERMISSION", re.IGNORECASE)),
-    ("nvml_unknown_error", re.compile(r"nvml init failed: (Unknown Error|ERROR_UNKNOWN)|"
-                                      r"Failed to initialize NVML: Unknown Error", re.IGNORECASE)),
-    ("mig_strategy_mismatch", re.compile(r"Incompatible strategy detected|invalid MIG strategy|"
-                                         r"mixed strategy", re.IGNORECASE)),
+    (
+        "nvml_unknown_error",
+        re.compile(
+            r"nvml init failed: (Unknown Error|ERROR_UNKNOWN)|"
+            r"Failed to initialize NVML: Unknown Error",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "mig_strategy_mismatch",
+        re.compile(
+            r"Incompatible strategy detected|invalid MIG strategy|"
+            r"mixed strategy",
+            re.IGNORECASE,
+        ),
+    ),
     ("nvml_error", re.compile(r"nvml init failed|Failed to initialize NVML", re.IGNORECASE)),
 )
 _NVIDIA_NO_DEVICES = re.compile(r"No devices found\. Waiting indefinitely", re.IGNORECASE)
 _NVIDIA_REGISTERED = re.compile(r"Registered device plugin for '([^']+)' with Kubelet")
 _NVIDIA_RESTART = re.compile(r"inotify: \S*kubelet\.sock created, restarting")
-_NVIDIA_UNHEALTHY = re.compile(r"XidCriticalError|device marked unhealthy|will go unhealthy|"
-                               r"marking device .* unhealthy", re.IGNORECASE)
-_NVIDIA_REGISTER_FAILED = re.compile(r"Could not contact Kubelet|Could not register device plugin|"
-                                     r"failed to register", re.IGNORECASE)
+_NVIDIA_UNHEALTHY = re.compile(
+    r"XidCriticalError|device marked unhealthy|will go unhealthy|"
+    r"marking device .* unhealthy",
+    re.IGNORECASE,
+)
+_NVIDIA_REGISTER_FAILED = re.compile(
+    r"Could not contact Kubelet|Could not register device plugin|"
+    r"failed to register",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -139,8 +189,9 @@ def read_plugin_log(text: str | None) -> PluginLog:
             if reason is not None and (failure is None or failure.reason == "no_devices"):
                 plugin = plugin or "nvidia"
                 failure = InitFailure(reason, _after_colon(line), line)
-    return PluginLog(plugin, failure, tuple(registered), restart_seen, tuple(unhealthy),
-                     tuple(register_failures), len(lines))
+    return PluginLog(
+        plugin, failure, tuple(registered), restart_seen, tuple(unhealthy), tuple(register_failures), len(lines)
+    )
 
 
 def _after_colon(line: str) -> str:

@@ -78,21 +78,26 @@ def _check(host: str, source: str, name: str, value: Any) -> Any:
             fix=f"use one of: {', '.join(_CHOICES[name])}",
         )
     if name == "driver_branch" and not _BRANCH.match(value):
-        raise UserError(f"{host}: {source} = {value!r} is not a driver branch.",
-                        fix="give the three-digit branch, e.g. 535 or 550")
+        raise UserError(
+            f"{host}: {source} = {value!r} is not a driver branch.", fix="give the three-digit branch, e.g. 535 or 550"
+        )
     if name in ("driver_version", "toolkit_version") and not _VERSION.match(value):
-        raise UserError(f"{host}: {source} = {value!r} is not a package version.",
-                        fix=f"give {source} as the distro prints it, e.g. 535.261.03 or 1.17.8-1")
+        raise UserError(
+            f"{host}: {source} = {value!r} is not a package version.",
+            fix=f"give {source} as the distro prints it, e.g. 535.261.03 or 1.17.8-1",
+        )
     if name in _ABSOLUTE_PATHS and not value.startswith("/"):
-        raise UserError(f"{host}: {source} = {value!r} is not an absolute path.",
-                        fix=f"give {source} as an absolute path on the host")
+        raise UserError(
+            f"{host}: {source} = {value!r} is not an absolute path.",
+            fix=f"give {source} as an absolute path on the host",
+        )
     return value
 
 
 def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str, Any]) -> NodeSettings:
     """Defaults <- inventory data (`gpunode_*`) <- command-line overrides (non-None only)."""
     known = {f.name for f in fields(NodeSettings)}
-    unknown = sorted(k for k in data if k.startswith(DATA_PREFIX) and k[len(DATA_PREFIX):] not in known)
+    unknown = sorted(k for k in data if k.startswith(DATA_PREFIX) and k[len(DATA_PREFIX) :] not in known)
     if unknown:
         raise UserError(
             f"{host}: unknown inventory setting(s) {', '.join(unknown)}.",
@@ -108,8 +113,10 @@ def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str,
         if value is not None:
             values[name] = _check(host, f"option --{name.replace('_', '-')}", name, value)
     settings = replace(NodeSettings(), **{k: v for k, v in values.items() if v is not None})
-    if settings.driver_branch and settings.driver_version and not settings.driver_version.startswith(
+    if (
         settings.driver_branch
+        and settings.driver_version
+        and not settings.driver_version.startswith(settings.driver_branch)
     ):
         raise UserError(
             f"{host}: driver version {settings.driver_version} is not on branch {settings.driver_branch}.",

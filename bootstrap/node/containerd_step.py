@@ -16,14 +16,14 @@ from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
-from gpunode.bootstrap.core.containerd import (
+from gpunode.bootstrap.core.containerd.effective import runtime_problems
+from gpunode.bootstrap.core.containerd.plan import (
     DEFAULT_DROPIN_PATH,
     MergePlan,
     RuntimeSettings,
     plan_runtime_merge,
 )
-from gpunode.bootstrap.core.containerd_effective import runtime_problems
-from gpunode.bootstrap.core.host_facts import HostFacts
+from gpunode.bootstrap.core.host.facts import HostFacts
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError, HostStateError
 from gpunode.bootstrap.node.remote_files import FileWrite, restore_files_script, sh, write_files_script
@@ -53,20 +53,27 @@ def plan_containerd_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
         return _plan_k3s(facts, wanted, plan)
     containerd = facts.containerd
     if containerd.binary is None or containerd.version_text is None:
-        plan.failed = ("containerd is not installed on this host; gpunode configures the containerd "
-                       "your kubelet uses. Fix: install containerd (Debian: apt-get install "
-                       "containerd) and set up the kubelet, then run gpunode again")
+        plan.failed = (
+            "containerd is not installed on this host; gpunode configures the containerd "
+            "your kubelet uses. Fix: install containerd (Debian: apt-get install "
+            "containerd) and set up the kubelet, then run gpunode again"
+        )
         return plan
     if containerd.dump_error is not None:
-        plan.failed = (f"containerd cannot load its current configuration, so gpunode leaves it "
-                       f"untouched: {containerd.dump_error.strip().splitlines()[-1]}. Fix: repair "
-                       f"{containerd.config_path} (`containerd config dump` must succeed), then run "
-                       "gpunode again")
+        plan.failed = (
+            f"containerd cannot load its current configuration, so gpunode leaves it "
+            f"untouched: {containerd.dump_error.strip().splitlines()[-1]}. Fix: repair "
+            f"{containerd.config_path} (`containerd config dump` must succeed), then run "
+            "gpunode again"
+        )
         return plan
     try:
         merge = plan_runtime_merge(
-            containerd.config_text, containerd_version=containerd.version_text, settings=wanted,
-            config_path=containerd.config_path, dropin_text=facts.managed_file(wanted.dropin_path),
+            containerd.config_text,
+            containerd_version=containerd.version_text,
+            settings=wanted,
+            config_path=containerd.config_path,
+            dropin_text=facts.managed_file(wanted.dropin_path),
         )
     except GpunodeError as exc:
         plan.failed = str(exc) + " Nothing was written."
@@ -74,30 +81,41 @@ def plan_containerd_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
     plan.notes += list(merge.notes)
     where = " and ".join(change.path for change in merge.files) or containerd.config_path
     if not merge.changed:
-        problems = runtime_problems(containerd.dump_text or "", binary_name=wanted.binary_name) \
-            if containerd.dump_text else ()
+        problems = (
+            runtime_problems(containerd.dump_text or "", binary_name=wanted.binary_name) if containerd.dump_text else ()
+        )
         if problems:
-            plan.failed = ("the files already say what gpunode would write, but containerd's "
-                           "effective config disagrees: " + " ".join(problems)
-                           + " Fix: look for another file in `imports` that overrides the runtime")
+            plan.failed = (
+                "the files already say what gpunode would write, but containerd's "
+                "effective config disagrees: "
+                + " ".join(problems)
+                + " Fix: look for another file in `imports` that overrides the runtime"
+            )
             return plan
         plan.unchanged = f'runtime "{wanted.runtime_name}" -> {wanted.binary_name} in {where}'
         return plan
     writes = [FileWrite(change.path, change.new_text) for change in merge.files if change.changed]
     plan.diff = merge.diff
-    plan.changes.append(f'add runtime "{wanted.runtime_name}" -> {wanted.binary_name}: write '
-                        + ", ".join(w.path for w in writes))
-    plan.commands.append(FunctionCommand(apply_runtime_change, (), {
-        "writes": writes,
-        "backup": backup_dir("containerd"),
-        "config_path": containerd.config_path,
-        "runtime_name": wanted.runtime_name,
-        "binary_name": wanted.binary_name,
-        "old_dump": containerd.dump_text,
-        "restart_command": settings.containerd_restart_command,
-        "has_systemd": facts.has_systemd,
-        "messages": plan.notes,
-    }))
+    plan.changes.append(
+        f'add runtime "{wanted.runtime_name}" -> {wanted.binary_name}: write ' + ", ".join(w.path for w in writes)
+    )
+    plan.commands.append(
+        FunctionCommand(
+            apply_runtime_change,
+            (),
+            {
+                "writes": writes,
+                "backup": backup_dir("containerd"),
+                "config_path": containerd.config_path,
+                "runtime_name": wanted.runtime_name,
+                "binary_name": wanted.binary_name,
+                "old_dump": containerd.dump_text,
+                "restart_command": settings.containerd_restart_command,
+                "has_systemd": facts.has_systemd,
+                "messages": plan.notes,
+            },
+        )
+    )
     plan.unchanged = f'runtime "{wanted.runtime_name}" -> {wanted.binary_name} in {where}'
     return plan
 
@@ -106,26 +124,30 @@ def _plan_k3s(facts: HostFacts, wanted: RuntimeSettings, plan: StepPlan) -> Step
     generated = facts.managed_file(K3S_CONFIG)
     try:
         merge: MergePlan = plan_runtime_merge(
-            generated, containerd_version=facts.containerd.version_text or "1.7.0", settings=wanted,
-            config_path=K3S_CONFIG, k3s=True,
+            generated,
+            containerd_version=facts.containerd.version_text or "1.7.0",
+            settings=wanted,
+            config_path=K3S_CONFIG,
+            k3s=True,
         )
     except GpunodeError as exc:
         plan.failed = str(exc) + " Nothing was written."
         return plan
     plan.notes += list(merge.notes)
-    has_runtime = generated is not None and f'runtimes.{wanted.runtime_name}]' in generated.replace('"', "")
+    has_runtime = generated is not None and f"runtimes.{wanted.runtime_name}]" in generated.replace('"', "")
     if has_runtime:
-        plan.unchanged = f"k3s generated the runtime \"{wanted.runtime_name}\" itself ({K3S_CONFIG})"
+        plan.unchanged = f'k3s generated the runtime "{wanted.runtime_name}" itself ({K3S_CONFIG})'
         return plan
-    service = "k3s" if facts.k3s_binary and any(
-        "server" in arg for arg in facts.kubelet.args) else "k3s-agent"
+    service = "k3s" if facts.k3s_binary and any("server" in arg for arg in facts.kubelet.args) else "k3s-agent"
     if facts.has_systemd:
         plan.commands.append(f"systemctl restart {service} || systemctl restart k3s")
-        plan.changes.append(f"restart {service}: k3s adds the nvidia runtime itself when it "
-                            "finds nvidia-container-runtime at start")
+        plan.changes.append(
+            f"restart {service}: k3s adds the nvidia runtime itself when it finds nvidia-container-runtime at start"
+        )
     else:
-        plan.skipped = ("k3s adds the nvidia runtime itself at its next start; no systemd here "
-                        "to restart it. Fix: restart k3s")
+        plan.skipped = (
+            "k3s adds the nvidia runtime itself at its next start; no systemd here to restart it. Fix: restart k3s"
+        )
     return plan
 
 
@@ -136,7 +158,8 @@ def _plan_k3s(facts: HostFacts, wanted: RuntimeSettings, plan: StepPlan) -> Step
 
 def _run(host: Host, command: str) -> tuple[bool, str]:
     status, output = host.run_shell_command(
-        StringCommand(command), _sudo=bool(host.data.get("_sudo")),
+        StringCommand(command),
+        _sudo=bool(host.data.get("_sudo")),
     )
     text = "\n".join(output.stdout_lines + output.stderr_lines)
     return bool(status), text
@@ -163,18 +186,31 @@ def _wait_healthy(host: Host) -> tuple[bool, str]:
     deadline = time.monotonic() + RESTART_DEADLINE
     output = ""
     while time.monotonic() < deadline:
-        ok, output = _run(host, "ctr --connect-timeout 2s --timeout 5s version >/dev/null 2>&1 "
-                                "|| { command -v ctr >/dev/null || pgrep -x containerd; }")
+        ok, output = _run(
+            host,
+            "ctr --connect-timeout 2s --timeout 5s version >/dev/null 2>&1 "
+            "|| { command -v ctr >/dev/null || pgrep -x containerd; }",
+        )
         if ok:
             return True, ""
         time.sleep(0.5)
     return False, output or "containerd did not answer after the restart"
 
 
-def apply_runtime_change(state: State, host: Host, *, writes: list[FileWrite], backup: str,
-                         config_path: str, runtime_name: str, binary_name: str,
-                         old_dump: str | None, restart_command: str | None, has_systemd: bool,
-                         messages: list[str]) -> bool:
+def apply_runtime_change(
+    state: State,
+    host: Host,
+    *,
+    writes: list[FileWrite],
+    backup: str,
+    config_path: str,
+    runtime_name: str,
+    binary_name: str,
+    old_dump: str | None,
+    restart_command: str | None,
+    has_systemd: bool,
+    messages: list[str],
+) -> bool:
     ok, output = _run(host, sh(write_files_script(writes, backup)))
     if not ok:
         messages.append(f"writing the config failed: {output}")
@@ -183,14 +219,18 @@ def apply_runtime_change(state: State, host: Host, *, writes: list[FileWrite], b
     valid, dump = _dump(host, config_path)
     problems: tuple[str, ...]
     try:
-        problems = runtime_problems(dump, runtime_name=runtime_name, binary_name=binary_name) if valid \
+        problems = (
+            runtime_problems(dump, runtime_name=runtime_name, binary_name=binary_name)
+            if valid
             else (f"`containerd config dump` failed: {dump.strip()}",)
+        )
     except HostStateError as exc:
         problems = (str(exc),)
     if problems:
         _run(host, sh(restore_files_script(writes, backup)))
-        messages.append("the new config did not validate, so the previous files are back "
-                        f"(backup {backup}): " + " ".join(problems))
+        messages.append(
+            f"the new config did not validate, so the previous files are back (backup {backup}): " + " ".join(problems)
+        )
         return False
     messages.append(f"validated with `containerd config dump`; backup of the previous files in {backup}")
     if old_dump is not None and dump.strip() == old_dump.strip():
@@ -201,8 +241,10 @@ def apply_runtime_change(state: State, host: Host, *, writes: list[FileWrite], b
         messages.append("containerd restarted and answering")
         return True
     if why == "no systemd":
-        messages.append("no systemd on this host and no --containerd-restart-command: containerd "
-                        "was NOT restarted; restart it yourself to load the runtime")
+        messages.append(
+            "no systemd on this host and no --containerd-restart-command: containerd "
+            "was NOT restarted; restart it yourself to load the runtime"
+        )
         return True
     _run(host, sh(restore_files_script(writes, backup)))
     back, again = _restart(host, restart_command, has_systemd)

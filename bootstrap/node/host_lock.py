@@ -91,7 +91,9 @@ class HostLock:
             channel.close()
         elif self.host.name == "@local":
             process = subprocess.Popen(
-                ["sh", "-c", self._command()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                ["sh", "-c", self._command()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
             )
             assert process.stdout is not None
             first = process.stdout.readline().decode().strip()

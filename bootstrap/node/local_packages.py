@@ -14,7 +14,7 @@ import struct
 import tarfile
 from pathlib import Path
 
-from ..core.toolkit_packages import LocalPackage
+from ..core.packages.toolkit import LocalPackage
 from ..errors import UserError
 
 _AR_MAGIC = b"!<arch>\n"
@@ -48,7 +48,7 @@ def _ar_members(path: Path, data: bytes) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     offset = len(_AR_MAGIC)
     while offset + 60 <= len(data):
-        header = data[offset:offset + 60]
+        header = data[offset : offset + 60]
         if header[58:60] != b"`\n":
             raise _bad(path, f"corrupt ar member header at byte {offset}")
         name = header[0:16].decode("ascii", "replace").strip().rstrip("/")
@@ -59,7 +59,7 @@ def _ar_members(path: Path, data: bytes) -> dict[str, bytes]:
         start = offset + 60
         if start + size > len(data):
             raise _bad(path, f"ar member {name!r} is truncated")
-        members[name] = data[start:start + size]
+        members[name] = data[start : start + size]
         offset = start + size + (size % 2)  # members are padded to an even size
     return members
 
@@ -120,13 +120,20 @@ def read_deb(path: Path) -> LocalPackage:
         if not control.get(field):
             raise _bad(path, f"its control file has no {field}")
     depends = tuple(
-        dep.strip() for field in ("Pre-Depends", "Depends")
-        for dep in control.get(field, "").replace("\n", " ").split(",") if dep.strip()
+        dep.strip()
+        for field in ("Pre-Depends", "Depends")
+        for dep in control.get(field, "").replace("\n", " ").split(",")
+        if dep.strip()
     )
     return LocalPackage(
-        name=control["Package"], version=control["Version"], architecture=control["Architecture"],
-        depends=depends, file_name=path.name, sha256=hashlib.sha256(data).hexdigest(),
-        path=str(path), format="deb",
+        name=control["Package"],
+        version=control["Version"],
+        architecture=control["Architecture"],
+        depends=depends,
+        file_name=path.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path),
+        format="deb",
     )
 
 
@@ -137,10 +144,10 @@ def read_deb(path: Path) -> LocalPackage:
 
 def _rpm_header(path: Path, data: bytes, offset: int) -> tuple[dict[int, object], int]:
     """Tag -> value of the header at `offset`, and the offset just past it."""
-    if data[offset:offset + 4] != _RPM_HEADER_MAGIC:
+    if data[offset : offset + 4] != _RPM_HEADER_MAGIC:
         raise _bad(path, f"no RPM header at byte {offset}")
     try:
-        count, store_size = struct.unpack(">II", data[offset + 8:offset + 16])
+        count, store_size = struct.unpack(">II", data[offset + 8 : offset + 16])
     except struct.error:
         raise _bad(path, "truncated RPM header") from None
     index_start = offset + 16
@@ -151,7 +158,7 @@ def _rpm_header(path: Path, data: bytes, offset: int) -> tuple[dict[int, object]
     store = data[store_start:end]
     tags: dict[int, object] = {}
     for i in range(count):
-        tag, kind, where, n = struct.unpack(">iiii", data[index_start + 16 * i:index_start + 16 * (i + 1)])
+        tag, kind, where, n = struct.unpack(">iiii", data[index_start + 16 * i : index_start + 16 * (i + 1)])
         if where < 0 or where > len(store):
             raise _bad(path, "corrupt RPM header index")
         if kind in (_TYPE_STRING, _TYPE_I18NSTRING, _TYPE_STRING_ARRAY):
@@ -165,7 +172,7 @@ def _rpm_header(path: Path, data: bytes, offset: int) -> tuple[dict[int, object]
                 pos = stop + 1
             tags[tag] = strings if kind == _TYPE_STRING_ARRAY else strings[0]
         elif kind == _TYPE_INT32:
-            tags[tag] = list(struct.unpack(f">{n}i", store[where:where + 4 * n]))
+            tags[tag] = list(struct.unpack(f">{n}i", store[where : where + 4 * n]))
     return tags, end
 
 
@@ -179,8 +186,11 @@ def _rpm_requires(tags: dict[int, object]) -> tuple[str, ...]:
         flag = flags[i] if i < len(flags) else 0
         if flag & _RPMSENSE_RPMLIB or str(name).startswith("rpmlib("):
             continue
-        op = ("<" if flag & _RPMSENSE_LESS else "") + (">" if flag & _RPMSENSE_GREATER else "") \
+        op = (
+            ("<" if flag & _RPMSENSE_LESS else "")
+            + (">" if flag & _RPMSENSE_GREATER else "")
             + ("=" if flag & _RPMSENSE_EQUAL else "")
+        )
         version = versions[i] if i < len(versions) else ""
         text = f"{name} {op} {version}" if op and version else str(name)
         if text not in out:
@@ -204,8 +214,14 @@ def read_rpm(path: Path) -> LocalPackage:
     if isinstance(epoch, list) and epoch and epoch[0]:
         full = f"{epoch[0]}:{full}"
     return LocalPackage(
-        name=str(name), version=full, architecture=str(arch), depends=_rpm_requires(tags),
-        file_name=path.name, sha256=hashlib.sha256(data).hexdigest(), path=str(path), format="rpm",
+        name=str(name),
+        version=full,
+        architecture=str(arch),
+        depends=_rpm_requires(tags),
+        file_name=path.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        path=str(path),
+        format="rpm",
     )
 
 

@@ -12,9 +12,9 @@ import shlex
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from pyinfra.context import host
 from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.operation import operation
+from pyinfra.context import host
 
 from gpunode.bootstrap.node.steps import UploadFiles
 

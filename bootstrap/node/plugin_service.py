@@ -15,10 +15,10 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
-from gpunode.bootstrap.core.host_facts import HostFacts
-from gpunode.bootstrap.core.host_record import HostRecord
-from gpunode.bootstrap.core.packages import FileSpec, PackageSpec, apt_install_command
-from gpunode.bootstrap.core.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
+from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
+from gpunode.bootstrap.core.host.record import HostRecord
+from gpunode.bootstrap.core.packages.common import FileSpec, PackageSpec, apt_install_command
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.node.steps import StepPlan, UploadFiles, file_commands, file_diff
@@ -54,11 +54,12 @@ def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
     if settings.plugin_wheels:
         wheels = sorted(Path(settings.plugin_wheels).expanduser().glob("*.whl"))
         if not wheels:
-            raise UserError(f"--plugin-wheels {settings.plugin_wheels} holds no .whl files.",
-                            fix="put the gpunode wheel and its plugin dependencies there "
-                                "(pip wheel --no-deps . && pip download click grpcio protobuf nvidia-ml-py)")
-        commands.append(UploadFiles(tuple(
-            (str(wheel), posixpath.join(WHEEL_DIR, wheel.name), "") for wheel in wheels)))
+            raise UserError(
+                f"--plugin-wheels {settings.plugin_wheels} holds no .whl files.",
+                fix="put the gpunode wheel and its plugin dependencies there "
+                "(pip wheel --no-deps . && pip download click grpcio protobuf nvidia-ml-py)",
+            )
+        commands.append(UploadFiles(tuple((str(wheel), posixpath.join(WHEEL_DIR, wheel.name), "") for wheel in wheels)))
         # Only these files: a host without an index (air-gapped) must not try one.
         source = f" --no-index --find-links {shlex.quote(WHEEL_DIR)}"
     elif Path(package).is_file():
@@ -76,8 +77,9 @@ def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
     return commands
 
 
-def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_version: str | None,
-                             recorded: HostRecord | None) -> StepPlan:
+def plan_plugin_service_step(
+    facts: HostFacts, settings: NodeSettings, driver_version: str | None, recorded: HostRecord | None
+) -> StepPlan:
     plan = StepPlan("plugin-service")
     if settings.plugin_mode != "host":
         plan.skipped = "the plugin runs as a DaemonSet (plugin mode daemonset)"
@@ -96,9 +98,11 @@ def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_ve
         except GpunodeError as exc:
             plan.failed = str(exc)
             return plan
-        plan.changes.append(f"install gpunode {ours} into {VENV_DIR}"
-                            + (f" (was {venv.installed_version})" if venv.installed_version else "")
-                            + (f" from {settings.plugin_wheels}" if settings.plugin_wheels else ""))
+        plan.changes.append(
+            f"install gpunode {ours} into {VENV_DIR}"
+            + (f" (was {venv.installed_version})" if venv.installed_version else "")
+            + (f" from {settings.plugin_wheels}" if settings.plugin_wheels else "")
+        )
     unit = render_plugin_unit(kubelet_root=facts.kubelet.root_dir, driver_version=driver_version)
     current = facts.managed_file(UNIT_PATH)
     unit_changed = current != unit
@@ -110,15 +114,21 @@ def plan_plugin_service_step(facts: HostFacts, settings: NodeSettings, driver_ve
     needs_restart = unit_changed or driver_changed or venv.installed_version != ours
     if facts.has_systemd:
         if needs_restart:
-            plan.commands += ["systemctl daemon-reload", f"systemctl enable {UNIT_NAME}",
-                              f"systemctl restart {UNIT_NAME}"]
+            plan.commands += [
+                "systemctl daemon-reload",
+                f"systemctl enable {UNIT_NAME}",
+                f"systemctl restart {UNIT_NAME}",
+            ]
             plan.changes.append(f"restart {UNIT_NAME}" + (" (driver changed)" if driver_changed else ""))
         elif venv.unit_active != "active":
             plan.commands += [f"systemctl enable --now {UNIT_NAME}"]
             plan.changes.append(f"start {UNIT_NAME} (it was {venv.unit_active or 'not running'})")
     elif plan.commands:
-        plan.notes.append(f"no systemd on this host: {UNIT_PATH} is written but could not be "
-                          f"started; run `{VENV_DIR}/bin/python -m gpunode.plugin serve` under your init system")
+        plan.notes.append(
+            f"no systemd on this host: {UNIT_PATH} is written but could not be "
+            f"started; run `{VENV_DIR}/bin/python -m gpunode.plugin serve` under your init system"
+        )
     plan.unchanged = f"gpunode {ours} in {VENV_DIR}, {UNIT_NAME} " + (
-        venv.unit_active or "written (no systemd on this host)")
+        venv.unit_active or "written (no systemd on this host)"
+    )
     return plan

@@ -55,9 +55,7 @@ def write_files_script(files: Sequence[FileWrite], backup_dir: str | None) -> st
     if backup_dir is not None:
         # Keep the newest backup sets only; names sort by time.
         root = backup_dir.rsplit("/", 1)[0]
-        lines.append(
-            f"ls -1d {_q(root)}/*/ 2>/dev/null | sort | head -n -{BACKUPS_KEPT} | xargs -r rm -rf --"
-        )
+        lines.append(f"ls -1d {_q(root)}/*/ 2>/dev/null | sort | head -n -{BACKUPS_KEPT} | xargs -r rm -rf --")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The one fact bootstrap, verify and doctor read a host through: HostSnapshot.
 
 One round trip gathers everything (see snapshot_script.sh); parsing is pure and lives in
-gpunode.bootstrap.core.host_facts.
+gpunode.bootstrap.core.host.facts.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from importlib.resources import files
 
 from pyinfra.api.facts import FactBase
 
-from gpunode.bootstrap.core.host_diagnostics import NVML_CHECK_SOURCE
-from gpunode.bootstrap.core.host_facts import HostFacts, parse_snapshot
-from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND, probe_command
-from gpunode.bootstrap.core.packages import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
+from gpunode.bootstrap.core.host.diagnostics import NVML_CHECK_SOURCE
+from gpunode.bootstrap.core.host.facts import HostFacts, parse_snapshot
+from gpunode.bootstrap.core.nvml.library import PROBE_COMMAND, probe_command
+from gpunode.bootstrap.core.packages.common import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
 
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 DRIVER_CONTAINER_ROOT = "/run/nvidia/driver"  # the GPU Operator's driver container root
@@ -34,8 +34,13 @@ def _driver_root_probe(root: str) -> str:
     return "( " + probe_command(root=root) + " )"
 
 
-def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
-                     diagnostics: bool = False, driver_root: str = DRIVER_CONTAINER_ROOT) -> str:
+def snapshot_command(
+    containerd_config: str,
+    managed_files: Iterable[str],
+    *,
+    diagnostics: bool = False,
+    driver_root: str = DRIVER_CONTAINER_ROOT,
+) -> str:
     """The one command that reads a host; `diagnostics` adds what only doctor needs
     (`driver_root`: where a containerised driver's root would be mounted)."""
     script = (
@@ -51,9 +56,11 @@ def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
         f"GPUNODE_UPLOAD_DIR={shlex.quote(UPLOAD_DIR)}\n"
     )
     if diagnostics:
-        assignments += (f"GPUNODE_DIAGNOSE=1\n"
-                        f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n"
-                        f"GPUNODE_DRIVER_ROOT={shlex.quote(driver_root)}\n")
+        assignments += (
+            f"GPUNODE_DIAGNOSE=1\n"
+            f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n"
+            f"GPUNODE_DRIVER_ROOT={shlex.quote(driver_root)}\n"
+        )
     # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
     return "sh -c " + shlex.quote(assignments + script)
 
@@ -61,8 +68,12 @@ def snapshot_command(containerd_config: str, managed_files: Iterable[str], *,
 class HostSnapshot(FactBase[HostFacts]):
     """Everything gpunode needs to know about a host, read in one round trip."""
 
-    def command(self, containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
-                managed_files: tuple[str, ...] = (), diagnostics: bool = False) -> str:
+    def command(
+        self,
+        containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
+        managed_files: tuple[str, ...] = (),
+        diagnostics: bool = False,
+    ) -> str:
         return snapshot_command(containerd_config, managed_files, diagnostics=diagnostics)
 
     def process(self, output: list[str]) -> HostFacts:

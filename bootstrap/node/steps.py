@@ -13,21 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpunode.bootstrap.core.apt_sources import plan_apt_components
-from gpunode.bootstrap.core.containerd import parse_containerd_version
-from gpunode.bootstrap.core.driver_packages import DriverRequest, plan_driver
-from gpunode.bootstrap.core.host_facts import HostFacts
-from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord
-from gpunode.bootstrap.core.nvml_library import LibraryProblem, NvmlLibrary, choose_nvml_library
-from gpunode.bootstrap.core.packages import FileSpec, apt_update_command, upstream_version
-from gpunode.bootstrap.core.settings import NodeSettings
-from gpunode.bootstrap.core.toolkit_packages import (
+from gpunode.bootstrap.core.containerd.plan import parse_containerd_version
+from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord
+from gpunode.bootstrap.core.nvml.library import LibraryProblem, NvmlLibrary, choose_nvml_library
+from gpunode.bootstrap.core.packages.apt_sources import plan_apt_components
+from gpunode.bootstrap.core.packages.common import FileSpec, apt_update_command, upstream_version
+from gpunode.bootstrap.core.packages.driver import DriverRequest, plan_driver
+from gpunode.bootstrap.core.packages.toolkit import (
     LocalPackage,
     installed_toolkit_version,
     plan_local_toolkit,
     plan_toolkit_packages,
     plan_toolkit_repo,
 )
+from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
 from gpunode.bootstrap.node.remote_files import BACKUP_ROOT, FileWrite, sh, write_files_script
 
@@ -68,10 +68,14 @@ def backup_dir(step: str) -> str:
 
 
 def file_diff(path: str, old: str | None, new: str) -> str:
-    return "".join(difflib.unified_diff(
-        (old or "").splitlines(keepends=True), new.splitlines(keepends=True),
-        fromfile=f"a{path}" if old is not None else "/dev/null", tofile=f"b{path}",
-    ))
+    return "".join(
+        difflib.unified_diff(
+            (old or "").splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"a{path}" if old is not None else "/dev/null",
+            tofile=f"b{path}",
+        )
+    )
 
 
 def changed_files(facts: HostFacts, specs: Sequence[FileSpec | None]) -> list[FileSpec]:
@@ -104,8 +108,7 @@ def plan_preflight(facts: HostFacts, settings: NodeSettings) -> StepPlan:
         )
         return plan
     if facts.os.family == "unknown":
-        plan.failed = (f"gpunode does not support {facts.os.describe()}. Fix: use Debian, "
-                       "Ubuntu or a RHEL-family host")
+        plan.failed = f"gpunode does not support {facts.os.describe()}. Fix: use Debian, Ubuntu or a RHEL-family host"
         return plan
     parts = [found, facts.os.describe(), f"kernel {facts.kernel_release} {facts.arch}"]
     if facts.containerd.version_text:
@@ -138,8 +141,9 @@ def effective_driver_version(facts: HostFacts, settings: NodeSettings) -> str | 
     if settings.driver_version:
         return settings.driver_version
     current = facts.packages.get("libnvidia-ml1") or facts.packages.get("nvidia-driver-cuda")
-    if current and (settings.driver_branch is None
-                    or upstream_version(current).startswith(settings.driver_branch + ".")):
+    if current and (
+        settings.driver_branch is None or upstream_version(current).startswith(settings.driver_branch + ".")
+    ):
         return current
     return None
 
@@ -147,8 +151,10 @@ def effective_driver_version(facts: HostFacts, settings: NodeSettings) -> str | 
 def plan_driver_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
     plan = StepPlan("driver")
     request = DriverRequest(
-        branch=settings.driver_branch, version=effective_driver_version(facts, settings),
-        kernel_module=settings.kernel_module, flavour=settings.driver_flavour,
+        branch=settings.driver_branch,
+        version=effective_driver_version(facts, settings),
+        kernel_module=settings.kernel_module,
+        flavour=settings.driver_flavour,
     )
     try:
         driver = plan_driver(facts.os, facts.arch, request, facts.kernel_release, facts.packages)
@@ -163,8 +169,11 @@ def plan_driver_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
         files += list(driver.repo.files)
     files.append(driver.pin)
     to_write = changed_files(facts, files)
-    repo_missing = driver.repo is not None and driver.repo.keyring_path is not None and \
-        facts.managed_file(driver.repo.keyring_path) is None
+    repo_missing = (
+        driver.repo is not None
+        and driver.repo.keyring_path is not None
+        and facts.managed_file(driver.repo.keyring_path) is None
+    )
     if repo_missing and driver.repo is not None and driver.repo.setup_command:
         plan.commands.append(f"{driver.repo.check_command} || {driver.repo.setup_command}")
         plan.changes.append(f"add the {driver.repo.name} repository and its verified key")
@@ -196,9 +205,11 @@ def plan_nouveau_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
     loaded = "nouveau" in facts.loaded_modules
     if settings.kernel_module == "none":
         if loaded:
-            plan.failed = ("nouveau is loaded, so no nvidia module can drive the GPUs (kernel module "
-                           "mode none: gpunode leaves module configuration to you). Fix: blacklist "
-                           "nouveau, rebuild the initramfs and reboot")
+            plan.failed = (
+                "nouveau is loaded, so no nvidia module can drive the GPUs (kernel module "
+                "mode none: gpunode leaves module configuration to you). Fix: blacklist "
+                "nouveau, rebuild the initramfs and reboot"
+            )
         else:
             plan.skipped = "kernel module mode none: module configuration is managed elsewhere"
         return plan
@@ -231,8 +242,7 @@ def plan_nouveau_step(facts: HostFacts, settings: NodeSettings) -> StepPlan:
 # --------------------------------------------------------------------------------------
 
 
-def plan_toolkit_step(facts: HostFacts, settings: NodeSettings,
-                      local: Sequence[LocalPackage] | None) -> StepPlan:
+def plan_toolkit_step(facts: HostFacts, settings: NodeSettings, local: Sequence[LocalPackage] | None) -> StepPlan:
     plan = StepPlan("toolkit")
     family = facts.os.family
     try:
@@ -240,8 +250,12 @@ def plan_toolkit_step(facts: HostFacts, settings: NodeSettings,
             if family == "unknown":
                 raise GpunodeError(f"gpunode cannot install packages on {facts.os.describe()}")
             local_plan = plan_local_toolkit(local, facts.packages, facts.arch, family=family)
-            pin, install, to_install, notes = local_plan.pin, local_plan.install_command, \
-                local_plan.to_install, local_plan.notes
+            pin, install, to_install, notes = (
+                local_plan.pin,
+                local_plan.install_command,
+                local_plan.to_install,
+                local_plan.notes,
+            )
             uploads = [(u.local_path, u.remote_path, u.sha256) for u in local_plan.uploads]
             repo_files: list[FileSpec] = []
             repo_command: str | None = None
@@ -250,8 +264,12 @@ def plan_toolkit_step(facts: HostFacts, settings: NodeSettings,
                 raise GpunodeError(f"gpunode cannot install packages on {facts.os.describe()}")
             repo = plan_toolkit_repo(facts.os, facts.arch)
             package_plan = plan_toolkit_packages(settings.toolkit_version, facts.packages, family=family)
-            pin, install, to_install, notes = package_plan.pin, package_plan.install_command, \
-                package_plan.to_install, package_plan.notes + repo.notes
+            pin, install, to_install, notes = (
+                package_plan.pin,
+                package_plan.install_command,
+                package_plan.to_install,
+                package_plan.notes + repo.notes,
+            )
             uploads = []
             repo_files = list(repo.files)
             repo_command = None
@@ -316,12 +334,15 @@ def plan_library_step(facts: HostFacts, settings: NodeSettings, recorded: HostRe
     description = f"{library.path} (driver {library.version})"
     if facts.module_version is None:
         if settings.kernel_module == "none":
-            plan.notes.append("no nvidia kernel module is loaded; in kernel module mode none whoever "
-                              "manages the module must load it before pods can use the GPUs")
+            plan.notes.append(
+                "no nvidia kernel module is loaded; in kernel module mode none whoever "
+                "manages the module must load it before pods can use the GPUs"
+            )
         else:
             plan.reboot_required = True
-            plan.notes.append("no nvidia kernel module is loaded yet: reboot (or `modprobe nvidia`) "
-                              "to load the one just installed")
+            plan.notes.append(
+                "no nvidia kernel module is loaded yet: reboot (or `modprobe nvidia`) to load the one just installed"
+            )
     if recorded is not None and recorded.nvml_library and recorded.nvml_library != library.path:
         plan.changes.append(f"library moved from {recorded.nvml_library} to {description}")
     plan.unchanged = description

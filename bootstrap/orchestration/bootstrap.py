@@ -27,12 +27,19 @@ from pyinfra.api.inventory import Inventory
 
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.cluster.steps import CLUSTER_STEPS, run_cluster_steps
-from gpunode.bootstrap.core.cluster_plan import ClusterSettings, NodeTarget
-from gpunode.bootstrap.core.host_facts import HostFacts
-from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
+from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord, parse_record
+from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, NodeTarget
+from gpunode.bootstrap.core.packages.apt_sources import GPUNODE_NONFREE_SOURCES
+from gpunode.bootstrap.core.packages.driver import DRIVER_PIN_PATH
+from gpunode.bootstrap.core.packages.toolkit import (
+    TOOLKIT_APT_KEYRING,
+    TOOLKIT_APT_LIST,
+    TOOLKIT_PIN_PATH,
+    LocalPackage,
+)
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
-from gpunode.bootstrap.core.toolkit_packages import LocalPackage
 from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.node.containerd_step import containerd_managed_paths, plan_containerd_step
 from gpunode.bootstrap.node.host_lock import HostLock
@@ -49,9 +56,6 @@ from gpunode.bootstrap.node.steps import (
     plan_state_step,
     plan_toolkit_step,
 )
-from gpunode.bootstrap.core.driver_packages import DRIVER_PIN_PATH
-from gpunode.bootstrap.core.toolkit_packages import TOOLKIT_APT_KEYRING, TOOLKIT_APT_LIST, TOOLKIT_PIN_PATH
-from gpunode.bootstrap.core.apt_sources import GPUNODE_NONFREE_SOURCES
 from gpunode.bootstrap.orchestration.session import OpOutcome, PlannedOp, Session
 
 PHASE_ONE = ("driver", "nouveau", "toolkit")
@@ -98,8 +102,14 @@ class HostRun:
 def managed_paths(settings: NodeSettings) -> tuple[str, ...]:
     """Files the snapshot reads back so that steps can compare before writing."""
     return (
-        STATE_PATH, NOUVEAU_BLACKLIST, DRIVER_PIN_PATH, GPUNODE_NONFREE_SOURCES, TOOLKIT_PIN_PATH,
-        TOOLKIT_APT_LIST, TOOLKIT_APT_KEYRING, *containerd_managed_paths(settings),
+        STATE_PATH,
+        NOUVEAU_BLACKLIST,
+        DRIVER_PIN_PATH,
+        GPUNODE_NONFREE_SOURCES,
+        TOOLKIT_PIN_PATH,
+        TOOLKIT_APT_LIST,
+        TOOLKIT_APT_KEYRING,
+        *containerd_managed_paths(settings),
         *plugin_service_paths(settings),
     )
 
@@ -117,8 +127,10 @@ def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, list[LocalPackage
         if directory and directory not in loaded:
             path = Path(directory).expanduser()
             if not path.is_dir():
-                raise UserError(f"--toolkit-packages {directory} is not a directory.",
-                                fix="give the directory that holds the toolkit's .deb or .rpm files")
+                raise UserError(
+                    f"--toolkit-packages {directory} is not a directory.",
+                    fix="give the directory that holds the toolkit's .deb or .rpm files",
+                )
             loaded[directory] = read_local_packages(path)
     return loaded
 
@@ -153,8 +165,12 @@ def _detail(plan: StepPlan, output: str = "") -> str:
     return text
 
 
-def _plan_phase(runs: Sequence[HostRun], names: Sequence[str], planner: Callable[[HostRun, str], StepPlan],
-                request: BootstrapRequest) -> None:
+def _plan_phase(
+    runs: Sequence[HostRun],
+    names: Sequence[str],
+    planner: Callable[[HostRun, str], StepPlan],
+    request: BootstrapRequest,
+) -> None:
     for run in runs:
         for name in names:
             if not run.active:
@@ -165,8 +181,7 @@ def _plan_phase(runs: Sequence[HostRun], names: Sequence[str], planner: Callable
             _record(run, plan, request)
 
 
-def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str],
-             request: BootstrapRequest) -> None:
+def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str], request: BootstrapRequest) -> None:
     plans: dict[Host, list[PlannedOp]] = {}
     for run in runs:
         ops = []
@@ -194,7 +209,7 @@ def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str],
         # A step after a failed one never ran: say so instead of claiming a change.
         failed_at = next((i for i, n in enumerate(names) if (s := run.report.step(n)) and s.status == "failed"), None)
         if failed_at is not None:
-            for later in names[failed_at + 1:]:
+            for later in names[failed_at + 1 :]:
                 step = run.report.step(later)
                 if step is not None and step.status == "changed":
                     run.report.record(later, "skipped", "not run: an earlier step failed on this host")
@@ -234,9 +249,12 @@ def _phase_two_planner(run: HostRun, name: str) -> StepPlan:
         gpu_count=len(facts.gpus),
         gpus=tuple(f"{gpu.bus_id} {gpu.name}" for gpu in facts.gpus),
         driver_version=run.report.driver_version,
-        driver_packages={k: v for k, v in sorted(facts.packages.items())
-                         if k.startswith(("libnvidia", "nvidia-", "libcuda"))
-                         and not k.startswith(("nvidia-container", "libnvidia-container"))},
+        driver_packages={
+            k: v
+            for k, v in sorted(facts.packages.items())
+            if k.startswith(("libnvidia", "nvidia-", "libcuda"))
+            and not k.startswith(("nvidia-container", "libnvidia-container"))
+        },
         kernel_module=settings.kernel_module,
         nvml_library=run.report.nvml_library,
         toolkit_version=facts.packages.get("nvidia-container-toolkit"),
@@ -274,7 +292,7 @@ def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapR
             if run.lock is not None:
                 try:
                     run.lock.release()
-                except Exception:  # noqa: BLE001 - the lock also goes away with the connection
+                except Exception:
                     pass
         session.disconnect()
 
@@ -302,8 +320,11 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
             unreachable = exc
     for run in runs:
         try:
-            run.settings = resolve_settings(run.host.name, run.host.data.dict(),  # type: ignore[no-untyped-call]
-                                            request.overrides)
+            run.settings = resolve_settings(
+                run.host.name,
+                run.host.data.dict(),  # type: ignore[no-untyped-call]
+                request.overrides,
+            )
         except UserError as exc:
             run.report.error = str(exc)
     _say(request, f"connecting to {len(runs)} host(s)")
@@ -341,17 +362,18 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
         _cluster(runs, request, unreachable)
         return [run.report for run in runs]
 
-    if request.confirm is not None and any(
-        plan.will_change for run in live for plan in run.plans.values()
-    ):
+    if request.confirm is not None and any(plan.will_change for run in live for plan in run.plans.values()):
         if not request.confirm(plan_text(live)):
             for run in live:
                 run.report.error = "not applied: the plan was not confirmed"
             return [run.report for run in runs]
 
     _execute(session, live, PHASE_ONE, request)
-    changed = [run for run in live if run.active and any(
-        (s := run.report.step(n)) is not None and s.status == "changed" for n in PHASE_ONE)]
+    changed = [
+        run
+        for run in live
+        if run.active and any((s := run.report.step(n)) is not None and s.status == "changed" for n in PHASE_ONE)
+    ]
     if changed:
         _say(request, f"reading {len(changed)} host(s) again after package changes")
         _read(session, changed)
@@ -394,11 +416,18 @@ def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: Boot
     plans: dict[Host, list[PlannedOp]] = {}
     for run in chosen:
         if run.host.name == "@local":
-            run.report.record("reboot", "failed", "gpunode cannot reboot the machine it runs on and wait for it. "
-                              "Fix: reboot this machine yourself, then run gpunode bootstrap again")
+            run.report.record(
+                "reboot",
+                "failed",
+                "gpunode cannot reboot the machine it runs on and wait for it. "
+                "Fix: reboot this machine yourself, then run gpunode bootstrap again",
+            )
             continue
-        plans[run.host] = [PlannedOp("reboot", server.reboot, kwargs={
-            "delay": 10, "interval": 2, "reboot_timeout": request.reboot_timeout})]
+        plans[run.host] = [
+            PlannedOp(
+                "reboot", server.reboot, kwargs={"delay": 10, "interval": 2, "reboot_timeout": request.reboot_timeout}
+            )
+        ]
     if not plans:
         return
     _say(request, f"rebooting {len(plans)} host(s) and waiting for them")
@@ -408,8 +437,11 @@ def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: Boot
         run = by_host[host]
         outcome = outcomes[-1] if outcomes else None
         if outcome is None or not outcome.succeeded:
-            run.report.record("reboot", "failed", "rebooting failed or the host did not come back: "
-                              + (outcome.output if outcome else "no outcome"))
+            run.report.record(
+                "reboot",
+                "failed",
+                "rebooting failed or the host did not come back: " + (outcome.output if outcome else "no outcome"),
+            )
             continue
         run.report.record("reboot", "changed", "rebooted; the host is back")
         _say(request, f"[{run.report.host}] reboot: changed")
@@ -454,14 +486,17 @@ def _cluster_target(run: HostRun) -> NodeTarget | str:
         why = step.detail if step is not None and step.status == "skipped" else "no NVML library was found"
         return f"the driver is not settled yet ({why})"
     return NodeTarget(
-        host=run.report.host, node=run.facts.node_name, driver_version=run.report.driver_version,
-        nvml_library=run.report.nvml_library, kubelet_root=run.facts.kubelet.root_dir,
-        gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus), plugin_mode=run.settings.plugin_mode,
+        host=run.report.host,
+        node=run.facts.node_name,
+        driver_version=run.report.driver_version,
+        nvml_library=run.report.nvml_library,
+        kubelet_root=run.facts.kubelet.root_dir,
+        gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus),
+        plugin_mode=run.settings.plugin_mode,
     )
 
 
-def _cluster(runs: Sequence[HostRun], request: BootstrapRequest,
-             unreachable: GpunodeError | None = None) -> None:
+def _cluster(runs: Sequence[HostRun], request: BootstrapRequest, unreachable: GpunodeError | None = None) -> None:
     if request.cluster is None:
         return
     targets: list[NodeTarget] = []
@@ -484,8 +519,13 @@ def _cluster(runs: Sequence[HostRun], request: BootstrapRequest,
     if not targets:
         return
     _say(request, f"cluster steps for {len(targets)} node(s) with {request.cluster.access.describe()}")
-    results = run_cluster_steps(Kubectl(request.cluster.access), targets, request.cluster.settings,
-                                dry_run=request.dry_run, progress=request.progress)
+    results = run_cluster_steps(
+        Kubectl(request.cluster.access),
+        targets,
+        request.cluster.settings,
+        dry_run=request.dry_run,
+        progress=request.progress,
+    )
     for host, steps in results.items():
         for step in steps:
             by_name[host].report.record(step.name, step.status, step.detail)

@@ -14,16 +14,19 @@ from typing import Any
 
 from gpunode.bootstrap.cluster.evidence import ClusterReader, ClusterSnapshot, gpu_nodes
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
-from gpunode.bootstrap.core.diagnosis import Diagnosis, Findings, diagnose, order
-from gpunode.bootstrap.core.diagnosis_host import K3S_CONTAINERD_CONFIG
-from gpunode.bootstrap.core.doctor_evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
-from gpunode.bootstrap.core.host_facts import HostFacts
-from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
-from gpunode.bootstrap.core.kube_view import dig, pod_gpu_limit, pod_spec_of
+from gpunode.bootstrap.core.doctor.engine import Diagnosis, Findings, diagnose, order
+from gpunode.bootstrap.core.doctor.evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
+from gpunode.bootstrap.core.doctor.rules_host import K3S_CONTAINERD_CONFIG
+from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord, parse_record
+from gpunode.bootstrap.core.kube.view import dig, pod_gpu_limit, pod_spec_of
 from gpunode.bootstrap.errors import GpunodeError, UserError
 
-NO_HOST = Unavailable("no HOST given: the driver, NVML library, toolkit, containerd and the kubelet's "
-                      "sockets are judged only with `gpunode doctor HOST`", asked=False)
+NO_HOST = Unavailable(
+    "no HOST given: the driver, NVML library, toolkit, containerd and the kubelet's "
+    "sockets are judged only with `gpunode doctor HOST`",
+    asked=False,
+)
 
 
 @dataclass
@@ -89,8 +92,9 @@ def _read_hosts(request: DoctorRequest) -> list[_Host]:
                 hosts[host].problem = f"could not connect over SSH: {error}"
         live = [host for host, entry in hosts.items() if entry.problem is None]
         results = session.snapshot(
-            live, containerd_config=configs,
-            managed_files={host: (STATE_PATH, K3S_CONTAINERD_CONFIG) for host in live},
+            live,
+            containerd_config=configs,
+            managed_files=dict.fromkeys(live, (STATE_PATH, K3S_CONTAINERD_CONFIG)),
             diagnostics=True,
         )
         for host, value in results.items():
@@ -111,8 +115,12 @@ def _read_cluster(request: DoctorRequest) -> _Cluster:
     try:
         snapshot = reader.snapshot()
     except GpunodeError as exc:
-        return _Cluster(problem=Unavailable(f"could not read the cluster with {request.kube.describe()}: "
-                                            f"{exc.problem}" + (f" Fix: {exc.fix}" if exc.fix else "")))
+        return _Cluster(
+            problem=Unavailable(
+                f"could not read the cluster with {request.kube.describe()}: "
+                f"{exc.problem}" + (f" Fix: {exc.fix}" if exc.fix else "")
+            )
+        )
     return _Cluster(reader=reader, snapshot=snapshot)
 
 
@@ -132,8 +140,7 @@ def _node_for_host(host: _Host, cluster: _Cluster, override: str | None) -> str 
     return None
 
 
-def _prefetch_views(request: DoctorRequest, hosts: Sequence[_Host], cluster: _Cluster,
-                    target_node: str | None) -> None:
+def _prefetch_views(request: DoctorRequest, hosts: Sequence[_Host], cluster: _Cluster, target_node: str | None) -> None:
     """Read every node's view at once (each is a few kubectl runs, mostly waiting)."""
     if cluster.reader is None or cluster.snapshot is None:
         return
@@ -156,8 +163,11 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
     if request.pod is not None:
         if cluster.reader is None:
             findings = Findings(f"pod {request.pod[0]}/{request.pod[1]}")
-            findings.skip("the pod", cluster.problem.why if cluster.problem else "the cluster was not read",
-                          cluster.problem.asked if cluster.problem else True)
+            findings.skip(
+                "the pod",
+                cluster.problem.why if cluster.problem else "the cluster was not read",
+                cluster.problem.asked if cluster.problem else True,
+            )
             extra.append(findings)
         else:
             try:
@@ -183,17 +193,24 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
         if node:
             covered.add(node)
         subject = host.name if not node or node == host.name else f"{host.name} (node {node})"
-        unknown_node = Unavailable("this host's node name is unknown (the host could not be read): "
-                                   "give it with --node NAME")
-        cases.append(DoctorCase(
-            subject=subject, node_name=node, host=host.facts,
-            host_unavailable=Unavailable(host.problem) if host.problem else None,
-            record=host.record, cluster=cluster.view(node),
-            cluster_unavailable=(cluster.problem if cluster.reader is None
-                                 else unknown_node if node is None else None),
-            target_pod=target if target is not None and node == target_node else None,
-            named_gpu_node=True,
-        ))
+        unknown_node = Unavailable(
+            "this host's node name is unknown (the host could not be read): give it with --node NAME"
+        )
+        cases.append(
+            DoctorCase(
+                subject=subject,
+                node_name=node,
+                host=host.facts,
+                host_unavailable=Unavailable(host.problem) if host.problem else None,
+                record=host.record,
+                cluster=cluster.view(node),
+                cluster_unavailable=(
+                    cluster.problem if cluster.reader is None else unknown_node if node is None else None
+                ),
+                target_pod=target if target is not None and node == target_node else None,
+                named_gpu_node=True,
+            )
+        )
     wanted = [n for n in request.nodes if n not in covered and n != override]
     if target_node and target_node not in covered and target_node not in wanted:
         wanted.append(target_node)
@@ -202,38 +219,55 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
         wanted += [n for n in gpu_nodes(list(cluster.snapshot.nodes.values())) if n not in wanted]
         if not wanted and target is None:
             findings = Findings("cluster")
-            findings.add("NO-GPU-NODE", "No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
-                         [f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
-                         "Run `gpunode doctor HOST` against the machine that should be a GPU node, or "
-                         "`gpunode bootstrap HOST` to make it one.", "warning", "host")
+            findings.add(
+                "NO-GPU-NODE",
+                "No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
+                [f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
+                "Run `gpunode doctor HOST` against the machine that should be a GPU node, or "
+                "`gpunode bootstrap HOST` to make it one.",
+                "warning",
+                "host",
+            )
             extra.append(findings)
     for node in wanted:
         covered.add(node)
-        cases.append(DoctorCase(
-            subject=f"node {node}", node_name=node, host_unavailable=NO_HOST,
-            cluster=cluster.view(node), cluster_unavailable=cluster.problem if cluster.reader is None else None,
-            target_pod=target if target is not None and node == target_node else None,
-            # Named by the user, or the node of a pod that asks for a GPU: meant to have GPUs.
-            # A pod that asks for none may land on a CPU node (F16), which is then no GPU node.
-            named_gpu_node=node in request.nodes or (node == target_node and target is not None
-                                                     and pod_gpu_limit(pod_spec_of(target.pod)) > 0),
-        ))
+        cases.append(
+            DoctorCase(
+                subject=f"node {node}",
+                node_name=node,
+                host_unavailable=NO_HOST,
+                cluster=cluster.view(node),
+                cluster_unavailable=cluster.problem if cluster.reader is None else None,
+                target_pod=target if target is not None and node == target_node else None,
+                # Named by the user, or the node of a pod that asks for a GPU: meant to have GPUs.
+                # A pod that asks for none may land on a CPU node (F16), which is then no GPU node.
+                named_gpu_node=node in request.nodes
+                or (node == target_node and target is not None and pod_gpu_limit(pod_spec_of(target.pod)) > 0),
+            )
+        )
     if target is not None and target_node is None:
-        cases.append(DoctorCase(
-            subject=f"pod {request.pod[0]}/{request.pod[1]}" if request.pod else "pod",
-            cluster=ClusterView(node_name="", node=None, runtime_classes=tuple(
-                cluster.snapshot.runtime_classes if cluster.snapshot else ()),
-                daemonsets=tuple(cluster.snapshot.daemonsets if cluster.snapshot else ())),
-            target_pod=target,
-        ))
+        cases.append(
+            DoctorCase(
+                subject=f"pod {request.pod[0]}/{request.pod[1]}" if request.pod else "pod",
+                cluster=ClusterView(
+                    node_name="",
+                    node=None,
+                    runtime_classes=tuple(cluster.snapshot.runtime_classes if cluster.snapshot else ()),
+                    daemonsets=tuple(cluster.snapshot.daemonsets if cluster.snapshot else ()),
+                ),
+                target_pod=target,
+            )
+        )
     if not cases and not extra:
         if cluster.problem is not None and cluster.problem.asked:
             findings = Findings("cluster")
             findings.skip("the cluster", cluster.problem.why)
             extra.append(findings)
         else:
-            raise UserError("Nothing to check: no HOST, no --node, no --pod, and no cluster to list GPU nodes from.",
-                            fix="name a host (gpunode doctor gpu01.example), or give a kubeconfig")
+            raise UserError(
+                "Nothing to check: no HOST, no --node, no --pod, and no cluster to list GPU nodes from.",
+                fix="name a host (gpunode doctor gpu01.example), or give a kubeconfig",
+            )
     diagnosis = diagnose(cases)
     verdicts = list(diagnosis.verdicts)
     skipped = list(diagnosis.not_checked)

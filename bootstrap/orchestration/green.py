@@ -41,4 +41,4 @@ def _compare_macs_in_c() -> None:
     import paramiko.util
 
     # packet.py looks the function up on paramiko.util at each call.
-    setattr(paramiko.util, "constant_time_bytes_eq", hmac.compare_digest)
+    setattr(paramiko.util, "constant_time_bytes_eq", hmac.compare_digest)  # noqa: B010 (mypy: overloaded type)

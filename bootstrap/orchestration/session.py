@@ -15,15 +15,15 @@ from typing import Any
 import gevent
 from gevent.pool import Pool
 from pyinfra.api.config import Config
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.api.host import Host
 from pyinfra.api.inventory import Inventory
-from pyinfra.api.state import State
-from pyinfra.api.exceptions import ConnectError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_host_op
+from pyinfra.api.state import State
 from pyinfra.context import ctx_host, ctx_state
 
-from gpunode.bootstrap.core.host_facts import HostFacts, SnapshotError
+from gpunode.bootstrap.core.host.facts import HostFacts, SnapshotError
 from gpunode.bootstrap.node.snapshot import HostSnapshot
 
 
@@ -72,7 +72,7 @@ class Session:
             with ctx_state.use(self.state), ctx_host.use(host):
                 try:
                     return work(host)
-                except Exception as exc:  # noqa: BLE001 - reported per host by the caller
+                except Exception as exc:
                     return exc
 
         greenlets = {host: self.pool.spawn(guarded, host) for host in hosts}
@@ -93,24 +93,28 @@ class Session:
         results = self._each(self.hosts, connect_one)
         return {host: (str(value) if isinstance(value, Exception) else value) for host, value in results.items()}
 
-    def snapshot(self, hosts: Sequence[Host], *, containerd_config: Mapping[Host, str],
-                 managed_files: Mapping[Host, tuple[str, ...]],
-                 diagnostics: bool = False) -> dict[Host, HostFacts | Exception]:
+    def snapshot(
+        self,
+        hosts: Sequence[Host],
+        *,
+        containerd_config: Mapping[Host, str],
+        managed_files: Mapping[Host, tuple[str, ...]],
+        diagnostics: bool = False,
+    ) -> dict[Host, HostFacts | Exception]:
         def read(host: Host) -> HostFacts | Exception:
             output = host.run_shell_command(
                 HostSnapshot().command(containerd_config[host], managed_files[host], diagnostics),
             )
             status, lines = output
             if not status:
-                return SnapshotError(
-                    "reading the host failed: " + " ".join(lines.stderr_lines[-3:]).strip()
-                )
+                return SnapshotError("reading the host failed: " + " ".join(lines.stderr_lines[-3:]).strip())
             return HostSnapshot().process(lines.stdout_lines)
 
         return self._each(hosts, read)
 
-    def run(self, plans: Mapping[Host, Sequence[PlannedOp]],
-            on_outcome: Callable[[Host, OpOutcome], None] | None = None) -> dict[Host, list[OpOutcome]]:
+    def run(
+        self, plans: Mapping[Host, Sequence[PlannedOp]], on_outcome: Callable[[Host, OpOutcome], None] | None = None
+    ) -> dict[Host, list[OpOutcome]]:
         """Add and execute each host's operations in order; a host stops at its first failure."""
         hashes: dict[Host, list[tuple[str, str]]] = {}
         with ctx_state.use(self.state):
@@ -139,8 +143,11 @@ class Session:
         results = self._each(list(plans), run_host)
         self.state.is_executing = False
         return {
-            host: (value if not isinstance(value, Exception)
-                   else [OpOutcome("internal", False, False, f"{type(value).__name__}: {value}")])
+            host: (
+                value
+                if not isinstance(value, Exception)
+                else [OpOutcome("internal", False, False, f"{type(value).__name__}: {value}")]
+            )
             for host, value in results.items()
         }
 
@@ -148,5 +155,5 @@ class Session:
         for host in self.state.activated_hosts:
             try:
                 host.disconnect()
-            except Exception:  # noqa: BLE001 - closing a dead connection is not an error
+            except Exception:
                 pass

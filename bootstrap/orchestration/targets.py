@@ -11,8 +11,15 @@ from pyinfra.api.inventory import Inventory
 from gpunode.bootstrap.errors import UserError
 
 
-def ssh_data(*, user: str | None, port: int | None, key: str | None, config_file: str | None,
-             known_hosts: str | None, sudo: bool | None) -> dict[str, Any]:
+def ssh_data(
+    *,
+    user: str | None,
+    port: int | None,
+    key: str | None,
+    config_file: str | None,
+    known_hosts: str | None,
+    sudo: bool | None,
+) -> dict[str, Any]:
     """pyinfra host data for the SSH flags that were given (flags override inventory data)."""
     data: dict[str, Any] = {}
     if user is not None:
@@ -34,16 +41,19 @@ def ssh_data(*, user: str | None, port: int | None, key: str | None, config_file
     return data
 
 
-def make_inventory(hosts: Sequence[str], inventory_file: str | None,
-                   override_data: Mapping[str, Any]) -> Inventory:
+def make_inventory(hosts: Sequence[str], inventory_file: str | None, override_data: Mapping[str, Any]) -> Inventory:
     if inventory_file and hosts:
-        raise UserError("Give hosts on the command line or an inventory file (-i), not both.",
-                        fix="move the hosts into the inventory, or drop -i")
+        raise UserError(
+            "Give hosts on the command line or an inventory file (-i), not both.",
+            fix="move the hosts into the inventory, or drop -i",
+        )
     if inventory_file:
         path = Path(inventory_file)
         if not path.is_file():
-            raise UserError(f"Inventory file {inventory_file} does not exist.",
-                            fix="give the path of a pyinfra inventory file, e.g. inventory/fleet.py")
+            raise UserError(
+                f"Inventory file {inventory_file} does not exist.",
+                fix="give the path of a pyinfra inventory file, e.g. inventory/fleet.py",
+            )
         # pyinfra's own loader understands inventory files with group_data/ next to them;
         # it records the file it executes on the current state, so it needs one in context.
         from pyinfra.api.state import State
@@ -53,16 +63,19 @@ def make_inventory(hosts: Sequence[str], inventory_file: str | None,
         try:
             with ctx_state.use(State()):
                 inventory: Inventory = make_inventory_from_files(str(path), override_data=dict(override_data))
-        except Exception as exc:  # noqa: BLE001 - an inventory is user code; say what broke
-            raise UserError(f"Inventory file {inventory_file} could not be loaded: {exc}",
-                            fix="fix the inventory file (it is Python; see inventory/fleet.py)") from exc
+        except Exception as exc:
+            raise UserError(
+                f"Inventory file {inventory_file} could not be loaded: {exc}",
+                fix="fix the inventory file (it is Python; see inventory/fleet.py)",
+            ) from exc
         if not list(inventory):
             raise UserError(f"Inventory file {inventory_file} lists no hosts.", fix="add hosts to it")
         return inventory
     if not hosts:
         raise UserError("No hosts given.", fix="name hosts (gpu01.example, @local) or give -i INVENTORY")
     return Inventory(  # type: ignore[no-untyped-call]
-        ([parse_target(name) for name in hosts], {}), override_data=dict(override_data),
+        ([parse_target(name) for name in hosts], {}),
+        override_data=dict(override_data),
     )
 
 
@@ -80,7 +93,9 @@ def parse_target(target: str) -> tuple[str, dict[str, Any]]:
     if name.count(":") == 1:
         name, port = name.split(":")
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"{target!r}: {port!r} is not a port.", fix="write host:port with a number, e.g. gpu01:2222")
+            raise UserError(
+                f"{target!r}: {port!r} is not a port.", fix="write host:port with a number, e.g. gpu01:2222"
+            )
         data["ssh_port"] = int(port)
     if not name:
         raise UserError(f"{target!r} names no host.", fix="write user@host or host:port")

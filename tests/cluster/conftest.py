@@ -9,11 +9,10 @@ server's resource types and nothing is written under ~/.kube).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
 from standins.kube_api import KubeApiStandIn, kubectl_binary
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -25,8 +24,7 @@ def kubectl_path(cache_dir: Path) -> Path:
 
 
 @pytest.fixture
-def kube_api(tmp_path: Path, kubectl_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeApiStandIn]:
+def kube_api(tmp_path: Path, kubectl_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeApiStandIn]:
     api = KubeApiStandIn(workdir=tmp_path / "kube-api", kubectl=kubectl_path)
     with api:
         monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig_path))
@@ -41,13 +39,15 @@ def kubectl(kube_api: KubeApiStandIn) -> Kubectl:
     """kubectl(*args, stdin=None, rc=0): run the real kubectl against the stand-in and
     check its exit code (rc=None: any)."""
 
-    def run(*args: str, stdin: str | None = None, rc: int | None = 0,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, stdin: str | None = None, rc: int | None = 0, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         result = kube_api.kubectl(*args, stdin=stdin, timeout=timeout)
         if rc is not None and result.returncode != rc:
             raise AssertionError(
                 f"kubectl {' '.join(args)} exited {result.returncode}, expected {rc}\n"
-                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
         return result
 
     return run

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standins.kube_api import KubeApiStandIn
 
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.cluster.steps import run_cluster_steps
-from gpunode.bootstrap.core.cluster_plan import ClusterSettings, NodeTarget
+from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, NodeTarget
+from gpunode.bootstrap.core.kube.taints import parse_toleration
 from gpunode.bootstrap.core.report import StepResult
-from gpunode.bootstrap.core.taints import parse_toleration
-from standins.kube_api import KubeApiStandIn
 
 DEBIAN = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"
 UBUNTU = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.261.03"
@@ -38,17 +38,21 @@ def target(name: str, library: str = DEBIAN, plugin_mode: str = "daemonset") -> 
 
 def small_kubelet(api: KubeApiStandIn) -> None:
     """Every bound pod runs; a device plugin pod makes its node advertise its two GPUs."""
+
     def started(pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         api.set_pod_phase(meta["namespace"], meta["name"], "Running", ready=True)
         if any(r.get("kind") == "DaemonSet" for r in meta.get("ownerReferences") or []):
-            api.set_node_status(pod["spec"]["nodeName"], capacity={"nvidia.com/gpu": "2"},
-                                allocatable={"nvidia.com/gpu": "2"})
+            api.set_node_status(
+                pod["spec"]["nodeName"], capacity={"nvidia.com/gpu": "2"}, allocatable={"nvidia.com/gpu": "2"}
+            )
+
     api.on_pod_created(started)
 
 
-def run(api: KubeApiStandIn, targets: list[NodeTarget], settings: ClusterSettings = FAST,
-        dry_run: bool = False) -> dict[str, dict[str, StepResult]]:
+def run(
+    api: KubeApiStandIn, targets: list[NodeTarget], settings: ClusterSettings = FAST, dry_run: bool = False
+) -> dict[str, dict[str, StepResult]]:
     kubectl = Kubectl(KubeAccess(kubeconfig=str(api.kubeconfig_path)))
     results = run_cluster_steps(kubectl, targets, settings, dry_run=dry_run)
     return {host: {s.name: s for s in steps} for host, steps in results.items()}
@@ -92,8 +96,14 @@ def test_daemonsets_gpunode_does_not_own_are_never_changed_or_deleted(kube_api: 
     taken.pop("status", None)
     kube_api.replace(taken, field_manager="helm")
     kube_api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpu-operator"}})
-    operator = dict(taken, metadata={"name": "nvidia-device-plugin-daemonset", "namespace": "gpu-operator",
-                                     "labels": {"app.kubernetes.io/managed-by": "gpu-operator"}})
+    operator = dict(
+        taken,
+        metadata={
+            "name": "nvidia-device-plugin-daemonset",
+            "namespace": "gpu-operator",
+            "labels": {"app.kubernetes.io/managed-by": "gpu-operator"},
+        },
+    )
     kube_api.create(operator, field_manager="gpu-operator")
     before = gpunode_daemonsets(kube_api)[name]["metadata"]["resourceVersion"]
     results = run(kube_api, [target("gpu1")])
@@ -106,17 +116,30 @@ def test_daemonsets_gpunode_does_not_own_are_never_changed_or_deleted(kube_api: 
 def test_someone_elses_runtimeclass_is_left_alone_or_named_when_wrong(kube_api: KubeApiStandIn) -> None:
     small_kubelet(kube_api)
     kube_api.add_node("gpu1")
-    kube_api.create({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-                     "metadata": {"name": "nvidia", "labels": {"app.kubernetes.io/component": "gpu-operator"}},
-                     "handler": "nvidia"}, field_manager="gpu-operator")
+    kube_api.create(
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia", "labels": {"app.kubernetes.io/component": "gpu-operator"}},
+            "handler": "nvidia",
+        },
+        field_manager="gpu-operator",
+    )
     kube_api.clear_requests()
     results = run(kube_api, [target("gpu1")])
     assert results["gpu1"]["runtimeclass"].status == "unchanged"
     assert "not gpunode's: left as it is" in results["gpu1"]["runtimeclass"].detail
     assert not [r for r in kube_api.requests if "runtimeclasses" in r.path and r.method != "GET"]
     kube_api.delete("RuntimeClass", "nvidia")
-    kube_api.create({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
-                     "handler": "nvidia-cdi"}, field_manager="someone")
+    kube_api.create(
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": "nvidia"},
+            "handler": "nvidia-cdi",
+        },
+        field_manager="someone",
+    )
     results = run(kube_api, [target("gpu1")])
     failed = results["gpu1"]["runtimeclass"]
     assert failed.status == "failed" and "'nvidia-cdi'" in failed.detail and "F17" in failed.detail
@@ -127,8 +150,9 @@ def test_an_update_that_would_strand_another_node_is_refused(kube_api: KubeApiSt
     small_kubelet(kube_api)
     kube_api.add_node("gpu1")
     kube_api.add_node("gpu2", taints=["dedicated=ml:NoSchedule"])
-    tolerant = ClusterSettings(rollout_timeout=15, verify_timeout=15,
-                               tolerations=(parse_toleration("dedicated=ml:NoSchedule"),))
+    tolerant = ClusterSettings(
+        rollout_timeout=15, verify_timeout=15, tolerations=(parse_toleration("dedicated=ml:NoSchedule"),)
+    )
     assert run(kube_api, [target("gpu1"), target("gpu2")], tolerant)["gpu2"]["verify"].status == "unchanged"
     (name,) = gpunode_daemonsets(kube_api)
     before = gpunode_daemonsets(kube_api)[name]["metadata"]["generation"]
@@ -144,8 +168,14 @@ def test_dry_run_writes_nothing(kube_api: KubeApiStandIn) -> None:
     kube_api.add_node("gpu1")
     results = run(kube_api, [target("gpu1")], dry_run=True)
     assert {n: s.status for n, s in results["gpu1"].items()} == {
-        "runtimeclass": "changed", "node-label": "changed", "device-plugin": "changed", "verify": "skipped"}
-    assert results["gpu1"]["device-plugin"].detail.startswith(f"create DaemonSet {NS}/gpunode-device-plugin-535-261-03-")
+        "runtimeclass": "changed",
+        "node-label": "changed",
+        "device-plugin": "changed",
+        "verify": "skipped",
+    }
+    assert results["gpu1"]["device-plugin"].detail.startswith(
+        f"create DaemonSet {NS}/gpunode-device-plugin-535-261-03-"
+    )
     assert kube_api.get("RuntimeClass", "nvidia") is None
     assert gpunode_daemonsets(kube_api) == {}
     node = kube_api.get("Node", "gpu1")
@@ -172,9 +202,22 @@ def test_an_unreachable_cluster_fails_the_step_with_the_reason(kube_api: KubeApi
 def test_bootstrap_stops_before_any_host_when_the_cluster_is_down(kube_api: KubeApiStandIn) -> None:
     with kube_api.fault("unreachable"):
         result = subprocess.run(
-            [sys.executable, "-m", "gpunode.bootstrap.cli.main", "bootstrap", "gpu01.invalid", "--yes",
-             "--kubeconfig", str(kube_api.kubeconfig_path)],
-            capture_output=True, text=True, timeout=120, check=False, env=kube_api.kubectl_env())
+            [
+                sys.executable,
+                "-m",
+                "gpunode.bootstrap.cli.main",
+                "bootstrap",
+                "gpu01.invalid",
+                "--yes",
+                "--kubeconfig",
+                str(kube_api.kubeconfig_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=kube_api.kubectl_env(),
+        )
     assert result.returncode == 1, result.stderr
     assert "could not reach the cluster" in result.stderr and "Nothing was changed on the hosts" in result.stderr
     assert "--skip-cluster" in result.stderr and "connecting" not in result.stderr
@@ -195,7 +238,8 @@ def short_dir() -> Iterator[Path]:
 
 
 def test_host_plugin_mode_needs_no_daemonset_and_is_verified_the_same_way(
-        kube_api: KubeApiStandIn, cache_dir: Path, short_dir: Path) -> None:
+    kube_api: KubeApiStandIn, cache_dir: Path, short_dir: Path
+) -> None:
     """The node moves from a DaemonSet to the plugin as a service on the host: its
     DaemonSet goes, and verify waits for what the service (here the real bundled plugin
     process, started as the unit's ExecStart would) registers with the kubelet."""
@@ -209,14 +253,19 @@ def test_host_plugin_mode_needs_no_daemonset_and_is_verified_the_same_way(
     kube_api.set_node_status("homelab", allocatable={"nvidia.com/gpu": "0"})  # the pod went with the DaemonSet
 
     def publish(resource: str, devices: list[DeviceState]) -> None:
-        kube_api.set_node_status("homelab", capacity={resource: str(len(devices))},
-                                 allocatable={resource: str(sum(d.health == HEALTHY for d in devices))})
+        kube_api.set_node_status(
+            "homelab",
+            capacity={resource: str(len(devices))},
+            allocatable={resource: str(sum(d.health == HEALTHY for d in devices))},
+        )
 
     nvml = FakeNvml(short_dir / "nvml", build_fake_nvml(cache_dir), FakeNvmlConfig.uniform(2))
     with KubeletStandIn(short_dir / "dp", on_update=publish):
-        service = subprocess.Popen([sys.executable, "-m", "gpunode.plugin", "serve"],
-                                   env={**os.environ, **nvml.env(), "GPUNODE_KUBELET_DIR": str(short_dir / "dp")},
-                                   stderr=subprocess.DEVNULL)
+        service = subprocess.Popen(
+            [sys.executable, "-m", "gpunode.plugin", "serve"],
+            env={**os.environ, **nvml.env(), "GPUNODE_KUBELET_DIR": str(short_dir / "dp")},
+            stderr=subprocess.DEVNULL,
+        )
         try:
             results = run(kube_api, [target("homelab", plugin_mode="host")])
         finally:

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
-from gpunode.bootstrap.core.manifests import PluginDeployment, manifest_objects
+from polling import eventually
 from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig, build_fake_nvml
 from standins.kube_api import KubeApiStandIn
 from standins.kube_api.process_pods import PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
-from polling import eventually
+
+from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
 
 JSON = dict[str, Any]
 NS = "kube-system"
@@ -37,7 +37,6 @@ DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"
 GPU = "nvidia.com/gpu"
 
 
-
 class Cluster:
     """A GPU node `gpu-1` in the API stand-in, its kubelet (stand-in) and its pods (processes)."""
 
@@ -46,15 +45,21 @@ class Cluster:
         self.nvml = nvml
         self.kubelet = kubelet
         self.runner = PodProcessRunner(
-            api, workdir / "pods",
+            api,
+            workdir / "pods",
             host_paths={LIBRARY: nvml.library_dir / "libnvidia-ml.so.1", DEVICE_PLUGINS: kubelet.dir},
-            extra_env={"FAKE_NVML_CONFIG": str(nvml.config_path), "FAKE_NVML_EVENTS": str(nvml.events_path),
-                       "PYTHONPATH": str(REPO_ROOT / "tests")},
-            grace_seconds=1.0)
+            extra_env={
+                "FAKE_NVML_CONFIG": str(nvml.config_path),
+                "FAKE_NVML_EVENTS": str(nvml.events_path),
+                "PYTHONPATH": str(REPO_ROOT / "tests"),
+            },
+            grace_seconds=1.0,
+        )
 
     def apply(self, *objects: JSON) -> None:
-        result = self.api.kubectl("apply", "--server-side", "--field-manager=gpunode", "-f", "-",
-                                  stdin=yaml.safe_dump_all(objects))
+        result = self.api.kubectl(
+            "apply", "--server-side", "--field-manager=gpunode", "-f", "-", stdin=yaml.safe_dump_all(objects)
+        )
         assert result.returncode == 0, result.stderr
 
     def gpunode_objects(self, **deployment: Any) -> list[JSON]:
@@ -88,12 +93,19 @@ class Cluster:
         return self.api._logs_of(NS, pod["metadata"]["name"], pod["spec"]["containers"][0]["name"], False) or ""
 
     def doctor(self, *args: str) -> tuple[int, JSON]:
-        result = subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", "doctor", *args, "--output", "json"],
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "gpunode.bootstrap.cli.main", "doctor", *args, "--output", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         try:
             data = json.loads(result.stdout)
         except ValueError as exc:
-            raise AssertionError(f"no JSON from doctor (exit {result.returncode}):\n{result.stdout}\n{result.stderr}") from exc
+            raise AssertionError(
+                f"no JSON from doctor (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
+            ) from exc
         return result.returncode, data
 
 
@@ -147,7 +159,8 @@ def crash_with(cluster: Cluster, daemonset: JSON) -> str:
 def plugin_env(daemonset: JSON, **env: str) -> JSON:
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [e for e in container["env"] if e["name"] not in env] + [
-        {"name": k, "value": v} for k, v in env.items()]
+        {"name": k, "value": v} for k, v in env.items()
+    ]
     return daemonset
 
 
@@ -167,8 +180,10 @@ def test_an_unreachable_or_refusing_cluster_exits_2(cluster: Cluster) -> None:
     with cluster.api.fault("unreachable"):
         code, data = cluster.doctor("--node", NODE)
     assert code == 2 and data["verdicts"] == []
-    assert any("could not reach the cluster" in n["why"] or "could not read the cluster" in n["why"]
-               for n in data["not_checked"]), explain(data)
+    assert any(
+        "could not reach the cluster" in n["why"] or "could not read the cluster" in n["why"]
+        for n in data["not_checked"]
+    ), explain(data)
     with cluster.api.fault("unauthorized"):
         code, data = cluster.doctor("--node", NODE)
     assert code == 2 and "credentials" in json.dumps(data["not_checked"])
@@ -221,8 +236,9 @@ def test_f5_dev_mounted_but_the_device_cgroup_denies_it(cluster: Cluster) -> Non
 
 
 def test_f7_mig_capabilities_unreadable(cluster: Cluster) -> None:
-    cluster.nvml.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", mig_error="NO_PERMISSION"), FakeGpu(1)),
-                                          driver_version=DRIVER))
+    cluster.nvml.configure(
+        FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", mig_error="NO_PERMISSION"), FakeGpu(1)), driver_version=DRIVER)
+    )
     log = crash_with(cluster, cluster.daemonset(mig_strategy="mixed"))
     assert "reason=mig_no_permission" in log
     code, data = cluster.doctor("--node", NODE)
@@ -258,17 +274,24 @@ def test_f14_driver_upgraded_not_rebooted_seen_by_the_plugin(cluster: Cluster) -
 def test_f3_a_system_library_directory_mounted_over_the_image(cluster: Cluster) -> None:
     daemonset = cluster.daemonset()
     spec = daemonset["spec"]["template"]["spec"]
-    spec["volumes"].append({"name": "host-libs", "hostPath": {"path": "/usr/lib/x86_64-linux-gnu", "type": "Directory"}})
+    spec["volumes"].append(
+        {"name": "host-libs", "hostPath": {"path": "/usr/lib/x86_64-linux-gnu", "type": "Directory"}}
+    )
     spec["containers"][0]["volumeMounts"].append({"name": "host-libs", "mountPath": "/usr/lib/x86_64-linux-gnu"})
     spec["containers"][0]["command"] = ["sleep", "3600"]
     cluster.apply(daemonset)
-    pod = eventually(lambda: [p for p in cluster.api.list("pods", NS)], what="the plugin pod")[0]
+    pod = eventually(lambda: list(cluster.api.list("pods", NS)), what="the plugin pod")[0]
     # What a kubelet reports once the host's libc has replaced the image's.
     cluster.runner.stop_all()
-    cluster.api.set_pod_phase(NS, pod["metadata"]["name"], "Running", waiting_reason="CrashLoopBackOff",
-                              restart_count=3, exit_code=1)
-    cluster.api.set_pod_logs(NS, pod["metadata"]["name"], "python: /lib/x86_64-linux-gnu/libc.so.6: version "
-                             "`GLIBC_2.38' not found (required by python)\n", previous=True)
+    cluster.api.set_pod_phase(
+        NS, pod["metadata"]["name"], "Running", waiting_reason="CrashLoopBackOff", restart_count=3, exit_code=1
+    )
+    cluster.api.set_pod_logs(
+        NS,
+        pod["metadata"]["name"],
+        "python: /lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.38' not found (required by python)\n",
+        previous=True,
+    )
     code, data = cluster.doctor("--node", NODE)
     assert ids(data)[0] == "F3", explain(data)
 
@@ -314,10 +337,23 @@ def test_f15_a_tainted_gpu_node_and_a_daemonset_without_the_toleration(cluster: 
 def test_f15_a_pod_without_the_toleration_stays_pending(cluster: Cluster) -> None:
     healthy(cluster)
     cluster.api.patch("Node", NODE, {"spec": {"taints": [{"key": GPU, "value": "present", "effect": "NoSchedule"}]}})
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cuda-test", "namespace": "default"},
-           "spec": {"runtimeClassName": "nvidia", "restartPolicy": "Never",
-                    "containers": [{"name": "cuda", "image": "nvidia/cuda", "command": ["nvidia-smi", "-L"],
-                                    "resources": {"limits": {GPU: "1"}}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cuda-test", "namespace": "default"},
+        "spec": {
+            "runtimeClassName": "nvidia",
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "cuda",
+                    "image": "nvidia/cuda",
+                    "command": ["nvidia-smi", "-L"],
+                    "resources": {"limits": {GPU: "1"}},
+                }
+            ],
+        },
+    }
     cluster.runner.select = lambda p: p["metadata"]["namespace"] == NS
     assert cluster.api.kubectl("create", "-f", "-", stdin=json.dumps(pod)).returncode == 0
     code, data = cluster.doctor("--pod", "default/cuda-test")
@@ -369,10 +405,22 @@ def create_pod(cluster: Cluster, pod: JSON, logs: str, phase: str, exit_code: in
 
 def test_f6_a_gpu_pod_without_runtime_class(cluster: Cluster) -> None:
     healthy(cluster)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cuda-test", "namespace": "default"},
-           "spec": {"restartPolicy": "Never", "containers": [{"name": "cuda", "image": "nvidia/cuda",
-                                                               "command": ["nvidia-smi", "-L"],
-                                                               "resources": {"limits": {GPU: "1"}}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cuda-test", "namespace": "default"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "cuda",
+                    "image": "nvidia/cuda",
+                    "command": ["nvidia-smi", "-L"],
+                    "resources": {"limits": {GPU: "1"}},
+                }
+            ],
+        },
+    }
     create_pod(cluster, pod, "/bin/sh: 1: nvidia-smi: not found\n", "Failed", exit_code=127)
     code, data = cluster.doctor("--pod", "default/cuda-test")
     assert code == 1 and ids(data) == ["F6"], explain(data)
@@ -380,9 +428,16 @@ def test_f6_a_gpu_pod_without_runtime_class(cluster: Cluster) -> None:
 
 def test_f16_a_pod_that_asks_for_no_gpu(cluster: Cluster) -> None:
     healthy(cluster)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cuda-test", "namespace": "default"},
-           "spec": {"restartPolicy": "Never", "runtimeClassName": "nvidia",
-                    "containers": [{"name": "cuda", "image": "nvidia/cuda", "command": ["nvidia-smi", "-L"]}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cuda-test", "namespace": "default"},
+        "spec": {
+            "restartPolicy": "Never",
+            "runtimeClassName": "nvidia",
+            "containers": [{"name": "cuda", "image": "nvidia/cuda", "command": ["nvidia-smi", "-L"]}],
+        },
+    }
     create_pod(cluster, pod, "No devices were found\n", "Failed", exit_code=6)
     code, data = cluster.doctor("--pod", "default/cuda-test")
     assert code == 1 and ids(data) == ["F16"], explain(data)
@@ -390,11 +445,25 @@ def test_f16_a_pod_that_asks_for_no_gpu(cluster: Cluster) -> None:
 
 def test_f10_a_debug_pods_nvml_error_is_not_a_dead_driver(cluster: Cluster) -> None:
     healthy(cluster)
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"node-debugger-{NODE}-x8v2q", "namespace": "default"},
-           "spec": {"nodeName": NODE, "restartPolicy": "Never", "hostPID": True,
-                    "containers": [{"name": "debugger", "image": "ubuntu", "command": ["chroot", "/host", "nvidia-smi"],
-                                    "volumeMounts": [{"name": "host-root", "mountPath": "/host"}]}],
-                    "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"node-debugger-{NODE}-x8v2q", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE,
+            "restartPolicy": "Never",
+            "hostPID": True,
+            "containers": [
+                {
+                    "name": "debugger",
+                    "image": "ubuntu",
+                    "command": ["chroot", "/host", "nvidia-smi"],
+                    "volumeMounts": [{"name": "host-root", "mountPath": "/host"}],
+                }
+            ],
+            "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+        },
+    }
     create_pod(cluster, pod, "Failed to initialize NVML: Unknown Error\n", "Failed", exit_code=255)
     code, data = cluster.doctor("--node", NODE)
     assert ids(data) == ["F10"], explain(data)
@@ -405,10 +474,15 @@ def test_f17_the_nodes_containerd_has_no_nvidia_runtime(cluster: Cluster) -> Non
     daemonset = cluster.daemonset(mode="runtime", lib_path=None)
     cluster.runner.select = lambda p: False  # containerd refuses the sandbox: no process starts
     cluster.apply(daemonset)
-    pod = eventually(lambda: [p for p in cluster.api.list("pods", NS)], what="the plugin pod")[0]
-    cluster.api.add_event(NS, "Pod", pod["metadata"]["name"], "FailedCreatePodSandBox",
-                          'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox '
-                          'runtime: no runtime for "nvidia" is configured')
+    pod = eventually(lambda: list(cluster.api.list("pods", NS)), what="the plugin pod")[0]
+    cluster.api.add_event(
+        NS,
+        "Pod",
+        pod["metadata"]["name"],
+        "FailedCreatePodSandBox",
+        "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox "
+        'runtime: no runtime for "nvidia" is configured',
+    )
     code, data = cluster.doctor("--node", NODE)
     assert ids(data)[0] == "F17" and data["verdicts"][0]["link"] == "containerd", explain(data)
 
@@ -423,12 +497,19 @@ def test_every_gpu_node_when_none_is_named(cluster: Cluster) -> None:
     cluster.api.add_node("gpu-2", labels={"gpunode.io/driver-version": "550.54.15"})
     cluster.api.add_node("gpu-3", labels={"gpunode.io/driver-version": DRIVER})
     cluster.api.set_node_status("gpu-3", capacity={GPU: "2"}, allocatable={GPU: "0"})
-    pod = eventually(lambda: [p for p in cluster.api.list("pods", NS) if p["spec"].get("nodeName") == "gpu-3"],
-                     what="a plugin pod on gpu-3")[0]
-    cluster.api.set_pod_phase(NS, pod["metadata"]["name"], "Running", waiting_reason="CrashLoopBackOff",
-                              restart_count=2, exit_code=1)
-    cluster.api.set_pod_logs(NS, pod["metadata"]["name"], 'nvml_init_failed reason=driver_not_loaded error="NVML: '
-                             'Driver Not Loaded" fix="x"\n', previous=True)
+    pod = eventually(
+        lambda: [p for p in cluster.api.list("pods", NS) if p["spec"].get("nodeName") == "gpu-3"],
+        what="a plugin pod on gpu-3",
+    )[0]
+    cluster.api.set_pod_phase(
+        NS, pod["metadata"]["name"], "Running", waiting_reason="CrashLoopBackOff", restart_count=2, exit_code=1
+    )
+    cluster.api.set_pod_logs(
+        NS,
+        pod["metadata"]["name"],
+        'nvml_init_failed reason=driver_not_loaded error="NVML: Driver Not Loaded" fix="x"\n',
+        previous=True,
+    )
     code, data = cluster.doctor()
     assert code == 1, explain(data)
     by_node: dict[str, list[str]] = {}
@@ -445,10 +526,14 @@ def test_nvidia_helm_chart_plugin_logs_are_read_too(cluster: Cluster) -> None:
     daemonset["metadata"]["name"] = "nvidia-device-plugin-daemonset"
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
     container["image"] = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
-    container["command"] = ["sh", "-c", "echo 'I0615 10:00:00.000000 1 factory.go:104] Detected non-NVML platform: "
-                            "could not load NVML library: libnvidia-ml.so.1: cannot open shared object file: No such "
-                            "file or directory' >&2; echo 'E0615 10:00:00.000000 1 factory.go:112] Incompatible "
-                            "platform detected' >&2; exit 1"]
+    container["command"] = [
+        "sh",
+        "-c",
+        "echo 'I0615 10:00:00.000000 1 factory.go:104] Detected non-NVML platform: "
+        "could not load NVML library: libnvidia-ml.so.1: cannot open shared object file: No such "
+        "file or directory' >&2; echo 'E0615 10:00:00.000000 1 factory.go:112] Incompatible "
+        "platform detected' >&2; exit 1",
+    ]
     spec = daemonset["spec"]["template"]["spec"]
     spec["volumes"] = [v for v in spec["volumes"] if v["name"] == "device-plugins"]
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] == "device-plugins"]

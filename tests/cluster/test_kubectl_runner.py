@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from standins.kube_api import KubeApiStandIn
 
 from gpunode.bootstrap.cluster.kubectl import (
     ClusterAuthError,
@@ -14,17 +15,14 @@ from gpunode.bootstrap.cluster.kubectl import (
     KubectlError,
 )
 from gpunode.bootstrap.errors import UserError
-from standins.kube_api import KubeApiStandIn
 
 
 def kubectl_for(api: KubeApiStandIn, kubectl_path: Path, timeout: float = 3) -> Kubectl:
-    return Kubectl(KubeAccess(kubeconfig=str(api.kubeconfig_path), kubectl=str(kubectl_path),
-                              request_timeout=timeout))
+    return Kubectl(KubeAccess(kubeconfig=str(api.kubeconfig_path), kubectl=str(kubectl_path), request_timeout=timeout))
 
 
 def test_get_and_list_objects_and_none_when_absent(kube_api: KubeApiStandIn, kubectl_path: Path) -> None:
-    kube_api.add_node("gpu01", labels={"gpunode.io/driver-version": "535.261.03"},
-                      allocatable={"nvidia.com/gpu": "2"})
+    kube_api.add_node("gpu01", labels={"gpunode.io/driver-version": "535.261.03"}, allocatable={"nvidia.com/gpu": "2"})
     kubectl = kubectl_for(kube_api, kubectl_path)
     node = kubectl.get("node", "gpu01")
     assert node is not None and node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
@@ -51,12 +49,11 @@ def test_unreachable_unauthorized_and_refused_are_told_apart(kube_api: KubeApiSt
         kubectl.run("get", "nosuchkind")
 
 
-def test_an_rbac_refusal_names_the_verb_the_resource_and_the_fix(kube_api: KubeApiStandIn,
-                                                                  kubectl_path: Path) -> None:
+def test_an_rbac_refusal_names_the_verb_the_resource_and_the_fix(kube_api: KubeApiStandIn, kubectl_path: Path) -> None:
     kube_api.add_node("gpu01")
     kubectl = kubectl_for(kube_api, kubectl_path)
     with kube_api.fault("forbidden", path_pattern="daemonsets"):
-        assert kubectl.get("node", "gpu01") is not None      # only daemonsets are refused
+        assert kubectl.get("node", "gpu01") is not None  # only daemonsets are refused
         with pytest.raises(ClusterAuthError) as listing:
             kubectl.list("daemonsets", all_namespaces=True)
         with pytest.raises(ClusterAuthError) as deleting:

@@ -51,21 +51,38 @@ class Run:
 def gpunode(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
 def target_args(host: DebianHost) -> list[str]:
     """Reach the host the way an operator would: user@address:port, a key, known hosts."""
-    return [f"{host.ssh_user}@{host.address}:{host.ssh_port}", "--ssh-key", str(host.ssh_key),
-            "--known-hosts", str(host.known_hosts_path)]
+    return [
+        f"{host.ssh_user}@{host.address}:{host.ssh_port}",
+        "--ssh-key",
+        str(host.ssh_key),
+        "--known-hosts",
+        str(host.known_hosts_path),
+    ]
 
 
-def bootstrap(host: DebianHost, *extra: str, toolkit_dir: Path | None = None,
-              driver: str | None = DRIVER) -> Run:
-    args = ["bootstrap", *target_args(host), "--yes", "--output", "json", "--skip-cluster",
-            "--kernel-module", "none", "--containerd-restart-command", RESTART_CONTAINERD]
+def bootstrap(host: DebianHost, *extra: str, toolkit_dir: Path | None = None, driver: str | None = DRIVER) -> Run:
+    args = [
+        "bootstrap",
+        *target_args(host),
+        "--yes",
+        "--output",
+        "json",
+        "--skip-cluster",
+        "--kernel-module",
+        "none",
+        "--containerd-restart-command",
+        RESTART_CONTAINERD,
+    ]
     if toolkit_dir is not None:
         args += ["--toolkit-packages", str(toolkit_dir)]
     if driver is not None:

@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from conftest import REPO_ROOT
-from gpunode.bootstrap.core.containerd_effective import effective_runtime
-from gpunode.bootstrap.core.manifests import DEFAULT_VERIFY_IMAGE, NVIDIA_PLUGIN_IMAGE, bundled_image
 from standins.debian_host import DebianHost
 from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig
 from standins.kube_api import KubeApiStandIn
 from standins.kube_api.process_pods import ContainerStartError, PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
+
+from gpunode.bootstrap.core.containerd.effective import effective_runtime
+from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, NVIDIA_PLUGIN_IMAGE, bundled_image
 
 RESOURCE = "nvidia.com/gpu"
 KUBELET_PLUGINS_DIR = "/var/lib/kubelet/device-plugins"
@@ -64,8 +65,10 @@ def nvidia_smi_dir(workdir: Path) -> Path:
     bin_dir = workdir / "nvidia-runtime-bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     script = bin_dir / "nvidia-smi"
-    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} '
-                      f'{shlex.quote(str(REPO_ROOT / "tests" / "standins" / "nvidia_smi.py"))} "$@"\n')
+    script.write_text(
+        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} "
+        f'{shlex.quote(str(REPO_ROOT / "tests" / "standins" / "nvidia_smi.py"))} "$@"\n'
+    )
     script.chmod(0o755)
     return bin_dir
 
@@ -75,14 +78,23 @@ def gpus_for(bus_ids: list[str], name: str = "NVIDIA A100 80GB PCIe") -> tuple[F
     gpus = []
     for index, bus in enumerate(bus_ids):
         domain, rest = bus.split(":", 1)
-        gpus.append(FakeGpu(index, name=name, pci_bus_id=f"{int(domain, 16):08X}:{rest.upper()}",
-                            minor=index, numa=0, memory_mib=81920))
+        gpus.append(
+            FakeGpu(
+                index,
+                name=name,
+                pci_bus_id=f"{int(domain, 16):08X}:{rest.upper()}",
+                minor=index,
+                numa=0,
+                memory_mib=81920,
+            )
+        )
     return tuple(gpus)
 
 
 class SimulatedNode:
-    def __init__(self, api: KubeApiStandIn, host: DebianHost, workdir: Path, nvml_lib_dir: Path,
-                 gpus: tuple[FakeGpu, ...]) -> None:
+    def __init__(
+        self, api: KubeApiStandIn, host: DebianHost, workdir: Path, nvml_lib_dir: Path, gpus: tuple[FakeGpu, ...]
+    ) -> None:
         self.api = api
         self.host = host
         self.node = host.name
@@ -97,8 +109,13 @@ class SimulatedNode:
         self._registrations_at_start: dict[str, int] = {}
         self._lock = threading.Lock()
         self.runner = PodProcessRunner(
-            api, workdir / "pods", select=self._mine, ready=self._ready,
-            resolve_host_path=self._resolve, pod_env=self._env, grace_seconds=3,
+            api,
+            workdir / "pods",
+            select=self._mine,
+            ready=self._ready,
+            resolve_host_path=self._resolve,
+            pod_env=self._env,
+            grace_seconds=3,
         )
 
     def close(self) -> None:
@@ -109,8 +126,9 @@ class SimulatedNode:
 
     def _publish(self, resource: str, devices: list[DeviceState]) -> None:
         healthy = sum(1 for d in devices if d.health == HEALTHY)
-        self.api.set_node_status(self.node, capacity={resource: str(len(devices))},
-                                 allocatable={resource: str(healthy)})
+        self.api.set_node_status(
+            self.node, capacity={resource: str(len(devices))}, allocatable={resource: str(healthy)}
+        )
 
     def _mine(self, pod: dict[str, Any]) -> bool:
         return (pod.get("spec") or {}).get("nodeName") == self.node
@@ -172,13 +190,17 @@ class SimulatedNode:
         container = spec["containers"][0]
         image = container.get("image", "")
         if image not in PULLABLE_IMAGES:
-            message = (f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": '
-                       f'{image}: not found')
+            message = (
+                f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": {image}: not found'
+            )
             raise ContainerStartError("ErrImagePull", message, event=f'Failed to pull image "{image}": {message}')
         env: dict[str, str] = {}
         volumes = {v["name"]: v.get("hostPath", {}).get("path", "") for v in spec.get("volumes") or []}
-        mounted = [volumes.get(m["name"], "") for m in container.get("volumeMounts") or []
-                   if m.get("mountPath") == LIBRARY_MOUNT]
+        mounted = [
+            volumes.get(m["name"], "")
+            for m in container.get("volumeMounts") or []
+            if m.get("mountPath") == LIBRARY_MOUNT
+        ]
         if mounted:
             found = _LIBRARY.search(mounted[0])
             env.update(self._nvml_env(found.group(1) if found else None))
@@ -211,8 +233,10 @@ class SimulatedNode:
     def _allocate(self, count: int) -> dict[str, str]:
         healthy = [d.id for d in self.kubelet.devices(RESOURCE) if d.health == HEALTHY]
         if len(healthy) < count:
-            raise ContainerStartError("UnexpectedAdmissionError",
-                                      f"Allocate failed due to requested number of devices unavailable for {RESOURCE}")
+            raise ContainerStartError(
+                "UnexpectedAdmissionError",
+                f"Allocate failed due to requested number of devices unavailable for {RESOURCE}",
+            )
         response = self.kubelet.allocate(RESOURCE, healthy[:count])
         return dict(response.container_responses[0].envs)
 
@@ -223,8 +247,7 @@ class SimulatedNode:
         self.nvml.configure(FakeNvmlConfig(gpus=gpus))
 
     def plugin_pods(self) -> list[dict[str, Any]]:
-        return [p for p in self.api.list("Pod", namespace="kube-system")
-                if self._mine(p) and self._is_daemon_pod(p)]
+        return [p for p in self.api.list("Pod", namespace="kube-system") if self._mine(p) and self._is_daemon_pod(p)]
 
 
 def kubeconfig_for_host(api: KubeApiStandIn) -> str:

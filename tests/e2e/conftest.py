@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from standins.debian_host import DebianHost, start_debian_host, start_debian_hosts, stop_all
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
 

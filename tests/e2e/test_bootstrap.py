@@ -12,17 +12,17 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-import tomlkit
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, RESTART_CONTAINERD, bootstrap, gpunode, target_args
+import tomlkit
 from conftest import REPO_ROOT
-from e2e.host_gpus import nvidia_gpus, set_pci_functions
 from standins.debian_host import DebianHost, start_debian_host
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
+
+from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, RESTART_CONTAINERD, bootstrap, gpunode, target_args
+from e2e.host_gpus import nvidia_gpus, set_pci_functions
 
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 NEWER_LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{NEWER_DRIVER}"
@@ -67,8 +67,14 @@ def test_first_run_sets_up_every_link(node: DebianHost, first_run) -> None:  # t
     assert host["reboot_required"] is False
     statuses = first_run.statuses()
     assert statuses == {
-        "preflight": "unchanged", "driver": "changed", "nouveau": "skipped", "toolkit": "changed",
-        "containerd": "changed", "nvml-library": "unchanged", "plugin-service": "skipped", "state": "changed",
+        "preflight": "unchanged",
+        "driver": "changed",
+        "nouveau": "skipped",
+        "toolkit": "changed",
+        "containerd": "changed",
+        "nvml-library": "unchanged",
+        "plugin-service": "skipped",
+        "state": "changed",
     }, first_run.explain()
     # The host really is configured: packages by apt, the runtime in containerd's own view.
     versions = node.ssh("dpkg-query -W -f='${Package} ${Version}\\n' libnvidia-ml1 nvidia-container-toolkit").stdout
@@ -95,16 +101,29 @@ def test_second_run_changes_nothing(node: DebianHost, first_run, toolkit_dir: Pa
 def test_verify_suite_passes_over_ssh(node: DebianHost, first_run) -> None:  # type: ignore[no-untyped-def]
     assert first_run.result.returncode == 0, first_run.explain()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO_ROOT / "tests" / "verify"),
-         f"--hosts={node.testinfra_host_spec}"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPO_ROOT / "tests" / "verify"),
+            f"--hosts={node.testinfra_host_spec}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert " failed" not in result.stdout
 
 
 def test_driver_upgrade_needs_a_reboot_then_moves_to_the_new_library(
-        node: DebianHost, first_run, toolkit_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    node: DebianHost, first_run, toolkit_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     assert first_run.result.returncode == 0, first_run.explain()
     upgraded = bootstrap(node, toolkit_dir=toolkit_dir, driver=NEWER_DRIVER)
     assert upgraded.result.returncode == 1, upgraded.explain()
@@ -156,7 +175,7 @@ def reset_containerd_config(host: DebianHost, main: str, extra: dict[str, str] |
 
 
 def test_malformed_config_fails_clearly_and_stays_byte_for_byte(cd_node: DebianHost, toolkit_dir: Path) -> None:
-    broken = "version = 2\n# the operator was editing this\n[plugins.\"io.containerd.grpc.v1.cri\"\nsandbox_image = 1\n"
+    broken = 'version = 2\n# the operator was editing this\n[plugins."io.containerd.grpc.v1.cri"\nsandbox_image = 1\n'
     reset_containerd_config(cd_node, broken)
     before = files_of(cd_node)
     run = bootstrap(cd_node, toolkit_dir=toolkit_dir)
@@ -171,10 +190,12 @@ def test_config_that_fails_validation_is_rolled_back(cd_node: DebianHost, toolki
     # Another file in `imports` (sorted after gpunode's) redefines the runtime: what gpunode
     # writes is correct on its own but not in containerd's effective config.
     main = 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n'
-    override = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
-                'runtime_type = "io.containerd.runc.v2"\n'
-                '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
-                'BinaryName = "/usr/sbin/runc"\n')
+    override = (
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n'
+        'runtime_type = "io.containerd.runc.v2"\n'
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n'
+        'BinaryName = "/usr/sbin/runc"\n'
+    )
     reset_containerd_config(cd_node, main, {"/etc/containerd/conf.d/zz-local.toml": override})
     before = files_of(cd_node)
     pid = cd_node.containerd_pid()
@@ -192,8 +213,10 @@ def test_failed_restart_restores_the_config_and_containerd_runs_again(cd_node: D
     cd_node.ssh(RESTART_CONTAINERD)
     before = files_of(cd_node)
     # A service manager that refuses to start containerd with the new drop-in in place.
-    flaky = ("if grep -qs nvidia-container-runtime /etc/containerd/conf.d/99-nvidia.toml; then "
-             "echo 'Job for containerd.service failed' >&2; exit 1; fi; " + RESTART_CONTAINERD)
+    flaky = (
+        "if grep -qs nvidia-container-runtime /etc/containerd/conf.d/99-nvidia.toml; then "
+        "echo 'Job for containerd.service failed' >&2; exit 1; fi; " + RESTART_CONTAINERD
+    )
     run = bootstrap(cd_node, "--containerd-restart-command", flaky, toolkit_dir=toolkit_dir)
     assert run.result.returncode == 1, run.explain()
     detail = run.step("containerd")["detail"]

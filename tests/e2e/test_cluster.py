@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, RESTART_CONTAINERD, Run
-from e2e.cluster_harness import SimulatedNode, gpus_for, json_out
-from e2e.host_gpus import nvidia_gpus, set_pci_functions
+from polling import eventually
 from standins.debian_host import DebianHost, start_debian_hosts, stop_all
 from standins.fake_nvml import build_fake_nvml
 from standins.kube_api import KubeApiStandIn, debian_kubectl, kubectl_binary
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
-from polling import eventually
+
+from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, RESTART_CONTAINERD, Run
+from e2e.cluster_harness import SimulatedNode, gpus_for, json_out
+from e2e.host_gpus import nvidia_gpus, set_pci_functions
 
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 NEWER_LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{NEWER_DRIVER}"
@@ -85,11 +85,13 @@ def api(workdir: Path, cache_dir: Path, hosts: list[DebianHost]) -> Iterator[Kub
 
 
 @pytest.fixture(scope="module")
-def nodes(api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path,
-          cache_dir: Path) -> Iterator[dict[str, SimulatedNode]]:
+def nodes(
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, cache_dir: Path
+) -> Iterator[dict[str, SimulatedNode]]:
     lib_dir = build_fake_nvml(cache_dir)
-    sims = {h.name: SimulatedNode(api, h, workdir / f"n{i}", lib_dir, gpus_for(BUS_IDS))
-            for i, h in enumerate(hosts, 1)}
+    sims = {
+        h.name: SimulatedNode(api, h, workdir / f"n{i}", lib_dir, gpus_for(BUS_IDS)) for i, h in enumerate(hosts, 1)
+    }
     try:
         yield sims
     finally:
@@ -106,21 +108,55 @@ def inventory(workdir: Path, hosts: list[DebianHost]) -> Path:
 
 def gpunode(api: KubeApiStandIn, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**api.kubectl_env(), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
 
 
-def bootstrap(api: KubeApiStandIn, workdir: Path, hosts: list[DebianHost], toolkit_dir: Path, *extra: str,
-              driver: str = DRIVER, output: str = "json", tolerate: bool = True) -> Run:
-    args = ["bootstrap", "-i", str(inventory(workdir, hosts)), "--yes", "--output", output,
-            "--kernel-module", "none", "--containerd-restart-command", RESTART_CONTAINERD,
-            "--toolkit-packages", str(toolkit_dir), "--driver-version", driver,
-            "--kubeconfig", str(api.kubeconfig_path), "--rollout-timeout", "60", "--verify-timeout", "30"]
+def bootstrap(
+    api: KubeApiStandIn,
+    workdir: Path,
+    hosts: list[DebianHost],
+    toolkit_dir: Path,
+    *extra: str,
+    driver: str = DRIVER,
+    output: str = "json",
+    tolerate: bool = True,
+) -> Run:
+    args = [
+        "bootstrap",
+        "-i",
+        str(inventory(workdir, hosts)),
+        "--yes",
+        "--output",
+        output,
+        "--kernel-module",
+        "none",
+        "--containerd-restart-command",
+        RESTART_CONTAINERD,
+        "--toolkit-packages",
+        str(toolkit_dir),
+        "--driver-version",
+        driver,
+        "--kubeconfig",
+        str(api.kubeconfig_path),
+        "--rollout-timeout",
+        "60",
+        "--verify-timeout",
+        "30",
+    ]
     if tolerate:
         args += ["--toleration", ML_TAINT]
     result = gpunode(api, *args, *extra)
-    print(f"$ gpunode bootstrap {' '.join(h.name for h in hosts)} {' '.join(extra)} -> exit {result.returncode}\n"
-          f"{result.stdout if output == 'text' else ''}")
+    print(
+        f"$ gpunode bootstrap {' '.join(h.name for h in hosts)} {' '.join(extra)} -> exit {result.returncode}\n"
+        f"{result.stdout if output == 'text' else ''}"
+    )
     summary: dict[str, Any] = {}
     if output == "json":
         summary = json_out(result)
@@ -162,7 +198,6 @@ def node_labels(api: KubeApiStandIn, name: str) -> dict[str, str]:
     return dict(node["metadata"].get("labels") or {})
 
 
-
 def restart_plugin(api: KubeApiStandIn, sim: SimulatedNode) -> None:
     """Delete the node's plugin pod; its DaemonSet starts a fresh one."""
     for pod in sim.plugin_pods():
@@ -175,19 +210,30 @@ def restart_plugin(api: KubeApiStandIn, sim: SimulatedNode) -> None:
 
 
 @pytest.fixture(scope="module")
-def first(api: KubeApiStandIn, nodes: dict[str, SimulatedNode], hosts: list[DebianHost], workdir: Path,
-          toolkit_dir: Path) -> Run:
+def first(
+    api: KubeApiStandIn, nodes: dict[str, SimulatedNode], hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> Run:
     # Without --toleration: gpn-2's own taint is not tolerated.
     return bootstrap(api, workdir, hosts, toolkit_dir, tolerate=False)
 
 
-def test_first_bootstrap_ends_with_allocatable_ok(first: Run, api: KubeApiStandIn, hosts: list[DebianHost],
-                                                  nodes: dict[str, SimulatedNode]) -> None:
+def test_first_bootstrap_ends_with_allocatable_ok(
+    first: Run, api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]
+) -> None:
     one = hosts[0].name
     assert statuses(first, one) == {
-        "preflight": "unchanged", "driver": "changed", "nouveau": "skipped", "toolkit": "changed",
-        "containerd": "changed", "nvml-library": "unchanged", "plugin-service": "skipped", "state": "changed",
-        "runtimeclass": "changed", "node-label": "changed", "device-plugin": "changed", "verify": "unchanged",
+        "preflight": "unchanged",
+        "driver": "changed",
+        "nouveau": "skipped",
+        "toolkit": "changed",
+        "containerd": "changed",
+        "nvml-library": "unchanged",
+        "plugin-service": "skipped",
+        "state": "changed",
+        "runtimeclass": "changed",
+        "node-label": "changed",
+        "device-plugin": "changed",
+        "verify": "unchanged",
     }, first.explain()
     assert step(first, one, "verify")["detail"] == OK
     assert api.allocatable(one) == "2"
@@ -201,8 +247,11 @@ def test_first_bootstrap_ends_with_allocatable_ok(first: Run, api: KubeApiStandI
     assert api.get("RuntimeClass", "nvidia")["handler"] == "nvidia"  # type: ignore[index]
     assert api.get("RuntimeClass", "nvidia")["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpunode"  # type: ignore[index]
     # Server-side apply, field manager gpunode, for both objects.
-    applies = {(r.method, r.path) for r in api.requests
-               if r.content_type == "application/apply-patch+yaml" and r.field_manager == "gpunode"}
+    applies = {
+        (r.method, r.path)
+        for r in api.requests
+        if r.content_type == "application/apply-patch+yaml" and r.field_manager == "gpunode"
+    }
     assert ("PATCH", f"/apis/apps/v1/namespaces/{NS}/daemonsets/{ds['metadata']['name']}") in applies
     assert ("PATCH", "/apis/node.k8s.io/v1/runtimeclasses/nvidia") in applies
     # The plugin pod mounted the library file the node really has (checked in the host).
@@ -223,7 +272,8 @@ def test_untolerated_taint_is_named_with_its_fix(first: Run, api: KubeApiStandIn
 
 
 def test_toleration_takes_the_plugin_onto_the_tainted_node(
-        first: Run, api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    first: Run, api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     run = bootstrap(api, workdir, [hosts[1]], toolkit_dir, output="text")
     assert run.result.returncode == 0, run.explain()
     assert run.result.stdout.rstrip().splitlines()[-1].split()[-5:] == OK.split(), run.result.stdout
@@ -234,18 +284,21 @@ def test_toleration_takes_the_plugin_onto_the_tainted_node(
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_second_run_changes_nothing(api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path,
-                                    toolkit_dir: Path) -> None:
-    before = {name: (d["metadata"]["resourceVersion"], d["metadata"]["generation"])
-              for name, d in daemonsets(api).items()}
+def test_second_run_changes_nothing(
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
+    before = {
+        name: (d["metadata"]["resourceVersion"], d["metadata"]["generation"]) for name, d in daemonsets(api).items()
+    }
     nodes_before = {h.name: api.get("Node", h.name)["metadata"]["labels"] for h in hosts}  # type: ignore[index]
     run = bootstrap(api, workdir, hosts, toolkit_dir)
     assert run.result.returncode == 0, run.explain()
     for host in hosts:
         assert set(statuses(run, host.name).values()) <= {"unchanged", "skipped"}, run.explain()
         assert step(run, host.name, "verify")["detail"] == OK
-    after = {name: (d["metadata"]["resourceVersion"], d["metadata"]["generation"])
-             for name, d in daemonsets(api).items()}
+    after = {
+        name: (d["metadata"]["resourceVersion"], d["metadata"]["generation"]) for name, d in daemonsets(api).items()
+    }
     assert after == before, "an unchanged DaemonSet was written"
     assert {h.name: api.get("Node", h.name)["metadata"]["labels"] for h in hosts} == nodes_before  # type: ignore[index]
 
@@ -269,7 +322,8 @@ def test_verify_says_ok_in_text_and_json(api: KubeApiStandIn, hosts: list[Debian
 
 
 def test_verify_workload_runs_nvidia_smi_on_a_gpu_and_cleans_up(
-        api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]
+) -> None:
     one = hosts[0].name
     result = verify(api, one, "--workload", "--workload-timeout", "60", "--output", "json")
     report = json_out(result)
@@ -278,7 +332,7 @@ def test_verify_workload_runs_nvidia_smi_on_a_gpu_and_cleans_up(
     assert workload["ok"] is True
     uuids = {gpu.resolved_uuid() for gpu in nodes[one].nvml.config.gpus}
     (line,) = workload["output"].strip().splitlines()
-    assert line.startswith("GPU 0: NVIDIA A100 80GB PCIe (UUID: GPU-") and line[line.index("GPU-"):-1] in uuids
+    assert line.startswith("GPU 0: NVIDIA A100 80GB PCIe (UUID: GPU-") and line[line.index("GPU-") : -1] in uuids
     api.wait_hooks_idle()
     assert api.list("Pod", namespace="default") == [], "the workload pod was not deleted"
 
@@ -316,8 +370,9 @@ def test_verify_absent_no_such_node_and_no_cluster(api: KubeApiStandIn, hosts: l
     assert down.returncode == 2 and "could not check" in down.stderr and "could not reach the cluster" in down.stderr
 
 
-def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[DebianHost],
-                                             nodes: dict[str, SimulatedNode]) -> None:
+def test_verify_fewer_names_the_unhealthy_gpu(
+    api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]
+) -> None:
     one, sim = hosts[0].name, nodes[hosts[0].name]
     sim.nvml.inject_xid(1, 79)  # GPU 1 fell off the bus
     eventually(lambda: api.allocatable(one) == "1", what="allocatable 1")
@@ -331,8 +386,9 @@ def test_verify_fewer_names_the_unhealthy_gpu(api: KubeApiStandIn, hosts: list[D
     eventually(lambda: api.allocatable(one) == "2", what="a healthy restart")
 
 
-def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[DebianHost],
-                                           nodes: dict[str, SimulatedNode]) -> None:
+def test_verify_fewer_names_the_missing_gpu(
+    api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]
+) -> None:
     one, sim = hosts[0].name, nodes[hosts[0].name]
     sim.set_gpus(gpus_for(BUS_IDS[:1]))  # NVML sees one GPU of the two on the bus
     try:
@@ -349,7 +405,8 @@ def test_verify_fewer_names_the_missing_gpu(api: KubeApiStandIn, hosts: list[Deb
 
 
 def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
-        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     one = hosts[0].name
     (name,) = daemonsets(api)
     api.kubectl("delete", "daemonset", "-n", NS, name, check=True)  # as a GitOps prune would (F8)
@@ -365,10 +422,12 @@ def test_plugin_gone_is_zero_and_names_the_missing_daemonset(
 
 
 def test_rollout_timeout_names_the_pod_and_its_event(
-        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     one = hosts[0].name
-    run = bootstrap(api, workdir, [hosts[0]], toolkit_dir, "--image", "registry.example/gpunode:missing",
-                    "--rollout-timeout", "4")
+    run = bootstrap(
+        api, workdir, [hosts[0]], toolkit_dir, "--image", "registry.example/gpunode:missing", "--rollout-timeout", "4"
+    )
     assert run.result.returncode == 1, run.explain()
     detail = step(run, one, "device-plugin")["detail"]
     assert "did not finish within 4 s" in detail and f"pod {NS}/" in detail
@@ -384,7 +443,8 @@ def test_rollout_timeout_names_the_pod_and_its_event(
 
 
 def test_dry_run_shows_the_switch_to_nvidias_plugin_and_changes_nothing(
-        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     before = (sorted(daemonsets(api)), {h.name: node_labels(api, h.name) for h in hosts})
     run = bootstrap(api, workdir, hosts, toolkit_dir, "--plugin", "nvidia", "--dry-run")
     assert run.result.returncode == 0, run.explain()
@@ -396,7 +456,8 @@ def test_dry_run_shows_the_switch_to_nvidias_plugin_and_changes_nothing(
 
 
 def test_a_dry_run_without_the_cluster_still_shows_the_node_plan(
-        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     with api.fault("unreachable"):
         run = bootstrap(api, workdir, hosts, toolkit_dir, "--dry-run")
     assert run.result.returncode == 1, run.explain()
@@ -415,13 +476,15 @@ def test_a_dry_run_without_the_cluster_still_shows_the_node_plan(
         assert step(run, host.name, "verify")["detail"] == "not planned: see runtimeclass"
     # A real run still refuses before touching any host.
     with api.fault("unreachable"):
-        refused = gpunode(api, "bootstrap", "-i", str(inventory(workdir, hosts)), "--yes",
-                          "--kubeconfig", str(api.kubeconfig_path))
+        refused = gpunode(
+            api, "bootstrap", "-i", str(inventory(workdir, hosts)), "--yes", "--kubeconfig", str(api.kubeconfig_path)
+        )
     assert refused.returncode == 1 and "Nothing was changed on the hosts" in refused.stderr
 
 
 def test_runtime_mode_moves_the_fleet_to_a_runtimeclass_daemonset_and_back(
-        api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path) -> None:
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
     (mount_ds,) = daemonsets(api)
     run = bootstrap(api, workdir, hosts, toolkit_dir, "--mode", "runtime")
     assert run.result.returncode == 0, run.explain()
@@ -441,9 +504,9 @@ def test_runtime_mode_moves_the_fleet_to_a_runtimeclass_daemonset_and_back(
 # A driver upgrade: refused until the reboot, then the node moves; a mixed fleet; cleanup
 
 
-def test_driver_upgrade_across_a_mixed_fleet(api: KubeApiStandIn, hosts: list[DebianHost],
-                                            nodes: dict[str, SimulatedNode], workdir: Path,
-                                            toolkit_dir: Path) -> None:
+def test_driver_upgrade_across_a_mixed_fleet(
+    api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode], workdir: Path, toolkit_dir: Path
+) -> None:
     one, two = hosts[0].name, hosts[1].name
     (old_ds,) = daemonsets(api)
 
@@ -453,8 +516,11 @@ def test_driver_upgrade_across_a_mixed_fleet(api: KubeApiStandIn, hosts: list[De
     library = step(refused, two, "nvml-library")
     assert library["status"] == "failed" and "F14" in library["detail"] and "reboot" in library["detail"]
     assert host_report(refused, two)["reboot_required"] is True
-    assert {s: step(refused, two, s)["status"] for s in ("node-label", "device-plugin", "verify")} == \
-        {"node-label": "skipped", "device-plugin": "skipped", "verify": "skipped"}
+    assert {s: step(refused, two, s)["status"] for s in ("node-label", "device-plugin", "verify")} == {
+        "node-label": "skipped",
+        "device-plugin": "skipped",
+        "verify": "skipped",
+    }
     assert node_labels(api, two)[VERSION_LABEL] == DRIVER, "relabelled before the reboot"
 
     # "Reboot": the new module is loaded. The node moves to a new DaemonSet; gpn-1 keeps the old one.
@@ -480,8 +546,9 @@ def test_driver_upgrade_across_a_mixed_fleet(api: KubeApiStandIn, hosts: list[De
     assert step(last, one, "verify")["detail"] == OK
 
 
-def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hosts: list[DebianHost],
-                                                       nodes: dict[str, SimulatedNode]) -> None:
+def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(
+    api: KubeApiStandIn, hosts: list[DebianHost], nodes: dict[str, SimulatedNode]
+) -> None:
     """A node whose module changed under a running fleet (not rebooted through bootstrap):
     the plugin cannot start NVML and verify says why (F14)."""
     one, sim = hosts[0].name, nodes[hosts[0].name]
@@ -503,8 +570,9 @@ def test_plugin_pod_of_a_mismatched_driver_is_diagnosed(api: KubeApiStandIn, hos
 # kubectl on a control host over SSH (here: the node itself, as in a homelab)
 
 
-def test_kubectl_on_the_node_over_ssh(api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path,
-                                      toolkit_dir: Path, cache_dir: Path) -> None:
+def test_kubectl_on_the_node_over_ssh(
+    api: KubeApiStandIn, hosts: list[DebianHost], workdir: Path, toolkit_dir: Path, cache_dir: Path
+) -> None:
     control = hosts[0]
     # A plain kubectl binary (the machine's /usr/bin/kubectl is a dispatcher's), under a name
     # this machine does not have: only kubectl inside the host can run.
@@ -513,14 +581,38 @@ def test_kubectl_on_the_node_over_ssh(api: KubeApiStandIn, hosts: list[DebianHos
     shutil.copy2(debian_kubectl(cache_dir), control.root / kubectl_in_host.lstrip("/"))
     control.put_file("/root/.kube/gpn-config", api.kubeconfig_path.read_text(), mode=0o600)
     assert not Path("/root/.kube/gpn-config").exists()
-    kube_host = ["--kube-host", f"root@{control.address}:{control.ssh_port}", "--ssh-key", str(control.ssh_key),
-                 "--known-hosts", str(control.known_hosts_path), "--kubectl", kubectl_in_host,
-                 "--kubeconfig", "/root/.kube/gpn-config"]
+    kube_host = [
+        "--kube-host",
+        f"root@{control.address}:{control.ssh_port}",
+        "--ssh-key",
+        str(control.ssh_key),
+        "--known-hosts",
+        str(control.known_hosts_path),
+        "--kubectl",
+        kubectl_in_host,
+        "--kubeconfig",
+        "/root/.kube/gpn-config",
+    ]
     api.clear_requests()
-    args = ["bootstrap", "-i", str(inventory(workdir, [control])), "--yes", "--output", "json",
-            "--kernel-module", "none", "--containerd-restart-command", RESTART_CONTAINERD,
-            "--toolkit-packages", str(toolkit_dir), "--driver-version", NEWER_DRIVER,
-            "--toleration", ML_TAINT, *kube_host]
+    args = [
+        "bootstrap",
+        "-i",
+        str(inventory(workdir, [control])),
+        "--yes",
+        "--output",
+        "json",
+        "--kernel-module",
+        "none",
+        "--containerd-restart-command",
+        RESTART_CONTAINERD,
+        "--toolkit-packages",
+        str(toolkit_dir),
+        "--driver-version",
+        NEWER_DRIVER,
+        "--toleration",
+        ML_TAINT,
+        *kube_host,
+    ]
     result = gpunode(api, *args)
     run = Run(result, json_out(result))
     assert result.returncode == 0, run.explain()

@@ -23,27 +23,27 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import tomlkit
 import yaml
-
 from conftest import REPO_ROOT
-from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, bootstrap, target_args
-from e2e.host_gpus import nvidia_gpus, set_pci_functions
-from gpunode.bootstrap.core.manifests import PluginDeployment, manifest_objects
+from polling import eventually
 from standins.debian_host import DebianHost, start_debian_host
 from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml
 from standins.kube_api import KubeApiStandIn, kubectl_binary
 from standins.kube_api.process_pods import PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
 from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
-from polling import eventually
+
+from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, bootstrap, target_args
+from e2e.host_gpus import nvidia_gpus, set_pci_functions
+from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
 
 JSON = dict[str, Any]
 NODE = "gpu-doctor"
@@ -56,9 +56,9 @@ DROPIN = "/etc/containerd/conf.d/99-nvidia.toml"
 # The node's kubelet process: the kubelet stand-in serves its sockets from this machine, so
 # in the host only its process is needed (doctor reads its age and command line).
 KUBELET_SCRIPT = "#!/bin/sh\n# stands for the kubelet: its sockets are served by the test's kubelet stand-in\nwhile :; do sleep 3600; done\n"
-START_KUBELET = (f"setsid /usr/local/bin/kubelet --root-dir=/var/lib/kubelet --hostname-override={NODE} "
-                 "</dev/null >/dev/null 2>&1 &")
-
+START_KUBELET = (
+    f"setsid /usr/local/bin/kubelet --root-dir=/var/lib/kubelet --hostname-override={NODE} </dev/null >/dev/null 2>&1 &"
+)
 
 
 @dataclass
@@ -70,18 +70,36 @@ class Node:
     nvml: FakeNvml
 
     def doctor(self, *extra: str) -> tuple[int, JSON]:
-        args = [sys.executable, "-m", "gpunode.bootstrap.cli.main", "doctor", *target_args(self.host),
-                "--kubeconfig", str(self.api.kubeconfig_path), "--output", "json", *extra]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=180, check=False,
-                                env={**os.environ, **self.api.kubectl_env()})
+        args = [
+            sys.executable,
+            "-m",
+            "gpunode.bootstrap.cli.main",
+            "doctor",
+            *target_args(self.host),
+            "--kubeconfig",
+            str(self.api.kubeconfig_path),
+            "--output",
+            "json",
+            *extra,
+        ]
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=180, check=False, env={**os.environ, **self.api.kubectl_env()}
+        )
         try:
             return result.returncode, json.loads(result.stdout)
         except ValueError as exc:
             raise AssertionError(f"no JSON (exit {result.returncode}):\n{result.stdout}\n{result.stderr}") from exc
 
     def apply(self, *objects: JSON) -> None:
-        result = self.api.kubectl("apply", "--server-side", "--field-manager=gpunode", "--force-conflicts",
-                                  "-f", "-", stdin=yaml.safe_dump_all(objects))
+        result = self.api.kubectl(
+            "apply",
+            "--server-side",
+            "--field-manager=gpunode",
+            "--force-conflicts",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump_all(objects),
+        )
         assert result.returncode == 0, result.stderr
 
     def allocatable(self) -> str | None:
@@ -137,12 +155,21 @@ def node(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         api.add_node(NODE, labels={"gpunode.io/driver-version": DRIVER})
         with KubeletStandIn(host.root / DEVICE_PLUGINS.lstrip("/"), on_update=publish) as kubelet:
             runner = PodProcessRunner(
-                api, short / "pods", select=lambda pod: pod["metadata"]["namespace"] == NS,
-                host_paths={LIBRARY: host.root / LIBRARY.lstrip("/"), SO1: host.root / SO1.lstrip("/"),
-                            DEVICE_PLUGINS: host.root / DEVICE_PLUGINS.lstrip("/")},
-                extra_env={"FAKE_NVML_CONFIG": str(nvml.config_path), "FAKE_NVML_EVENTS": str(nvml.events_path),
-                           "PYTHONPATH": str(REPO_ROOT / "tests")},
-                grace_seconds=1.0)
+                api,
+                short / "pods",
+                select=lambda pod: pod["metadata"]["namespace"] == NS,
+                host_paths={
+                    LIBRARY: host.root / LIBRARY.lstrip("/"),
+                    SO1: host.root / SO1.lstrip("/"),
+                    DEVICE_PLUGINS: host.root / DEVICE_PLUGINS.lstrip("/"),
+                },
+                extra_env={
+                    "FAKE_NVML_CONFIG": str(nvml.config_path),
+                    "FAKE_NVML_EVENTS": str(nvml.events_path),
+                    "PYTHONPATH": str(REPO_ROOT / "tests"),
+                },
+                grace_seconds=1.0,
+            )
             the_node = Node(host, api, kubelet, runner, nvml)
             the_node.apply(*manifest_objects(PluginDeployment(driver_version=DRIVER, lib_path=LIBRARY)))
             eventually(lambda: the_node.allocatable() == "1", what="the plugin registered: Allocatable 1")
@@ -180,9 +207,21 @@ def test_a_bootstrapped_node_in_its_cluster_is_healthy(node: Node) -> None:
     code, data = node.doctor()
     assert code == 0, explain(data)
     assert data["verdicts"] == [] and data["not_checked"] == [], explain(data)
-    text = subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", "doctor", *target_args(node.host),
-                           "--kubeconfig", str(node.api.kubeconfig_path)], capture_output=True, text=True,
-                          env={**os.environ, **node.api.kubectl_env()}, check=False)
+    text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpunode.bootstrap.cli.main",
+            "doctor",
+            *target_args(node.host),
+            "--kubeconfig",
+            str(node.api.kubeconfig_path),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **node.api.kubectl_env()},
+        check=False,
+    )
     assert text.returncode == 0 and text.stdout.strip().endswith("every link that was checked holds"), text.stdout
 
 
@@ -266,8 +305,10 @@ def test_a_malformed_containerd_config(node: Node) -> None:
 def test_f17_the_toolkit_removed(node: Node) -> None:
     debs = node.host.exec("find /var/lib/gpunode/packages -name '*.deb' | sort").stdout.split()
     assert debs, "bootstrap keeps the toolkit packages it uploaded"
-    node.host.exec("dpkg --remove --force-depends nvidia-container-toolkit nvidia-container-toolkit-base "
-                   "libnvidia-container-tools libnvidia-container1 >/dev/null")
+    node.host.exec(
+        "dpkg --remove --force-depends nvidia-container-toolkit nvidia-container-toolkit-base "
+        "libnvidia-container-tools libnvidia-container1 >/dev/null"
+    )
     try:
         data = assert_first(node, "F17")
         assert data["verdicts"][0]["link"] == "toolkit"
@@ -302,9 +343,14 @@ def test_f4_the_plugin_trusts_containerds_default_runtime(node: Node) -> None:
     with edited_dropin(node, lambda cri: cri.__setitem__("default_runtime_name", "nvidia")):
         node.apply(daemonset)
         try:
-            eventually(lambda: any("library_not_found" in (node.api._logs_of(NS, p["metadata"]["name"],
-                                                                              "gpunode-device-plugin", False) or "")
-                                   for p in node.api.list("pods", NS)), what="the plugin failing to load NVML")
+            eventually(
+                lambda: any(
+                    "library_not_found"
+                    in (node.api._logs_of(NS, p["metadata"]["name"], "gpunode-device-plugin", False) or "")
+                    for p in node.api.list("pods", NS)
+                ),
+                what="the plugin failing to load NVML",
+            )
             data = assert_first(node, "F4")
             verdict = data["verdicts"][0]
             assert verdict["severity"] == "critical" and "default runtime" in verdict["cause"]
@@ -315,12 +361,19 @@ def test_f4_the_plugin_trusts_containerds_default_runtime(node: Node) -> None:
 def test_f12_a_kubelet_restart_the_plugin_never_noticed(node: Node) -> None:
     daemonset = node.daemonset()
     daemonset["spec"]["template"]["spec"]["containers"][0]["command"] = [
-        "python", "-m", "standins.naive_plugin", "--devices", "1"]
+        "python",
+        "-m",
+        "standins.naive_plugin",
+        "--devices",
+        "1",
+    ]
     before = node.kubelet.registration_count(GPU)
     node.apply(daemonset)
     try:
-        eventually(lambda: node.kubelet.registration_count(GPU) > before and node.allocatable() == "1",
-                   what="the naive plugin registered")
+        eventually(
+            lambda: node.kubelet.registration_count(GPU) > before and node.allocatable() == "1",
+            what="the naive plugin registered",
+        )
         time.sleep(1.1)  # whole seconds: the kubelet must be younger than the plugin's pod
         node.restart_kubelet()
         eventually(lambda: node.allocatable() == "0", what="Allocatable down to 0")

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from standins.debian_host import DebianHost, start_debian_host
 from standins.toolkit_packages import DEFAULT_VERSION as TOOLKIT_VERSION
 from standins.toolkit_packages import PACKAGE_NAMES
@@ -43,9 +42,7 @@ def _processes_in_namespace(kind: str, ns: str) -> list[int]:
 
 
 def _mount_targets() -> str:
-    return subprocess.run(
-        ["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=True
-    ).stdout
+    return subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=True).stdout
 
 
 # --- reaching the host -----------------------------------------------------------------
@@ -71,12 +68,13 @@ def test_ssh_logs_in_as_root_with_the_hosts_key_to_its_own_hostname_and_pid_name
     # ssh takes -F's IdentityFile before -i, so use a config without one.
     config_without_key = tmp_path / "ssh_config"
     config_without_key.write_text(
-        "\n".join(line for line in debian_host.ssh_config_path.read_text().splitlines()
-                  if "IdentityFile" not in line) + "\n"
+        "\n".join(line for line in debian_host.ssh_config_path.read_text().splitlines() if "IdentityFile" not in line)
+        + "\n"
     )
     refused = subprocess.run(
         ["ssh", "-F", str(config_without_key), "-i", str(other_key), debian_host.ssh_alias, "true"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert refused.returncode == 255
     assert "Permission denied (publickey)" in refused.stderr
@@ -116,9 +114,7 @@ def test_apt_installs_the_driver_userspace_from_non_free_and_its_alternatives_ch
     debian_host: DebianHost,
 ) -> None:
     debian_host.ssh("apt-get update -q")
-    debian_host.ssh(
-        f"{APT_ENV} apt-get install -y -q --no-install-recommends libnvidia-ml1 nvidia-smi"
-    )
+    debian_host.ssh(f"{APT_ENV} apt-get install -y -q --no-install-recommends libnvidia-ml1 nvidia-smi")
     version = debian_host.ssh("dpkg-query -W -f '${Version}' libnvidia-ml1").stdout
     assert version.startswith("535.")
     upstream = version.split("-")[0]
@@ -146,8 +142,7 @@ def test_toolkit_stand_ins_install_with_apt_from_a_local_directory(
 ) -> None:
     shutil.copytree(toolkit_package_dir, debian_host.root / "opt" / "gpunode-toolkit")
     debian_host.ssh(
-        "echo 'deb [trusted=yes] file:/opt/gpunode-toolkit ./' "
-        "> /etc/apt/sources.list.d/gpunode-toolkit.list"
+        "echo 'deb [trusted=yes] file:/opt/gpunode-toolkit ./' > /etc/apt/sources.list.d/gpunode-toolkit.list"
     )
     # Only the local source is read: no network needed for this install.
     debian_host.ssh(
@@ -162,8 +157,13 @@ def test_toolkit_stand_ins_install_with_apt_from_a_local_directory(
     assert sorted(status) == sorted(f"{name} {TOOLKIT_VERSION} ii " for name in PACKAGE_NAMES)
     assert "Status: install ok installed" in debian_host.ssh("dpkg -s nvidia-container-toolkit").stdout
 
-    for path in ("nvidia-container-runtime", "nvidia-ctk", "nvidia-cdi-hook",
-                 "nvidia-container-runtime-hook", "nvidia-container-cli"):
+    for path in (
+        "nvidia-container-runtime",
+        "nvidia-ctk",
+        "nvidia-cdi-hook",
+        "nvidia-container-runtime-hook",
+        "nvidia-container-cli",
+    ):
         assert debian_host.ssh(f"test -x /usr/bin/{path}", check=False).returncode == 0, path
     assert debian_host.ssh("nvidia-ctk --version").stdout.splitlines()[0] == (
         "NVIDIA Container Toolkit CLI version 1.17.8"
@@ -185,25 +185,41 @@ def test_toolkit_stand_ins_install_with_apt_from_a_local_directory(
 # --- pyinfra and testinfra over SSH ----------------------------------------------------------
 
 
-def test_pyinfra_connects_over_ssh_and_runs_an_operation(
-    debian_host: DebianHost, tmp_path: Path
-) -> None:
+def test_pyinfra_connects_over_ssh_and_runs_an_operation(debian_host: DebianHost, tmp_path: Path) -> None:
     # The API's inventory form, with the host data that needs no ssh config file.
     inventory = tmp_path / "inventory.py"
     inventory.write_text(f"hosts = [({debian_host.name!r}, {debian_host.pyinfra_host_data!r})]\n")
     run = subprocess.run(
-        [str(VENV_BIN / "pyinfra"), "-y", str(inventory), "server.shell",
-         "commands=echo pyinfra-was-here > /root/pyinfra-marker"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            str(VENV_BIN / "pyinfra"),
+            "-y",
+            str(inventory),
+            "server.shell",
+            "commands=echo pyinfra-was-here > /root/pyinfra-marker",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert (debian_host.root / "root" / "pyinfra-marker").read_text() == "pyinfra-was-here\n"
 
     # The CLI form: the host spec resolved through the host's ssh config file.
     fact = subprocess.run(
-        [str(VENV_BIN / "pyinfra"), "-y", "--data", f"ssh_config_file={debian_host.ssh_config_path}",
-         debian_host.pyinfra_host_spec, "fact", "server.Hostname"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            str(VENV_BIN / "pyinfra"),
+            "-y",
+            "--data",
+            f"ssh_config_file={debian_host.ssh_config_path}",
+            debian_host.pyinfra_host_spec,
+            "fact",
+            "server.Hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert fact.returncode == 0, fact.stdout + fact.stderr
     assert f'"{debian_host.pyinfra_host_spec}": "{debian_host.name}"' in fact.stdout + fact.stderr
@@ -229,10 +245,26 @@ def test_testinfra_connects_with_the_ssh_config(debian_host: DebianHost, tmp_pat
     # Both forms in one run: the alias with --ssh-config, and the self-contained URL.
     hosts = f"ssh://{debian_host.ssh_alias},{debian_host.testinfra_host_spec}"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
-         "--rootdir", str(tmp_path), f"--hosts={hosts}",
-         f"--ssh-config={debian_host.ssh_config_path}", str(suite)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            f"--hosts={hosts}",
+            f"--ssh-config={debian_host.ssh_config_path}",
+            str(suite),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout
@@ -278,9 +310,10 @@ def test_two_hosts_at_once_do_not_interfere(
     assert second.ssh("hostname").stdout.strip() == "pair-2"
     assert first.pid_namespace != second.pid_namespace
     assert first.ssh("cat /etc/machine-id").stdout != second.ssh("cat /etc/machine-id").stdout
-    assert first.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout != second.ssh(
-        "cat /etc/ssh/ssh_host_ed25519_key.pub"
-    ).stdout
+    assert (
+        first.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout
+        != second.ssh("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout
+    )
 
     first.ssh("echo only-here > /etc/gpunode-marker")
     assert second.ssh("test -e /etc/gpunode-marker", check=False).returncode == 1
@@ -291,12 +324,8 @@ def test_two_hosts_at_once_do_not_interfere(
     assert second.ssh("flock -n /var/lib/dpkg/lock-frontend true").returncode == 0
     # A key of one host does not open the other.
     foreign = second.workdir / "ssh_config.foreign"
-    foreign.write_text(
-        second.ssh_config_path.read_text().replace(str(second.ssh_key), str(first.ssh_key))
-    )
-    assert subprocess.run(
-        ["ssh", "-F", str(foreign), second.ssh_alias, "true"], capture_output=True
-    ).returncode == 255
+    foreign.write_text(second.ssh_config_path.read_text().replace(str(second.ssh_key), str(first.ssh_key)))
+    assert subprocess.run(["ssh", "-F", str(foreign), second.ssh_alias, "true"], capture_output=True).returncode == 255
 
 
 def test_stop_leaves_no_process_mount_or_directory_behind(cache_dir: Path) -> None:

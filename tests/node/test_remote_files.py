@@ -49,8 +49,12 @@ def test_old_backup_sets_are_pruned(tmp_path: Path) -> None:
     target = tmp_path / "file"
     root = tmp_path / "backups"
     for index in range(BACKUPS_KEPT + 3):
-        assert run(write_files_script([FileWrite(str(target), f"{index}\n")],
-                                      str(root / f"2026010{index}T000000Z-x"))).returncode == 0
+        assert (
+            run(
+                write_files_script([FileWrite(str(target), f"{index}\n")], str(root / f"2026010{index}T000000Z-x"))
+            ).returncode
+            == 0
+        )
     kept = sorted(p.name for p in root.iterdir())
     assert len(kept) == BACKUPS_KEPT
     assert kept[-1] == f"2026010{BACKUPS_KEPT + 2}T000000Z-x"

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml
 from standins.kubelet import KubeletStandIn
 
@@ -38,8 +37,14 @@ def short_dir() -> Iterator[Path]:
 class PluginProcess:
     """The plugin as the DaemonSet runs it: its own process, configured by flags and env."""
 
-    def __init__(self, workdir: Path, nvml: FakeNvml | None, args: list[str], env: dict[str, str] | None = None,
-                 command: tuple[str, ...] = ("-m", "gpunode.plugin", "serve")) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        nvml: FakeNvml | None,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("-m", "gpunode.plugin", "serve"),
+    ) -> None:
         self.log_path = workdir / f"plugin-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
         full_env.pop("LD_LIBRARY_PATH", None)
@@ -48,8 +53,9 @@ class PluginProcess:
         full_env.update(env or {})
         self.started = time.monotonic()
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, *command, *args], env=full_env,
-                                     stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(
+            [sys.executable, *command, *args], env=full_env, stdout=subprocess.DEVNULL, stderr=self._log
+        )
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -94,8 +100,14 @@ class PluginHarness:
     def configure(self, config: FakeNvmlConfig) -> None:
         self.nvml.configure(config)
 
-    def start(self, *args: str, env: dict[str, str] | None = None, nvml: bool = True, kubelet_dir: bool = True,
-              command: tuple[str, ...] = ("-m", "gpunode.plugin", "serve")) -> PluginProcess:
+    def start(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        nvml: bool = True,
+        kubelet_dir: bool = True,
+        command: tuple[str, ...] = ("-m", "gpunode.plugin", "serve"),
+    ) -> PluginProcess:
         full = [*(["--kubelet-dir", str(self.kubelet_dir)] if kubelet_dir else []), *args]
         process = PluginProcess(self.root, self.nvml if nvml else None, full, env, command)
         self.processes.append(process)

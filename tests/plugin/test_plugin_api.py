@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import tomlkit
-
 from plugin_generate_api import API_DIR, GENERATED_FILES, REPO_ROOT, generate
 
 
@@ -27,7 +26,9 @@ def test_runtime_floors_match_what_the_generated_code_requires() -> None:
     floors = {d.split(">=")[0].strip(): _floor(d) for d in deps if ">=" in d}  # type: ignore[union-attr]
     grpc_needs = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", (API_DIR / "api_pb2_grpc.py").read_text())
     pb = (API_DIR / "api_pb2.py").read_text()
-    pb_needs = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb)
+    pb_needs = re.search(
+        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", pb
+    )
     assert grpc_needs and pb_needs
     assert floors["grpcio"] == tuple(int(x) for x in grpc_needs.group(1).split("."))
     assert floors["protobuf"] == tuple(int(x) for x in pb_needs.groups())
@@ -38,8 +39,10 @@ def test_services_and_fields_are_the_kubelets() -> None:
 
     file = api_pb2.DESCRIPTOR
     assert file.package == "v1beta1"
-    services = {s.full_name: {m.name: (m.input_type.name, m.output_type.name, m.server_streaming)
-                              for m in s.methods} for s in file.services_by_name.values()}
+    services = {
+        s.full_name: {m.name: (m.input_type.name, m.output_type.name, m.server_streaming) for m in s.methods}
+        for s in file.services_by_name.values()
+    }
     assert services == {
         "v1beta1.Registration": {"Register": ("RegisterRequest", "Empty", False)},
         "v1beta1.DevicePlugin": {
@@ -62,8 +65,11 @@ def test_services_and_fields_are_the_kubelets() -> None:
         "PreStartContainerRequest": {"devices_ids": 1},
         "PreStartContainerResponse": {},
         "PreferredAllocationRequest": {"container_requests": 1},
-        "ContainerPreferredAllocationRequest": {"available_deviceIDs": 1, "must_include_deviceIDs": 2,
-                                                "allocation_size": 3},
+        "ContainerPreferredAllocationRequest": {
+            "available_deviceIDs": 1,
+            "must_include_deviceIDs": 2,
+            "allocation_size": 3,
+        },
         "PreferredAllocationResponse": {"container_responses": 1},
         "ContainerPreferredAllocationResponse": {"deviceIDs": 1},
         "AllocateRequest": {"container_requests": 1},
@@ -84,7 +90,12 @@ def test_the_plugin_overrides_every_rpc_the_generated_base_leaves_unimplemented(
 
     base = api_pb2_grpc.DevicePluginServicer
     rpcs = [name for name in vars(base) if not name.startswith("_")]
-    assert set(rpcs) == {"GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate",
-                         "PreStartContainer"}
+    assert set(rpcs) == {
+        "GetDevicePluginOptions",
+        "ListAndWatch",
+        "GetPreferredAllocation",
+        "Allocate",
+        "PreStartContainer",
+    }
     inherited = [name for name in rpcs if getattr(DevicePluginService, name) is getattr(base, name)]
     assert inherited == [], f"served by the generated placeholder: {inherited}"

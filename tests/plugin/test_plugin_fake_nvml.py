@@ -48,8 +48,10 @@ def probe(nvml: FakeNvml, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_struct_sizes_and_values_through_real_pynvml(tmp_path: Path, fake_nvml_lib: Path) -> None:
     import json
 
-    config = FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", pci_bus_id="00000000:3B:00.0", memory_mib=40960), FakeGpu(1)),
-                            migs=(FakeMig(0, gi=5, gi_slices=1, memory_mib=4864),))
+    config = FakeNvmlConfig(
+        gpus=(FakeGpu(0, mig="1", pci_bus_id="00000000:3B:00.0", memory_mib=40960), FakeGpu(1)),
+        migs=(FakeMig(0, gi=5, gi_slices=1, memory_mib=4864),),
+    )
     result = probe(FakeNvml(tmp_path, fake_nvml_lib, config))
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -64,10 +66,15 @@ def test_struct_sizes_and_values_through_real_pynvml(tmp_path: Path, fake_nvml_l
 def test_driver_version_and_init_error_come_from_the_environment(tmp_path: Path, fake_nvml_lib: Path) -> None:
     nvml = FakeNvml(tmp_path, fake_nvml_lib, FakeNvmlConfig.uniform(1))
     code = "import pynvml; pynvml.nvmlInit(); print(pynvml.nvmlSystemGetDriverVersion())"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML_")}, **nvml.env(),
-           "FAKE_NVML_DRIVER_VERSION": "570.86.15"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "570.86.15"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML_")},
+        **nvml.env(),
+        "FAKE_NVML_DRIVER_VERSION": "570.86.15",
+    }
+    assert (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+        == "570.86.15"
+    )
     env["FAKE_NVML_INIT_ERROR"] = "LIB_RM_VERSION_MISMATCH"
     failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "NVMLError_LibRmVersionMismatch" in failed.stderr

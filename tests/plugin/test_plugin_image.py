@@ -23,8 +23,12 @@ def test_containerfile_selects_the_plugin_requirements_from_pyproject(tmp_path: 
     script = re.search(r'python -c "(.*?)" > /wheels/plugin-requirements.txt', text, re.S)
     assert script, "the Containerfile's requirement selection moved; update this test"
     (tmp_path / "pyproject.toml").write_text((REPO_ROOT / "pyproject.toml").read_text())
-    result = subprocess.run([sys.executable, "-c", script.group(1).replace("\\n", "\n").replace(
-        "'\n'", "'\\n'")], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script.group(1).replace("\\n", "\n").replace("'\n'", "'\\n'")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     names = [re.split(r"[<>=]", line)[0] for line in result.stdout.split()]
     assert sorted(names) == ["click", "grpcio", "nvidia-ml-py", "protobuf"]

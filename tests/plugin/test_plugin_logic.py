@@ -13,21 +13,33 @@ from gpunode.plugin.nvml import GpuInfo, NvmlEvent, Topology, mig_memory_gb, mig
 
 
 def gpu(index: int, numa: int | None = None) -> GpuInfo:
-    return GpuInfo(index=index, uuid=f"GPU-{index}", name="g", pci_bus_id=f"0:{index}", minor=index,
-                   memory_bytes=40 << 30, numa_node=numa, mig_enabled=False)
+    return GpuInfo(
+        index=index,
+        uuid=f"GPU-{index}",
+        name="g",
+        pci_bus_id=f"0:{index}",
+        minor=index,
+        memory_bytes=40 << 30,
+        numa_node=numa,
+        mig_enabled=False,
+    )
 
 
 def devices(count: int, numa_split: int | None = None) -> dict[str, PluginDevice]:
-    return {f"GPU-{i}": PluginDevice(id=f"GPU-{i}", uuid=f"GPU-{i}",
-                                     gpu=gpu(i, None if numa_split is None else i // numa_split))
-            for i in range(count)}
+    return {
+        f"GPU-{i}": PluginDevice(
+            id=f"GPU-{i}", uuid=f"GPU-{i}", gpu=gpu(i, None if numa_split is None else i // numa_split)
+        )
+        for i in range(count)
+    }
 
 
 def test_preferred_allocation_prefers_nvlink_then_pcie_then_numa() -> None:
     devs = devices(6, numa_split=3)
     order = {d: i for i, d in enumerate(devs)}
-    topo = Topology(levels={(0, 1): 50, (0, 2): 30, (1, 2): 30, (3, 4): 40, (3, 5): 40, (4, 5): 10},
-                    nvlinks={(4, 5): 2})
+    topo = Topology(
+        levels={(0, 1): 50, (0, 2): 30, (1, 2): 30, (3, 4): 40, (3, 5): 40, (4, 5): 10}, nvlinks={(4, 5): 2}
+    )
     ids = list(devs)
     assert preferred_allocation(ids, [], 2, devs, order, topo) == ["GPU-4", "GPU-5"]
     assert preferred_allocation(ids, ["GPU-0"], 2, devs, order, topo) == ["GPU-0", "GPU-2"]
@@ -56,8 +68,9 @@ class Clock:
 
 def tracker(recovery: float, clock: Clock, metrics: Metrics | None = None) -> HealthTracker:
     devs = list(devices(2).values())
-    return HealthTracker([Resource("nvidia.com/gpu", tuple(devs))], frozenset({13}), frozenset({79}), recovery,
-                         metrics, clock)
+    return HealthTracker(
+        [Resource("nvidia.com/gpu", tuple(devs))], frozenset({13}), frozenset({79}), recovery, metrics, clock
+    )
 
 
 def test_health_policy_ignore_recover_fatal() -> None:
@@ -69,7 +82,7 @@ def test_health_policy_ignore_recover_fatal() -> None:
     t.record_xid(NvmlEvent("GPU-1", 79))
     assert (t.health("GPU-0"), t.health("GPU-1"), t.version) == (UNHEALTHY, UNHEALTHY, 2)
     clock.now += 20
-    t.record_xid(NvmlEvent("GPU-0", 8))          # a new XID restarts the quiet period
+    t.record_xid(NvmlEvent("GPU-0", 8))  # a new XID restarts the quiet period
     clock.now += 20
     t.recover_due()
     assert t.health("GPU-0") == UNHEALTHY
@@ -96,12 +109,12 @@ def test_zero_recovery_means_unhealthy_until_restart() -> None:
 
 
 def test_mig_profile_names_match_nvidias() -> None:
-    a100_40 = 40 * 1024 ** 3
+    a100_40 = 40 * 1024**3
     assert mig_profile(1, 1, mig_memory_gb(a100_40, 4864), False) == "1g.5gb"
     assert mig_profile(2, 2, mig_memory_gb(a100_40, 9856), False) == "2g.10gb"
     assert mig_profile(7, 7, mig_memory_gb(a100_40, 40192), False) == "7g.40gb"
     assert mig_profile(3, 1, mig_memory_gb(a100_40, 19968), False) == "1c.3g.20gb"
-    assert mig_profile(1, 1, mig_memory_gb(80 * 1024 ** 3, 9856), True) == "1g.10gb+me"
+    assert mig_profile(1, 1, mig_memory_gb(80 * 1024**3, 9856), True) == "1g.10gb+me"
 
 
 def test_settings_validation() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir  # noqa: F401 (fixtures)
 from standins.fake_nvml import FakeGpu, FakeMig, FakeNvmlConfig
 from standins.kubelet import HEALTHY, UNHEALTHY, plugin_sockets
@@ -56,7 +55,9 @@ def test_allocate_envvar_by_uuid_one_and_many(harness: PluginHarness) -> None:
     assert not one.cdi_devices and not one.devices
     many = harness.kubelet.allocate_containers(GPU, [[uuid(0), uuid(3)], [uuid(1)]])
     assert [dict(c.envs)["NVIDIA_VISIBLE_DEVICES"] for c in many.container_responses] == [
-        f"{uuid(0)},{uuid(3)}", uuid(1)]
+        f"{uuid(0)},{uuid(3)}",
+        uuid(1),
+    ]
 
 
 def test_allocate_envvar_by_index(harness: PluginHarness) -> None:
@@ -78,7 +79,7 @@ def test_pass_device_specs_only_for_nodes_that_exist(harness: PluginHarness) -> 
     harness.configure(FakeNvmlConfig.uniform(2))
     dev = harness.root / "host" / "dev"
     dev.mkdir(parents=True)
-    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):   # no nvidia-uvm-tools on this "host"
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):  # no nvidia-uvm-tools on this "host"
         (dev / name).touch()
     harness.serve("--pass-device-specs", "--dev-root", str(harness.root / "host"))
     specs = harness.kubelet.allocate(GPU, [uuid(1)]).container_responses[0].devices
@@ -103,11 +104,11 @@ def test_unknown_device_is_invalid_argument_and_nothing_is_allocated(harness: Pl
 def test_xid_marks_device_unhealthy_and_ignored_xid_changes_nothing(harness: PluginHarness) -> None:
     harness.configure(FakeNvmlConfig.uniform(3))
     plugin = harness.serve("--health-recovery-seconds", "0")
-    harness.nvml.inject_xid(1, 31)          # application error: ignored by default
+    harness.nvml.inject_xid(1, 31)  # application error: ignored by default
     harness.nvml.inject_xid(2, 43)
     plugin.wait_log("xid=43 action=ignored")
     assert health(harness) == {uuid(i): HEALTHY for i in range(3)}
-    harness.nvml.inject_xid(1, 8)           # not ignored, not fatal
+    harness.nvml.inject_xid(1, 8)  # not ignored, not fatal
     devices = harness.kubelet.wait_devices(GPU, lambda ds: any(d.health == UNHEALTHY for d in ds))
     assert {d.id: d.health for d in devices} == {uuid(0): HEALTHY, uuid(1): UNHEALTHY, uuid(2): HEALTHY}
     assert harness.kubelet.healthy_count(GPU) == 2
@@ -117,7 +118,7 @@ def test_non_fatal_xid_recovers_after_quiet_period_fatal_never(harness: PluginHa
     harness.configure(FakeNvmlConfig.uniform(3))
     plugin = harness.serve("--health-recovery-seconds", "0.5")
     harness.nvml.inject_xid(0, 8)
-    harness.nvml.inject_xid(1, 79)          # fallen off the bus: fatal
+    harness.nvml.inject_xid(1, 79)  # fallen off the bus: fatal
     harness.kubelet.wait_devices(GPU, lambda ds: sum(d.health == UNHEALTHY for d in ds) == 2)
     went_bad = time.monotonic()
     devices = harness.kubelet.wait_devices(GPU, lambda ds: sum(d.health == UNHEALTHY for d in ds) == 1, timeout=5)
@@ -183,7 +184,7 @@ def test_kubelet_absent_for_a_while_then_back(harness: PluginHarness) -> None:
     harness.configure(FakeNvmlConfig.uniform(1))
     plugin = harness.serve()
     harness.kubelet.stop()
-    time.sleep(1.5)                          # several failed attempts, with backoff
+    time.sleep(1.5)  # several failed attempts, with backoff
     assert plugin.proc.poll() is None
     back = time.monotonic()
     harness.kubelet.restart()
@@ -208,7 +209,7 @@ def test_socket_removed_while_the_kubelet_dials_it_means_registering_again_at_on
     harness.configure(FakeNvmlConfig.uniform(2))
     plugin = harness.serve()
     harness.kubelet.hold_registrations()
-    harness.kubelet.end_stream(GPU)          # the plugin restarts its server and registers again
+    harness.kubelet.end_stream(GPU)  # the plugin restarts its server and registers again
     harness.kubelet.wait_held_registration()
     (harness.kubelet_dir / "gpunode-nvidia.com-gpu.sock").unlink()
     removed = time.monotonic()
@@ -244,7 +245,7 @@ def test_library_not_found_fails_with_one_line_naming_the_fix(harness: PluginHar
 def test_no_permission_fails_naming_device_access(harness: PluginHarness) -> None:
     plugin = harness.start(env={"FAKE_NVML_INIT_ERROR": "NO_PERMISSION"})
     assert plugin.proc.wait(10) == 1
-    line, = plugin.log().splitlines()
+    (line,) = plugin.log().splitlines()
     assert line.startswith("nvml_init_failed reason=no_permission ")
     assert "Insufficient Permissions" in line and "privileged" in line
 
@@ -260,12 +261,17 @@ def test_init_failure_without_fail_on_init_error_stays_up_and_advertises_nothing
 
 
 def test_mig_mixed_serves_one_resource_per_profile(harness: PluginHarness) -> None:
-    harness.configure(FakeNvmlConfig(
-        gpus=(FakeGpu(0, mig="1"), FakeGpu(1, mig="1"), FakeGpu(2)),
-        migs=(FakeMig(0, gi=1, gi_slices=1, memory_mib=4864), FakeMig(0, gi=2, gi_slices=1, memory_mib=4864),
-              FakeMig(0, gi=3, gi_slices=2, ci_slices=2, memory_mib=9728),
-              FakeMig(1, gi=1, gi_slices=3, ci_slices=3, memory_mib=19968)),
-    ))
+    harness.configure(
+        FakeNvmlConfig(
+            gpus=(FakeGpu(0, mig="1"), FakeGpu(1, mig="1"), FakeGpu(2)),
+            migs=(
+                FakeMig(0, gi=1, gi_slices=1, memory_mib=4864),
+                FakeMig(0, gi=2, gi_slices=1, memory_mib=4864),
+                FakeMig(0, gi=3, gi_slices=2, ci_slices=2, memory_mib=9728),
+                FakeMig(1, gi=1, gi_slices=3, ci_slices=3, memory_mib=19968),
+            ),
+        )
+    )
     plugin = harness.serve("--mig-strategy", "mixed", resource="nvidia.com/mig-1g.5gb")
     for resource in ("nvidia.com/mig-2g.10gb", "nvidia.com/mig-3g.20gb", GPU):
         harness.kubelet.wait_registered(resource)
@@ -284,8 +290,11 @@ def test_mig_mixed_serves_one_resource_per_profile(harness: PluginHarness) -> No
 
 
 def test_mig_single_serves_mig_devices_as_the_gpu_resource(harness: PluginHarness) -> None:
-    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1"), FakeGpu(1, mig="1")),
-                                     migs=(FakeMig(0, gi=1), FakeMig(0, gi=2), FakeMig(1, gi=1))))
+    harness.configure(
+        FakeNvmlConfig(
+            gpus=(FakeGpu(0, mig="1"), FakeGpu(1, mig="1")), migs=(FakeMig(0, gi=1), FakeMig(0, gi=2), FakeMig(1, gi=1))
+        )
+    )
     harness.serve("--mig-strategy", "single", "--device-id-strategy", "index")
     assert [d.id for d in harness.kubelet.devices(GPU)] == ["0:0", "0:1", "1:0"]
     response = harness.kubelet.allocate(GPU, ["0:1"]).container_responses[0]
@@ -293,11 +302,10 @@ def test_mig_single_serves_mig_devices_as_the_gpu_resource(harness: PluginHarnes
 
 
 def test_mig_without_monitoring_rights_fails_naming_the_capability(harness: PluginHarness) -> None:
-    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", mig_error="NO_PERMISSION"),),
-                                     migs=(FakeMig(0, gi=1),)))
+    harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", mig_error="NO_PERMISSION"),), migs=(FakeMig(0, gi=1),)))
     plugin = harness.start("--mig-strategy", "mixed")
     assert plugin.proc.wait(10) == 1
-    line, = plugin.log().splitlines()
+    (line,) = plugin.log().splitlines()
     assert line.startswith("nvml_init_failed reason=mig_no_permission ")
     assert "NVIDIA_MIG_MONITOR_DEVICES=all" in line and "SYS_ADMIN" in line
     # The same node with MIG strategy none does not need MIG rights at all.
@@ -309,7 +317,7 @@ def test_mig_single_with_mixed_layout_fails_naming_mixed(harness: PluginHarness)
     harness.configure(FakeNvmlConfig(gpus=(FakeGpu(0, mig="1"), FakeGpu(1)), migs=(FakeMig(0, gi=1),)))
     plugin = harness.start("--mig-strategy", "single")
     assert plugin.proc.wait(10) == 1
-    line, = plugin.log().splitlines()
+    (line,) = plugin.log().splitlines()
     assert "reason=mig_strategy_mismatch" in line and "--mig-strategy mixed" in line
 
 
@@ -319,20 +327,25 @@ def test_eight_gpus_preferred_allocation_follows_topology(harness: PluginHarness
     ids = [d.id for d in harness.kubelet.devices(GPU)]
     assert [d.topology for d in harness.kubelet.devices(GPU)] == [(0,)] * 4 + [(1,)] * 4
     prefer = harness.kubelet.preferred_allocation
-    assert prefer(GPU, ids, [], 2) == [uuid(0), uuid(1)]                        # an NVLink pair
-    assert prefer(GPU, ids, [uuid(5)], 2) == [uuid(4), uuid(5)]                 # its NVLink partner
+    assert prefer(GPU, ids, [], 2) == [uuid(0), uuid(1)]  # an NVLink pair
+    assert prefer(GPU, ids, [uuid(5)], 2) == [uuid(4), uuid(5)]  # its NVLink partner
     assert prefer(GPU, ids, [uuid(6)], 4) == [uuid(4), uuid(5), uuid(6), uuid(7)]  # same CPU, two pairs
-    rest = [ids[i] for i in (0, 2, 3, 5, 6)]                                    # 1, 4, 7 taken
+    rest = [ids[i] for i in (0, 2, 3, 5, 6)]  # 1, 4, 7 taken
     assert prefer(GPU, rest, [], 2) == [uuid(2), uuid(3)]
     assert prefer(GPU, ids, [], 8) == ids
-    assert prefer(GPU, ids, [], 2) == prefer(GPU, ids, [], 2)                    # deterministic
+    assert prefer(GPU, ids, [], 2) == prefer(GPU, ids, [], 2)  # deterministic
 
 
 def test_environment_variables_configure_everything(harness: PluginHarness) -> None:
     harness.configure(FakeNvmlConfig.uniform(2))
-    env = {"GPUNODE_KUBELET_DIR": str(harness.kubelet_dir), "GPUNODE_DEVICE_ID_STRATEGY": "index",
-           "GPUNODE_DEVICE_LIST_STRATEGY": "cdi", "GPUNODE_PASS_DEVICE_SPECS": "0",
-           "GPUNODE_HEALTH_IGNORE_XIDS": "8", "GPUNODE_HEALTH_RECOVERY_SECONDS": "0"}
+    env = {
+        "GPUNODE_KUBELET_DIR": str(harness.kubelet_dir),
+        "GPUNODE_DEVICE_ID_STRATEGY": "index",
+        "GPUNODE_DEVICE_LIST_STRATEGY": "cdi",
+        "GPUNODE_PASS_DEVICE_SPECS": "0",
+        "GPUNODE_HEALTH_IGNORE_XIDS": "8",
+        "GPUNODE_HEALTH_RECOVERY_SECONDS": "0",
+    }
     plugin = harness.start(kubelet_dir=False, env=env)
     harness.kubelet.wait_registered(GPU, timeout=10)
     assert [d.id for d in harness.kubelet.devices(GPU)] == ["0", "1"]
@@ -363,15 +376,17 @@ def test_metrics_endpoint(harness: PluginHarness) -> None:
     assert 'gpunode_plugin_registrations_total{resource="nvidia.com/gpu"} 1' in text
     assert 'gpunode_plugin_allocate_requests_total{resource="nvidia.com/gpu",code="OK"} 1' in text
     assert 'gpunode_plugin_allocate_requests_total{resource="nvidia.com/gpu",code="INVALID_ARGUMENT"} 1' in text
-    assert 'gpunode_plugin_allocate_duration_seconds_count 2' in text
-    assert 'gpunode_plugin_nvml_up 1' in text
+    assert "gpunode_plugin_allocate_duration_seconds_count 2" in text
+    assert "gpunode_plugin_nvml_up 1" in text
 
 
 def test_bad_flag_values_exit_2_naming_the_problem(harness: PluginHarness) -> None:
-    for args, words in ((["--resource-name", "gpu"], "domain prefix"),
-                        (["--health-ignore-xids", "13,x"], "not an XID number"),
-                        (["--metrics-addr", "9400"], "host:port"),
-                        (["--mig-strategy", "some"], "'some' is not one of")):
+    for args, words in (
+        (["--resource-name", "gpu"], "domain prefix"),
+        (["--health-ignore-xids", "13,x"], "not an XID number"),
+        (["--metrics-addr", "9400"], "host:port"),
+        (["--mig-strategy", "some"], "'some' is not one of"),
+    ):
         plugin = harness.start(*args)
         assert plugin.proc.wait(10) == 2, args
         assert words in plugin.log(), plugin.log()
@@ -392,8 +407,13 @@ def test_bad_flag_values_exit_2_naming_the_problem(harness: PluginHarness) -> No
 def run_list(harness: PluginHarness, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNODE_")}
     env.update(harness.nvml.env())
-    return subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", "plugin", "list", *args],
-                          env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", "plugin", "list", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_plugin_list_text_and_json(harness: PluginHarness) -> None:
@@ -415,8 +435,9 @@ def test_plugin_list_text_and_json(harness: PluginHarness) -> None:
 def test_plugin_list_reports_init_failure(harness: PluginHarness) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
     env.pop("LD_LIBRARY_PATH", None)
-    result = subprocess.run([sys.executable, "-m", "gpunode.plugin", "list"], env=env, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpunode.plugin", "list"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("nvml_init_failed reason=library_not_found")
 
@@ -434,19 +455,28 @@ def test_versioned_library_behind_a_symlink_reports_its_driver_version(harness: 
 
 
 def test_python_dash_m_and_gpunode_plugin_serve_are_the_same_command(short_dir: Path) -> None:
-    for command in ([sys.executable, "-m", "gpunode.plugin", "serve", "--help"],
-                    [sys.executable, "-m", "gpunode.bootstrap.cli.main", "plugin", "serve", "--help"]):
+    for command in (
+        [sys.executable, "-m", "gpunode.plugin", "serve", "--help"],
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", "plugin", "serve", "--help"],
+    ):
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0
-        for env in ("GPUNODE_KUBELET_DIR", "GPUNODE_HEALTH_RECOVERY_SECONDS", "GPUNODE_METRICS_ADDR",
-                    "GPUNODE_FAIL_ON_INIT_ERROR"):
+        for env in (
+            "GPUNODE_KUBELET_DIR",
+            "GPUNODE_HEALTH_RECOVERY_SECONDS",
+            "GPUNODE_METRICS_ADDR",
+            "GPUNODE_FAIL_ON_INIT_ERROR",
+        ):
             assert env in result.stdout
 
 
 def test_gpunode_plugin_serve_runs_the_same_plugin(harness: PluginHarness) -> None:
     # As the DaemonSet may start it: the `gpunode` command line, configured by environment.
-    plugin = harness.start(command=("-m", "gpunode.bootstrap.cli.main", "plugin", "serve"), kubelet_dir=False,
-                           env={"GPUNODE_KUBELET_DIR": str(harness.kubelet_dir)})
+    plugin = harness.start(
+        command=("-m", "gpunode.bootstrap.cli.main", "plugin", "serve"),
+        kubelet_dir=False,
+        env={"GPUNODE_KUBELET_DIR": str(harness.kubelet_dir)},
+    )
     harness.kubelet.wait_registered(GPU, timeout=10)
     assert harness.kubelet.healthy_count(GPU) == 2
     assert plugin.terminate() == 0

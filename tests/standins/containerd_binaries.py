@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import test_cache_dir
 
 SYSTEM_CONTAINERD = Path("/usr/bin/containerd")
@@ -98,7 +97,10 @@ def _fetch(cache: Path) -> None:
                 continue
             subprocess.run(
                 ["apt-get", "-qq", "download", f"containerd/{suite}"],
-                env=env, cwd=downloads, check=True, capture_output=True,
+                env=env,
+                cwd=downloads,
+                check=True,
+                capture_output=True,
             )
             (deb,) = downloads.glob("containerd_*.deb")
             unpacked = work / suite

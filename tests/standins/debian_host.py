@@ -58,10 +58,7 @@ class HostCommandError(subprocess.CalledProcessError):
     """A command in the host failed; the message carries its output."""
 
     def __str__(self) -> str:
-        return (
-            f"{super().__str__()}\n--- stdout ---\n{self.stdout or ''}"
-            f"\n--- stderr ---\n{self.stderr or ''}"
-        )
+        return f"{super().__str__()}\n--- stdout ---\n{self.stdout or ''}\n--- stderr ---\n{self.stderr or ''}"
 
 
 class HostStartError(RuntimeError):
@@ -178,8 +175,18 @@ class DebianHost:
         For test set-up and inspection only: the code under test goes through SSH.
         """
         argv = [
-            "nsenter", f"--target={self._init_pid}", "--mount", "--uts", "--ipc", "--pid",
-            "--root", "--wd", "--", "/bin/sh", "-c", cmd,
+            "nsenter",
+            f"--target={self._init_pid}",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--root",
+            "--wd",
+            "--",
+            "/bin/sh",
+            "-c",
+            cmd,
         ]
         env = {"PATH": _HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8", "USER": "root"}
         return _run(argv, check=check, input=input, timeout=timeout, env=env)
@@ -189,7 +196,7 @@ class DebianHost:
         data = content.encode() if isinstance(content, str) else content
         quoted = shlex.quote(path)
         self.exec(
-            f"mkdir -p \"$(dirname {quoted})\" && base64 -d > {quoted} && chmod {mode:o} {quoted}",
+            f'mkdir -p "$(dirname {quoted})" && base64 -d > {quoted} && chmod {mode:o} {quoted}',
             input=base64.b64encode(data).decode("ascii"),
         )
 
@@ -208,10 +215,7 @@ class DebianHost:
         """
         if self.containerd_pid() is not None:
             raise RuntimeError(f"{self.name}: containerd is already running")
-        self.exec(
-            "mkdir -p /var/log && "
-            "setsid containerd </dev/null >>/var/log/containerd.log 2>&1 &"
-        )
+        self.exec("mkdir -p /var/log && setsid containerd </dev/null >>/var/log/containerd.log 2>&1 &")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.exec("ctr --connect-timeout 1s --timeout 2s version >/dev/null 2>&1", check=False).returncode == 0:
@@ -389,7 +393,12 @@ def _run(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        argv, input=input, capture_output=True, text=True, timeout=timeout, env=env,
+        argv,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     if check and result.returncode != 0:
@@ -434,12 +443,29 @@ def _launch(
         with log:
             process = subprocess.Popen(
                 [
-                    "setpriv", "--pdeathsig", "KILL", "--",
-                    "unshare", "--mount", "--pid", "--uts", "--ipc", "--fork",
-                    "--kill-child=SIGKILL", "--propagation", "private", "--",
-                    "/bin/sh", str(_START_SCRIPT), str(lower), str(workdir), name,
+                    "setpriv",
+                    "--pdeathsig",
+                    "KILL",
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--pid",
+                    "--uts",
+                    "--ipc",
+                    "--fork",
+                    "--kill-child=SIGKILL",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    str(_START_SCRIPT),
+                    str(lower),
+                    str(workdir),
+                    name,
                 ],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         init_pid, pid_ns = _find_init(process, workdir)
@@ -451,14 +477,17 @@ def _launch(
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return DebianHost(
-        name=name, workdir=workdir, ssh_port=port, process=process, init_pid=init_pid,
-        pid_namespace=pid_ns, apt_pool=apt_pool,
+        name=name,
+        workdir=workdir,
+        ssh_port=port,
+        process=process,
+        init_pid=init_pid,
+        pid_namespace=pid_ns,
+        apt_pool=apt_pool,
     )
 
 
-def _prepare_workdir(
-    workdir: Path, name: str, port: int, lower: Path, apt_pool: Path | None
-) -> None:
+def _prepare_workdir(workdir: Path, name: str, port: int, lower: Path, apt_pool: Path | None) -> None:
     seed = workdir / "seed"
     seed.mkdir()
     for sub in ("upper", "ovl-work", "root", "containerd"):
@@ -467,18 +496,29 @@ def _prepare_workdir(
 
     # The client key and the host key: fresh per host, ed25519 (fast to make).
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"gpunode-test@{name}",
-         "-f", str(workdir / "id_ed25519")], check=True, stdin=subprocess.DEVNULL,
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"gpunode-test@{name}",
+            "-f",
+            str(workdir / "id_ed25519"),
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
     )
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}",
-         "-f", str(seed / "ssh_host_ed25519_key")], check=True, stdin=subprocess.DEVNULL,
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}", "-f", str(seed / "ssh_host_ed25519_key")],
+        check=True,
+        stdin=subprocess.DEVNULL,
     )
     shutil.copyfile(workdir / "id_ed25519.pub", seed / "authorized_keys")
     host_key = (seed / "ssh_host_ed25519_key.pub").read_text().split()
-    (workdir / "known_hosts").write_text(
-        f"[127.0.0.1]:{port},[{name}]:{port} {host_key[0]} {host_key[1]}\n"
-    )
+    (workdir / "known_hosts").write_text(f"[127.0.0.1]:{port},[{name}]:{port} {host_key[0]} {host_key[1]}\n")
 
     (seed / "hostname").write_text(f"{name}\n")
     (seed / "hosts").write_text(
@@ -576,9 +616,7 @@ def _find_init(process: subprocess.Popen[bytes], workdir: Path) -> tuple[int, st
     raise HostStartError(_failure(workdir, "the host's init did not appear"))
 
 
-def _wait_for_sshd(
-    process: subprocess.Popen[bytes], port: int, workdir: Path, timeout: float
-) -> None:
+def _wait_for_sshd(process: subprocess.Popen[bytes], port: int, workdir: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -631,9 +669,7 @@ def processes_in_namespace(namespace: str, kind: str = "pid") -> list[int]:
     return found
 
 
-def _kill_host(
-    process: subprocess.Popen[bytes] | None, init_pid: int | None, pid_ns: str | None
-) -> None:
+def _kill_host(process: subprocess.Popen[bytes] | None, init_pid: int | None, pid_ns: str | None) -> None:
     # SIGKILL to a PID namespace's init kills every process in it; the mount namespace,
     # and with it every mount of the host, goes with the last of them.
     if init_pid is not None and pid_ns is not None and _same_process(init_pid, pid_ns):

@@ -141,9 +141,7 @@ def _build(recipe: RootfsRecipe, tarball: Path) -> None:
     log = tarball.with_suffix(".build.log")
     started = time.monotonic()
     with open(log, "w") as out:
-        result = subprocess.run(
-            recipe.mmdebstrap_argv(partial), stdout=out, stderr=subprocess.STDOUT, check=False
-        )
+        result = subprocess.run(recipe.mmdebstrap_argv(partial), stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         tail = log.read_text(errors="replace")[-3000:]
@@ -171,12 +169,20 @@ def rootfs_tree(cache_dir: Path, recipe: RootfsRecipe = DEFAULT_RECIPE) -> Path:
         partial.mkdir()
         # GNU tar keeps owners, modes, device nodes and xattrs exactly as mmdebstrap made them.
         subprocess.run(
-            ["tar", "--zstd", "-C", str(partial), "--xattrs", "--xattrs-include=*",
-             "--numeric-owner", "-xpf", str(tarball)],
+            [
+                "tar",
+                "--zstd",
+                "-C",
+                str(partial),
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xpf",
+                str(tarball),
+            ],
             check=True,
         )
         if tree.exists():  # a half-unpacked tree from a killed run: never used, replace it
             shutil.rmtree(tree)
         os.rename(partial, tree)
     return tree
-

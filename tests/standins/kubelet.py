@@ -47,7 +47,7 @@ KUBELET_SOCKET = "kubelet.sock"
 CHECKPOINT = "kubelet_internal_checkpoint"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
-DIAL_TIMEOUT_SECONDS = 10.0     # the kubelet's own dial timeout
+DIAL_TIMEOUT_SECONDS = 10.0  # the kubelet's own dial timeout
 _EXTENDED_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
@@ -55,26 +55,26 @@ _EXTENDED_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za
 class DeviceState:
     id: str
     health: str
-    topology: tuple[int, ...] = ()   # the device's TopologyInfo
+    topology: tuple[int, ...] = ()  # the device's TopologyInfo
 
 
 @dataclass(frozen=True)
 class Registration:
     resource: str
-    endpoint: str                      # socket file name, as given in RegisterRequest
+    endpoint: str  # socket file name, as given in RegisterRequest
     version: str
     pre_start_required: bool
     get_preferred_allocation_available: bool
-    number: int                        # 1 for the first registration of this resource, ...
-    at: float                          # time.monotonic() when Register arrived
+    number: int  # 1 for the first registration of this resource, ...
+    at: float  # time.monotonic() when Register arrived
 
 
 @dataclass(frozen=True)
 class Update:
     resource: str
     devices: tuple[DeviceState, ...]
-    at: float                          # time.monotonic() when the stand-in received it
-    disconnected: bool = False         # True: the stream ended, devices marked Unhealthy
+    at: float  # time.monotonic() when the stand-in received it
+    disconnected: bool = False  # True: the stream ended, devices marked Unhealthy
 
 
 class _Endpoint:
@@ -101,8 +101,11 @@ class _Endpoint:
         try:
             for response in call:
                 devices = tuple(
-                    DeviceState(id=d.ID, health=d.health,
-                                topology=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else ())
+                    DeviceState(
+                        id=d.ID,
+                        health=d.health,
+                        topology=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else (),
+                    )
                     for d in response.devices
                 )
                 self.owner._received(self, devices)
@@ -130,8 +133,9 @@ class _RegistrationService(api_pb2_grpc.RegistrationServicer):
 
 
 class KubeletStandIn:
-    def __init__(self, device_plugins_dir: Path,
-                 on_update: Callable[[str, list[DeviceState]], None] | None = None) -> None:
+    def __init__(
+        self, device_plugins_dir: Path, on_update: Callable[[str, list[DeviceState]], None] | None = None
+    ) -> None:
         self.dir = Path(device_plugins_dir)
         self.on_update = on_update
         self._cond = threading.Condition()
@@ -217,16 +221,18 @@ class KubeletStandIn:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- the kubelet's side of registration and ListAndWatch --
 
     def _register(self, request: api_pb2.RegisterRequest) -> str | None:
         if request.version != API_VERSION:
-            return self._reject(f"requested device plugin API version {request.version!r} is not supported "
-                                f"(supported: {API_VERSION})")
+            return self._reject(
+                f"requested device plugin API version {request.version!r} is not supported (supported: {API_VERSION})"
+            )
         if not _EXTENDED_NAME.match(request.resource_name) or request.resource_name.startswith("kubernetes.io/"):
             return self._reject(f"invalid extended resource name {request.resource_name!r}")
         if "/" in request.endpoint or not request.endpoint:
@@ -241,10 +247,13 @@ class KubeletStandIn:
         with self._cond:
             number = 1 + sum(1 for r in self._registrations if r.resource == request.resource_name)
         registration = Registration(
-            resource=request.resource_name, endpoint=request.endpoint, version=request.version,
+            resource=request.resource_name,
+            endpoint=request.endpoint,
+            version=request.version,
             pre_start_required=request.options.pre_start_required,
             get_preferred_allocation_available=request.options.get_preferred_allocation_available,
-            number=number, at=time.monotonic(),
+            number=number,
+            at=time.monotonic(),
         )
         endpoint = _Endpoint(self, registration, self.dir / request.endpoint)
         try:
@@ -302,24 +311,34 @@ class KubeletStandIn:
             while not predicate():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"kubelet stand-in: no {what} within {timeout:g}s; "
-                                       f"registrations={self._registrations} rejections={self._rejections}")
+                    raise TimeoutError(
+                        f"kubelet stand-in: no {what} within {timeout:g}s; "
+                        f"registrations={self._registrations} rejections={self._rejections}"
+                    )
                 self._cond.wait(left)
 
     def wait_registered(self, resource: str, timeout: float = 5.0, after: int = 0) -> Registration:
         """The first registration of `resource` numbered above `after`, once its first
         ListAndWatch answer has arrived (as the kubelet then knows the devices)."""
+
         def done() -> bool:
             endpoint = self._endpoints.get(resource)
-            return (endpoint is not None and endpoint.registration.number > after
-                    and any(u.resource == resource and u.at >= endpoint.registration.at and not u.disconnected
-                            for u in self._updates))
+            return (
+                endpoint is not None
+                and endpoint.registration.number > after
+                and any(
+                    u.resource == resource and u.at >= endpoint.registration.at and not u.disconnected
+                    for u in self._updates
+                )
+            )
+
         self.wait_for(done, timeout, f"registration of {resource} after #{after}")
         with self._cond:
             return self._endpoints[resource].registration
 
-    def wait_devices(self, resource: str, predicate: Callable[[list[DeviceState]], bool],
-                     timeout: float = 5.0) -> list[DeviceState]:
+    def wait_devices(
+        self, resource: str, predicate: Callable[[list[DeviceState]], bool], timeout: float = 5.0
+    ) -> list[DeviceState]:
         self.wait_for(lambda: predicate(list(self._devices.get(resource, ()))), timeout, f"device state of {resource}")
         return self.devices(resource)
 
@@ -364,22 +383,31 @@ class KubeletStandIn:
         """Allocate for one container; raises grpc.RpcError as the plugin answers."""
         return self.allocate_containers(resource, [ids], timeout)
 
-    def allocate_containers(self, resource: str, containers: list[list[str]],
-                            timeout: float = 5.0) -> api_pb2.AllocateResponse:
+    def allocate_containers(
+        self, resource: str, containers: list[list[str]], timeout: float = 5.0
+    ) -> api_pb2.AllocateResponse:
         _, stub = self._stub(resource)
         request = api_pb2.AllocateRequest(
-            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids) for ids in containers])
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids) for ids in containers]
+        )
         return stub.Allocate(request, timeout=timeout)
 
-    def preferred_allocation(self, resource: str, available: list[str], must_include: list[str], size: int,
-                             timeout: float = 5.0) -> list[str]:
+    def preferred_allocation(
+        self, resource: str, available: list[str], must_include: list[str], size: int, timeout: float = 5.0
+    ) -> list[str]:
         endpoint, stub = self._stub(resource)
         if not endpoint.registration.get_preferred_allocation_available:
             raise RuntimeError(f"{resource} did not offer GetPreferredAllocation; the kubelet would not call it")
-        response = stub.GetPreferredAllocation(api_pb2.PreferredAllocationRequest(container_requests=[
-            api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=available,
-                                                        must_include_deviceIDs=must_include,
-                                                        allocation_size=size)]), timeout=timeout)
+        response = stub.GetPreferredAllocation(
+            api_pb2.PreferredAllocationRequest(
+                container_requests=[
+                    api_pb2.ContainerPreferredAllocationRequest(
+                        available_deviceIDs=available, must_include_deviceIDs=must_include, allocation_size=size
+                    )
+                ]
+            ),
+            timeout=timeout,
+        )
         return list(response.container_responses[0].deviceIDs)
 
     def pre_start_container(self, resource: str, ids: list[str], timeout: float = 5.0) -> None:
@@ -389,5 +417,8 @@ class KubeletStandIn:
 
 def plugin_sockets(device_plugins_dir: Path) -> list[str]:
     """Names of the sockets other than kubelet.sock in the directory."""
-    return sorted(e.name for e in Path(device_plugins_dir).iterdir()
-                  if e.name != KUBELET_SOCKET and not e.is_dir() and os.path.exists(e))
+    return sorted(
+        e.name
+        for e in Path(device_plugins_dir).iterdir()
+        if e.name != KUBELET_SOCKET and not e.is_dir() and os.path.exists(e)
+    )

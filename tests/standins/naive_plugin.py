@@ -35,23 +35,32 @@ class _Plugin(api_pb2_grpc.DevicePluginServicer):
         self.devices = [api_pb2.Device(ID=f"GPU-naive-{i}", health="Healthy") for i in range(devices)]
         self.stop = threading.Event()
 
-    def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> api_pb2.DevicePluginOptions:
+    def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
         return api_pb2.DevicePluginOptions()
 
-    def ListAndWatch(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> Iterator[api_pb2.ListAndWatchResponse]:
+    def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ListAndWatchResponse]:
         yield api_pb2.ListAndWatchResponse(devices=self.devices)
         while not self.stop.wait(0.5) and context.is_active():
             pass
 
     def Allocate(self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext) -> api_pb2.AllocateResponse:
-        return api_pb2.AllocateResponse(container_responses=[
-            api_pb2.ContainerAllocateResponse(envs={"NVIDIA_VISIBLE_DEVICES": ",".join(c.devicesIDs)})
-            for c in request.container_requests])
+        return api_pb2.AllocateResponse(
+            container_responses=[
+                api_pb2.ContainerAllocateResponse(envs={"NVIDIA_VISIBLE_DEVICES": ",".join(c.devicesIDs)})
+                for c in request.container_requests
+            ]
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kubelet-dir", default=os.environ.get("GPUNODE_KUBELET_DIR", "/var/lib/kubelet/device-plugins"))
+    parser.add_argument(
+        "--kubelet-dir", default=os.environ.get("GPUNODE_KUBELET_DIR", "/var/lib/kubelet/device-plugins")
+    )
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--resource", default="nvidia.com/gpu")
     args = parser.parse_args()
@@ -67,7 +76,8 @@ def main() -> int:
     klog(f"Starting GRPC server for '{args.resource}'")
     with grpc.insecure_channel(f"unix:{os.path.join(args.kubelet_dir, 'kubelet.sock')}") as channel:
         api_pb2_grpc.RegistrationStub(channel).Register(
-            api_pb2.RegisterRequest(version="v1beta1", endpoint=socket_name, resource_name=args.resource), timeout=10)
+            api_pb2.RegisterRequest(version="v1beta1", endpoint=socket_name, resource_name=args.resource), timeout=10
+        )
     klog(f"Registered device plugin for '{args.resource}' with Kubelet")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -74,9 +74,7 @@ def upstream_version(version: str) -> str:
     return match["upstream"].replace("~", "-")
 
 
-def build_toolkit_packages(
-    out_dir: Path, version: str = DEFAULT_VERSION, arch: str = "amd64"
-) -> list[Path]:
+def build_toolkit_packages(out_dir: Path, version: str = DEFAULT_VERSION, arch: str = "amd64") -> list[Path]:
     """Build the four packages into `out_dir` and write a `Packages` index beside them.
 
     Returns the .deb paths. Install from the directory with apt
@@ -84,9 +82,7 @@ def build_toolkit_packages(
     """
     if arch not in _MULTIARCH:
         raise ValueError(f"architecture {arch!r} is not supported; use one of {sorted(_MULTIARCH)}")
-    native = subprocess.run(
-        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
     if arch != native:
         raise ValueError(
             f"libnvidia-container1 holds a compiled library: build {arch} packages on an {arch} machine"
@@ -203,9 +199,9 @@ def _build_library(upstream: str, scratch: Path, go: bool = False) -> bytes:
     )
     output = scratch / f"{stem}.so"
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-s", f"-Wl,-soname,{stem}.so.1",
-         "-o", str(output), str(source)],
-        check=True, capture_output=True,
+        ["gcc", "-shared", "-fPIC", "-O2", "-s", f"-Wl,-soname,{stem}.so.1", "-o", str(output), str(source)],
+        check=True,
+        capture_output=True,
     )
     return output.read_bytes()
 
@@ -235,8 +231,7 @@ def _build_deb(pkg: _Package, version: str, arch: str, out_dir: Path, scratch: P
     ]
     if pkg.multi_arch:
         control.append(f"Multi-Arch: {pkg.multi_arch}")
-    for label, relations in (("Depends", pkg.depends), ("Breaks", pkg.breaks),
-                             ("Replaces", pkg.replaces)):
+    for label, relations in (("Depends", pkg.depends), ("Breaks", pkg.breaks), ("Replaces", pkg.replaces)):
         if relations:
             control.append(f"{label}: {', '.join(relations)}")
     control.append(f"Description: {pkg.description}")
@@ -255,7 +250,9 @@ def _build_deb(pkg: _Package, version: str, arch: str, out_dir: Path, scratch: P
     deb = out_dir / f"{pkg.name}_{version}_{arch}.deb"
     subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(deb)],
-        check=True, capture_output=True, env=env,
+        check=True,
+        capture_output=True,
+        env=env,
     )
     os.chmod(deb, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     return deb
@@ -266,7 +263,7 @@ def _shell(body: str) -> str:
 
 
 def _standin_refusal(program: str) -> str:
-    return f'echo "{program}: \'$*\' is not implemented by the gpunode test stand-in" >&2; exit 1'
+    return f"echo \"{program}: '$*' is not implemented by the gpunode test stand-in\" >&2; exit 1"
 
 
 def _runtime_script(upstream: str) -> str:
@@ -359,7 +356,7 @@ def _ctk_script(upstream: str) -> str:
     # The defaults go in verbatim (not through dedent): a heredoc must keep its columns.
     defaults = "default_config() {\ncat <<'GPUNODE_EOF'\n" + _DEFAULT_CONFIG + "GPUNODE_EOF\n}\n"
     body = textwrap.dedent(
-        f"""\
+        """\
         quiet=
         while [ $# -gt 0 ]; do
             case "$1" in
@@ -369,14 +366,14 @@ def _ctk_script(upstream: str) -> str:
                 *) break ;;
             esac
         done
-        case "${{1:-}}" in
+        case "${1:-}" in
             config)
                 shift
                 file=/etc/nvidia-container-runtime/config.toml
                 in_place=
                 for arg in "$@"; do
                     case "$arg" in
-                        --config-file=*) file=${{arg#--config-file=}} ;;
+                        --config-file=*) file=${arg#--config-file=} ;;
                         --in-place|-i) in_place=1 ;;
                         default) default_config; exit 0 ;;
                         *) echo "nvidia-ctk config: '$arg' is not supported by the gpunode test stand-in" >&2; exit 1 ;;

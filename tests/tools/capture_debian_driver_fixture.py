@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 
 from private_apt import PrivateApt  # noqa: E402
 
-from gpunode.bootstrap.core.driver_packages import DriverRequest, plan_driver  # noqa: E402
-from gpunode.bootstrap.core.os_release import OsRelease  # noqa: E402
+from gpunode.bootstrap.core.host.os_release import OsRelease  # noqa: E402
+from gpunode.bootstrap.core.packages.driver import DriverRequest, plan_driver  # noqa: E402
 
 RELEASES = {"bookworm": ("12", "535.261.03"), "trixie": ("13", "550.163.01")}
 OUT = REPO / "tests" / "data" / "debian"

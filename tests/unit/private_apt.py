@@ -13,27 +13,35 @@ from pathlib import Path
 class PrivateApt:
     def __init__(self, root: Path, sources: dict[str, str], arch: str = "amd64") -> None:
         self.root = root
-        for sub in ("etc/apt/sources.list.d", "etc/apt/preferences.d", "etc/apt/apt.conf.d",
-                    "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+        for sub in (
+            "etc/apt/sources.list.d",
+            "etc/apt/preferences.d",
+            "etc/apt/apt.conf.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg",
+        ):
             (root / sub).mkdir(parents=True, exist_ok=True)
         for stale in (root / "etc/apt/sources.list.d").iterdir():
             stale.unlink()
         for name, text in sources.items():
             (root / "etc/apt/sources.list.d" / name).write_text(text)
         (root / "var/lib/dpkg/status").write_text("")
-        config = "\n".join([
-            f'Dir "{root}/";',
-            f'Dir::State "{root}/var/lib/apt/";',
-            f'Dir::State::status "{root}/var/lib/dpkg/status";',
-            f'Dir::Cache "{root}/var/cache/apt/";',
-            f'Dir::Etc "{root}/etc/apt/";',
-            'Dir::Etc::Trusted "/etc/apt/trusted.gpg";',
-            'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d/";',
-            f'APT::Architecture "{arch}";',
-            f'APT::Architectures {{ "{arch}"; }};',
-            'Acquire::Languages "none";',
-            "",
-        ])
+        config = "\n".join(
+            [
+                f'Dir "{root}/";',
+                f'Dir::State "{root}/var/lib/apt/";',
+                f'Dir::State::status "{root}/var/lib/dpkg/status";',
+                f'Dir::Cache "{root}/var/cache/apt/";',
+                f'Dir::Etc "{root}/etc/apt/";',
+                'Dir::Etc::Trusted "/etc/apt/trusted.gpg";',
+                'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d/";',
+                f'APT::Architecture "{arch}";',
+                f'APT::Architectures {{ "{arch}"; }};',
+                'Acquire::Languages "none";',
+                "",
+            ]
+        )
         self.config = root / "apt.conf"
         self.config.write_text(config)
 

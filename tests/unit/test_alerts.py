@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpunode.bootstrap.core.alerts import AlertOptions, alert_rules, ksm_label_name
+from gpunode.bootstrap.core.kube.alerts import AlertOptions, alert_rules, ksm_label_name
 
 
 def promtool() -> str:
@@ -25,8 +25,9 @@ def promtool() -> str:
 
 
 def gpunode(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args], capture_output=True, text=True, check=False
+    )
 
 
 def rule(name: str) -> dict[str, Any]:
@@ -79,8 +80,15 @@ TESTS: list[dict[str, Any]] = [
         ],
         "alert_rule_test": [
             {"eval_time": "3m", "alertname": "GpuNodeAdvertisesZeroGpus", "exp_alerts": []},
-            {"eval_time": "5m", "alertname": "GpuNodeAdvertisesZeroGpus", "exp_alerts": [
-                alert("GpuNodeAdvertisesZeroGpus", "0", node="gpu-1", resource="nvidia_com_gpu", unit="integer", **KSM)]},
+            {
+                "eval_time": "5m",
+                "alertname": "GpuNodeAdvertisesZeroGpus",
+                "exp_alerts": [
+                    alert(
+                        "GpuNodeAdvertisesZeroGpus", "0", node="gpu-1", resource="nvidia_com_gpu", unit="integer", **KSM
+                    )
+                ],
+            },
             {"eval_time": "10m", "alertname": "GpuNodeWithoutGpuResource", "exp_alerts": []},
         ],
     },
@@ -94,8 +102,11 @@ TESTS: list[dict[str, Any]] = [
         ],
         "alert_rule_test": [
             {"eval_time": "4m", "alertname": "GpuNodeWithoutGpuResource", "exp_alerts": []},
-            {"eval_time": "6m", "alertname": "GpuNodeWithoutGpuResource", "exp_alerts": [
-                alert("GpuNodeWithoutGpuResource", "1", node="gpu-3")]},
+            {
+                "eval_time": "6m",
+                "alertname": "GpuNodeWithoutGpuResource",
+                "exp_alerts": [alert("GpuNodeWithoutGpuResource", "1", node="gpu-3")],
+            },
             {"eval_time": "6m", "alertname": "GpuNodeAdvertisesZeroGpus", "exp_alerts": []},
         ],
     },
@@ -103,28 +114,80 @@ TESTS: list[dict[str, Any]] = [
         "name": "a device plugin DaemonSet not ready for 5m fires; other DaemonSets never",
         "interval": "1m",
         "input_series": [
-            series("kube_daemonset_status_number_ready", "1x20", namespace="kube-system",
-                   daemonset="gpunode-device-plugin-535-261-03", **KSM),
-            series("kube_daemonset_status_desired_number_scheduled", "2x20", namespace="kube-system",
-                   daemonset="gpunode-device-plugin-535-261-03", **KSM),
-            series("kube_daemonset_status_number_ready", "2 2 1x20", namespace="gpu-operator",
-                   daemonset="nvidia-device-plugin-daemonset", **KSM),
-            series("kube_daemonset_status_desired_number_scheduled", "2x20", namespace="gpu-operator",
-                   daemonset="nvidia-device-plugin-daemonset", **KSM),
-            series("kube_daemonset_status_number_ready", "0x20", namespace="kube-system", daemonset="kube-proxy", **KSM),
-            series("kube_daemonset_status_desired_number_scheduled", "3x20", namespace="kube-system",
-                   daemonset="kube-proxy", **KSM),
+            series(
+                "kube_daemonset_status_number_ready",
+                "1x20",
+                namespace="kube-system",
+                daemonset="gpunode-device-plugin-535-261-03",
+                **KSM,
+            ),
+            series(
+                "kube_daemonset_status_desired_number_scheduled",
+                "2x20",
+                namespace="kube-system",
+                daemonset="gpunode-device-plugin-535-261-03",
+                **KSM,
+            ),
+            series(
+                "kube_daemonset_status_number_ready",
+                "2 2 1x20",
+                namespace="gpu-operator",
+                daemonset="nvidia-device-plugin-daemonset",
+                **KSM,
+            ),
+            series(
+                "kube_daemonset_status_desired_number_scheduled",
+                "2x20",
+                namespace="gpu-operator",
+                daemonset="nvidia-device-plugin-daemonset",
+                **KSM,
+            ),
+            series(
+                "kube_daemonset_status_number_ready", "0x20", namespace="kube-system", daemonset="kube-proxy", **KSM
+            ),
+            series(
+                "kube_daemonset_status_desired_number_scheduled",
+                "3x20",
+                namespace="kube-system",
+                daemonset="kube-proxy",
+                **KSM,
+            ),
         ],
         "alert_rule_test": [
             {"eval_time": "4m", "alertname": "GpuDevicePluginDaemonSetNotReady", "exp_alerts": []},
-            {"eval_time": "6m", "alertname": "GpuDevicePluginDaemonSetNotReady", "exp_alerts": [
-                alert("GpuDevicePluginDaemonSetNotReady", "1", namespace="kube-system",
-                      daemonset="gpunode-device-plugin-535-261-03", **KSM)]},
-            {"eval_time": "8m", "alertname": "GpuDevicePluginDaemonSetNotReady", "exp_alerts": [
-                alert("GpuDevicePluginDaemonSetNotReady", "1", namespace="gpu-operator",
-                      daemonset="nvidia-device-plugin-daemonset", **KSM),
-                alert("GpuDevicePluginDaemonSetNotReady", "1", namespace="kube-system",
-                      daemonset="gpunode-device-plugin-535-261-03", **KSM)]},
+            {
+                "eval_time": "6m",
+                "alertname": "GpuDevicePluginDaemonSetNotReady",
+                "exp_alerts": [
+                    alert(
+                        "GpuDevicePluginDaemonSetNotReady",
+                        "1",
+                        namespace="kube-system",
+                        daemonset="gpunode-device-plugin-535-261-03",
+                        **KSM,
+                    )
+                ],
+            },
+            {
+                "eval_time": "8m",
+                "alertname": "GpuDevicePluginDaemonSetNotReady",
+                "exp_alerts": [
+                    alert(
+                        "GpuDevicePluginDaemonSetNotReady",
+                        "1",
+                        namespace="gpu-operator",
+                        daemonset="nvidia-device-plugin-daemonset",
+                        **KSM,
+                    ),
+                    alert(
+                        "GpuDevicePluginDaemonSetNotReady",
+                        "1",
+                        namespace="kube-system",
+                        daemonset="gpunode-device-plugin-535-261-03",
+                        **KSM,
+                    ),
+                ],
+            },
         ],
     },
     {
@@ -132,14 +195,25 @@ TESTS: list[dict[str, Any]] = [
         "interval": "1m",
         "input_series": [
             series("gpunode_plugin_devices", "0 1 1 1 1 1 1", resource="nvidia.com/gpu", health="Unhealthy", **PLUGIN),
-            series("gpunode_plugin_devices", "0 0 1 0 0 0 0", resource="nvidia.com/gpu", health="Unhealthy",
-                   job="gpunode-plugin", instance="10.0.0.8:9400"),
+            series(
+                "gpunode_plugin_devices",
+                "0 0 1 0 0 0 0",
+                resource="nvidia.com/gpu",
+                health="Unhealthy",
+                job="gpunode-plugin",
+                instance="10.0.0.8:9400",
+            ),
             series("gpunode_plugin_devices", "8 7 7 7 7 7 7", resource="nvidia.com/gpu", health="Healthy", **PLUGIN),
         ],
         "alert_rule_test": [
             {"eval_time": "2m", "alertname": "GpuDeviceUnhealthy", "exp_alerts": []},
-            {"eval_time": "4m", "alertname": "GpuDeviceUnhealthy", "exp_alerts": [
-                alert("GpuDeviceUnhealthy", "1", resource="nvidia.com/gpu", health="Unhealthy", **PLUGIN)]},
+            {
+                "eval_time": "4m",
+                "alertname": "GpuDeviceUnhealthy",
+                "exp_alerts": [
+                    alert("GpuDeviceUnhealthy", "1", resource="nvidia.com/gpu", health="Unhealthy", **PLUGIN)
+                ],
+            },
         ],
     },
     {
@@ -148,25 +222,42 @@ TESTS: list[dict[str, Any]] = [
         # Every 5 minutes a new registration for an hour (a kubelet or plugin in a loop),
         # next to a plugin that registered once at start and once after one kubelet restart.
         "input_series": [
-            series("gpunode_plugin_registrations_total", " ".join(
-                ["1+0x4"] + ["{}+0x4".format(i) for i in range(2, 14)]), resource="nvidia.com/gpu", **PLUGIN),
-            series("gpunode_plugin_registrations_total", "1+0x20 2+0x44", resource="nvidia.com/gpu",
-                   job="gpunode-plugin", instance="10.0.0.8:9400"),
+            series(
+                "gpunode_plugin_registrations_total",
+                " ".join(["1+0x4"] + [f"{i}+0x4" for i in range(2, 14)]),
+                resource="nvidia.com/gpu",
+                **PLUGIN,
+            ),
+            series(
+                "gpunode_plugin_registrations_total",
+                "1+0x20 2+0x44",
+                resource="nvidia.com/gpu",
+                job="gpunode-plugin",
+                instance="10.0.0.8:9400",
+            ),
         ],
         "alert_rule_test": [
             {"eval_time": "20m", "alertname": "GpuDevicePluginKeepsReRegistering", "exp_alerts": []},
-            {"eval_time": "45m", "alertname": "GpuDevicePluginKeepsReRegistering", "exp_alerts": [
-                alert("GpuDevicePluginKeepsReRegistering", "1", resource="nvidia.com/gpu", **PLUGIN)]},
+            {
+                "eval_time": "45m",
+                "alertname": "GpuDevicePluginKeepsReRegistering",
+                "exp_alerts": [alert("GpuDevicePluginKeepsReRegistering", "1", resource="nvidia.com/gpu", **PLUGIN)],
+            },
         ],
     },
     {
         "name": "NVML down in a running plugin",
         "interval": "1m",
-        "input_series": [series("gpunode_plugin_nvml_up", "0x10", **PLUGIN),
-                         series("gpunode_plugin_nvml_up", "1x10", job="gpunode-plugin", instance="10.0.0.8:9400")],
+        "input_series": [
+            series("gpunode_plugin_nvml_up", "0x10", **PLUGIN),
+            series("gpunode_plugin_nvml_up", "1x10", job="gpunode-plugin", instance="10.0.0.8:9400"),
+        ],
         "alert_rule_test": [
-            {"eval_time": "6m", "alertname": "GpuDevicePluginNvmlDown", "exp_alerts": [
-                alert("GpuDevicePluginNvmlDown", "0", **PLUGIN)]},
+            {
+                "eval_time": "6m",
+                "alertname": "GpuDevicePluginNvmlDown",
+                "exp_alerts": [alert("GpuDevicePluginNvmlDown", "0", **PLUGIN)],
+            },
         ],
     },
 ]
@@ -176,8 +267,9 @@ def test_promtool_checks_the_plain_rule_file(tmp_path: Path) -> None:
     result = gpunode("render", "alerts", "--plain")
     assert result.returncode == 0, result.stderr
     (tmp_path / "rules.yml").write_text(result.stdout)
-    check = subprocess.run([promtool(), "check", "rules", str(tmp_path / "rules.yml")],
-                           capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "SUCCESS: 6 rules found" in check.stdout
 
@@ -185,10 +277,12 @@ def test_promtool_checks_the_plain_rule_file(tmp_path: Path) -> None:
 def test_promtool_evaluates_every_rule_against_its_failure(tmp_path: Path) -> None:
     rules = gpunode("render", "alerts", "--plain").stdout
     (tmp_path / "rules.yml").write_text(rules)
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
-        {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": TESTS}, sort_keys=False))
-    result = subprocess.run([promtool(), "test", "rules", "tests.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    (tmp_path / "tests.yml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": TESTS}, sort_keys=False)
+    )
+    result = subprocess.run(
+        [promtool(), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -201,10 +295,12 @@ def test_the_rules_fail_promtool_when_they_are_wrong(tmp_path: Path) -> None:
         if r["alert"] == "GpuNodeAdvertisesZeroGpus":
             r["expr"] = 'absent(kube_node_status_allocatable{resource="nvidia_com_gpu"})'
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(broken))
-    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
-        {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": TESTS[:1]}, sort_keys=False))
-    result = subprocess.run([promtool(), "test", "rules", "tests.yml"], cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    (tmp_path / "tests.yml").write_text(
+        yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": TESTS[:1]}, sort_keys=False)
+    )
+    result = subprocess.run(
+        [promtool(), "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert result.returncode != 0
     assert "GpuNodeAdvertisesZeroGpus" in result.stdout + result.stderr
 
@@ -220,14 +316,22 @@ def test_prometheus_rule_carries_the_same_rules(tmp_path: Path) -> None:
     assert document["spec"]["groups"] == plain["groups"]
     # The groups are a valid rule file as they stand (what the Prometheus Operator loads).
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": document["spec"]["groups"]}))
-    check = subprocess.run([promtool(), "check", "rules", str(tmp_path / "rules.yml")],
-                           capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_custom_gpu_labels_are_named_as_kube_state_metrics_exports_them() -> None:
-    result = gpunode("render", "alerts", "--plain", "--gpu-node-label", "feature.node.kubernetes.io/pci-10de.present=true",
-                     "--gpu-node-label", "example.com/hasGPU")
+    result = gpunode(
+        "render",
+        "alerts",
+        "--plain",
+        "--gpu-node-label",
+        "feature.node.kubernetes.io/pci-10de.present=true",
+        "--gpu-node-label",
+        "example.com/hasGPU",
+    )
     assert result.returncode == 0, result.stderr
     zero = yaml.safe_load(result.stdout)["groups"][0]["rules"][0]["expr"]
     assert 'label_feature_node_kubernetes_io_pci_10de_present="true"' in zero
@@ -235,12 +339,15 @@ def test_custom_gpu_labels_are_named_as_kube_state_metrics_exports_them() -> Non
     assert "gpunode_io_driver_version" not in zero
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--gpu-node-label", "not a label"], "not a Kubernetes label key"),
-    (["--daemonset-regex", "(unclosed"], "not a regular expression"),
-    (["--label", "novalue"], "KEY=VALUE"),
-    (["--namespace", "Bad_NS"], "not a namespace name"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--gpu-node-label", "not a label"], "not a Kubernetes label key"),
+        (["--daemonset-regex", "(unclosed"], "not a regular expression"),
+        (["--label", "novalue"], "KEY=VALUE"),
+        (["--namespace", "Bad_NS"], "not a namespace name"),
+    ],
+)
 def test_bad_options_exit_2_with_nothing_on_stdout(args: list[str], words: str) -> None:
     result = gpunode("render", "alerts", *args)
     assert result.returncode == 2 and result.stdout == ""

@@ -45,8 +45,10 @@ def reason(run: HostRun) -> Any:
 
 
 def test_the_cluster_steps_wait_for_a_host_that_is_ready_for_them() -> None:
-    assert reason(host_run(reboot=False, required=True, failed={"nvml-library": True})) == \
-        "an earlier step failed on this host"
+    assert (
+        reason(host_run(reboot=False, required=True, failed={"nvml-library": True}))
+        == "an earlier step failed on this host"
+    )
     assert reason(host_run(reboot=False, required=True)).startswith("reboot required first")
     unsettled = host_run(reboot=False, required=False)
     assert reason(unsettled).startswith("the driver is not settled yet")

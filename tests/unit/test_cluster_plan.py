@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gpunode.bootstrap.core.cluster_plan import (
+from gpunode.bootstrap.core.kube.cluster_plan import (
     GPU_COUNT_ANNOTATION,
     GPUS_ANNOTATION,
     PLUGIN_DAEMONSET_ANNOTATION,
@@ -23,14 +23,14 @@ from gpunode.bootstrap.core.cluster_plan import (
     unused_daemonsets,
     validate_cluster_settings,
 )
-from gpunode.bootstrap.core.manifests import (
+from gpunode.bootstrap.core.kube.manifests import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
     NVML_LIBRARY_ANNOTATION,
     render_device_plugin,
     render_verify_pod,
 )
-from gpunode.bootstrap.core.taints import Taint, Toleration, parse_toleration, untolerated_taints
+from gpunode.bootstrap.core.kube.taints import Taint, Toleration, parse_toleration, untolerated_taints
 from gpunode.bootstrap.errors import UserError
 
 DEBIAN = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"
@@ -39,9 +39,14 @@ ARM = "/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.535.261.03"
 BUSES = ("0000:3b:00.0", "0000:5b:00.0")
 
 
-def target(name: str = "gpu01", library: str | None = DEBIAN, version: str = "535.261.03",
-           kubelet_root: str = "/var/lib/kubelet", gpus: tuple[str, ...] = BUSES,
-           plugin_mode: str = "daemonset") -> NodeTarget:
+def target(
+    name: str = "gpu01",
+    library: str | None = DEBIAN,
+    version: str = "535.261.03",
+    kubelet_root: str = "/var/lib/kubelet",
+    gpus: tuple[str, ...] = BUSES,
+    plugin_mode: str = "daemonset",
+) -> NodeTarget:
     return NodeTarget(name, name, version, library, kubelet_root, gpus, plugin_mode)
 
 
@@ -71,8 +76,10 @@ def test_a_node_is_labelled_with_its_version_and_the_daemonset_that_selects_it()
     selector = ds["spec"]["template"]["spec"]["nodeSelector"]
     assert selector == {DRIVER_VERSION_LABEL: "535.261.03", DEVICE_PLUGIN_LABEL: name, "kubernetes.io/os": "linux"}
     assert plan.annotations == {
-        GPU_COUNT_ANNOTATION: "2", GPUS_ANNOTATION: "0000:3b:00.0,0000:5b:00.0",
-        NVML_LIBRARY_ANNOTATION: DEBIAN, PLUGIN_DAEMONSET_ANNOTATION: f"kube-system/{name}",
+        GPU_COUNT_ANNOTATION: "2",
+        GPUS_ANNOTATION: "0000:3b:00.0,0000:5b:00.0",
+        NVML_LIBRARY_ANNOTATION: DEBIAN,
+        PLUGIN_DAEMONSET_ANNOTATION: f"kube-system/{name}",
     }
 
 
@@ -107,8 +114,10 @@ def test_runtime_mode_ignores_where_the_library_is() -> None:
 
 
 def test_plugin_and_namespace_choose_other_daemonsets() -> None:
-    names = {daemonset_of(target(), ClusterSettings(plugin=p, namespace=ns))["metadata"]["name"]  # type: ignore[arg-type]
-             for p, ns in itertools.product(("bundled", "nvidia"), ("kube-system", "gpu"))}
+    names = {
+        daemonset_of(target(), ClusterSettings(plugin=p, namespace=ns))["metadata"]["name"]  # type: ignore[arg-type]
+        for p, ns in itertools.product(("bundled", "nvidia"), ("kube-system", "gpu"))
+    }
     assert len(names) == 4
     assert any(n.startswith("gpunode-nvidia-device-plugin-535-261-03-") for n in names)
 
@@ -168,8 +177,10 @@ def ours(name: str, selector: dict[str, str], managed: bool = True, version_labe
     labels = {"app.kubernetes.io/managed-by": "gpunode"} if managed else {"app.kubernetes.io/managed-by": "Helm"}
     if version_label:
         labels[DRIVER_VERSION_LABEL] = selector.get(DRIVER_VERSION_LABEL, "535.261.03")
-    return {"metadata": {"name": name, "namespace": "kube-system", "labels": labels},
-            "spec": {"template": {"spec": {"nodeSelector": selector}}}}
+    return {
+        "metadata": {"name": name, "namespace": "kube-system", "labels": labels},
+        "spec": {"template": {"spec": {"nodeSelector": selector}}},
+    }
 
 
 def labelled(version: str, plugin: str) -> dict[str, Any]:
@@ -190,24 +201,46 @@ def test_only_gpunodes_daemonsets_no_node_selects_are_unused() -> None:
 
 
 def test_comparable_ignores_what_the_server_keeps_for_itself() -> None:
-    before = {"kind": "DaemonSet", "metadata": {"name": "x", "resourceVersion": "5", "generation": 1,
-                                                "managedFields": [{"manager": "gpunode"}],
-                                                "annotations": {"deprecated.daemonset.template.generation": "1"}},
-              "spec": {"a": 1}, "status": {"numberReady": 1}}
-    after = {"kind": "DaemonSet", "metadata": {"name": "x", "resourceVersion": "9", "generation": 1,
-                                               "managedFields": [{"manager": "gpunode", "time": "now"}],
-                                               "annotations": {"deprecated.daemonset.template.generation": "1"}},
-             "spec": {"a": 1}, "status": {"numberReady": 2}}
+    before = {
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": "x",
+            "resourceVersion": "5",
+            "generation": 1,
+            "managedFields": [{"manager": "gpunode"}],
+            "annotations": {"deprecated.daemonset.template.generation": "1"},
+        },
+        "spec": {"a": 1},
+        "status": {"numberReady": 1},
+    }
+    after = {
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": "x",
+            "resourceVersion": "9",
+            "generation": 1,
+            "managedFields": [{"manager": "gpunode", "time": "now"}],
+            "annotations": {"deprecated.daemonset.template.generation": "1"},
+        },
+        "spec": {"a": 1},
+        "status": {"numberReady": 2},
+    }
     assert comparable(before) == comparable(after)
     after["spec"] = {"a": 2}
     assert comparable(before) != comparable(after)
     assert comparable(None) is None
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("00000000:3B:00.0", "0000:3b:00.0"), ("0000:3b:00.0", "0000:3b:00.0"), ("3b:00.1", "0000:3b:00.1"),
-    ("0001:AF:1F.7", "0001:af:1f.7"), ("junk", "junk"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("00000000:3B:00.0", "0000:3b:00.0"),
+        ("0000:3b:00.0", "0000:3b:00.0"),
+        ("3b:00.1", "0000:3b:00.1"),
+        ("0001:AF:1F.7", "0001:af:1f.7"),
+        ("junk", "junk"),
+    ],
+)
 def test_bus_ids_from_nvml_and_sysfs_compare_equal(text: str, expected: str) -> None:
     assert normalize_bus_id(text) == expected
 
@@ -226,12 +259,20 @@ def test_tolerations_parse_like_kubectl_writes_taints() -> None:
 
 
 def test_untolerated_taints_follow_the_scheduler() -> None:
-    taints = [Taint("nvidia.com/gpu", "present", "NoSchedule"), Taint("dedicated", "ml", "NoSchedule"),
-              Taint("soft", "", "PreferNoSchedule"), Taint("evict", "x", "NoExecute")]
+    taints = [
+        Taint("nvidia.com/gpu", "present", "NoSchedule"),
+        Taint("dedicated", "ml", "NoSchedule"),
+        Taint("soft", "", "PreferNoSchedule"),
+        Taint("evict", "x", "NoExecute"),
+    ]
     gpu = Toleration("nvidia.com/gpu", "Exists")
     assert [str(t) for t in untolerated_taints([gpu], taints)] == ["dedicated=ml:NoSchedule", "evict=x:NoExecute"]
-    assert untolerated_taints([gpu, Toleration("dedicated", "Equal", "ml"), Toleration("evict", "Exists", "", "NoExecute")],
-                              taints) == []
+    assert (
+        untolerated_taints(
+            [gpu, Toleration("dedicated", "Equal", "ml"), Toleration("evict", "Exists", "", "NoExecute")], taints
+        )
+        == []
+    )
     assert untolerated_taints([Toleration("dedicated", "Equal", "other")], [taints[1]]) == [taints[1]]
     assert untolerated_taints([Toleration("", "Exists")], taints) == []
 
@@ -239,8 +280,10 @@ def test_untolerated_taints_follow_the_scheduler() -> None:
 def test_extra_tolerations_reach_the_daemonset() -> None:
     settings = ClusterSettings(tolerations=(parse_toleration("dedicated=ml:NoSchedule"),))
     tolerations = daemonset_of(target(), settings)["spec"]["template"]["spec"]["tolerations"]
-    assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists"},
-                           {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert tolerations == [
+        {"key": "nvidia.com/gpu", "operator": "Exists"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -251,16 +294,20 @@ def test_extra_tolerations_reach_the_daemonset() -> None:
 def test_bootstrap_daemonsets_and_the_verify_pod_validate_strictly(mode: str) -> None:
     settings = ClusterSettings(mode=mode, tolerations=(parse_toleration("dedicated=ml:NoSchedule"),))  # type: ignore[arg-type]
     kubernetes_validate.validate(daemonset_of(target(), settings), "1.28.0", strict=True)
-    pod = yaml.safe_load(render_verify_pod(name="gpunode-verify-0a1b2c3d", namespace="default", node="gpu01",
-                                           tolerations=settings.tolerations))
+    pod = yaml.safe_load(
+        render_verify_pod(
+            name="gpunode-verify-0a1b2c3d", namespace="default", node="gpu01", tolerations=settings.tolerations
+        )
+    )
     kubernetes_validate.validate(pod, "1.28.0", strict=True)
     spec = pod["spec"]
     assert spec["runtimeClassName"] == "nvidia" and spec["restartPolicy"] == "Never"
     assert spec["containers"][0]["command"] == ["nvidia-smi", "-L"]
     assert spec["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 1}
     assert {"key": "nvidia.com/gpu", "operator": "Exists"} in spec["tolerations"]
-    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["gpu01"]
+    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchFields"
+    ][0]["values"] == ["gpu01"]
 
 
 def test_a_hostile_node_name_stays_a_value_in_the_verify_pod() -> None:
@@ -268,4 +315,5 @@ def test_a_hostile_node_name_stays_a_value_in_the_verify_pod() -> None:
     pod = yaml.safe_load(render_verify_pod(name="gpunode-verify-0a1b2c3d", namespace="default", node=hostile))
     assert "hostNetwork" not in pod["spec"]
     assert pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"][0]["matchFields"][0]["values"] == [hostile]
+        "nodeSelectorTerms"
+    ][0]["matchFields"][0]["values"] == [hostile]

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO_ROOT
-from gpunode.bootstrap.core.containerd import (
+from standins.containerd_binaries import containerd_bins  # noqa: F401  (fixture)
+
+from gpunode.bootstrap.core.containerd.plan import (
     RuntimeSettings,
     UnsupportedSchemaError,
     default_runtime_name,
@@ -31,7 +32,6 @@ from gpunode.bootstrap.core.containerd import (
     plan_runtime_merge,
     runtime_problems,
 )
-from standins.containerd_binaries import containerd_bins  # noqa: F401  (fixture)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -159,7 +159,9 @@ def test_every_result_loads_and_gives_the_nvidia_runtime_and_nothing_else(
         root = tmp_path / version
         config = root / "etc/containerd/config.toml"
         settings = RuntimeSettings(
-            in_place=in_place, set_default_runtime=set_default, dropin_path=str(root / "etc/containerd/conf.d/99-nvidia.toml")
+            in_place=in_place,
+            set_default_runtime=set_default,
+            dropin_path=str(root / "etc/containerd/conf.d/99-nvidia.toml"),
         )
         original = case_text(case, version, binary)
         before_file = root / "before.toml"
@@ -171,9 +173,7 @@ def test_every_result_loads_and_gives_the_nvidia_runtime_and_nothing_else(
             config.parent.mkdir(parents=True)
             config.write_text(original)
 
-        plan = plan_runtime_merge(
-            original, containerd_version=version, settings=settings, config_path=str(config)
-        )
+        plan = plan_runtime_merge(original, containerd_version=version, settings=settings, config_path=str(config))
         write_plan(root, plan.files)
         after = dump(binary, config)
 
@@ -282,7 +282,9 @@ def _cri(dump_text: str) -> dict[str, Any]:
     return copy.deepcopy(data["plugins"][CRI[data["version"]]])
 
 
-def test_containerd_1x_replaces_the_whole_cri_table_from_an_import(containerd_bins: dict[str, Path], tmp_path: Path) -> None:
+def test_containerd_1x_replaces_the_whole_cri_table_from_an_import(
+    containerd_bins: dict[str, Path], tmp_path: Path
+) -> None:
     """Why a 1.x drop-in must carry the whole CRI table: a bare one wipes runc and every setting."""
     for version, binary in containerd_bins.items():
         if not version.startswith("1."):
@@ -305,7 +307,9 @@ def test_containerd_2x_merges_an_import_key_by_key(containerd_bins: dict[str, Pa
             assert cri["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"] == NVIDIA
 
 
-def test_containerd_2x_needs_the_dropin_in_the_main_files_schema(containerd_bins: dict[str, Path], tmp_path: Path) -> None:
+def test_containerd_2x_needs_the_dropin_in_the_main_files_schema(
+    containerd_bins: dict[str, Path], tmp_path: Path
+) -> None:
     """A schema 3 drop-in over a schema 2 file drops the file's CRI settings; 2 over 3 is ignored."""
     for version, binary in containerd_bins.items():
         if version.startswith("1."):
@@ -330,7 +334,9 @@ def test_containerd_2x_reads_no_dropin_directory_by_itself(containerd_bins: dict
         assert tomllib.loads(default)["imports"] == []
 
 
-def test_relative_imports_resolve_against_the_main_files_directory(containerd_bins: dict[str, Path], tmp_path: Path) -> None:
+def test_relative_imports_resolve_against_the_main_files_directory(
+    containerd_bins: dict[str, Path], tmp_path: Path
+) -> None:
     """Plain relative imports do everywhere; relative globs do from 1.7 on (1.6 uses its cwd)."""
     for version, binary in containerd_bins.items():
         schema = schema_of(version)

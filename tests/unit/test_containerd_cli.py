@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
-from gpunode.bootstrap.core.containerd import runtime_problems
 from standins.containerd_binaries import containerd_bins  # noqa: F401  (fixture)
+
+from gpunode.bootstrap.core.containerd.plan import runtime_problems
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,7 +77,9 @@ def test_default_output_labels_each_file_and_real_containerd_loads_what_it_says(
         assert runtime_problems(out, binary_name=NVIDIA) == (), version
 
 
-def test_in_place_prints_the_complete_new_config_and_nothing_else(containerd_bins: dict[str, Path], tmp_path: Path) -> None:
+def test_in_place_prints_the_complete_new_config_and_nothing_else(
+    containerd_bins: dict[str, Path], tmp_path: Path
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text(SYSTEMD_V3)
     result = gpunode("render", "containerd", "--config", str(config), "--containerd-version", "2.1.9", "--in-place")
@@ -93,7 +95,9 @@ def test_in_place_prints_the_complete_new_config_and_nothing_else(containerd_bin
     written = tmp_path / "new.toml"
     written.write_text(result.stdout)
     (binary,) = [b for v, b in containerd_bins.items() if v.startswith("2.")]
-    out = subprocess.run([str(binary), "--config", str(written), "config", "dump"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(binary), "--config", str(written), "config", "dump"], capture_output=True, text=True, check=True
+    )
     assert runtime_problems(out.stdout, binary_name=NVIDIA) == ()
 
 
@@ -101,7 +105,9 @@ def test_diff_is_a_patch_that_turns_the_old_file_into_the_new(tmp_path: Path) ->
     config = tmp_path / "config.toml"
     config.write_text(SYSTEMD_V3)
     full = gpunode("render", "containerd", "--config", str(config), "--in-place", "--containerd-version", "2.1")
-    diff = gpunode("render", "containerd", "--config", str(config), "--in-place", "--diff", "--containerd-version", "2.1")
+    diff = gpunode(
+        "render", "containerd", "--config", str(config), "--in-place", "--diff", "--containerd-version", "2.1"
+    )
     assert diff.returncode == 0 and diff.stdout.startswith(f"--- {config}\n+++ {config}\n")
     copy = tmp_path / "patched.toml"
     shutil.copy(config, copy)
@@ -109,7 +115,9 @@ def test_diff_is_a_patch_that_turns_the_old_file_into_the_new(tmp_path: Path) ->
     assert copy.read_text() == full.stdout
     # Run on its own result: an empty diff.
     config.write_text(full.stdout)
-    again = gpunode("render", "containerd", "--config", str(config), "--in-place", "--diff", "--containerd-version", "2.1")
+    again = gpunode(
+        "render", "containerd", "--config", str(config), "--in-place", "--diff", "--containerd-version", "2.1"
+    )
     assert again.returncode == 0 and again.stdout == "" and "nothing to change" in again.stderr
 
 
@@ -168,16 +176,28 @@ def test_set_default_runtime_says_why_that_alone_gives_no_gpus(tmp_path: Path) -
     plain = gpunode("render", "containerd", "--config", str(config), "--in-place", "--containerd-version", "2.1")
     assert "default_runtime_name" not in plain.stdout  # never the default unless asked
     result = gpunode(
-        "render", "containerd", "--config", str(config), "--in-place", "--containerd-version", "2.1", "--set-default-runtime"
+        "render",
+        "containerd",
+        "--config",
+        str(config),
+        "--in-place",
+        "--containerd-version",
+        "2.1",
+        "--set-default-runtime",
     )
     assert result.returncode == 0
-    assert tomllib.loads(result.stdout)["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["default_runtime_name"] == "nvidia"
+    assert (
+        tomllib.loads(result.stdout)["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["default_runtime_name"]
+        == "nvidia"
+    )
     assert "no GPUs" in result.stderr and "runtimeClassName: nvidia" in result.stderr
 
 
 def test_k3s_writes_nothing_and_refuses_what_k3s_does_itself(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('version = 3\n[plugins."io.containerd.cri.v1.runtime".containerd]\n  default_runtime_name = "runc"\n')
+    config.write_text(
+        'version = 3\n[plugins."io.containerd.cri.v1.runtime".containerd]\n  default_runtime_name = "runc"\n'
+    )
     result = gpunode("render", "containerd", "--config", str(config), "--k3s")
     assert result.returncode == 0 and result.stdout == ""
     assert "config.toml.tmpl" in result.stderr and "restart k3s" in result.stderr

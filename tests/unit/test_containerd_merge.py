@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from gpunode.bootstrap.core.containerd import (
+from gpunode.bootstrap.core.containerd.plan import (
     ConfigStructureError,
     ContainerdConfigError,
     FileChange,
@@ -274,7 +274,9 @@ def test_runc_of_another_shim_is_not_inherited_from() -> None:
 
 
 def test_a_custom_runtime_name_and_binary() -> None:
-    settings = RuntimeSettings(runtime_name="nvidia-cdi", binary_name="/usr/bin/nvidia-container-runtime.cdi", in_place=True)
+    settings = RuntimeSettings(
+        runtime_name="nvidia-cdi", binary_name="/usr/bin/nvidia-container-runtime.cdi", in_place=True
+    )
     plan = plan_runtime_merge("version = 3\n", containerd_version="2.1", settings=settings)
     runtime = runtimes_in(plan.files[0].new_text, 3)["nvidia-cdi"]
     assert runtime["options"] == {"BinaryName": "/usr/bin/nvidia-container-runtime.cdi", "SystemdCgroup": False}
@@ -283,7 +285,9 @@ def test_a_custom_runtime_name_and_binary() -> None:
 
 def test_values_are_written_as_toml_never_pasted() -> None:
     odd = '/opt/we"ird\\path/nvidia-container-runtime'
-    plan = plan_runtime_merge("version = 3\n", containerd_version="2.1", settings=RuntimeSettings(binary_name=odd, in_place=True))
+    plan = plan_runtime_merge(
+        "version = 3\n", containerd_version="2.1", settings=RuntimeSettings(binary_name=odd, in_place=True)
+    )
     assert runtimes_in(plan.files[0].new_text, 3)["nvidia"]["options"]["BinaryName"] == odd
 
 
@@ -306,7 +310,9 @@ def test_an_imports_glob_that_covers_the_dropin_is_enough() -> None:
         plan = plan_runtime_merge(text, containerd_version="2.1", settings=RuntimeSettings())
         assert not plan.files[0].changed, entry
     # ... except where containerd 1.6 reads a relative glob from its working directory.
-    plan = plan_runtime_merge('version = 2\nimports = ["conf.d/*.toml"]\n', containerd_version="1.6.20", settings=RuntimeSettings())
+    plan = plan_runtime_merge(
+        'version = 2\nimports = ["conf.d/*.toml"]\n', containerd_version="1.6.20", settings=RuntimeSettings()
+    )
     assert plan.files[0].changed and any("working directory" in note for note in plan.notes)
 
 
@@ -377,7 +383,7 @@ def test_a_layout_tomlkit_cannot_read_still_gets_its_imports_entry() -> None:
         "version = 2\n"
         '[plugins."io.containerd.grpc.v1.cri".containerd]\n'
         'snapshotter = "overlayfs"\n'
-        'runtimes = { runc = { options = { SystemdCgroup = true } } }\n'
+        "runtimes = { runc = { options = { SystemdCgroup = true } } }\n"
         '[plugins."io.containerd.grpc.v1.cri"]\n'
         "enable_selinux = false\n"
         '[plugins."io.containerd.internal.v1.opt"]\n'

@@ -17,13 +17,12 @@ import re
 import sys
 from typing import Any
 
-import pytest
 import tomlkit
 import tomlkit.exceptions
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpunode.bootstrap.core.containerd import ConfigStructureError, RuntimeSettings, plan_runtime_merge
+from gpunode.bootstrap.core.containerd.plan import ConfigStructureError, RuntimeSettings, plan_runtime_merge
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,7 +50,9 @@ def runtime_tables(draw: st.DrawFn, *, kind: str) -> dict[str, Any]:
             table["privileged_without_host_devices"] = draw(st.booleans())
         options: dict[str, Any] = {}
         if draw(st.booleans()):
-            options["BinaryName"] = draw(st.sampled_from(["/wrong/nvidia-container-runtime", "/usr/bin/nvidia-container-runtime", ""]))
+            options["BinaryName"] = draw(
+                st.sampled_from(["/wrong/nvidia-container-runtime", "/usr/bin/nvidia-container-runtime", ""])
+            )
         if draw(st.booleans()):
             options["SystemdCgroup"] = draw(st.booleans())
         if options or draw(st.booleans()):

@@ -12,8 +12,13 @@ import pytest
 
 
 def gpunode(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
-                          capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def closed_port() -> int:
@@ -30,13 +35,16 @@ def test_help_names_the_chain_and_the_exit_statuses() -> None:
     assert alerts.returncode == 0 and "GpuNodeAdvertisesZeroGpus" in alerts.stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--no-cluster"], "leaves nothing to check"),
-    (["somehost", "--no-cluster", "--pod", "a/b"], "--no-cluster leaves kubectl out"),
-    (["--pod", "ns/"], "is not NAMESPACE/NAME"),
-    (["bad host"], "is not a host name"),
-    (["gpu01", "--ssh-key", "/no/such/key"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--no-cluster"], "leaves nothing to check"),
+        (["somehost", "--no-cluster", "--pod", "a/b"], "--no-cluster leaves kubectl out"),
+        (["--pod", "ns/"], "is not NAMESPACE/NAME"),
+        (["bad host"], "is not a host name"),
+        (["gpu01", "--ssh-key", "/no/such/key"], "does not exist"),
+    ],
+)
 def test_bad_input_exits_2_with_the_fix(args: list[str], words: str) -> None:
     result = gpunode("doctor", *args)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -56,12 +64,23 @@ def test_an_unreachable_host_is_not_checked_exit_2() -> None:
 
 def test_an_unreachable_cluster_is_not_checked_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": f"https://127.0.0.1:{closed_port()}",
-                                                "insecure-skip-tls-verify": True}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-        "users": [{"name": "x", "user": {"token": "t"}}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [
+                    {
+                        "name": "x",
+                        "cluster": {"server": f"https://127.0.0.1:{closed_port()}", "insecure-skip-tls-verify": True},
+                    }
+                ],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+                "users": [{"name": "x", "user": {"token": "t"}}],
+            }
+        )
+    )
     result = gpunode("doctor", "--kubeconfig", str(config))
     assert result.returncode == 2, result.stdout + result.stderr
     assert "could not read the cluster" in result.stdout and "not checked:" in result.stdout

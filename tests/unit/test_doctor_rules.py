@@ -8,7 +8,6 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from doctor_support import (
     DRIVER,
     KUBELET_SOCKET,
@@ -30,19 +29,22 @@ from doctor_support import (
     running,
     runtime_class,
 )
-from gpunode.bootstrap.core.diagnosis import LINKS, format_text
-from gpunode.bootstrap.core.doctor_evidence import PodEvidence, Unavailable
-from gpunode.bootstrap.core.host_diagnostics import HostProcess, NvmlCheck
-from gpunode.bootstrap.core.host_facts import PciGpu
-from gpunode.bootstrap.core.host_record import HostRecord
+
+from gpunode.bootstrap.core.doctor.engine import LINKS, format_text
+from gpunode.bootstrap.core.doctor.evidence import PodEvidence, Unavailable
+from gpunode.bootstrap.core.host.diagnostics import HostProcess, NvmlCheck
+from gpunode.bootstrap.core.host.facts import PciGpu
+from gpunode.bootstrap.core.host.record import HostRecord
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
 
 
 def plugin_view(status: dict, logs: str, events: tuple = (), **deployment) -> object:  # type: ignore[type-arg]
     daemonset = gpunode_daemonset(**deployment)
-    return healthy_view(daemonsets=(daemonset,),
-                        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=events, logs=logs),),
-                        node=gpu_node(allocatable=None, capacity=None))
+    return healthy_view(
+        daemonsets=(daemonset,),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=events, logs=logs),),
+        node=gpu_node(allocatable=None, capacity=None),
+    )
 
 
 def first(diagnosis):  # type: ignore[no-untyped-def]
@@ -60,8 +62,14 @@ def test_a_healthy_node_has_no_verdict_and_exits_0() -> None:
 
 
 def test_an_unreachable_host_or_cluster_is_said_and_exits_2_not_guessed() -> None:
-    diagnosis = judge(case(host=None, host_unavailable=Unavailable("could not connect over SSH: timed out"),
-                           view=None, cluster_unavailable=Unavailable("could not reach the cluster")))
+    diagnosis = judge(
+        case(
+            host=None,
+            host_unavailable=Unavailable("could not connect over SSH: timed out"),
+            view=None,
+            cluster_unavailable=Unavailable("could not reach the cluster"),
+        )
+    )
     assert diagnosis.verdicts == ()
     assert diagnosis.exit_code == 2
     whats = [item.why for item in diagnosis.not_checked]
@@ -81,48 +89,71 @@ def test_problems_found_beat_could_not_check() -> None:
 
 
 def test_f13_nouveau_loaded_says_blacklist_initramfs_reboot() -> None:
-    host = healthy_host(loaded_modules=frozenset({"nouveau"}), nvml=debian_library(module=None),
-                        nouveau_blacklisted_by=())
-    verdict = first(judge(case(host=host, view=plugin_view(crashing(), "nvml_init_failed reason=driver_not_loaded "
-                                                                     'error="NVML: Driver Not Loaded" fix="x"'))))
+    host = healthy_host(
+        loaded_modules=frozenset({"nouveau"}), nvml=debian_library(module=None), nouveau_blacklisted_by=()
+    )
+    verdict = first(
+        judge(
+            case(
+                host=host,
+                view=plugin_view(
+                    crashing(), 'nvml_init_failed reason=driver_not_loaded error="NVML: Driver Not Loaded" fix="x"'
+                ),
+            )
+        )
+    )
     assert verdict.id == "F13" and "nouveau" in verdict.cause and verdict.link == "driver"
     assert "update-initramfs -u" in verdict.fix and verdict.reboot_required
 
 
 def test_f13_secure_boot_rejects_the_unsigned_module() -> None:
-    diag = healthy_diagnostics(module_signer=None, kernel_log=(
-        "[    5.1] Lockdown: modprobe: unsigned module loading is restricted; see man kernel_lockdown.7",))
-    host = healthy_host(loaded_modules=frozenset(), nvml=debian_library(module=None), secure_boot=True,
-                        diagnostics=diag)
+    diag = healthy_diagnostics(
+        module_signer=None,
+        kernel_log=("[    5.1] Lockdown: modprobe: unsigned module loading is restricted; see man kernel_lockdown.7",),
+    )
+    host = healthy_host(
+        loaded_modules=frozenset(), nvml=debian_library(module=None), secure_boot=True, diagnostics=diag
+    )
     verdict = first(judge(case(host=host)))
     assert verdict.id == "F13" and "Secure Boot" in verdict.cause
     assert "precompiled" in verdict.fix and "mokutil" in verdict.fix
 
 
 def test_a_locked_down_kernel_alone_is_not_a_rejected_module() -> None:
-    diag = healthy_diagnostics(kernel_log=("[0.06] Kernel is locked down from Kernel configuration; see man kernel_lockdown.7",))
+    diag = healthy_diagnostics(
+        kernel_log=("[0.06] Kernel is locked down from Kernel configuration; see man kernel_lockdown.7",)
+    )
     assert judge(case(host=healthy_host(diagnostics=diag))).verdicts == ()
 
 
 def test_f13_a_kepler_gpu_with_a_driver_branch_too_new() -> None:
-    host = healthy_host(gpus=(PciGpu("0000:04:00.0", "0x102d", "GK210GL [Tesla K80]"),), nvml=debian_library(
-        module="550.54.15", version="550.54.15"), packages={"libnvidia-ml1": "550.54.15-1", "nvidia-container-toolkit": "1.17.8-1"},
-        diagnostics=healthy_diagnostics(nvml=NvmlCheck(0, driver="550.54.15", count=0)))
+    host = healthy_host(
+        gpus=(PciGpu("0000:04:00.0", "0x102d", "GK210GL [Tesla K80]"),),
+        nvml=debian_library(module="550.54.15", version="550.54.15"),
+        packages={"libnvidia-ml1": "550.54.15-1", "nvidia-container-toolkit": "1.17.8-1"},
+        diagnostics=healthy_diagnostics(nvml=NvmlCheck(0, driver="550.54.15", count=0)),
+    )
     verdict = first(judge(case(host=host)))
     assert verdict.id == "F13" and "too new" in verdict.cause and "470" in verdict.fix
 
 
 def test_f13_the_kernels_legacy_message_names_the_branch() -> None:
-    diag = healthy_diagnostics(kernel_log=(
-        "NVRM: The NVIDIA Tesla K40m GPU installed in this system is supported through the NVIDIA 470.xx Legacy drivers.",),
-        nvml=NvmlCheck(0, driver=DRIVER, count=0))
+    diag = healthy_diagnostics(
+        kernel_log=(
+            "NVRM: The NVIDIA Tesla K40m GPU installed in this system is supported through the NVIDIA 470.xx Legacy drivers.",
+        ),
+        nvml=NvmlCheck(0, driver=DRIVER, count=0),
+    )
     verdict = first(judge(case(host=healthy_host(diagnostics=diag))))
     assert verdict.id == "F13" and "too new" in verdict.cause
 
 
 def test_f13_module_not_loaded_with_the_driver_installed() -> None:
-    host = healthy_host(loaded_modules=frozenset(), nvml=debian_library(module=None),
-                        diagnostics=healthy_diagnostics(nvml=NvmlCheck(4, init_error="Driver Not Loaded")))
+    host = healthy_host(
+        loaded_modules=frozenset(),
+        nvml=debian_library(module=None),
+        diagnostics=healthy_diagnostics(nvml=NvmlCheck(4, init_error="Driver Not Loaded")),
+    )
     verdict = first(judge(case(host=host)))
     assert verdict.id == "F13" and "not loaded" in verdict.cause and "modprobe nvidia" in verdict.fix
 
@@ -134,12 +165,23 @@ def test_a_module_not_loaded_and_a_broken_chain_are_both_named_kernel_first() ->
 
 def test_a_plugin_pod_stuck_before_running_says_what_its_events_say() -> None:
     daemonset = gpunode_daemonset()
-    status = {"phase": "Pending", "initContainerStatuses": [], "containerStatuses": [{
-        "name": "gpunode-device-plugin", "ready": False, "restartCount": 0,
-        "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    status = {
+        "phase": "Pending",
+        "initContainerStatuses": [],
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+            }
+        ],
+    }
     event = {"type": "Warning", "reason": "FailedCreatePodSandBox", "message": "failed to setup network for sandbox"}
-    view = healthy_view(plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=(event,)),),
-                        node=gpu_node(allocatable=None, capacity=None))
+    view = healthy_view(
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=(event,)),),
+        node=gpu_node(allocatable=None, capacity=None),
+    )
     diagnosis = judge(case(host=None, view=view))
     assert ids(diagnosis) == ["DP-POD-NOT-RUNNING", "ALLOCATABLE-ABSENT"]
     assert "failed to setup network" in " ".join(diagnosis.verdicts[0].evidence)
@@ -148,19 +190,30 @@ def test_a_plugin_pod_stuck_before_running_says_what_its_events_say() -> None:
 def test_a_gpu_operator_plugin_pod_with_finished_init_containers_is_judged_by_its_plugin() -> None:
     daemonset = gpunode_daemonset(fail_on_init_error=False)
     status = running()
-    status["initContainerStatuses"] = [{"name": "toolkit-validation", "ready": True, "restartCount": 0,
-                                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]
+    status["initContainerStatuses"] = [
+        {
+            "name": "toolkit-validation",
+            "ready": True,
+            "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+        }
+    ]
     log = 'nvml_init_failed reason=no_permission error="NVML: Insufficient Permissions" fix="x"'
-    view = healthy_view(plugin_pods=(PodEvidence(plugin_pod(daemonset, status), logs=log),),
-                        node=gpu_node(allocatable=None, capacity=None))
+    view = healthy_view(
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), logs=log),),
+        node=gpu_node(allocatable=None, capacity=None),
+    )
     verdict = first(judge(case(host=None, view=view)))
     assert verdict.id == "F11" and "Running, 1/1 ready" in verdict.evidence[0]
 
 
 def test_no_driver_at_all_is_its_own_verdict() -> None:
-    host = healthy_host(loaded_modules=frozenset(), packages={}, nvml=replace(
-        debian_library(module=None), ldconfig="", links={}, files=frozenset(), listed=()),
-        diagnostics=healthy_diagnostics(module_file=None, module_file_version=None))
+    host = healthy_host(
+        loaded_modules=frozenset(),
+        packages={},
+        nvml=replace(debian_library(module=None), ldconfig="", links={}, files=frozenset(), listed=()),
+        diagnostics=healthy_diagnostics(module_file=None, module_file_version=None),
+    )
     assert first(judge(case(host=host))).id == "DRIVER-MISSING"
 
 
@@ -192,17 +245,21 @@ def test_f13_nvml_on_the_host_finds_no_gpu() -> None:
 
 
 def test_a_gpu_missing_from_nvml_is_a_warning() -> None:
-    host = healthy_host(diagnostics=healthy_diagnostics(nvml=NvmlCheck(0, driver=DRIVER, count=1, devices=("GPU-1 A100",))))
+    host = healthy_host(
+        diagnostics=healthy_diagnostics(nvml=NvmlCheck(0, driver=DRIVER, count=1, devices=("GPU-1 A100",)))
+    )
     diagnosis = judge(case(host=host, view=healthy_view(node=gpu_node(allocatable="1", capacity="1"))))
     assert ids(diagnosis)[:2] == ["GPU-MISSING", "ALLOCATABLE-SHORT"]
     assert diagnosis.verdicts[0].severity == "warning"
 
 
 def test_nvidia_smi_is_the_fallback_when_the_host_has_no_python3() -> None:
-    from gpunode.bootstrap.core.host_diagnostics import CommandRun
+    from gpunode.bootstrap.core.host.diagnostics import CommandRun
 
-    diag = healthy_diagnostics(nvml=None, nvidia_smi=CommandRun(
-        9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."))
+    diag = healthy_diagnostics(
+        nvml=None,
+        nvidia_smi=CommandRun(9, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
+    )
     verdict = first(judge(case(host=healthy_host(diagnostics=diag))))
     assert verdict.id == "F13" and "nvidia-smi" in verdict.evidence[0]
 
@@ -211,8 +268,11 @@ def test_nvidia_smi_is_the_fallback_when_the_host_has_no_python3() -> None:
 
 
 def test_f17_toolkit_missing() -> None:
-    host = healthy_host(toolkit_runtime=None, packages={"libnvidia-ml1": f"{DRIVER}-1"},
-                        diagnostics=healthy_diagnostics(runtime_binaries={}))
+    host = healthy_host(
+        toolkit_runtime=None,
+        packages={"libnvidia-ml1": f"{DRIVER}-1"},
+        diagnostics=healthy_diagnostics(runtime_binaries={}),
+    )
     verdict = first(judge(case(host=host)))
     assert verdict.id == "F17" and "toolkit is not installed" in verdict.cause and verdict.link == "toolkit"
 
@@ -237,19 +297,38 @@ def test_f17_runtimeclass_handler_names_no_containerd_runtime() -> None:
 
 def test_f17_seen_only_from_the_cluster_in_a_pod_event() -> None:
     daemonset = gpunode_daemonset(mode="runtime")
-    status = {"phase": "Pending", "containerStatuses": [{"name": "gpunode-device-plugin", "ready": False,
-                                                          "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}
-    event = {"type": "Warning", "reason": "FailedCreatePodSandBox", "message": 'Failed to create pod sandbox: rpc error: '
-             'code = Unknown desc = failed to get sandbox runtime: no runtime for "nvidia" is configured'}
-    view = healthy_view(daemonsets=(daemonset,), plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=(event,)),),
-                        node=gpu_node(allocatable=None, capacity=None))
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+            }
+        ],
+    }
+    event = {
+        "type": "Warning",
+        "reason": "FailedCreatePodSandBox",
+        "message": "Failed to create pod sandbox: rpc error: "
+        'code = Unknown desc = failed to get sandbox runtime: no runtime for "nvidia" is configured',
+    }
+    view = healthy_view(
+        daemonsets=(daemonset,),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), events=(event,)),),
+        node=gpu_node(allocatable=None, capacity=None),
+    )
     verdict = first(judge(case(host=None, view=view)))
     assert verdict.id == "F17" and verdict.link == "containerd"
 
 
 def test_malformed_containerd_config() -> None:
-    containerd = replace(healthy_host().containerd, dump_text=None,
-                         dump_error='containerd: failed to load TOML: /etc/containerd/config.toml: (3, 1): unexpected token')
+    containerd = replace(
+        healthy_host().containerd,
+        dump_text=None,
+        dump_error="containerd: failed to load TOML: /etc/containerd/config.toml: (3, 1): unexpected token",
+    )
     verdict = first(judge(case(host=healthy_host(containerd=containerd))))
     assert verdict.id == "CONTAINERD-CONFIG" and "unexpected token" in " ".join(verdict.evidence)
 
@@ -260,9 +339,13 @@ def test_f4_the_plugin_trusts_the_default_runtime() -> None:
     pod = plugin_pod(daemonset, crashing())
     spec = pod["spec"]
     spec["volumes"] = [v for v in spec["volumes"] if v["name"] == "device-plugins"]
-    spec["containers"][0]["volumeMounts"] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "device-plugins"]
-    log = ('nvml_init_failed reason=library_not_found error="libnvidia-ml.so.1: cannot open shared object file: '
-           'No such file or directory" fix="x"')
+    spec["containers"][0]["volumeMounts"] = [
+        m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "device-plugins"
+    ]
+    log = (
+        'nvml_init_failed reason=library_not_found error="libnvidia-ml.so.1: cannot open shared object file: '
+        'No such file or directory" fix="x"'
+    )
     view = healthy_view(plugin_pods=(PodEvidence(pod, logs=log),), node=gpu_node(allocatable=None, capacity=None))
     diagnosis = judge(case(host=host, view=view))
     assert ids(diagnosis)[0] == "F4"
@@ -279,39 +362,60 @@ def test_the_default_runtime_alone_is_a_note_not_a_problem() -> None:
 
 # --- the device plugin: F1, F2, F3, F5, F7, F11 -----------------------------------------------------
 
-LIB_NOT_FOUND = ('nvml_init_failed reason=library_not_found error="libnvidia-ml.so.1: cannot open shared object '
-                 'file: No such file or directory" fix="mount the host\'s real libnvidia-ml.so.<driver version>"')
+LIB_NOT_FOUND = (
+    'nvml_init_failed reason=library_not_found error="libnvidia-ml.so.1: cannot open shared object '
+    'file: No such file or directory" fix="mount the host\'s real libnvidia-ml.so.<driver version>"'
+)
 NVIDIA_LIB_NOT_FOUND = (
     "I0615 10:00:00.000000       1 main.go:178] Starting OS watcher.\n"
     "I0615 10:00:00.000000       1 factory.go:104] Detected non-NVML platform: could not load NVML library: "
     "libnvidia-ml.so.1: cannot open shared object file: No such file or directory\n"
     "E0615 10:00:00.000000       1 factory.go:112] Incompatible platform detected\n"
     "E0615 10:00:00.000000       1 main.go:132] error starting plugins: error creating plugin manager: "
-    "unable to create plugin manager: platform detection failed\n")
+    "unable to create plugin manager: platform detection failed\n"
+)
 
 
 def nvidia_helm_daemonset(**env: str) -> dict:  # type: ignore[type-arg]
     """NVIDIA's Helm chart's DaemonSet, as deployed by hand: no library mount, no RuntimeClass."""
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "nvidia-device-plugin", "namespace": "nvidia-device-plugin", "uid": "helm-uid",
-                         "labels": {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "nvidia-device-plugin"}},
-            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
-                     "template": {"metadata": {"labels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
-                                  "spec": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                                           "containers": [{"name": "nvidia-device-plugin-ctr",
-                                                           "image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
-                                                           "env": [{"name": k, "value": v} for k, v in env.items()],
-                                                           "volumeMounts": [{"name": "device-plugin",
-                                                                             "mountPath": "/var/lib/kubelet/device-plugins"}]}],
-                                           "volumes": [{"name": "device-plugin",
-                                                        "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}]}}},
-            "status": {"desiredNumberScheduled": 1, "numberReady": 0}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": "nvidia-device-plugin",
+            "namespace": "nvidia-device-plugin",
+            "uid": "helm-uid",
+            "labels": {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "nvidia-device-plugin"},
+        },
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "nvidia-device-plugin"}},
+                "spec": {
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": "nvidia-device-plugin-ctr",
+                            "image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "volumeMounts": [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}],
+                        }
+                    ],
+                    "volumes": [{"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}],
+                },
+            },
+        },
+        "status": {"desiredNumberScheduled": 1, "numberReady": 0},
+    }
 
 
 def test_f1_nvidias_plugin_under_plain_runc() -> None:
     daemonset = nvidia_helm_daemonset()
-    view = healthy_view(daemonsets=(daemonset,), node=gpu_node(allocatable=None, capacity=None),
-                        plugin_pods=(PodEvidence(plugin_pod(daemonset, crashing()), logs=NVIDIA_LIB_NOT_FOUND),))
+    view = healthy_view(
+        daemonsets=(daemonset,),
+        node=gpu_node(allocatable=None, capacity=None),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, crashing()), logs=NVIDIA_LIB_NOT_FOUND),),
+    )
     diagnosis = judge(case(host=None, view=view))
     verdict = first(diagnosis)
     assert verdict.id == "F1" and "plain runc" in verdict.cause and verdict.link == "plugin"
@@ -328,25 +432,53 @@ def test_f2_the_daemonset_mounts_the_so1_symlink() -> None:
     for volume in pod["spec"]["volumes"]:
         if volume["name"] == "nvml-library":
             volume["hostPath"]["path"] = f"{LIB_DIR}/libnvidia-ml.so.1"
-    view = healthy_view(plugin_pods=(PodEvidence(pod, logs=LIB_NOT_FOUND),), node=gpu_node(allocatable=None, capacity=None))
+    view = healthy_view(
+        plugin_pods=(PodEvidence(pod, logs=LIB_NOT_FOUND),), node=gpu_node(allocatable=None, capacity=None)
+    )
     verdict = first(judge(case(view=view)))
     assert verdict.id == "F2" and "symlink" in verdict.cause
 
 
 def test_f2_the_library_mount_fails() -> None:
-    event = {"type": "Warning", "reason": "FailedMount", "message": 'MountVolume.SetUp failed for volume "nvml-library" : '
-             f"hostPath type check failed: {LIB_DIR}/nvidia/current/libnvidia-ml.so.{DRIVER} is not a file"}
-    status = {"phase": "Pending", "containerStatuses": [{"name": "gpunode-device-plugin", "ready": False, "restartCount": 0,
-                                                          "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    event = {
+        "type": "Warning",
+        "reason": "FailedMount",
+        "message": 'MountVolume.SetUp failed for volume "nvml-library" : '
+        f"hostPath type check failed: {LIB_DIR}/nvidia/current/libnvidia-ml.so.{DRIVER} is not a file",
+    }
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+            }
+        ],
+    }
     verdict = first(judge(case(host=None, view=plugin_view(status, "", events=(event,)))))
     assert verdict.id == "F2" and "cannot mount" in verdict.cause
 
 
 def test_a_stale_library_mount_after_a_driver_upgrade() -> None:
-    event = {"type": "Warning", "reason": "FailedMount", "message": 'MountVolume.SetUp failed for volume "nvml-library" : '
-             f"hostPath type check failed: {LIB_DIR}/nvidia/current/libnvidia-ml.so.{DRIVER} is not a file"}
-    status = {"phase": "Pending", "containerStatuses": [{"name": "gpunode-device-plugin", "ready": False, "restartCount": 0,
-                                                          "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+    event = {
+        "type": "Warning",
+        "reason": "FailedMount",
+        "message": 'MountVolume.SetUp failed for volume "nvml-library" : '
+        f"hostPath type check failed: {LIB_DIR}/nvidia/current/libnvidia-ml.so.{DRIVER} is not a file",
+    }
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+            }
+        ],
+    }
     host = healthy_host(nvml=debian_library(module="535.309.01", version="535.309.01"))
     verdict = first(judge(case(host=host, view=plugin_view(status, "", events=(event,)))))
     assert verdict.id == "DP-LIB-STALE" and "535.309.01" in verdict.cause
@@ -357,9 +489,12 @@ def test_f3_a_system_library_directory_over_the_containers() -> None:
     spec = daemonset["spec"]["template"]["spec"]
     spec["volumes"].append({"name": "libs", "hostPath": {"path": "/usr/lib/x86_64-linux-gnu"}})
     spec["containers"][0]["volumeMounts"].append({"name": "libs", "mountPath": "/usr/lib/x86_64-linux-gnu"})
-    status = crashing(message='exec /usr/bin/nvidia-device-plugin: no such file or directory')
-    view = healthy_view(daemonsets=(daemonset,), node=gpu_node(allocatable=None, capacity=None),
-                        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), logs=""),))
+    status = crashing(message="exec /usr/bin/nvidia-device-plugin: no such file or directory")
+    view = healthy_view(
+        daemonsets=(daemonset,),
+        node=gpu_node(allocatable=None, capacity=None),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status), logs=""),),
+    )
     verdict = first(judge(case(host=None, view=view)))
     assert verdict.id == "F3" and "libc" in verdict.cause
     assert any("no such file or directory" in line for line in verdict.evidence)
@@ -376,25 +511,37 @@ def test_f5_dev_mounted_without_privileged() -> None:
 
 
 def test_f7_mig_capabilities_unreadable() -> None:
-    log = ('nvml_init_failed reason=mig_no_permission error="reading the MIG devices of GPU 0: NVML: '
-           'Insufficient Permissions" fix="x"')
+    log = (
+        'nvml_init_failed reason=mig_no_permission error="reading the MIG devices of GPU 0: NVML: '
+        'Insufficient Permissions" fix="x"'
+    )
     verdict = first(judge(case(host=None, view=plugin_view(crashing(), log))))
     assert verdict.id == "F7" and "NVIDIA_MIG_MONITOR_DEVICES=all" in verdict.fix and "mixed" in verdict.fix
 
 
 def test_f7_a_pod_refused_at_admission() -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "train", "namespace": "ml"},
-           "spec": {"nodeName": NODE, "runtimeClassName": "nvidia", "containers": [
-               {"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
-           "status": {"phase": "Failed", "reason": "UnexpectedAdmissionError", "message":
-                      "Allocate failed due to rpc error: code = Unknown desc = GetPreferredAllocation: nvml: "
-                      "Insufficient Permissions, which is unexpected"}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "train", "namespace": "ml"},
+        "spec": {
+            "nodeName": NODE,
+            "runtimeClassName": "nvidia",
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {
+            "phase": "Failed",
+            "reason": "UnexpectedAdmissionError",
+            "message": "Allocate failed due to rpc error: code = Unknown desc = GetPreferredAllocation: nvml: "
+            "Insufficient Permissions, which is unexpected",
+        },
+    }
     verdict = first(judge(case(target_pod=PodEvidence(pod))))
     assert verdict.id == "F7"
 
 
 def test_f11_running_while_init_failed_is_not_healthy() -> None:
-    log = ('nvml_init_failed reason=no_permission error="NVML: Insufficient Permissions" fix="x"\n')
+    log = 'nvml_init_failed reason=no_permission error="NVML: Insufficient Permissions" fix="x"\n'
     diagnosis = judge(case(host=None, view=plugin_view(running(), log, fail_on_init_error=False)))
     verdict = first(diagnosis)
     assert verdict.id == "F11" and "Running but advertises nothing" in verdict.cause
@@ -403,11 +550,16 @@ def test_f11_running_while_init_failed_is_not_healthy() -> None:
 
 
 def test_f11_nvidias_no_devices_found_waiting_indefinitely() -> None:
-    log = NVIDIA_LIB_NOT_FOUND.replace("platform detection failed", "x") + \
-        "I0615 10:00:01.000000       1 main.go:245] No devices found. Waiting indefinitely.\n"
+    log = (
+        NVIDIA_LIB_NOT_FOUND.replace("platform detection failed", "x")
+        + "I0615 10:00:01.000000       1 main.go:245] No devices found. Waiting indefinitely.\n"
+    )
     daemonset = nvidia_helm_daemonset(FAIL_ON_INIT_ERROR="false")
-    view = healthy_view(daemonsets=(daemonset,), node=gpu_node(allocatable=None, capacity=None),
-                        plugin_pods=(PodEvidence(plugin_pod(daemonset, running()), logs=log),))
+    view = healthy_view(
+        daemonsets=(daemonset,),
+        node=gpu_node(allocatable=None, capacity=None),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, running()), logs=log),),
+    )
     verdict = first(judge(case(host=None, view=view)))
     assert verdict.id == "F11" and "F1" in verdict.cause and "FAIL_ON_INIT_ERROR=false" in " ".join(verdict.evidence)
 
@@ -422,10 +574,19 @@ def test_f11_with_a_driver_cause_names_the_driver_first() -> None:
 
 
 def test_f8_cluster_policy_ready_and_the_daemonset_gone() -> None:
-    policy = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "metadata": {"name": "cluster-policy"},
-              "spec": {"devicePlugin": {"enabled": True}}, "status": {"state": "ready", "namespace": "gpu-operator"}}
-    view = healthy_view(daemonsets=(), plugin_pods=(), cluster_policies=(policy,),
-                        node=gpu_node(allocatable="0", capacity="0", labels={"nvidia.com/gpu.present": "true"}))
+    policy = {
+        "apiVersion": "nvidia.com/v1",
+        "kind": "ClusterPolicy",
+        "metadata": {"name": "cluster-policy"},
+        "spec": {"devicePlugin": {"enabled": True}},
+        "status": {"state": "ready", "namespace": "gpu-operator"},
+    }
+    view = healthy_view(
+        daemonsets=(),
+        plugin_pods=(),
+        cluster_policies=(policy,),
+        node=gpu_node(allocatable="0", capacity="0", labels={"nvidia.com/gpu.present": "true"}),
+    )
     diagnosis = judge(case(host=None, view=view))
     verdict = first(diagnosis)
     assert verdict.id == "F8" and "says 'ready'" in verdict.cause
@@ -458,7 +619,9 @@ def test_absent_is_not_zero() -> None:
 def test_f15_tainted_node_and_a_daemonset_without_the_toleration() -> None:
     daemonset = nvidia_helm_daemonset()
     daemonset["spec"]["template"]["spec"]["tolerations"] = []
-    node = gpu_node(allocatable=None, capacity=None, taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}])
+    node = gpu_node(
+        allocatable=None, capacity=None, taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    )
     diagnosis = judge(case(host=None, view=healthy_view(daemonsets=(daemonset,), plugin_pods=(), node=node)))
     verdict = first(diagnosis)
     assert verdict.id == "F15" and "nvidia.com/gpu=present:NoSchedule" in verdict.cause
@@ -466,11 +629,22 @@ def test_f15_tainted_node_and_a_daemonset_without_the_toleration() -> None:
 
 
 def test_f15_a_pod_without_the_toleration() -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "train", "namespace": "ml"},
-           "spec": {"runtimeClassName": "nvidia", "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
-           "status": {"phase": "Pending"}}
-    event = {"type": "Warning", "reason": "FailedScheduling", "message": "0/3 nodes are available: 1 node(s) had "
-             "untolerated taint {nvidia.com/gpu: present}, 2 Insufficient nvidia.com/gpu."}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "train", "namespace": "ml"},
+        "spec": {
+            "runtimeClassName": "nvidia",
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {"phase": "Pending"},
+    }
+    event = {
+        "type": "Warning",
+        "reason": "FailedScheduling",
+        "message": "0/3 nodes are available: 1 node(s) had "
+        "untolerated taint {nvidia.com/gpu: present}, 2 Insufficient nvidia.com/gpu.",
+    }
     verdict = first(judge(case(target_pod=PodEvidence(pod, events=(event,)))))
     assert verdict.id == "F15" and verdict.link == "workload"
 
@@ -486,11 +660,20 @@ def test_a_daemonset_that_selects_another_driver_version() -> None:
 
 
 def test_f12_kubelet_restarted_after_the_plugin_and_it_never_came_back() -> None:
-    host = healthy_host(kubelet=replace(healthy_host().kubelet, device_plugin_sockets=(KUBELET_SOCKET,)),
-                        diagnostics=healthy_diagnostics(kubelet_age_seconds=120, socket_mtimes={KUBELET_SOCKET: NOW - 120}))
+    host = healthy_host(
+        kubelet=replace(healthy_host().kubelet, device_plugin_sockets=(KUBELET_SOCKET,)),
+        diagnostics=healthy_diagnostics(kubelet_age_seconds=120, socket_mtimes={KUBELET_SOCKET: NOW - 120}),
+    )
     daemonset = gpunode_daemonset()
-    view = healthy_view(node=gpu_node(allocatable="0", capacity="2"), plugin_pods=(
-        PodEvidence(plugin_pod(daemonset, running(started="2025-06-01T00:00:00Z")), logs="registered resource=nvidia.com/gpu socket=x attempt=1\n"),))
+    view = healthy_view(
+        node=gpu_node(allocatable="0", capacity="2"),
+        plugin_pods=(
+            PodEvidence(
+                plugin_pod(daemonset, running(started="2025-06-01T00:00:00Z")),
+                logs="registered resource=nvidia.com/gpu socket=x attempt=1\n",
+            ),
+        ),
+    )
     diagnosis = judge(case(host=host, view=view))
     verdict = first(diagnosis)
     assert verdict.id == "F12" and "never registered again" in verdict.cause
@@ -500,26 +683,46 @@ def test_f12_kubelet_restarted_after_the_plugin_and_it_never_came_back() -> None
 
 def test_f12_from_the_cluster_alone_the_kubelets_starting_event() -> None:
     daemonset = gpunode_daemonset()
-    event = {"type": "Normal", "reason": "Starting", "message": "Starting kubelet.",
-             "lastTimestamp": "2025-06-15T11:00:00Z", "involvedObject": {"kind": "Node", "name": NODE}}
-    view = healthy_view(node=gpu_node(allocatable="0", capacity="2"), node_events=(event,), plugin_pods=(
-        PodEvidence(plugin_pod(daemonset, running(started="2025-06-15T10:00:00Z")), logs="registered resource=x\n"),))
+    event = {
+        "type": "Normal",
+        "reason": "Starting",
+        "message": "Starting kubelet.",
+        "lastTimestamp": "2025-06-15T11:00:00Z",
+        "involvedObject": {"kind": "Node", "name": NODE},
+    }
+    view = healthy_view(
+        node=gpu_node(allocatable="0", capacity="2"),
+        node_events=(event,),
+        plugin_pods=(
+            PodEvidence(plugin_pod(daemonset, running(started="2025-06-15T10:00:00Z")), logs="registered resource=x\n"),
+        ),
+    )
     assert first(judge(case(host=None, view=view))).id == "F12"
 
 
 def test_a_plugin_that_noticed_the_restart_is_not_f12() -> None:
     daemonset = gpunode_daemonset()
-    event = {"type": "Normal", "reason": "Starting", "message": "Starting kubelet.", "lastTimestamp": "2025-06-15T11:00:00Z"}
+    event = {
+        "type": "Normal",
+        "reason": "Starting",
+        "message": "Starting kubelet.",
+        "lastTimestamp": "2025-06-15T11:00:00Z",
+    }
     log = "registered resource=nvidia.com/gpu attempt=1\nkubelet_gone socket=x\nkubelet_back socket=x\nregistered resource=nvidia.com/gpu attempt=2\n"
-    view = healthy_view(node_events=(event,), plugin_pods=(
-        PodEvidence(plugin_pod(daemonset, running(started="2025-06-15T10:00:00Z")), logs=log),))
+    view = healthy_view(
+        node_events=(event,),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, running(started="2025-06-15T10:00:00Z")), logs=log),),
+    )
     assert judge(case(host=None, view=view)).verdicts == ()
 
 
 def test_f12_on_the_host_alone_a_plugin_process_older_than_the_kubelet() -> None:
-    host = healthy_host(kubelet=replace(healthy_host().kubelet, device_plugin_sockets=(KUBELET_SOCKET,)),
-                        diagnostics=healthy_diagnostics(kubelet_age_seconds=30, plugin_processes=(
-                            HostProcess(4242, 86400, "S", "nvidia-device-p"),)))
+    host = healthy_host(
+        kubelet=replace(healthy_host().kubelet, device_plugin_sockets=(KUBELET_SOCKET,)),
+        diagnostics=healthy_diagnostics(
+            kubelet_age_seconds=30, plugin_processes=(HostProcess(4242, 86400, "S", "nvidia-device-p"),)
+        ),
+    )
     verdict = first(judge(case(host=host, view=None)))
     assert verdict.id == "F12"
 
@@ -528,13 +731,36 @@ def test_f12_on_the_host_alone_a_plugin_process_older_than_the_kubelet() -> None
 
 
 def gpu_pod(**spec: object) -> dict:  # type: ignore[type-arg]
-    base = {"nodeName": NODE, "restartPolicy": "Never",
-            "containers": [{"name": "cuda", "image": "nvidia/cuda", "command": ["nvidia-smi", "-L"],
-                            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+    base = {
+        "nodeName": NODE,
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "cuda",
+                "image": "nvidia/cuda",
+                "command": ["nvidia-smi", "-L"],
+                "resources": {"limits": {"nvidia.com/gpu": "1"}},
+            }
+        ],
+    }
     base.update(spec)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cuda-test", "namespace": "default"}, "spec": base,
-            "status": {"phase": "Failed", "containerStatuses": [{"name": "cuda", "ready": False, "restartCount": 0,
-                                                                  "state": {"terminated": {"exitCode": 127, "reason": "Error"}}}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cuda-test", "namespace": "default"},
+        "spec": base,
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "cuda",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 127, "reason": "Error"}},
+                }
+            ],
+        },
+    }
 
 
 def test_f6_a_gpu_pod_under_plain_runc() -> None:
@@ -552,10 +778,18 @@ def test_f16_a_pod_that_asks_for_no_gpu() -> None:
 
 
 def test_f10_a_debug_pods_unknown_error_is_not_a_dead_driver() -> None:
-    debugger = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"node-debugger-{NODE}-7x2q", "namespace": "default"},
-                "spec": {"nodeName": NODE, "hostPID": True, "containers": [{"name": "debugger", "image": "ubuntu"}],
-                         "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}]},
-                "status": {"phase": "Succeeded"}}
+    debugger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"node-debugger-{NODE}-7x2q", "namespace": "default"},
+        "spec": {
+            "nodeName": NODE,
+            "hostPID": True,
+            "containers": [{"name": "debugger", "image": "ubuntu"}],
+            "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+        },
+        "status": {"phase": "Succeeded"},
+    }
     logs = "Failed to initialize NVML: Unknown Error\n"
     diagnosis = judge(case(view=healthy_view(other_pods=(PodEvidence(debugger, logs=logs),))))
     assert ids(diagnosis) == ["F10"]
@@ -569,10 +803,20 @@ def test_f10_a_debug_pods_unknown_error_is_not_a_dead_driver() -> None:
 
 
 def test_f10_with_a_really_dead_driver_names_the_driver_first() -> None:
-    debugger = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"node-debugger-{NODE}-7x2q", "namespace": "default"},
-                "spec": {"nodeName": NODE, "containers": [{"name": "debugger", "image": "ubuntu"}]}, "status": {"phase": "Succeeded"}}
+    debugger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"node-debugger-{NODE}-7x2q", "namespace": "default"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "debugger", "image": "ubuntu"}]},
+        "status": {"phase": "Succeeded"},
+    }
     host = healthy_host(nvml=debian_library(module="535.261.03", version="535.309.01"))
-    diagnosis = judge(case(host=host, view=healthy_view(other_pods=(PodEvidence(debugger, logs="Failed to initialize NVML: Unknown Error"),))))
+    diagnosis = judge(
+        case(
+            host=host,
+            view=healthy_view(other_pods=(PodEvidence(debugger, logs="Failed to initialize NVML: Unknown Error"),)),
+        )
+    )
     assert ids(diagnosis)[0] == "F14" and "F10" in ids(diagnosis)
 
 
@@ -580,8 +824,13 @@ def test_f10_with_a_really_dead_driver_names_the_driver_first() -> None:
 
 
 def test_the_lowest_broken_link_comes_first_whatever_the_order_found() -> None:
-    host = healthy_host(loaded_modules=frozenset({"nouveau"}), nvml=debian_library(module=None), toolkit_runtime=None,
-                        packages={}, containerd=replace(healthy_host().containerd, dump_text=dump(runtime=None)))
+    host = healthy_host(
+        loaded_modules=frozenset({"nouveau"}),
+        nvml=debian_library(module=None),
+        toolkit_runtime=None,
+        packages={},
+        containerd=replace(healthy_host().containerd, dump_text=dump(runtime=None)),
+    )
     node = gpu_node(allocatable=None, capacity=None, taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}])
     daemonset = gpunode_daemonset()
     daemonset["spec"]["template"]["spec"]["tolerations"] = []
@@ -598,15 +847,19 @@ def test_plugin_log_reader_knows_both_plugins() -> None:
     assert "cannot open shared object file" in bundled.init_failure.error
     nvidia = read_plugin_log(NVIDIA_LIB_NOT_FOUND)
     assert nvidia.plugin == "nvidia" and nvidia.init_failure and nvidia.init_failure.reason == "library_not_found"
-    registered = read_plugin_log("I0615 main.go:1] Registered device plugin for 'nvidia.com/gpu' with Kubelet\n"
-                                 "I0615 main.go:2] inotify: /var/lib/kubelet/device-plugins/kubelet.sock created, restarting.\n")
+    registered = read_plugin_log(
+        "I0615 main.go:1] Registered device plugin for 'nvidia.com/gpu' with Kubelet\n"
+        "I0615 main.go:2] inotify: /var/lib/kubelet/device-plugins/kubelet.sock created, restarting.\n"
+    )
     assert registered.registered and registered.kubelet_restart_seen and registered.init_failure is None
-    for text, reason in (("nvml init failed: ERROR_DRIVER_NOT_LOADED", "driver_not_loaded"),
-                         ("Failed to initialize NVML: Driver/library version mismatch", "driver_library_mismatch"),
-                         ("nvml init failed: Insufficient Permissions", "no_permission"),
-                         ("error getting MIG device: Insufficient Permissions", "mig_no_permission"),
-                         ("nvml init failed: Unknown Error", "nvml_unknown_error"),
-                         ("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_PRIVATE' not found", "library_unusable")):
+    for text, reason in (
+        ("nvml init failed: ERROR_DRIVER_NOT_LOADED", "driver_not_loaded"),
+        ("Failed to initialize NVML: Driver/library version mismatch", "driver_library_mismatch"),
+        ("nvml init failed: Insufficient Permissions", "no_permission"),
+        ("error getting MIG device: Insufficient Permissions", "mig_no_permission"),
+        ("nvml init failed: Unknown Error", "nvml_unknown_error"),
+        ("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_PRIVATE' not found", "library_unusable"),
+    ):
         found = read_plugin_log(text).init_failure
         assert found is not None and found.reason == reason, text
 
@@ -625,8 +878,9 @@ def test_text_and_json_output() -> None:
     assert verdict["id"] == "F14" and verdict["severity"] == "critical" and isinstance(verdict["evidence"], list)
 
 
-@pytest.mark.parametrize("alloc, expected", [("2", []), ("1", ["ALLOCATABLE-SHORT"]), ("0", ["F9"]),
-                                             (None, ["ALLOCATABLE-ABSENT"])])
+@pytest.mark.parametrize(
+    "alloc, expected", [("2", []), ("1", ["ALLOCATABLE-SHORT"]), ("0", ["F9"]), (None, ["ALLOCATABLE-ABSENT"])]
+)
 def test_allocatable_against_the_gpus_on_the_host(alloc: str | None, expected: list[str]) -> None:
     view = healthy_view(node=gpu_node(allocatable=alloc, capacity=alloc))
     assert [i for i in ids(judge(case(view=view))) if i.startswith(("ALLOC", "F9"))] == expected

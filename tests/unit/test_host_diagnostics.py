@@ -11,17 +11,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from doctor_support import case, healthy_view, ids, judge
-from gpunode.bootstrap.core.host_diagnostics import CommandRun, parse_nvml_check
-from gpunode.bootstrap.core.host_facts import HostFacts, PciGpu, parse_snapshot
-from gpunode.bootstrap.node.snapshot import snapshot_command
 from standins.fake_nvml import build_fake_nvml
+
+from gpunode.bootstrap.core.host.diagnostics import CommandRun, parse_nvml_check
+from gpunode.bootstrap.core.host.facts import HostFacts, PciGpu, parse_snapshot
+from gpunode.bootstrap.node.snapshot import snapshot_command
 
 DRIVER = "550.54.15"
 
 
 def snapshot(command: str, env: dict[str, str] | None = None) -> HostFacts:
-    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
+    )
     return parse_snapshot(result.stdout)
 
 
@@ -54,8 +56,10 @@ def test_a_gpu_operator_driver_root_is_probed_and_its_nvml_really_loaded(tmp_pat
     (lib_dir / f"libnvidia-ml.so.{DRIVER}").write_bytes(library.read_bytes())
     (lib_dir / "libnvidia-ml.so.1").symlink_to(f"libnvidia-ml.so.{DRIVER}")
     root = str(tmp_path / "driver")
-    facts = snapshot(snapshot_command("/etc/containerd/config.toml", (), diagnostics=True, driver_root=root),
-                     env={"FAKE_NVML_DRIVER_VERSION": DRIVER})
+    facts = snapshot(
+        snapshot_command("/etc/containerd/config.toml", (), diagnostics=True, driver_root=root),
+        env={"FAKE_NVML_DRIVER_VERSION": DRIVER},
+    )
     diag = facts.diagnostics
     assert diag is not None and diag.driver_root == root
     assert diag.driver_root_nvml is not None
@@ -63,8 +67,12 @@ def test_a_gpu_operator_driver_root_is_probed_and_its_nvml_really_loaded(tmp_pat
     assert diag.nvml is not None and diag.nvml.ok, diag.nvml
     assert diag.nvml.driver == DRIVER and diag.nvml.count == 1
     # Judged as a GPU node whose driver lives in the container: no driver verdict.
-    gpu_host = replace(facts, gpus=(PciGpu("0000:3b:00.0", "0x20b5", "A100"),), loaded_modules=frozenset({"nvidia"}),
-                       nvml=replace(facts.nvml, module_version=DRIVER))
+    gpu_host = replace(
+        facts,
+        gpus=(PciGpu("0000:3b:00.0", "0x20b5", "A100"),),
+        loaded_modules=frozenset({"nvidia"}),
+        nvml=replace(facts.nvml, module_version=DRIVER),
+    )
     diagnosis = judge(case(host=gpu_host, view=None))
     driver_ids = [v.id for v in diagnosis.verdicts if v.link == "driver"]
     assert driver_ids == [], diagnosis

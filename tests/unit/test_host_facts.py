@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpunode.bootstrap.core.host_facts import SnapshotError, parse_snapshot
+from gpunode.bootstrap.core.host.facts import SnapshotError, parse_snapshot
 from gpunode.bootstrap.node.snapshot import snapshot_command
 
 
@@ -33,8 +33,10 @@ def test_a_base64_without_the_wrap_option_reads_the_same(tmp_path: Path) -> None
     """busybox's base64 has no -w: the snapshot falls back to `base64 | tr` and reads the same."""
     shim = tmp_path / "base64"
     real = subprocess.run(["sh", "-c", "command -v base64"], capture_output=True, text=True).stdout.strip()
-    shim.write_text(f'#!/bin/sh\nfor a; do case $a in -w*) echo "base64: unrecognized option: w" >&2; exit 1;; esac; done\n'
-                    f'exec {real} "$@"\n')
+    shim.write_text(
+        f'#!/bin/sh\nfor a; do case $a in -w*) echo "base64: unrecognized option: w" >&2; exit 1;; esac; done\n'
+        f'exec {real} "$@"\n'
+    )
     shim.chmod(0o755)
     command = snapshot_command("/etc/containerd/config.toml", ("/etc/hostname", "/etc/os-release"))
     plain = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
@@ -44,41 +46,80 @@ def test_a_base64_without_the_wrap_option_reads_the_same(tmp_path: Path) -> None
     assert parse_snapshot(shimmed).managed_file("/etc/os-release") == open("/etc/os-release").read()
 
 
-CRAFTED = "\n".join([
-    "@@hostname", "GPU01",
-    "@@uname", "6.1.0-28-amd64", "x86_64",
-    "@@os_release", b64("/etc/os-release", 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'),
-    "@@init", "systemd",
-    "@@pci",
-    "0000:3b:00.0 0x20b5 0x030200",
-    "0000:3b:00.1 0x1aef 0x040300",  # the GPU's audio function: not a GPU
-    "0000:86:00.0 0x20b5 0x030200",
-    "0000:a0:00.0 0x1af1 0x068000",  # an NVSwitch bridge: not a GPU
-    "@@lspci",
-    '0000:3b:00.0 "3D controller" "NVIDIA Corporation" "GA100 [A100 PCIe 80GB]" -ra1 "NVIDIA Corporation" "Device 1533"',
-    "@@modules", "nvidia", "nouveau",
-    "@@secure_boot", "efivar 6 0 0 0 1",
-    "@@modprobe_nouveau", "/etc/modprobe.d/blacklist-nvidia-nouveau.conf",
-    "@@initramfs", "update-initramfs",
-    "@@nvml", "gpunode-nvml-probe 1", "arch\tx86_64", "module\t535.261.03", "ldconfig-status\t0", "end",
-    "@@packages", "dpkg", "libnvidia-ml1\t535.261.03-1\tamd64\tii ", "libnvidia-ml1\t535.261.03-1\ti386\tii ",
-    "nvidia-smi\t535.261.03-1\tamd64\trc ",
-    "@@toolkit_runtime", "/usr/bin/nvidia-container-runtime",
-    "@@containerd", "/usr/bin/containerd", "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1",
-    "@@containerd_config_path", "/etc/containerd/config.toml",
-    "@@containerd_config", b64("/etc/containerd/config.toml", "version = 2\n"),
-    "@@containerd_dump", "0 " + base64.b64encode(b"version = 2\n[plugins]\n").decode(),
-    "@@k3s",
-    "@@kubelet", "process kubelet", "arg /usr/bin/kubelet", "arg --hostname-override", "arg GPU01.Example",
-    "arg --root-dir=/data/kubelet", "root /data/kubelet",
-    "@@device_plugins", "socket /data/kubelet/device-plugins/kubelet.sock", "file /data/kubelet/device-plugins/kubelet_internal_checkpoint",
-    "@@apt_sources", b64("/etc/apt/sources.list", "deb http://deb.debian.org/debian bookworm main\n"),
-    "@@managed_files", b64("/var/lib/gpunode/state.json", "{}\n"),
-    "@@uploads", "abc123  /var/lib/gpunode/packages/toolkit/a.deb",
-    "@@plugin_venv", "dist gpunode-0.1.0.dist-info", "python3 /usr/bin/python3", "venv-package installed",
-    "unit-active active",
-    "@@end",
-])
+CRAFTED = "\n".join(
+    [
+        "@@hostname",
+        "GPU01",
+        "@@uname",
+        "6.1.0-28-amd64",
+        "x86_64",
+        "@@os_release",
+        b64("/etc/os-release", 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'),
+        "@@init",
+        "systemd",
+        "@@pci",
+        "0000:3b:00.0 0x20b5 0x030200",
+        "0000:3b:00.1 0x1aef 0x040300",  # the GPU's audio function: not a GPU
+        "0000:86:00.0 0x20b5 0x030200",
+        "0000:a0:00.0 0x1af1 0x068000",  # an NVSwitch bridge: not a GPU
+        "@@lspci",
+        '0000:3b:00.0 "3D controller" "NVIDIA Corporation" "GA100 [A100 PCIe 80GB]" -ra1 "NVIDIA Corporation" "Device 1533"',
+        "@@modules",
+        "nvidia",
+        "nouveau",
+        "@@secure_boot",
+        "efivar 6 0 0 0 1",
+        "@@modprobe_nouveau",
+        "/etc/modprobe.d/blacklist-nvidia-nouveau.conf",
+        "@@initramfs",
+        "update-initramfs",
+        "@@nvml",
+        "gpunode-nvml-probe 1",
+        "arch\tx86_64",
+        "module\t535.261.03",
+        "ldconfig-status\t0",
+        "end",
+        "@@packages",
+        "dpkg",
+        "libnvidia-ml1\t535.261.03-1\tamd64\tii ",
+        "libnvidia-ml1\t535.261.03-1\ti386\tii ",
+        "nvidia-smi\t535.261.03-1\tamd64\trc ",
+        "@@toolkit_runtime",
+        "/usr/bin/nvidia-container-runtime",
+        "@@containerd",
+        "/usr/bin/containerd",
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1",
+        "@@containerd_config_path",
+        "/etc/containerd/config.toml",
+        "@@containerd_config",
+        b64("/etc/containerd/config.toml", "version = 2\n"),
+        "@@containerd_dump",
+        "0 " + base64.b64encode(b"version = 2\n[plugins]\n").decode(),
+        "@@k3s",
+        "@@kubelet",
+        "process kubelet",
+        "arg /usr/bin/kubelet",
+        "arg --hostname-override",
+        "arg GPU01.Example",
+        "arg --root-dir=/data/kubelet",
+        "root /data/kubelet",
+        "@@device_plugins",
+        "socket /data/kubelet/device-plugins/kubelet.sock",
+        "file /data/kubelet/device-plugins/kubelet_internal_checkpoint",
+        "@@apt_sources",
+        b64("/etc/apt/sources.list", "deb http://deb.debian.org/debian bookworm main\n"),
+        "@@managed_files",
+        b64("/var/lib/gpunode/state.json", "{}\n"),
+        "@@uploads",
+        "abc123  /var/lib/gpunode/packages/toolkit/a.deb",
+        "@@plugin_venv",
+        "dist gpunode-0.1.0.dist-info",
+        "python3 /usr/bin/python3",
+        "venv-package installed",
+        "unit-active active",
+        "@@end",
+    ]
+)
 
 
 def test_crafted_snapshot_parses_every_section() -> None:
@@ -104,7 +145,7 @@ def test_crafted_snapshot_parses_every_section() -> None:
 def test_a_failed_config_dump_is_kept_as_the_error() -> None:
     text = CRAFTED.replace(
         "0 " + base64.b64encode(b"version = 2\n[plugins]\n").decode(),
-        "1 " + base64.b64encode(b'containerd: failed to load TOML: (3, 1): unexpected token').decode(),
+        "1 " + base64.b64encode(b"containerd: failed to load TOML: (3, 1): unexpected token").decode(),
     )
     facts = parse_snapshot(text)
     assert facts.containerd.dump_text is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpunode.bootstrap.core.toolkit_packages import (
+from gpunode.bootstrap.core.packages.toolkit import (
     LOCAL_PACKAGE_DIR,
     TOOLKIT_PACKAGES,
     plan_local_toolkit,
@@ -30,21 +30,30 @@ TOOLKIT_DEPENDS = {
 }
 
 
-def build_deb(out_dir: Path, name: str, version: str, arch: str = "amd64",
-              compression: str = "xz", depends: str = "") -> Path:
+def build_deb(
+    out_dir: Path, name: str, version: str, arch: str = "amd64", compression: str = "xz", depends: str = ""
+) -> Path:
     root = out_dir / f"build-{name}-{version}-{arch}-{compression}"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "usr/share/doc" / name).mkdir(parents=True)
     (root / "usr/share/doc" / name / "README").write_text(f"{name} {version}\n")
-    control = [f"Package: {name}", f"Version: {version}", f"Architecture: {arch}",
-               "Maintainer: gpunode tests <test@example.invalid>",
-               "Description: test package", " built by gpunode's tests."]
+    control = [
+        f"Package: {name}",
+        f"Version: {version}",
+        f"Architecture: {arch}",
+        "Maintainer: gpunode tests <test@example.invalid>",
+        "Description: test package",
+        " built by gpunode's tests.",
+    ]
     if depends:
         control.insert(3, f"Depends: {depends}")
     (root / "DEBIAN/control").write_text("\n".join(control) + "\n")
     path = out_dir / f"{name}_{version}_{arch}.deb"
-    subprocess.run(["dpkg-deb", f"-Z{compression}", "--root-owner-group", "--build", str(root), str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", f"-Z{compression}", "--root-owner-group", "--build", str(root), str(path)],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -52,21 +61,26 @@ def ar_member_names(path: Path) -> list[str]:
     return subprocess.run(["ar", "t", str(path)], check=True, capture_output=True, text=True).stdout.split()
 
 
-@pytest.mark.parametrize(("compression", "member"), [("gzip", "control.tar.gz"), ("xz", "control.tar.xz"),
-                                                     ("none", "control.tar")])
+@pytest.mark.parametrize(
+    ("compression", "member"), [("gzip", "control.tar.gz"), ("xz", "control.tar.xz"), ("none", "control.tar")]
+)
 def test_deb_control_in_every_compression(tmp_path: Path, compression: str, member: str) -> None:
     deps = TOOLKIT_DEPENDS["nvidia-container-toolkit"].format(v="1.17.8-1")
     path = build_deb(tmp_path, "nvidia-container-toolkit", "1.17.8-1", compression=compression, depends=deps)
     assert member in ar_member_names(path)  # the compression under test is really used
     package = read_deb(path)
     assert (package.name, package.version, package.architecture) == ("nvidia-container-toolkit", "1.17.8-1", "amd64")
-    assert package.depends == ("nvidia-container-toolkit-base (= 1.17.8-1)", "libnvidia-container-tools (>= 1.17.8-1)",
-                               "libnvidia-container-tools (<< 2.0.0)")
+    assert package.depends == (
+        "nvidia-container-toolkit-base (= 1.17.8-1)",
+        "libnvidia-container-tools (>= 1.17.8-1)",
+        "libnvidia-container-tools (<< 2.0.0)",
+    )
     assert package.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert package.file_name == path.name and package.format == "deb"
     # dpkg agrees with the reader.
-    fields = subprocess.run(["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture"],
-                            check=True, capture_output=True, text=True).stdout
+    fields = subprocess.run(
+        ["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture"], check=True, capture_output=True, text=True
+    ).stdout
     assert "Version: 1.17.8-1" in fields
 
 
@@ -111,16 +125,43 @@ echo {name} > %{{buildroot}}/usr/share/doc/{name}/README
 """
 
 
-def build_rpm(out_dir: Path, name: str, version: str, release: str = "1", arch: str = "x86_64",
-              epoch: int | None = None, requires: str = "") -> Path:
+def build_rpm(
+    out_dir: Path,
+    name: str,
+    version: str,
+    release: str = "1",
+    arch: str = "x86_64",
+    epoch: int | None = None,
+    requires: str = "",
+) -> Path:
     top = out_dir / "rpmbuild"
     spec = out_dir / f"{name}-{arch}.spec"
-    spec.write_text(SPEC.format(name=name, version=version, release=release,
-                                epoch=f"Epoch: {epoch}\n" if epoch is not None else "",
-                                requires=f"Requires: {requires}" if requires else ""))
-    subprocess.run(["rpmbuild", "-bb", "--target", arch, "--define", f"_topdir {top}",
-                    "--define", "__os_install_post %{nil}", "--define", "_build_id_links none", str(spec)],
-                   check=True, capture_output=True)
+    spec.write_text(
+        SPEC.format(
+            name=name,
+            version=version,
+            release=release,
+            epoch=f"Epoch: {epoch}\n" if epoch is not None else "",
+            requires=f"Requires: {requires}" if requires else "",
+        )
+    )
+    subprocess.run(
+        [
+            "rpmbuild",
+            "-bb",
+            "--target",
+            arch,
+            "--define",
+            f"_topdir {top}",
+            "--define",
+            "__os_install_post %{nil}",
+            "--define",
+            "_build_id_links none",
+            str(spec),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (built,) = (top / "RPMS" / arch).glob(f"{name}-{version}-{release}*.rpm")
     return built
 
@@ -128,15 +169,23 @@ def build_rpm(out_dir: Path, name: str, version: str, release: str = "1", arch: 
 def test_rpm_header_is_read(tmp_path: Path) -> None:
     path = build_rpm(tmp_path, "libnvidia-container-tools", "1.17.8", requires="libnvidia-container1 >= 1.17.8")
     package = read_rpm(path)
-    assert (package.name, package.version, package.architecture, package.format) == \
-        ("libnvidia-container-tools", "1.17.8-1", "x86_64", "rpm")
+    assert (package.name, package.version, package.architecture, package.format) == (
+        "libnvidia-container-tools",
+        "1.17.8-1",
+        "x86_64",
+        "rpm",
+    )
     assert "libnvidia-container1 >= 1.17.8" in package.depends
     assert not any(dep.startswith("rpmlib(") for dep in package.depends)
     with_epoch = read_rpm(build_rpm(tmp_path, "nvidia-driver", "535.261.03", release="1.el9", epoch=3))
     assert with_epoch.version == "3:535.261.03-1.el9"
     # rpm itself agrees with the reader.
-    query = subprocess.run(["rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}", str(path)],
-                           check=True, capture_output=True, text=True).stdout
+    query = subprocess.run(
+        ["rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert query == "libnvidia-container-tools 1.17.8-1 x86_64"
 
 
@@ -157,7 +206,8 @@ def test_local_toolkit_plan_uploads_and_installs_from_the_host_directory(deb_too
     assert sorted(p.name for p in packages) == sorted(TOOLKIT_PACKAGES)
     plan = plan_local_toolkit(packages, {}, "x86_64")
     assert [u.remote_path for u in plan.uploads] == [
-        f"{LOCAL_PACKAGE_DIR}/{name}_1.17.8-1_amd64.deb" for name in TOOLKIT_PACKAGES]
+        f"{LOCAL_PACKAGE_DIR}/{name}_1.17.8-1_amd64.deb" for name in TOOLKIT_PACKAGES
+    ]
     assert all(u.sha256 == hashlib.sha256(Path(u.local_path).read_bytes()).hexdigest() for u in plan.uploads)
     words = shlex.split(plan.install_command or "")
     assert words[:3] == ["DEBIAN_FRONTEND=noninteractive", "apt-get", "install"]
@@ -165,11 +215,12 @@ def test_local_toolkit_plan_uploads_and_installs_from_the_host_directory(deb_too
     assert words[-4:] == [u.remote_path for u in plan.uploads]
     assert plan.pin is not None and "Pin: version 1.17.8-1" in plan.pin.content
     # Already installed at that version: nothing to upload, nothing to run.
-    done = plan_local_toolkit(packages, {name: "1.17.8-1" for name in TOOLKIT_PACKAGES}, "x86_64")
+    done = plan_local_toolkit(packages, dict.fromkeys(TOOLKIT_PACKAGES, "1.17.8-1"), "x86_64")
     assert done.install_command is None and done.uploads == () and done.to_install == ()
     # One package at another version: the set is installed again (downgrade allowed).
-    drift = plan_local_toolkit(packages, {**{n: "1.17.8-1" for n in TOOLKIT_PACKAGES},
-                                          "libnvidia-container1": "1.18.0-1"}, "x86_64")
+    drift = plan_local_toolkit(
+        packages, {**dict.fromkeys(TOOLKIT_PACKAGES, "1.17.8-1"), "libnvidia-container1": "1.18.0-1"}, "x86_64"
+    )
     assert [s.name for s in drift.to_install] == ["libnvidia-container1"] and len(drift.uploads) == 4
 
 
@@ -179,8 +230,12 @@ def test_real_apt_installs_the_planned_files(deb_toolkit_dir: Path, tmp_path: Pa
     plan = plan_local_toolkit(packages, {}, "x86_64", remote_dir=str(deb_toolkit_dir))
     words = shlex.split(plan.install_command or "")
     # libc6 and libseccomp2 are on this Debian machine; apt must accept the four files.
-    result = subprocess.run(["apt-get", "-s", *words[2:]], capture_output=True, text=True,
-                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+    result = subprocess.run(
+        ["apt-get", "-s", *words[2:]],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for name in TOOLKIT_PACKAGES:
         assert f"Inst {name} (1.17.8-1 " in result.stdout
@@ -224,7 +279,7 @@ def test_rpm_toolkit_directory_for_a_rhel_host(tmp_path: Path) -> None:
     assert [Path(w).name for w in words[3:]] == [f"{name}-1.17.8-1.x86_64.rpm" for name in TOOLKIT_PACKAGES]
     assert plan.pin is None
     assert plan.notes and "libnvidia-container1_1.17.8-1_amd64.deb" in plan.notes[0]
-    installed = {name: "1.17.8-1" for name in TOOLKIT_PACKAGES}
+    installed = dict.fromkeys(TOOLKIT_PACKAGES, "1.17.8-1")
     assert plan_local_toolkit(packages, installed, "x86_64", family="rhel").install_command is None
     with pytest.raises(UserError, match="libnvidia-container1 is missing"):
         validate_local_toolkit([p for p in packages if p.name != "libnvidia-container1"], "x86_64", family="rhel")

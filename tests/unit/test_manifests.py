@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gpunode.bootstrap.core import manifests
-from gpunode.bootstrap.core.manifests import (
+from gpunode.bootstrap.core.kube import manifests
+from gpunode.bootstrap.core.kube.manifests import (
     DRIVER_VERSION_LABEL,
     MANAGED_BY_LABELS,
     MIG_STRATEGIES,
@@ -91,8 +91,9 @@ def test_runtimeclass_handler_follows_the_containerd_runtime_name() -> None:
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_daemonset_is_named_and_node_selected_by_driver_version(plugin: str) -> None:
     a = daemonset(deployment(plugin=plugin))
-    b = daemonset(deployment(plugin=plugin, driver_version="550.54.15",
-                             lib_path="/usr/lib64/libnvidia-ml.so.550.54.15"))
+    b = daemonset(
+        deployment(plugin=plugin, driver_version="550.54.15", lib_path="/usr/lib64/libnvidia-ml.so.550.54.15")
+    )
     for ds, version in ((a, "535.261.03"), (b, "550.54.15")):
         assert ds["metadata"]["name"] == daemonset_name(version, plugin)
         assert ds["spec"]["template"]["spec"]["nodeSelector"][DRIVER_VERSION_LABEL] == version
@@ -127,7 +128,10 @@ def test_mount_mode_mounts_the_real_file_privileged_with_dev(plugin: str) -> Non
     lib = volumes(ds)["nvml-library"]["hostPath"]
     assert lib == {"path": DEBIAN_LIB, "type": "File"}
     assert mounts(ds)["/usr/local/lib/libnvidia-ml.so.1"] == {
-        "name": "nvml-library", "mountPath": "/usr/local/lib/libnvidia-ml.so.1", "readOnly": True}
+        "name": "nvml-library",
+        "mountPath": "/usr/local/lib/libnvidia-ml.so.1",
+        "readOnly": True,
+    }
     assert env(ds)["LD_LIBRARY_PATH"] == "/usr/local/lib"
     assert volumes(ds)["dev"]["hostPath"]["path"] == "/dev"
     assert mounts(ds)["/dev"]["name"] == "dev"
@@ -140,8 +144,15 @@ def test_no_system_library_directory_is_ever_mounted(plugin: str, mode: str, mig
     ds = daemonset(deployment(plugin=plugin, mode=mode, mig_strategy=mig))
     host_paths = {v["hostPath"]["path"] for v in volumes(ds).values()}
     container_paths = set(mounts(ds))
-    system_dirs = {"/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/lib/x86_64-linux-gnu",
-                   "/usr/lib/aarch64-linux-gnu", "/usr/local/lib"}
+    system_dirs = {
+        "/usr/lib",
+        "/usr/lib64",
+        "/lib",
+        "/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/local/lib",
+    }
     assert not (host_paths | container_paths) & system_dirs
     # Everything mounted is the library file, /dev or the kubelet's device-plugins dir.
     assert host_paths <= {DEBIAN_LIB, "/dev", "/var/lib/kubelet/device-plugins"}
@@ -179,8 +190,7 @@ def test_every_daemonset_tolerates_gpu_taints_and_is_node_critical(plugin: str, 
     pod = ds["spec"]["template"]["spec"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists"} in pod["tolerations"]
     assert pod["priorityClassName"] == "system-node-critical"
-    assert volumes(ds)["device-plugins"]["hostPath"] == {
-        "path": "/var/lib/kubelet/device-plugins", "type": "Directory"}
+    assert volumes(ds)["device-plugins"]["hostPath"] == {"path": "/var/lib/kubelet/device-plugins", "type": "Directory"}
     assert mounts(ds)["/var/lib/kubelet/device-plugins"]["name"] == "device-plugins"
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     resources = container(ds)["resources"]
@@ -216,9 +226,15 @@ def test_without_mig_there_is_no_mig_monitoring(plugin: str) -> None:
 
 
 def test_bundled_plugin_runs_gpunode_plugin_serve_with_its_settings() -> None:
-    dep = deployment(resource_name="example.com/gpu", device_id_strategy="index",
-                     device_list_strategy="cdi", pass_device_specs=True, health_ignore_xids=(13, 31),
-                     health_recovery_seconds=300, metrics_addr=":9400")
+    dep = deployment(
+        resource_name="example.com/gpu",
+        device_id_strategy="index",
+        device_list_strategy="cdi",
+        pass_device_specs=True,
+        health_ignore_xids=(13, 31),
+        health_recovery_seconds=300,
+        metrics_addr=":9400",
+    )
     ds = daemonset(dep)
     assert container(ds)["command"] == ["python", "-m", "gpunode.plugin", "serve"]
     assert container(ds)["image"] == dep.image
@@ -271,28 +287,31 @@ def test_default_images() -> None:
 # --- bad input --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides,words", [
-    ({"lib_path": None}, "--lib-path"),
-    ({"lib_path": "usr/lib/libnvidia-ml.so.535.261.03"}, "absolute"),
-    ({"lib_path": "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"}, "symlink"),
-    ({"lib_path": "/usr/lib/x86_64-linux-gnu"}, "directory"),
-    ({"lib_path": "/usr/lib/../lib/libnvidia-ml.so.535.261.03"}, "normal form"),
-    ({"lib_path": "/usr/lib64/libnvidia-ml.so.550.54.15"}, "550.54.15"),
-    ({"driver_version": "latest", "mode": "runtime", "lib_path": None}, "driver version"),
-    ({"image": "ghcr.io/gpunode/gpunode:1.0 --privileged"}, "image reference"),
-    ({"image": "UPPER/case"}, "image reference"),
-    ({"namespace": "Kube_System"}, "namespace"),
-    ({"kubelet_root": "var/lib/kubelet"}, "absolute"),
-    ({"mig_strategy": "all"}, "MIG strategy"),
-    ({"plugin": "amd"}, "plugin"),
-    ({"mode": "cdi"}, "mode"),
-    ({"resource_name": "gpu"}, "resource name"),
-    ({"resource_name": "example.com/gpu", "plugin": "nvidia"}, "names its resource itself"),
-    ({"metrics_addr": "9400"}, "listen address"),
-    ({"metrics_addr": ":9400", "plugin": "nvidia"}, "metrics"),
-    ({"health_ignore_xids": (-1,)}, "XIDs"),
-    ({"priority_class": "System Node Critical"}, "priority class"),
-])
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        ({"lib_path": None}, "--lib-path"),
+        ({"lib_path": "usr/lib/libnvidia-ml.so.535.261.03"}, "absolute"),
+        ({"lib_path": "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"}, "symlink"),
+        ({"lib_path": "/usr/lib/x86_64-linux-gnu"}, "directory"),
+        ({"lib_path": "/usr/lib/../lib/libnvidia-ml.so.535.261.03"}, "normal form"),
+        ({"lib_path": "/usr/lib64/libnvidia-ml.so.550.54.15"}, "550.54.15"),
+        ({"driver_version": "latest", "mode": "runtime", "lib_path": None}, "driver version"),
+        ({"image": "ghcr.io/gpunode/gpunode:1.0 --privileged"}, "image reference"),
+        ({"image": "UPPER/case"}, "image reference"),
+        ({"namespace": "Kube_System"}, "namespace"),
+        ({"kubelet_root": "var/lib/kubelet"}, "absolute"),
+        ({"mig_strategy": "all"}, "MIG strategy"),
+        ({"plugin": "amd"}, "plugin"),
+        ({"mode": "cdi"}, "mode"),
+        ({"resource_name": "gpu"}, "resource name"),
+        ({"resource_name": "example.com/gpu", "plugin": "nvidia"}, "names its resource itself"),
+        ({"metrics_addr": "9400"}, "listen address"),
+        ({"metrics_addr": ":9400", "plugin": "nvidia"}, "metrics"),
+        ({"health_ignore_xids": (-1,)}, "XIDs"),
+        ({"priority_class": "System Node Critical"}, "priority class"),
+    ],
+)
 def test_bad_values_are_user_errors_that_name_the_fix(overrides: dict[str, Any], words: str) -> None:
     with pytest.raises(UserError) as caught:
         deployment(**overrides)
@@ -303,7 +322,7 @@ def test_bad_values_are_user_errors_that_name_the_fix(overrides: dict[str, Any],
 # --- YAML safety ------------------------------------------------------------------------------
 
 
-HOSTILE = "it's \"quoted\": #not-a-comment {{ not.jinja }} {% raw %} - [a, b] & *x !tag \\ \u2028 end"
+HOSTILE = 'it\'s "quoted": #not-a-comment {{ not.jinja }} {% raw %} - [a, b] & *x !tag \\ \u2028 end'
 
 
 def test_hostile_paths_round_trip_exactly() -> None:
@@ -319,11 +338,23 @@ def test_hostile_paths_round_trip_exactly() -> None:
 def test_every_template_slot_goes_through_the_yaml_filter(plugin: str) -> None:
     # Feed a hostile value with a newline into every string the templates print, bypassing
     # PluginDeployment's validation, and check the parsed YAML holds exactly those values.
-    dep = deployment(plugin=plugin, mig_strategy="mixed", health_ignore_xids=(13,),
-                     **({"health_recovery_seconds": 5, "metrics_addr": ":1"} if plugin == "bundled" else {}))
+    dep = deployment(
+        plugin=plugin,
+        mig_strategy="mixed",
+        health_ignore_xids=(13,),
+        **({"health_recovery_seconds": 5, "metrics_addr": ":1"} if plugin == "bundled" else {}),
+    )
     hostile_line = HOSTILE + "\nsecond: line\n- item"
-    for name in ("namespace", "image", "priority_class", "resource_name", "mig_strategy",
-                 "device_id_strategy", "lib_path", "image_pull_policy"):
+    for name in (
+        "namespace",
+        "image",
+        "priority_class",
+        "resource_name",
+        "mig_strategy",
+        "device_id_strategy",
+        "lib_path",
+        "image_pull_policy",
+    ):
         object.__setattr__(dep, name, hostile_line + name)
     context = manifests._context(dep)
     context["labels"] = {hostile_line + "k": hostile_line + "v"}
@@ -354,11 +385,55 @@ def test_a_value_printed_without_the_filter_is_refused() -> None:
     assert manifests._environment().from_string("name: {{ value | yaml }}\n").render(value="a: b") == 'name: "a: b"\n'
 
 
-@pytest.mark.parametrize("value", [
-    "", "plain", "a: b", "# c", "'", '"', "\\", "\t", "\n", "\r\n", "{{x}}", "yes", "no", "on", "null",
-    "~", "1e3", "0x10", "012", "- a", "? q", "| l", "> f", "@a", "`b", "%c", "!t", "*a", "&a",
-    "\u0085", "\u2028", "\u2029", "\ufeff", "\x7f", "\x00", "é", "日本", "\U0001F600",
-    True, False, 0, 7, None, ["a: b", "#"], {"k: v": "#x"},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "plain",
+        "a: b",
+        "# c",
+        "'",
+        '"',
+        "\\",
+        "\t",
+        "\n",
+        "\r\n",
+        "{{x}}",
+        "yes",
+        "no",
+        "on",
+        "null",
+        "~",
+        "1e3",
+        "0x10",
+        "012",
+        "- a",
+        "? q",
+        "| l",
+        "> f",
+        "@a",
+        "`b",
+        "%c",
+        "!t",
+        "*a",
+        "&a",
+        "\u0085",
+        "\u2028",
+        "\u2029",
+        "\ufeff",
+        "\x7f",
+        "\x00",
+        "é",
+        "日本",
+        "\U0001f600",
+        True,
+        False,
+        0,
+        7,
+        None,
+        ["a: b", "#"],
+        {"k: v": "#x"},
+    ],
+)
 def test_yaml_filter_round_trips(value: object) -> None:
     assert yaml.safe_load(f"key: {manifests.yaml_value(value)}\n") == {"key": value}

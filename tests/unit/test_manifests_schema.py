@@ -17,20 +17,22 @@ import pytest
 from kubernetes_validate.utils import latest_version
 from packaging.version import Version
 
-from gpunode.bootstrap.core.manifests import MIG_STRATEGIES, MODES, PLUGINS, PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import MIG_STRATEGIES, MODES, PLUGINS, PluginDeployment, manifest_objects
 
 OLDEST = "1.28.0"
 NEWEST = latest_version()
 
 
 def objects(plugin: str, mode: str, mig: str) -> list[dict[str, Any]]:
-    return manifest_objects(PluginDeployment(
-        driver_version="535.261.03",
-        lib_path="/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03",
-        plugin=plugin,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
-        mig_strategy=mig,  # type: ignore[arg-type]
-    ))
+    return manifest_objects(
+        PluginDeployment(
+            driver_version="535.261.03",
+            lib_path="/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03",
+            plugin=plugin,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]
+            mig_strategy=mig,  # type: ignore[arg-type]
+        )
+    )
 
 
 def test_the_newest_schema_is_recent() -> None:

@@ -15,13 +15,13 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
-from gpunode.bootstrap.core.nvml_library import (
+from gpunode.bootstrap.core.nvml.library import (
     PROBE_COMMAND,
     LibraryEvidence,
     LibraryProblem,
@@ -47,16 +47,34 @@ class Objects:
 def objects(tmp_path_factory: pytest.TempPathFactory) -> Objects:
     work = tmp_path_factory.mktemp("elf")
     (work / "nvml.c").write_text(NVML_SOURCE)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", work / "x86_64.so",
-                    work / "nvml.c"], check=True)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", work / "x86_64.so", work / "nvml.c"],
+        check=True,
+    )
     # A 32-bit object that needs libc.so.6, so that ldconfig files it as "libc6" like the real
     # i386 libnvidia-ml: link it against a stub libc.so.6 made the same way.
     (work / "empty.s").write_text(".text\n")
     subprocess.run(["as", "--32", "-o", work / "empty.o", work / "empty.s"], check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-shared", "-soname", "libc.so.6", "-o", work / "libc.so.6",
-                    work / "empty.o"], check=True)
-    subprocess.run(["ld", "-m", "elf_i386", "-shared", "-soname", "libnvidia-ml.so.1", "--no-as-needed",
-                    "-o", work / "i386.so", work / "empty.o", work / "libc.so.6"], check=True)
+    subprocess.run(
+        ["ld", "-m", "elf_i386", "-shared", "-soname", "libc.so.6", "-o", work / "libc.so.6", work / "empty.o"],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "ld",
+            "-m",
+            "elf_i386",
+            "-shared",
+            "-soname",
+            "libnvidia-ml.so.1",
+            "--no-as-needed",
+            "-o",
+            work / "i386.so",
+            work / "empty.o",
+            work / "libc.so.6",
+        ],
+        check=True,
+    )
     header = bytearray(64)
     header[0:7] = b"\x7fELF\x02\x01\x01"
     header[16:18] = (3).to_bytes(2, "little")  # ET_DYN
@@ -75,8 +93,7 @@ class Host:
     def library(self, path: str, kind: str = "x86_64") -> None:
         target = self.path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = {"x86_64": self.objects.x86_64, "i386": self.objects.i386,
-                "aarch64": self.objects.aarch64_header}[kind]
+        data = {"x86_64": self.objects.x86_64, "i386": self.objects.i386, "aarch64": self.objects.aarch64_header}[kind]
         target.write_bytes(data)
 
     def link(self, path: str, target: str) -> None:
@@ -113,15 +130,32 @@ class Host:
             self.directory(directory)
         slaves: list[str] = []
         for triplet in triplets:
-            slaves += ["--slave", f"/usr/lib/{triplet}/libnvidia-ml.so.1", f"nvidia--libnvidia-ml.so.1-{triplet}",
-                       f"/usr/lib/{triplet}/nvidia/current/libnvidia-ml.so.1"]
-        subprocess.run([
-            "update-alternatives", "--quiet", "--root", str(self.root),
-            "--install", "/usr/lib/nvidia/nvidia", "nvidia", "/usr/lib/nvidia/current", "535", *slaves,
-        ], check=True, capture_output=True)
+            slaves += [
+                "--slave",
+                f"/usr/lib/{triplet}/libnvidia-ml.so.1",
+                f"nvidia--libnvidia-ml.so.1-{triplet}",
+                f"/usr/lib/{triplet}/nvidia/current/libnvidia-ml.so.1",
+            ]
+        subprocess.run(
+            [
+                "update-alternatives",
+                "--quiet",
+                "--root",
+                str(self.root),
+                "--install",
+                "/usr/lib/nvidia/nvidia",
+                "nvidia",
+                "/usr/lib/nvidia/current",
+                "535",
+                *slaves,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
-    def probe(self, arch: str | None = None, ldconfig: Sequence[str] | None = None,
-              shell: Sequence[str] = ("sh", "-c")) -> LibraryEvidence:
+    def probe(
+        self, arch: str | None = None, ldconfig: Sequence[str] | None = None, shell: Sequence[str] = ("sh", "-c")
+    ) -> LibraryEvidence:
         argv = ldconfig or ("ldconfig", "-p", "-C", str(self.path("/etc/ld.so.cache")))
         command = probe_command(root=str(self.root), ldconfig=argv, arch=arch)
         result = subprocess.run([*shell, command], capture_output=True, text=True, check=True)
@@ -145,9 +179,15 @@ def host(tmp_path: Path, objects: Objects) -> Host:
 
 
 # Debian's multiarch ld.so.conf.d entries (libc6's x86_64-linux-gnu.conf, libc6:i386's).
-DEBIAN_LD_DIRS = ("/usr/local/lib", "/usr/local/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
-                  "/usr/lib/x86_64-linux-gnu", "/usr/local/lib/i386-linux-gnu", "/lib/i386-linux-gnu",
-                  "/usr/lib/i386-linux-gnu")
+DEBIAN_LD_DIRS = (
+    "/usr/local/lib",
+    "/usr/local/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/local/lib/i386-linux-gnu",
+    "/lib/i386-linux-gnu",
+    "/usr/lib/i386-linux-gnu",
+)
 DEBIAN_FILE = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"
 
 
@@ -223,9 +263,11 @@ def test_ubuntu_relative_links(host: Host) -> None:
     host.module("535.183.01")
     chosen = host.choose()
     assert chosen.path == "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.183.01"
-    assert chosen.chain == ("/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
-                            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
-                            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.183.01")
+    assert chosen.chain == (
+        "/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.183.01",
+    )
 
 
 def test_dot_dot_in_a_relative_link_is_resolved_physically(host: Host) -> None:
@@ -267,14 +309,17 @@ def test_aarch64(host: Host, tmp_path: Path) -> None:
     host.library(f"{current}/libnvidia-ml.so.535.261.03", "aarch64")
     host.link(f"{current}/libnvidia-ml.so.1", "libnvidia-ml.so.535.261.03")
     host.link("/etc/alternatives/nvidia--libnvidia-ml.so.1-aarch64-linux-gnu", f"{current}/libnvidia-ml.so.1")
-    host.link("/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1",
-              "/etc/alternatives/nvidia--libnvidia-ml.so.1-aarch64-linux-gnu")
+    host.link(
+        "/usr/lib/aarch64-linux-gnu/libnvidia-ml.so.1", "/etc/alternatives/nvidia--libnvidia-ml.so.1-aarch64-linux-gnu"
+    )
     # An x86_64 copy someone copied over is listed but never taken on this host.
     host.library("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.261.03")
     host.module("535.261.03")
     cache = tmp_path / "ldconfig-p.txt"
-    cache.write_text("1 libs found in cache `/etc/ld.so.cache'\n"
-                     "\tlibnvidia-ml.so.1 (libc6,AArch64) => /lib/aarch64-linux-gnu/libnvidia-ml.so.1\n")
+    cache.write_text(
+        "1 libs found in cache `/etc/ld.so.cache'\n"
+        "\tlibnvidia-ml.so.1 (libc6,AArch64) => /lib/aarch64-linux-gnu/libnvidia-ml.so.1\n"
+    )
     chosen = host.choose(arch="aarch64", ldconfig=("cat", str(cache)))
     assert chosen.path == f"{current}/libnvidia-ml.so.535.261.03"
     assert chosen.chain[0] == "/lib/aarch64-linux-gnu/libnvidia-ml.so.1"
@@ -394,9 +439,11 @@ def test_module_version_from_proc_when_sys_has_none(host: Host) -> None:
     debian_12(host, i386=False)
     proc = host.path("/proc/driver/nvidia/version")
     proc.parent.mkdir(parents=True)
-    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.261.03  "
-                    "Release Build  (dvs-builder@U16-I3-B03-4-3)  Thu Jun  5 2025\n"
-                    "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    proc.write_text(
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.261.03  "
+        "Release Build  (dvs-builder@U16-I3-B03-4-3)  Thu Jun  5 2025\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
+    )
     assert host.probe().module_version == "535.261.03"
 
 
@@ -417,17 +464,22 @@ def test_probe_output_format(host: Host) -> None:
     debian_12(host, i386=False)
     host.module("535.261.03")
     output = subprocess.run(
-        ["sh", "-c", probe_command(root=str(host.root),
-                                   ldconfig=("ldconfig", "-p", "-C", str(host.path("/etc/ld.so.cache"))))],
-        capture_output=True, text=True, check=True).stdout
+        [
+            "sh",
+            "-c",
+            probe_command(root=str(host.root), ldconfig=("ldconfig", "-p", "-C", str(host.path("/etc/ld.so.cache")))),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = output.splitlines()
     assert lines[0] == "gpunode-nvml-probe 1"
     assert lines[-1] == "end"
     assert "module\t535.261.03" in lines
     assert "ldconfig-status\t0" in lines
     assert "link\t/lib\tusr/lib" in lines
-    assert ("link\t/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1\tlibnvidia-ml.so.535.261.03"
-            in lines)
+    assert "link\t/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1\tlibnvidia-ml.so.535.261.03" in lines
     assert f"file\t{DEBIAN_FILE}\t7f454c4602010100000000000000000003003e00" in lines
     assert "listed\t/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu" in lines
     # Host paths only: the fake root never shows.
@@ -456,11 +508,14 @@ def test_probe_quotes_everything_it_is_given(tmp_path: Path) -> None:
     assert shlex.quote(hostile) in command
 
 
-@pytest.mark.parametrize("output,words", [
-    ("", "no recognisable output"),
-    ("sh: 1: Syntax error\n", "no recognisable output"),
-    ("gpunode-nvml-probe 1\narch\tx86_64\nldconfig-status\t0\n", "cut off"),
-])
+@pytest.mark.parametrize(
+    "output,words",
+    [
+        ("", "no recognisable output"),
+        ("sh: 1: Syntax error\n", "no recognisable output"),
+        ("gpunode-nvml-probe 1\narch\tx86_64\nldconfig-status\t0\n", "cut off"),
+    ],
+)
 def test_unreadable_probe_output_is_a_verdict(output: str, words: str) -> None:
     with pytest.raises(LibraryProblem) as caught:
         parse_probe(output)
@@ -488,13 +543,31 @@ def debian_nvml_packages(cache: Path) -> dict[str, Path]:
     for sub in ("lists/partial", "cache/archives/partial", "etc"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     (state / "etc/sources.list").write_text("deb http://deb.debian.org/debian bookworm non-free\n")
-    options = ["-o", f"Dir::Etc::SourceList={state / 'etc/sources.list'}", "-o", "Dir::Etc::SourceParts=-",
-               "-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state / 'cache'}",
-               "-o", "APT::Architectures::=amd64", "-o", "APT::Architectures::=i386",
-               "-o", "APT::Sandbox::User=root", "-q"]
+    options = [
+        "-o",
+        f"Dir::Etc::SourceList={state / 'etc/sources.list'}",
+        "-o",
+        "Dir::Etc::SourceParts=-",
+        "-o",
+        f"Dir::State::Lists={state / 'lists'}",
+        "-o",
+        f"Dir::Cache={state / 'cache'}",
+        "-o",
+        "APT::Architectures::=amd64",
+        "-o",
+        "APT::Architectures::=i386",
+        "-o",
+        "APT::Sandbox::User=root",
+        "-q",
+    ]
     subprocess.run(["apt-get", *options, "update"], cwd=work, check=True, capture_output=True, timeout=300)
-    subprocess.run(["apt-get", *options, "download", *(name for name, _ in wanted.values())], cwd=work, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        ["apt-get", *options, "download", *(name for name, _ in wanted.values())],
+        cwd=work,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     store.mkdir(exist_ok=True)
     for deb in work.glob("*.deb"):
         os.replace(deb, store / deb.name)  # atomic: other worktrees may be doing the same
@@ -506,8 +579,16 @@ def debian_nvml_packages(cache: Path) -> dict[str, Path]:
 def test_debian_12_real_packages(host: Host, cache_dir: Path, tmp_path: Path) -> None:
     debs = debian_nvml_packages(cache_dir)
     # The version the packages carry (e.g. 535.261.03-1 -> 535.261.03).
-    version = subprocess.run(["dpkg-deb", "--field", str(debs["libnvidia-ml1_amd64"]), "Version"],
-                             capture_output=True, text=True, check=True).stdout.strip().split("-")[0]
+    version = (
+        subprocess.run(
+            ["dpkg-deb", "--field", str(debs["libnvidia-ml1_amd64"]), "Version"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split("-")[0]
+    )
     host.usrmerge()
     for key in ("libnvidia-ml1_amd64", "libnvidia-ml1_i386"):
         subprocess.run(["dpkg-deb", "-x", str(debs[key]), str(host.root)], check=True)
@@ -558,7 +639,8 @@ def test_two_drivers_in_the_cache_the_loaders_choice_wins(host: Host) -> None:
         f"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 -> "
         f"/etc/alternatives/nvidia--libnvidia-ml.so.1-x86_64-linux-gnu -> "
         f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1 -> {DEBIAN_FILE} "
-        f"(driver 535.261.03); the loader uses /usr/local/lib/libnvidia-ml.so.1 first"]
+        f"(driver 535.261.03); the loader uses /usr/local/lib/libnvidia-ml.so.1 first"
+    ]
 
 
 def test_the_probe_through_pyinfras_command_fact() -> None:
@@ -568,7 +650,7 @@ def test_the_probe_through_pyinfras_command_fact() -> None:
         "from pyinfra.api import Config, Inventory, State\n"
         "from pyinfra.api.connect import connect_all\n"
         "from pyinfra.facts.server import Command\n"
-        "from gpunode.bootstrap.core.nvml_library import PROBE_COMMAND\n"
+        "from gpunode.bootstrap.core.nvml.library import PROBE_COMMAND\n"
         "inventory = Inventory((['@local'], {}))\n"
         "state = State(inventory, Config())\n"
         "connect_all(state)\n"

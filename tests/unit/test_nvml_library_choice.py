@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpunode.bootstrap.core.nvml_library import (
+from gpunode.bootstrap.core.nvml.library import (
     LibraryEvidence,
     LibraryProblem,
     NvmlLibrary,
@@ -91,9 +91,11 @@ def test_a_file_whose_name_carries_no_version() -> None:
 def test_two_drivers_in_the_cache_the_first_wins_and_the_other_is_named() -> None:
     ev = evidence(
         ldconfig="\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/local/lib/libnvidia-ml.so.1\n"
-                 "\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/lib64/libnvidia-ml.so.1",
-        links={"/usr/local/lib/libnvidia-ml.so.1": "libnvidia-ml.so.550.54.15",
-               "/usr/lib64/libnvidia-ml.so.1": "libnvidia-ml.so.535.104.05"},
+        "\tlibnvidia-ml.so.1 (libc6,x86-64) => /usr/lib64/libnvidia-ml.so.1",
+        links={
+            "/usr/local/lib/libnvidia-ml.so.1": "libnvidia-ml.so.550.54.15",
+            "/usr/lib64/libnvidia-ml.so.1": "libnvidia-ml.so.535.104.05",
+        },
         files=frozenset({"/usr/local/lib/libnvidia-ml.so.550.54.15", "/usr/lib64/libnvidia-ml.so.535.104.05"}),
         listed=(),
     )
@@ -105,10 +107,13 @@ def test_two_drivers_in_the_cache_the_first_wins_and_the_other_is_named() -> Non
 def test_without_the_cache_different_copies_are_ambiguous() -> None:
     ev = evidence(
         ldconfig="",
-        links={"/usr/lib64/libnvidia-ml.so.1": "libnvidia-ml.so.550.54.15",
-               "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": "libnvidia-ml.so.535.104.05"},
-        files=frozenset({"/usr/lib64/libnvidia-ml.so.550.54.15",
-                         "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.104.05"}),
+        links={
+            "/usr/lib64/libnvidia-ml.so.1": "libnvidia-ml.so.550.54.15",
+            "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": "libnvidia-ml.so.535.104.05",
+        },
+        files=frozenset(
+            {"/usr/lib64/libnvidia-ml.so.550.54.15", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.535.104.05"}
+        ),
         listed=("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "/usr/lib64/libnvidia-ml.so.1"),
     )
     found = problem(ev)
@@ -138,13 +143,29 @@ def test_driver_version_of_file_names() -> None:
 
 
 def test_parse_reads_elf_headers() -> None:
-    output = "\n".join([
-        "gpunode-nvml-probe 1", "arch\tppc64le", "module\tnot-a-version", "ldconfig-status\t0",
-        f"file\t/a\t{X86_64_ELF}", f"file\t/b\t{I386_ELF}", f"file\t/c\t{PPC64LE_ELF}",
-        f"file\t/d\t{PPC64_BE_ELF}", "file\t/e\t", "file\t/f\t2321202f62696e2f7368", "end",
-    ])
+    output = "\n".join(
+        [
+            "gpunode-nvml-probe 1",
+            "arch\tppc64le",
+            "module\tnot-a-version",
+            "ldconfig-status\t0",
+            f"file\t/a\t{X86_64_ELF}",
+            f"file\t/b\t{I386_ELF}",
+            f"file\t/c\t{PPC64LE_ELF}",
+            f"file\t/d\t{PPC64_BE_ELF}",
+            "file\t/e\t",
+            "file\t/f\t2321202f62696e2f7368",
+            "end",
+        ]
+    )
     ev = parse_probe(output)
-    assert dict(ev.machines) == {"/a": "x86_64", "/b": "i386", "/c": "ppc64le", "/d": "ppc64",
-                                 "/e": "not-elf", "/f": "not-elf"}
+    assert dict(ev.machines) == {
+        "/a": "x86_64",
+        "/b": "i386",
+        "/c": "ppc64le",
+        "/d": "ppc64",
+        "/e": "not-elf",
+        "/f": "not-elf",
+    }
     assert ev.module_version is None  # a /sys file that is not a version is no version
     assert ev.files == frozenset({"/a", "/b", "/c", "/d", "/e", "/f"})

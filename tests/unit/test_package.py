@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import tomlkit
-
 from conftest import REPO_ROOT
 
 
@@ -64,7 +63,11 @@ def test_nothing_installs_a_top_level_bootstrap_or_plugin(tmp_path: Path) -> Non
     # Run from an empty directory so the checkout itself is not on sys.path.
     probe = "import importlib.util as u; print(u.find_spec('bootstrap'), u.find_spec('plugin'))"
     result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert result.stdout.strip() == "None None"
@@ -89,8 +92,23 @@ def test_mypy_strict_on_bootstrap_and_plugin(tmp_path: Path) -> None:
     for top in ("bootstrap", "plugin"):
         (tree / top).symlink_to(REPO_ROOT / top, target_is_directory=True)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--config-file", str(REPO_ROOT / "pyproject.toml"),
-         "--cache-dir", str(tmp_path / ".mypy_cache"), "-p", "gpunode.bootstrap", "-p", "gpunode.plugin"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(REPO_ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            "-p",
+            "gpunode.bootstrap",
+            "-p",
+            "gpunode.plugin",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from private_apt import PrivateApt
 
-from gpunode.bootstrap.core.apt_sources import (
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.apt_sources import (
     GPUNODE_NONFREE_SOURCES,
     missing_components,
     parse_apt_sources,
     plan_apt_components,
 )
-from gpunode.bootstrap.core.os_release import OsRelease
 from gpunode.bootstrap.errors import HostStateError, UserError
 
 BOOKWORM = OsRelease(id="debian", version_id="12", codename="bookworm")
@@ -68,10 +68,20 @@ def test_default_deb822_gets_one_file_for_the_same_mirrors_and_key() -> None:
     result = plan(sources)
     assert result is not None and result.path == GPUNODE_NONFREE_SOURCES
     assert stanzas(result.content) == [
-        {"Types": "deb", "URIs": "http://deb.debian.org/debian", "Suites": "bookworm bookworm-updates",
-         "Components": "contrib non-free non-free-firmware", "Signed-By": KEYRING},
-        {"Types": "deb", "URIs": "http://deb.debian.org/debian-security", "Suites": "bookworm-security",
-         "Components": "contrib non-free non-free-firmware", "Signed-By": KEYRING},
+        {
+            "Types": "deb",
+            "URIs": "http://deb.debian.org/debian",
+            "Suites": "bookworm bookworm-updates",
+            "Components": "contrib non-free non-free-firmware",
+            "Signed-By": KEYRING,
+        },
+        {
+            "Types": "deb",
+            "URIs": "http://deb.debian.org/debian-security",
+            "Suites": "bookworm-security",
+            "Components": "contrib non-free non-free-firmware",
+            "Signed-By": KEYRING,
+        },
     ]
     # Idempotent: with gpunode's file in place there is nothing left to do.
     assert plan({**sources, result.path: result.content}) is None
@@ -84,8 +94,10 @@ def test_already_enabled_changes_nothing() -> None:
 def test_classic_sources_list_adds_only_what_is_missing() -> None:
     sources = {"/etc/apt/sources.list": CLASSIC}
     assert missing_components(sources, BOOKWORM) == {
-        "bookworm": ("contrib", "non-free"), "bookworm-updates": ("contrib", "non-free"),
-        "bookworm-security": ("contrib", "non-free")}
+        "bookworm": ("contrib", "non-free"),
+        "bookworm-updates": ("contrib", "non-free"),
+        "bookworm-security": ("contrib", "non-free"),
+    }
     result = plan(sources)
     assert result is not None
     got = stanzas(result.content)
@@ -118,13 +130,21 @@ def test_mixed_formats_and_a_mirror_uri() -> None:
         "/etc/apt/sources.list.d/security.sources": (
             "Types: deb deb-src\nURIs: http://security.debian.org/debian-security\n"
             "Suites: bookworm-security\nComponents: main contrib non-free non-free-firmware\n"
-            f"Signed-By: {KEYRING}\n"),
+            f"Signed-By: {KEYRING}\n"
+        ),
     }
     result = plan(sources)
     assert result is not None
-    assert stanzas(result.content) == [{
-        "Types": "deb", "URIs": "http://mirror.example.org/debian", "Suites": "bookworm",
-        "Components": "non-free non-free-firmware", "Signed-By": KEYRING, "Architectures": "amd64"}]
+    assert stanzas(result.content) == [
+        {
+            "Types": "deb",
+            "URIs": "http://mirror.example.org/debian",
+            "Suites": "bookworm",
+            "Components": "non-free non-free-firmware",
+            "Signed-By": KEYRING,
+            "Architectures": "amd64",
+        }
+    ]
     assert plan({**sources, result.path: result.content}) is None
 
 
@@ -151,7 +171,9 @@ def test_custom_needed_components_and_bad_input() -> None:
 
 
 def test_parser_reads_what_apt_reads() -> None:
-    entries = parse_apt_sources({"/etc/apt/sources.list": CLASSIC, "/etc/apt/sources.list.d/debian.sources": DEFAULT_DEB822})
+    entries = parse_apt_sources(
+        {"/etc/apt/sources.list": CLASSIC, "/etc/apt/sources.list.d/debian.sources": DEFAULT_DEB822}
+    )
     kinds = [(e.types, e.uri, e.suites) for e in entries]
     assert (("deb-src",), "http://deb.debian.org/debian", ("bookworm",)) in kinds
     assert (("deb",), "http://deb.debian.org/debian-security", ("bookworm-security",)) in kinds
@@ -160,7 +182,11 @@ def test_parser_reads_what_apt_reads() -> None:
 SCENARIOS = {
     "deb822-default": {"debian.sources": DEFAULT_DEB822},
     "classic": {"sources.list": CLASSIC},
-    "partly-enabled": {"debian.sources": DEFAULT_DEB822.replace("Components: main\nSigned-By", "Components: main contrib\nSigned-By", 1)},
+    "partly-enabled": {
+        "debian.sources": DEFAULT_DEB822.replace(
+            "Components: main\nSigned-By", "Components: main contrib\nSigned-By", 1
+        )
+    },
 }
 
 
@@ -170,7 +196,9 @@ def test_real_apt_accepts_the_result_and_fetches_the_components(name: str, tmp_p
     duplicate target) and would fetch contrib, non-free and non-free-firmware for every
     own suite. --print-uris needs no network."""
     files = SCENARIOS[name]
-    host_paths = {("/etc/apt/" if f == "sources.list" else "/etc/apt/sources.list.d/") + f: text for f, text in files.items()}
+    host_paths = {
+        ("/etc/apt/" if f == "sources.list" else "/etc/apt/sources.list.d/") + f: text for f, text in files.items()
+    }
     result = plan_apt_components(host_paths, BOOKWORM)
     assert result is not None
     apt = PrivateApt(tmp_path, {"system.list" if f == "sources.list" else f: t for f, t in files.items()})

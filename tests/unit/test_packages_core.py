@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from gpunode.bootstrap.core.os_release import parse_os_release
-from gpunode.bootstrap.core.packages import (
+from gpunode.bootstrap.core.host.os_release import parse_os_release
+from gpunode.bootstrap.core.packages.common import (
     DPKG_QUERY_COMMAND,
     RPM_QUERY_COMMAND,
     PackageSpec,
@@ -186,14 +186,17 @@ def test_every_command_quotes_its_values(value: str) -> None:
         # arrives as one argument, nothing is executed.
         echoed = subprocess.run(
             ["sh", "-c", command.replace("apt-get", "printf '%s\\n'", 1).replace("dnf", "printf '%s\\n'", 1)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert value in echoed.stdout
 
 
 def test_apt_install_command_shape() -> None:
-    command = apt_install_command([PackageSpec("libnvidia-ml1", "535.261.03-*"), PackageSpec("nvidia-smi")],
-                                  allow_downgrades=True)
+    command = apt_install_command(
+        [PackageSpec("libnvidia-ml1", "535.261.03-*"), PackageSpec("nvidia-smi")], allow_downgrades=True
+    )
     assert command.startswith("DEBIAN_FRONTEND=noninteractive apt-get install -y")
     words = shlex.split(command)
     assert "Dpkg::Options::=--force-confdef" in words and "Dpkg::Options::=--force-confold" in words
@@ -201,6 +204,10 @@ def test_apt_install_command_shape() -> None:
     assert words[-2:] == ["libnvidia-ml1=535.261.03-*", "nvidia-smi"]
     assert "--allow-downgrades" not in apt_install_command(["a"], allow_downgrades=False)
     assert shlex.split(dnf_install_command([PackageSpec("nvidia-open", "580.65.06")])) == [
-        "dnf", "install", "-y", "nvidia-open-580.65.06"]
+        "dnf",
+        "install",
+        "-y",
+        "nvidia-open-580.65.06",
+    ]
     with pytest.raises(ValueError):
         apt_install_command([], allow_downgrades=False)

@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
-from gpunode.bootstrap.core.driver_packages import DriverRequest, plan_driver
-from gpunode.bootstrap.core.os_release import OsRelease
-from gpunode.bootstrap.core.packages import upstream_version, version_satisfies
+
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.common import upstream_version, version_satisfies
+from gpunode.bootstrap.core.packages.driver import DriverRequest, plan_driver
 
 DATA = REPO_ROOT / "tests" / "data" / "debian"
 RELEASES = {"bookworm": "12", "trixie": "13"}
@@ -41,8 +41,11 @@ def component(record: dict[str, str]) -> str:
 
 
 def cases() -> list[tuple[str, str]]:
-    return [(codename, case) for codename in RELEASES
-            for case in json.loads((DATA / f"{codename}-amd64-closures.json").read_text())["cases"]]
+    return [
+        (codename, case)
+        for codename in RELEASES
+        for case in json.loads((DATA / f"{codename}-amd64-closures.json").read_text())["cases"]
+    ]
 
 
 @pytest.mark.parametrize(("codename", "case"), cases())
@@ -62,9 +65,12 @@ def test_plan_matches_what_real_apt_installs(codename: str, case: str) -> None:
         assert (spec.name, closure[spec.name]) in shown
         assert version_satisfies(closure[spec.name], spec.version)
     # The pinned driver packages all come from one release, of the plan's branch.
-    driver = {name: version for name, version in closure.items()
-              if shown[(name, version)].get("Source", name).split()[0]
-              in ("nvidia-graphics-drivers", "nvidia-open-gpu-kernel-modules")}
+    driver = {
+        name: version
+        for name, version in closure.items()
+        if shown[(name, version)].get("Source", name).split()[0]
+        in ("nvidia-graphics-drivers", "nvidia-open-gpu-kernel-modules")
+    }
     assert {"libnvidia-ml1", "nvidia-smi", "libcuda1"} <= set(driver)
     assert len({upstream_version(v) for v in driver.values()}) == 1
     assert all(upstream_version(v).startswith(plan.branch + ".") for v in driver.values())

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from private_apt import PrivateApt
 
-from gpunode.bootstrap.core.os_release import OsRelease
-from gpunode.bootstrap.core.toolkit_packages import (
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.toolkit import (
     TOOLKIT_APT_KEYRING,
     TOOLKIT_KEY_FINGERPRINT,
     TOOLKIT_PACKAGES,
@@ -38,15 +38,30 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     home = tmp_path_factory.mktemp("gnupg")
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key",
-                    "gpunode test <test@example.invalid>", "ed25519", "sign", "never"],
-                   env=env, check=True, capture_output=True)
-    listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys"], env=env,
-                             check=True, capture_output=True, text=True).stdout
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "gpunode test <test@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    listing = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--list-keys"], env=env, check=True, capture_output=True, text=True
+    ).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     served = tmp_path_factory.mktemp("www")
-    armored = subprocess.run(["gpg", "--batch", "--armor", "--export", fingerprint], env=env,
-                             check=True, capture_output=True).stdout
+    armored = subprocess.run(
+        ["gpg", "--batch", "--armor", "--export", fingerprint], env=env, check=True, capture_output=True
+    ).stdout
     (served / "gpgkey").write_bytes(armored)
     return served, fingerprint
 
@@ -97,9 +112,7 @@ def test_key_install_verifies_and_writes_the_keyring(
     assert other.returncode != 0
 
 
-def test_a_key_with_another_fingerprint_is_refused_and_nothing_written(
-    tmp_path: Path, key_server: str
-) -> None:
+def test_a_key_with_another_fingerprint_is_refused_and_nothing_written(tmp_path: Path, key_server: str) -> None:
     keyring = tmp_path / "toolkit.gpg"
     keyring.write_bytes(b"the admin's old keyring")
     env = {"PATH": path_with(tmp_path, BASE_TOOLS + ["curl"]), "HOME": str(tmp_path)}
@@ -124,8 +137,9 @@ def test_no_downloader_and_unreachable_url_fail_loudly(tmp_path: Path, signing_k
 
 def test_hostile_values_in_the_key_script_stay_data(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    script = key_install_script(f"http://127.0.0.1:9/$(touch {marker})", TOOLKIT_KEY_FINGERPRINT,
-                                str(tmp_path / "a'b; touch x"), dearmor=True)
+    script = key_install_script(
+        f"http://127.0.0.1:9/$(touch {marker})", TOOLKIT_KEY_FINGERPRINT, str(tmp_path / "a'b; touch x"), dearmor=True
+    )
     subprocess.run(["sh", "-c", script], capture_output=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert not marker.exists() and not (Path.cwd() / "x").exists()
     with pytest.raises(ValueError):
@@ -138,8 +152,10 @@ def test_debian_repo_files_and_real_apt_reads_them(tmp_path: Path) -> None:
     assert repo.key_url == "https://nvidia.github.io/libnvidia-container/gpgkey"
     (listing,) = repo.files
     assert listing.path == "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
-    assert (f"deb [arch=amd64 signed-by={TOOLKIT_APT_KEYRING}] "
-            "https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /") in listing.content
+    assert (
+        f"deb [arch=amd64 signed-by={TOOLKIT_APT_KEYRING}] "
+        "https://nvidia.github.io/libnvidia-container/stable/deb/amd64 /"
+    ) in listing.content
     assert repo.setup_command and repo.setup_command.startswith("sh -c ")
     assert "TOOLKIT" not in repo.setup_command and TOOLKIT_KEY_FINGERPRINT in repo.setup_command
     apt = PrivateApt(tmp_path, {"nvidia-container-toolkit.list": listing.content})
@@ -167,11 +183,13 @@ def test_four_packages_pinned_to_one_version() -> None:
     assert [s.name for s in plan.packages] == list(TOOLKIT_PACKAGES)
     assert {s.version for s in plan.packages} == {"1.17.8-*"}
     assert plan.pin is not None
-    assert ("Package: nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools "
-            "libnvidia-container1\nPin: version 1.17.8-*\nPin-Priority: 1001") in plan.pin.content
+    assert (
+        "Package: nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools "
+        "libnvidia-container1\nPin: version 1.17.8-*\nPin-Priority: 1001"
+    ) in plan.pin.content
     words = shlex.split(plan.install_command or "")
     assert words[-4:] == [f"{name}=1.17.8-*" for name in TOOLKIT_PACKAGES]
-    same = {name: "1.17.8-1" for name in TOOLKIT_PACKAGES}
+    same = dict.fromkeys(TOOLKIT_PACKAGES, "1.17.8-1")
     assert plan_toolkit_packages("1.17.8", same).install_command is None
     assert plan_toolkit_packages(None, same).install_command is None
     # A half-upgraded toolkit is brought back together even without a version.
@@ -193,10 +211,12 @@ def test_dnf_toolkit_plan_and_bad_versions() -> None:
 
 def test_update_of_only_the_toolkit_source(tmp_path: Path) -> None:
     """apt_update_command(sources_list=...) refreshes that one file and nothing else."""
-    from gpunode.bootstrap.core.packages import apt_update_command
+    from gpunode.bootstrap.core.packages.common import apt_update_command
 
-    debian = ("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
-              "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    debian = (
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
     apt = PrivateApt(tmp_path, {"debian.sources": debian})
     listing = plan_toolkit_repo(BOOKWORM, "x86_64").files[0]
     path = tmp_path / "etc/apt/sources.list.d/nvidia-container-toolkit.list"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import click
 import pytest
@@ -39,10 +39,24 @@ def test_render_prints_runtimeclass_and_daemonset(capsys: pytest.CaptureFixture[
 
 
 def test_render_options_reach_the_manifests(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "--plugin", "nvidia", "--mode", "runtime", "--driver-version", "550.54.15",
-                         "--image", "registry.local:5000/nvidia/k8s-device-plugin:v0.20.0",
-                         "--namespace", "gpu-system", "--mig-strategy", "mixed",
-                         "--kubelet-root", "/data/kubelet", "--no-fail-on-init-error")
+    code, out, err = run(
+        capsys,
+        "--plugin",
+        "nvidia",
+        "--mode",
+        "runtime",
+        "--driver-version",
+        "550.54.15",
+        "--image",
+        "registry.local:5000/nvidia/k8s-device-plugin:v0.20.0",
+        "--namespace",
+        "gpu-system",
+        "--mig-strategy",
+        "mixed",
+        "--kubelet-root",
+        "/data/kubelet",
+        "--no-fail-on-init-error",
+    )
     assert (code, err) == (0, "")
     daemonset = list(yaml.safe_load_all(out))[1]
     pod = daemonset["spec"]["template"]["spec"]
@@ -57,21 +71,24 @@ def test_render_options_reach_the_manifests(capsys: pytest.CaptureFixture[str]) 
     assert pod["volumes"][0]["hostPath"]["path"] == "/data/kubelet/device-plugins"
 
 
-@pytest.mark.parametrize("args,words", [
-    ([], "--lib-path"),
-    (["--mode", "runtime"], "--driver-version"),
-    (["--lib-path", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"], "symlink"),
-    (["--lib-path", "/usr/lib/x86_64-linux-gnu"], "F3"),
-    (["--lib-path", "libnvidia-ml.so.535.261.03"], "absolute"),
-    (["--lib-path", DEBIAN_LIB, "--driver-version", "550.54.15"], "535.261.03"),
-    (["--lib-path", DEBIAN_LIB, "--image", "not an image"], "image"),
-    (["--lib-path", DEBIAN_LIB, "--namespace", "Kube System"], "namespace"),
-    (["--lib-path", DEBIAN_LIB, "--plugin", "amd"], "--plugin"),
-    (["--lib-path", DEBIAN_LIB, "--mode", "cdi"], "--mode"),
-    (["--lib-path", DEBIAN_LIB, "--mig-strategy", "all"], "--mig-strategy"),
-    (["--lib-path", DEBIAN_LIB, "--kubelet-root", "relative/dir"], "absolute"),
-    (["--lib-path", DEBIAN_LIB, "no-such-subcommand"], "no-such-subcommand"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        ([], "--lib-path"),
+        (["--mode", "runtime"], "--driver-version"),
+        (["--lib-path", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"], "symlink"),
+        (["--lib-path", "/usr/lib/x86_64-linux-gnu"], "F3"),
+        (["--lib-path", "libnvidia-ml.so.535.261.03"], "absolute"),
+        (["--lib-path", DEBIAN_LIB, "--driver-version", "550.54.15"], "535.261.03"),
+        (["--lib-path", DEBIAN_LIB, "--image", "not an image"], "image"),
+        (["--lib-path", DEBIAN_LIB, "--namespace", "Kube System"], "namespace"),
+        (["--lib-path", DEBIAN_LIB, "--plugin", "amd"], "--plugin"),
+        (["--lib-path", DEBIAN_LIB, "--mode", "cdi"], "--mode"),
+        (["--lib-path", DEBIAN_LIB, "--mig-strategy", "all"], "--mig-strategy"),
+        (["--lib-path", DEBIAN_LIB, "--kubelet-root", "relative/dir"], "absolute"),
+        (["--lib-path", DEBIAN_LIB, "no-such-subcommand"], "no-such-subcommand"),
+    ],
+)
 def test_bad_input_exits_2_with_the_reason_on_stderr_only(
     capsys: pytest.CaptureFixture[str], args: list[str], words: str
 ) -> None:
@@ -113,16 +130,28 @@ def test_help_explains_the_version_default_and_the_subcommands(capsys: pytest.Ca
 
 def test_the_installed_command() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gpunode.bootstrap.cli.main", "render", "--lib-path",
-         "/usr/lib64/libnvidia-ml.so.550.54.15", "--plugin", "nvidia"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "gpunode.bootstrap.cli.main",
+            "render",
+            "--lib-path",
+            "/usr/lib64/libnvidia-ml.so.550.54.15",
+            "--plugin",
+            "nvidia",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(result.stdout)]
     assert kinds == ["RuntimeClass", "DaemonSet"]
     bad = subprocess.run(
         [sys.executable, "-m", "gpunode.bootstrap.cli.main", "render"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("gpunode: Mount mode needs")

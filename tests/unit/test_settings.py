@@ -31,9 +31,9 @@ def test_flags_override_inventory_data_which_override_defaults() -> None:
         ({"gpunode_driver_branch": "550"}, {"driver_version": "535.261.03"}, ["not on branch 550"]),
     ],
 )
-def test_bad_values_name_the_host_the_setting_and_the_fix(data: dict[str, object],
-                                                          overrides: dict[str, object],
-                                                          words: list[str]) -> None:
+def test_bad_values_name_the_host_the_setting_and_the_fix(
+    data: dict[str, object], overrides: dict[str, object], words: list[str]
+) -> None:
     with pytest.raises(UserError) as error:
         resolve_settings("gpu01.example", data, overrides)
     message = str(error.value)

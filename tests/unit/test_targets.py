@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
 from gpunode.bootstrap.orchestration.targets import make_inventory, parse_target, ssh_data
@@ -20,8 +20,11 @@ def test_host_arguments_carry_user_and_port() -> None:
 
 
 def test_the_example_fleet_inventory_loads_with_its_group_data() -> None:
-    inventory = make_inventory((), str(REPO_ROOT / "inventory" / "fleet.py"), ssh_data(
-        user=None, port=None, key=None, config_file=None, known_hosts=None, sudo=None))
+    inventory = make_inventory(
+        (),
+        str(REPO_ROOT / "inventory" / "fleet.py"),
+        ssh_data(user=None, port=None, key=None, config_file=None, known_hosts=None, sudo=None),
+    )
     hosts = {host.name: host for host in inventory}
     assert set(hosts) == {"gpu01.example", "gpu02.example", "gpu03.example", "gpu04.example", "gpu10.example"}
     gpu04 = hosts["gpu04.example"].data.dict()
@@ -35,8 +38,11 @@ def test_the_example_fleet_inventory_loads_with_its_group_data() -> None:
 
 
 def test_flags_override_inventory_data() -> None:
-    inventory = make_inventory((), str(REPO_ROOT / "inventory" / "fleet.py"), ssh_data(
-        user="root", port=None, key=None, config_file=None, known_hosts=None, sudo=False))
+    inventory = make_inventory(
+        (),
+        str(REPO_ROOT / "inventory" / "fleet.py"),
+        ssh_data(user="root", port=None, key=None, config_file=None, known_hosts=None, sudo=False),
+    )
     for host in inventory:
         assert host.data.get("ssh_user") == "root" and host.data.get("_sudo") is False
 

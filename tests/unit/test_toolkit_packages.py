@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from standins.toolkit_packages import PACKAGE_NAMES, build_toolkit_packages, upstream_version
 
 
@@ -18,9 +17,7 @@ def _field(deb: Path, name: str) -> str:
 
 
 def _contents(deb: Path) -> str:
-    return subprocess.run(
-        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
-    ).stdout
+    return subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True).stdout
 
 
 def test_the_four_packages_carry_the_real_names_relations_and_paths(tmp_path: Path) -> None:
@@ -32,9 +29,7 @@ def test_the_four_packages_carry_the_real_names_relations_and_paths(tmp_path: Pa
         "nvidia-container-toolkit-base (= 1.17.9-1), libnvidia-container-tools (>= 1.17.9-1), "
         "libnvidia-container-tools (<< 2.0.0)"
     )
-    assert _field(debs["libnvidia-container-tools"], "Depends").startswith(
-        "libnvidia-container1 (>= 1.17.9-1)"
-    )
+    assert _field(debs["libnvidia-container-tools"], "Depends").startswith("libnvidia-container1 (>= 1.17.9-1)")
     assert _field(debs["libnvidia-container1"], "Multi-Arch") == "same"
 
     base = _contents(debs["nvidia-container-toolkit-base"])

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from gpunode.bootstrap.core.cluster_plan import GPU_COUNT_ANNOTATION, GPUS_ANNOTATION, PLUGIN_DAEMONSET_ANNOTATION
-from gpunode.bootstrap.core.manifests import DEVICE_PLUGIN_LABEL
-from gpunode.bootstrap.core.verdict import (
+from gpunode.bootstrap.core.kube.cluster_plan import GPU_COUNT_ANNOTATION, GPUS_ANNOTATION, PLUGIN_DAEMONSET_ANNOTATION
+from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
+from gpunode.bootstrap.core.verify.result import (
     NodeObservation,
     PluginEvidence,
     PodState,
@@ -29,8 +29,13 @@ registered resource=nvidia.com/gpu socket=gpunode-nvidia.com-gpu.sock attempt=1
 """
 
 
-def observed(allocatable: str | None = "2", capacity: str | None = "2", recorded: int | None = 2,
-             host: bool = False, daemonset: str | None = DS) -> NodeObservation:
+def observed(
+    allocatable: str | None = "2",
+    capacity: str | None = "2",
+    recorded: int | None = 2,
+    host: bool = False,
+    daemonset: str | None = DS,
+) -> NodeObservation:
     annotations: dict[str, str] = {}
     if recorded is not None:
         annotations[GPU_COUNT_ANNOTATION] = str(recorded)
@@ -42,8 +47,13 @@ def observed(allocatable: str | None = "2", capacity: str | None = "2", recorded
 
 
 def running(log: str = PLUGIN_LOG, **kw: Any) -> PodState:
-    values: dict[str, Any] = {"namespace": "kube-system", "name": "gpunode-device-plugin-x-abcde",
-                              "phase": "Running", "ready": True, "log": log}
+    values: dict[str, Any] = {
+        "namespace": "kube-system",
+        "name": "gpunode-device-plugin-x-abcde",
+        "phase": "Running",
+        "ready": True,
+        "log": log,
+    }
     values.update(kw)
     return PodState(**values)
 
@@ -52,10 +62,17 @@ def running(log: str = PLUGIN_LOG, **kw: Any) -> PodState:
 # The four verdicts (and two more)
 
 
-@pytest.mark.parametrize("allocatable,capacity,kind", [
-    ("2", "2", "ok"), (None, None, "absent"), ("0", "2", "zero"), ("1", "2", "fewer"), ("3", "3", "more"),
-    ("two", "2", "fewer"),
-])
+@pytest.mark.parametrize(
+    "allocatable,capacity,kind",
+    [
+        ("2", "2", "ok"),
+        (None, None, "absent"),
+        ("0", "2", "zero"),
+        ("1", "2", "fewer"),
+        ("3", "3", "more"),
+        ("two", "2", "fewer"),
+    ],
+)
 def test_allocatable_against_the_recorded_count(allocatable: str | None, capacity: str | None, kind: str) -> None:
     verdict = quick_verdict(observed(allocatable, capacity), None)
     assert verdict.kind == kind and verdict.ok is (kind == "ok")
@@ -65,11 +82,16 @@ def test_allocatable_against_the_recorded_count(allocatable: str | None, capacit
 def test_the_headlines_say_which_case_it_is() -> None:
     assert quick_verdict(observed(), None).headline == "Allocatable nvidia.com/gpu = 2: OK"
     assert quick_verdict(observed(None, None), None).headline.startswith(
-        "Allocatable nvidia.com/gpu absent (expected 2): no device plugin has registered")
-    assert "= 0 (expected 2): the device plugin is gone or every GPU is unhealthy (F9)" in \
-        quick_verdict(observed("0"), None).headline
-    assert quick_verdict(observed("1"), None).headline == \
-        "Allocatable nvidia.com/gpu = 1 (expected 2): fewer GPUs than the node has"
+        "Allocatable nvidia.com/gpu absent (expected 2): no device plugin has registered"
+    )
+    assert (
+        "= 0 (expected 2): the device plugin is gone or every GPU is unhealthy (F9)"
+        in quick_verdict(observed("0"), None).headline
+    )
+    assert (
+        quick_verdict(observed("1"), None).headline
+        == "Allocatable nvidia.com/gpu = 1 (expected 2): fewer GPUs than the node has"
+    )
 
 
 def test_where_the_expected_count_comes_from() -> None:
@@ -104,37 +126,61 @@ def test_absent_with_an_untolerated_taint_is_f15() -> None:
 
 
 def test_a_crashing_plugin_shows_its_own_failure_line() -> None:
-    log = ('plugin_starting driver=535.309.01\nnvml_init_failed reason=driver_library_mismatch '
-           'error="Driver/library version mismatch" fix="reboot"\n')
-    pod = running(log, ready=False, waiting_reason="CrashLoopBackOff", restarts=3, last_exit_code=1,
-                  events=("BackOff: Back-off restarting failed container",))
+    log = (
+        "plugin_starting driver=535.309.01\nnvml_init_failed reason=driver_library_mismatch "
+        'error="Driver/library version mismatch" fix="reboot"\n'
+    )
+    pod = running(
+        log,
+        ready=False,
+        waiting_reason="CrashLoopBackOff",
+        restarts=3,
+        last_exit_code=1,
+        events=("BackOff: Back-off restarting failed container",),
+    )
     verdict = explain(quick_verdict(observed("0"), None), observed("0"), PluginEvidence("daemonset", DS, True, pod=pod))
     assert "nvml_init_failed reason=driver_library_mismatch" in (verdict.cause or "")
     assert "(F14)" in (verdict.cause or "") and "reboot" in (verdict.fix or "")
-    missing = running("nvml_init_failed reason=library_not_found error=x fix=\"mount the library\"\n", ready=False,
-                      waiting_reason="CrashLoopBackOff")
-    verdict = explain(quick_verdict(observed(None, None), None), observed(None, None),
-                      PluginEvidence("daemonset", DS, True, pod=missing))
+    missing = running(
+        'nvml_init_failed reason=library_not_found error=x fix="mount the library"\n',
+        ready=False,
+        waiting_reason="CrashLoopBackOff",
+    )
+    verdict = explain(
+        quick_verdict(observed(None, None), None),
+        observed(None, None),
+        PluginEvidence("daemonset", DS, True, pod=missing),
+    )
     assert "(F1)" in (verdict.cause or "") and verdict.fix == "mount the library"
 
 
 def test_a_library_that_is_not_there_is_f2() -> None:
-    pod = running("", phase="Pending", ready=False, waiting_reason="ContainerCreating",
-                  events=('FailedMount: MountVolume.SetUp failed for volume "nvml-library" : hostPath type check '
-                          'failed: /usr/lib/x/libnvidia-ml.so.535.261.03 is not a file',))
-    verdict = explain(quick_verdict(observed(None, None), None), observed(None, None),
-                      PluginEvidence("daemonset", DS, True, pod=pod))
+    pod = running(
+        "",
+        phase="Pending",
+        ready=False,
+        waiting_reason="ContainerCreating",
+        events=(
+            'FailedMount: MountVolume.SetUp failed for volume "nvml-library" : hostPath type check '
+            "failed: /usr/lib/x/libnvidia-ml.so.535.261.03 is not a file",
+        ),
+    )
+    verdict = explain(
+        quick_verdict(observed(None, None), None), observed(None, None), PluginEvidence("daemonset", DS, True, pod=pod)
+    )
     assert "FailedMount" in (verdict.cause or "") and "(F2)" in (verdict.cause or "")
 
 
 def test_fewer_names_missing_and_unhealthy_gpus_from_the_plugin_log() -> None:
     one_seen = "\n".join(line for line in PLUGIN_LOG.splitlines() if UUID1 not in line)
-    verdict = explain(quick_verdict(observed("1"), None), observed("1"),
-                      PluginEvidence("daemonset", DS, True, pod=running(one_seen)))
+    verdict = explain(
+        quick_verdict(observed("1"), None), observed("1"), PluginEvidence("daemonset", DS, True, pod=running(one_seen))
+    )
     assert verdict.missing == ("0000:5b:00.0",) and verdict.unhealthy == ()
     xid = PLUGIN_LOG + f"device_unhealthy device={UUID1} resource=nvidia.com/gpu uuid={UUID1} xid=79 fatal=true\n"
-    verdict = explain(quick_verdict(observed("1"), None), observed("1"),
-                      PluginEvidence("daemonset", DS, True, pod=running(xid)))
+    verdict = explain(
+        quick_verdict(observed("1"), None), observed("1"), PluginEvidence("daemonset", DS, True, pod=running(xid))
+    )
     assert verdict.missing == () and verdict.unhealthy == (f"{UUID1} (0000:5b:00.0): XID 79 (fatal)",)
     assert "1 GPU(s) reported Unhealthy" in (verdict.cause or "")
 
@@ -165,12 +211,13 @@ def test_ok_is_never_explained_away() -> None:
 
 
 def test_the_plugin_log_since_its_last_start_counts() -> None:
-    restarted = (PLUGIN_LOG + f"device_unhealthy device={UUID0} xid=48 fatal=true\n" + PLUGIN_LOG)
+    restarted = PLUGIN_LOG + f"device_unhealthy device={UUID0} xid=48 fatal=true\n" + PLUGIN_LOG
     log = parse_plugin_log(restarted)
     assert [d.pci for d in log.devices] == ["0000:3b:00.0", "0000:5b:00.0"]
     assert log.unhealthy == {} and log.registered and log.driver == "535.261.03"
-    recovered = parse_plugin_log(PLUGIN_LOG + f"device_unhealthy device={UUID0} xid=31\n"
-                                 f"device_recovered device={UUID0}\n")
+    recovered = parse_plugin_log(
+        PLUGIN_LOG + f"device_unhealthy device={UUID0} xid=31\ndevice_recovered device={UUID0}\n"
+    )
     assert recovered.unhealthy == {}
     lost = parse_plugin_log(PLUGIN_LOG + f"gpu_lost gpu={UUID1} devices={UUID1}\n")
     assert lost.unhealthy == {UUID1: "fell off the bus (GPU lost)"}
@@ -178,7 +225,9 @@ def test_the_plugin_log_since_its_last_start_counts() -> None:
 
 def test_event_lines_unquote_their_values() -> None:
     assert parse_event_line('nvml_init_failed reason=x error="a \\"quoted\\" word\\nnext"') == (
-        "nvml_init_failed", {"reason": "x", "error": 'a "quoted" word\nnext'})
+        "nvml_init_failed",
+        {"reason": "x", "error": 'a "quoted" word\nnext'},
+    )
     assert parse_event_line("Traceback (most recent call last):") is None
     assert parse_event_line("") is None
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from gpunode.bootstrap.core.containerd_effective import runtime_problems
-from gpunode.bootstrap.core.host_record import STATE_PATH, HostRecord, parse_record
-from gpunode.bootstrap.core.toolkit_packages import TOOLKIT_PACKAGES
+from gpunode.bootstrap.core.containerd.effective import runtime_problems
+from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord, parse_record
+from gpunode.bootstrap.core.packages.toolkit import TOOLKIT_PACKAGES
 from gpunode.bootstrap.node.remote_files import BACKUP_ROOT, BACKUPS_KEPT
 
 
@@ -50,8 +50,9 @@ def test_driver_packages_are_installed_at_the_recorded_versions(host: Any, recor
 def test_the_nvml_library_is_the_real_file_libnvidia_ml_so_1_resolves_to(host: Any, record: HostRecord) -> None:
     assert record.nvml_library is not None
     library = host.file(record.nvml_library)
-    assert library.exists and library.is_file and not library.is_symlink, \
+    assert library.exists and library.is_file and not library.is_symlink, (
         f"{record.nvml_library} is not a regular file (a hostPath mount of it would fail: F2)"
+    )
     assert record.nvml_library.endswith(f".so.{record.driver_version}")
     cache = host.run("ldconfig -p")
     entries = re.findall(r"libnvidia-ml\.so\.1 \(([^)]*)\) => (\S+)", cache.stdout)
@@ -66,8 +67,9 @@ def test_a_loaded_module_matches_the_library(host: Any, record: HostRecord) -> N
     if not module.exists:
         assert record.kernel_module == "none", "no nvidia kernel module is loaded"
         pytest.skip("kernel module mode none and no module loaded on this host")
-    assert module.content_string.strip() == record.driver_version, \
+    assert module.content_string.strip() == record.driver_version, (
         "Driver/library version mismatch (F14): reboot onto the new module"
+    )
 
 
 def test_container_toolkit_is_installed_as_one_version(host: Any, record: HostRecord) -> None:

@@ -23,8 +23,17 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "fake_nvml.c"
 LIBRARY_NAME = "libnvidia-ml.so.1"
-_CFLAGS = ["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden",
-           f"-Wl,-soname,{LIBRARY_NAME}", "-pthread"]
+_CFLAGS = [
+    "-shared",
+    "-fPIC",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fvisibility=hidden",
+    f"-Wl,-soname,{LIBRARY_NAME}",
+    "-pthread",
+]
 
 # NVML's topology levels, nearest first (nvmlGpuTopologyLevel_t).
 TOPOLOGY_LEVELS = ("INTERNAL", "SINGLE", "MULTIPLE", "HOSTBRIDGE", "NODE", "SYSTEM")
@@ -42,8 +51,12 @@ def build_fake_nvml(cache_dir: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
     try:
-        subprocess.run(["gcc", *_CFLAGS, "-o", str(building / LIBRARY_NAME), str(SOURCE)],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["gcc", *_CFLAGS, "-o", str(building / LIBRARY_NAME), str(SOURCE)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         try:
             os.rename(building, final)
         except OSError:
@@ -73,20 +86,26 @@ class FakeGpu:
     minor: int | None = None
     numa: int | None = None
     memory_mib: int = 40960
-    mig: str = "0"                 # "unsupported", "0" (disabled) or "1" (enabled)
-    events: bool = True            # False: the GPU cannot register for XID events
-    mig_error: str | None = None   # NVML error its MIG device lookups answer (NO_PERMISSION: F7)
+    mig: str = "0"  # "unsupported", "0" (disabled) or "1" (enabled)
+    events: bool = True  # False: the GPU cannot register for XID events
+    mig_error: str | None = None  # NVML error its MIG device lookups answer (NO_PERMISSION: F7)
 
     def resolved_uuid(self) -> str:
-        return self.uuid or f"GPU-{0xfa4e0000 + self.index:08x}-0000-4000-8000-{self.index:012x}"
+        return self.uuid or f"GPU-{0xFA4E0000 + self.index:08x}-0000-4000-8000-{self.index:012x}"
 
     def resolved_bus_id(self) -> str:
         return self.pci_bus_id or f"00000000:{0x07 + self.index * 0x08:02X}:00.0"
 
     def line(self) -> str:
-        parts = ["gpu", f"uuid={_value(self.resolved_uuid())}", f"name={_value(self.name)}",
-                 f"pci={self.resolved_bus_id()}", f"minor={self.index if self.minor is None else self.minor}",
-                 f"memory_mib={self.memory_mib}", f"mig={self.mig}"]
+        parts = [
+            "gpu",
+            f"uuid={_value(self.resolved_uuid())}",
+            f"name={_value(self.name)}",
+            f"pci={self.resolved_bus_id()}",
+            f"minor={self.index if self.minor is None else self.minor}",
+            f"memory_mib={self.memory_mib}",
+            f"mig={self.mig}",
+        ]
         if self.numa is not None:
             parts.append(f"numa={self.numa}")
         if not self.events:
@@ -112,12 +131,14 @@ class FakeMig:
     ofas: int = 0
 
     def resolved_uuid(self) -> str:
-        return self.uuid or f"MIG-{0x0a160000 + self.parent:08x}-{self.gi:04x}-4{self.ci:03x}-8000-{self.gi:012x}"
+        return self.uuid or f"MIG-{0x0A160000 + self.parent:08x}-{self.gi:04x}-4{self.ci:03x}-8000-{self.gi:012x}"
 
     def line(self) -> str:
-        return (f"mig parent={self.parent} gi={self.gi} ci={self.ci} gi_slices={self.gi_slices} "
-                f"ci_slices={self.ci_slices} memory_mib={self.memory_mib} uuid={_value(self.resolved_uuid())} "
-                f"decoders={self.decoders} jpegs={self.jpegs} ofas={self.ofas}")
+        return (
+            f"mig parent={self.parent} gi={self.gi} ci={self.ci} gi_slices={self.gi_slices} "
+            f"ci_slices={self.ci_slices} memory_mib={self.memory_mib} uuid={_value(self.resolved_uuid())} "
+            f"decoders={self.decoders} jpegs={self.jpegs} ofas={self.ofas}"
+        )
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,7 @@ class FakeNvmlConfig:
 
     gpus: tuple[FakeGpu, ...]
     migs: tuple[FakeMig, ...] = ()
-    nvlinks: tuple[tuple[int, int, int], ...] = ()          # (gpu a, gpu b, link count)
+    nvlinks: tuple[tuple[int, int, int], ...] = ()  # (gpu a, gpu b, link count)
     topology: dict[tuple[int, int], str] = field(default_factory=dict)  # (a, b) -> level
     driver_version: str = "535.261.03"
     init_error: str | None = None  # an NVML error name (NO_PERMISSION ...) nvmlInit answers
@@ -140,8 +161,9 @@ class FakeNvmlConfig:
         """Eight GPUs on two NUMA nodes, in NVLink pairs (0-1, 2-3, 4-5, 6-7, 12 links each),
         pairs sharing a PCIe switch on the same node (0-3, 4-7) and crossing sockets
         between the halves: the shape topology-aware allocation has to get right."""
-        gpus = tuple(FakeGpu(index=i, numa=0 if i < 4 else 1, memory_mib=81920,
-                             name="NVIDIA A100-SXM4-80GB") for i in range(8))
+        gpus = tuple(
+            FakeGpu(index=i, numa=0 if i < 4 else 1, memory_mib=81920, name="NVIDIA A100-SXM4-80GB") for i in range(8)
+        )
         nvlinks = tuple((a, a + 1, 12) for a in range(0, 8, 2))
         topology: dict[tuple[int, int], str] = {}
         for a in range(8):

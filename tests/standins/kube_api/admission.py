@@ -25,27 +25,36 @@ DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
-SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                 "characters, '-' or '.', and must start and end with an alphanumeric "
-                 "character (e.g. 'example.com', regex used for validation is "
-                 "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
-LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
-             "or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  "
-             "or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
-LABEL_VALUE_MSG = ("a valid label must be an empty string or consist of alphanumeric "
-                   "characters, '-', '_' or '.', and must start and end with an alphanumeric "
-                   "character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
-                   "validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
-QUALIFIED_NAME_MSG = ("name part must consist of alphanumeric characters, '-', '_' or '.', and "
-                      "must start and end with an alphanumeric character (e.g. 'MyName',  or "
-                      "'my.name',  or '123-abc', regex used for validation is "
-                      "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+SUBDOMAIN_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+    "characters, '-' or '.', and must start and end with an alphanumeric "
+    "character (e.g. 'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
+    "or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  "
+    "or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+LABEL_VALUE_MSG = (
+    "a valid label must be an empty string or consist of alphanumeric "
+    "characters, '-', '_' or '.', and must start and end with an alphanumeric "
+    "character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for "
+    "validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
+QUALIFIED_NAME_MSG = (
+    "name part must consist of alphanumeric characters, '-', '_' or '.', and "
+    "must start and end with an alphanumeric character (e.g. 'MyName',  or "
+    "'my.name',  or '123-abc', regex used for validation is "
+    "'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
 
 # Priority classes every cluster has.
 SYSTEM_PRIORITIES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
 
 
 # Defaults ------------------------------------------------------------------------------
+
 
 def _default_container(c: JSON) -> None:
     c.setdefault("terminationMessagePath", "/dev/termination-log")
@@ -103,20 +112,24 @@ def apply_defaults(rt: ResourceType, obj: JSON) -> None:
         tolerations = spec.setdefault("tolerations", [])
         # DefaultTolerationSeconds admission: tolerate a not-ready or unreachable node 300 s.
         for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
-            if not any(t.get("key") == key and t.get("effect") in (None, "", "NoExecute")
-                       for t in tolerations if isinstance(t, dict)):
-                tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute",
-                                    "tolerationSeconds": 300})
+            if not any(
+                t.get("key") == key and t.get("effect") in (None, "", "NoExecute")
+                for t in tolerations
+                if isinstance(t, dict)
+            ):
+                tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
     elif rt.group == "" and rt.kind == "Namespace":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")
         obj.setdefault("metadata", {}).setdefault("labels", {}).setdefault(
-            "kubernetes.io/metadata.name", obj.get("metadata", {}).get("name", ""))
+            "kubernetes.io/metadata.name", obj.get("metadata", {}).get("name", "")
+        )
     elif rt.group == "scheduling.k8s.io":
         obj.setdefault("preemptionPolicy", "PreemptLowerPriority")
 
 
 # Validation ----------------------------------------------------------------------------
+
 
 def _validate_labels(labels: Any, field: str, errors: list[FieldError]) -> None:
     if labels is None:
@@ -127,16 +140,13 @@ def _validate_labels(labels: Any, field: str, errors: list[FieldError]) -> None:
     for key, value in labels.items():
         prefix, _, name = key.rpartition("/")
         if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.fullmatch(prefix)):
-            errors.append(FieldError(field, "Invalid value", "prefix part " + SUBDOMAIN_MSG,
-                                     key, True))
+            errors.append(FieldError(field, "Invalid value", "prefix part " + SUBDOMAIN_MSG, key, True))
         if not name or len(name) > 63 or not LABEL_NAME.fullmatch(name):
             errors.append(FieldError(field, "Invalid value", QUALIFIED_NAME_MSG, key, True))
         if not isinstance(value, str):
-            errors.append(FieldError(f"{field}.{key}", "Invalid value", "must be a string",
-                                     value, True))
+            errors.append(FieldError(f"{field}.{key}", "Invalid value", "must be a string", value, True))
         elif len(value) > 63:
-            errors.append(FieldError(field, "Invalid value",
-                                     "must be no more than 63 characters", value, True))
+            errors.append(FieldError(field, "Invalid value", "must be no more than 63 characters", value, True))
         elif not LABEL_VALUE.fullmatch(value):
             errors.append(FieldError(field, "Invalid value", LABEL_VALUE_MSG, value, True))
 
@@ -180,12 +190,22 @@ def _validate_pod_spec(spec: Any, field: str, errors: list[FieldError]) -> None:
     for n, c in enumerate(containers):
         for m, mount in enumerate((c.get("volumeMounts") or []) if isinstance(c, dict) else []):
             if isinstance(mount, dict) and mount.get("name") not in volume_names:
-                errors.append(FieldError(f"{field}.containers[{n}].volumeMounts[{m}].name",
-                                         "Not found", "", mount.get("name"), True))
+                errors.append(
+                    FieldError(
+                        f"{field}.containers[{n}].volumeMounts[{m}].name", "Not found", "", mount.get("name"), True
+                    )
+                )
     restart = spec.get("restartPolicy")
     if restart not in (None, "Always", "OnFailure", "Never"):
-        errors.append(FieldError(f"{field}.restartPolicy", "Unsupported value",
-                                 'supported values: "Always", "OnFailure", "Never"', restart, True))
+        errors.append(
+            FieldError(
+                f"{field}.restartPolicy",
+                "Unsupported value",
+                'supported values: "Always", "OnFailure", "Never"',
+                restart,
+                True,
+            )
+        )
 
 
 def validate(rt: ResourceType, obj: JSON, old: JSON | None) -> list[FieldError]:
@@ -201,18 +221,31 @@ def validate(rt: ResourceType, obj: JSON, old: JSON | None) -> list[FieldError]:
         if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
             errors.append(FieldError("spec.selector", "Required value", ""))
         elif not label_selector_object_matches(selector, tlabels):
-            errors.append(FieldError("spec.template.metadata.labels", "Invalid value",
-                                     "`selector` does not match template `labels`",
-                                     _labels_text(tlabels), True))
+            errors.append(
+                FieldError(
+                    "spec.template.metadata.labels",
+                    "Invalid value",
+                    "`selector` does not match template `labels`",
+                    _labels_text(tlabels),
+                    True,
+                )
+            )
         _validate_labels(tlabels, "spec.template.metadata.labels", errors)
         _validate_pod_spec(template.get("spec"), "spec.template.spec", errors)
         if (template.get("spec") or {}).get("restartPolicy", "Always") != "Always":
-            errors.append(FieldError("spec.template.spec.restartPolicy", "Unsupported value",
-                                     'supported values: "Always"',
-                                     template["spec"]["restartPolicy"], True))
+            errors.append(
+                FieldError(
+                    "spec.template.spec.restartPolicy",
+                    "Unsupported value",
+                    'supported values: "Always"',
+                    template["spec"]["restartPolicy"],
+                    True,
+                )
+            )
         if old is not None and (old.get("spec") or {}).get("selector") != selector:
-            errors.append(FieldError("spec.selector", "Invalid value", "field is immutable",
-                                     _selector_text(selector), True))
+            errors.append(
+                FieldError("spec.selector", "Invalid value", "field is immutable", _selector_text(selector), True)
+            )
     elif rt.group == "" and rt.kind == "Pod":
         _validate_pod_spec(obj.get("spec"), "spec", errors)
         if old is not None:
@@ -224,8 +257,7 @@ def validate(rt: ResourceType, obj: JSON, old: JSON | None) -> list[FieldError]:
         elif not DNS1123_LABEL.fullmatch(str(handler)):
             errors.append(FieldError("handler", "Invalid value", LABEL_MSG, handler, True))
         if old is not None and old.get("handler") != handler:
-            errors.append(FieldError("handler", "Invalid value", "field is immutable",
-                                     handler, True))
+            errors.append(FieldError("handler", "Invalid value", "field is immutable", handler, True))
     elif rt.group == "scheduling.k8s.io" and rt.kind == "PriorityClass":
         if "value" not in obj:
             errors.append(FieldError("value", "Required value", ""))
@@ -240,12 +272,15 @@ def _labels_text(labels: dict[str, str]) -> GoValue:
 def _selector_text(selector: Any) -> GoValue:
     labels = (selector or {}).get("matchLabels") or {}
     inner = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in sorted(labels.items()))
-    return GoValue("v1.LabelSelector{MatchLabels:map[string]string{" + inner + "}, "
-                   "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}")
+    return GoValue(
+        "v1.LabelSelector{MatchLabels:map[string]string{" + inner + "}, "
+        "MatchExpressions:[]v1.LabelSelectorRequirement(nil)}"
+    )
 
 
 def _pod_update_errors(old: JSON, new: JSON) -> list[FieldError]:
     """Pod specs are immutable but for images, activeDeadlineSeconds and added tolerations."""
+
     def mutable_stripped(spec: JSON) -> JSON:
         s = copy.deepcopy(spec)
         for c in s.get("containers") or []:
@@ -258,12 +293,20 @@ def _pod_update_errors(old: JSON, new: JSON) -> list[FieldError]:
 
     old_tolerations = old.get("tolerations") or []
     removed = [t for t in old_tolerations if t not in (new.get("tolerations") or [])]
-    if mutable_stripped(old) != mutable_stripped(new) or removed or (
-            old.get("nodeName") and old.get("nodeName") != new.get("nodeName")):
-        return [FieldError("spec", "Forbidden",
-                           "pod updates may not change fields other than `spec.containers[*]."
-                           "image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
-                           "`spec.tolerations` (only additions to existing tolerations),"
-                           "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it "
-                           "was previously negative)")]
+    if (
+        mutable_stripped(old) != mutable_stripped(new)
+        or removed
+        or (old.get("nodeName") and old.get("nodeName") != new.get("nodeName"))
+    ):
+        return [
+            FieldError(
+                "spec",
+                "Forbidden",
+                "pod updates may not change fields other than `spec.containers[*]."
+                "image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+                "`spec.tolerations` (only additions to existing tolerations),"
+                "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it "
+                "was previously negative)",
+            )
+        ]
     return []

@@ -29,10 +29,21 @@ from .store import Store, now_rfc3339, random_suffix
 JSON = dict[str, Any]
 
 _SUFFIXES: dict[str, Fraction] = {
-    "Ki": Fraction(2**10), "Mi": Fraction(2**20), "Gi": Fraction(2**30), "Ti": Fraction(2**40),
-    "Pi": Fraction(2**50), "Ei": Fraction(2**60), "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": Fraction(1), "k": Fraction(10**3),
-    "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12), "P": Fraction(10**15),
+    "Ki": Fraction(2**10),
+    "Mi": Fraction(2**20),
+    "Gi": Fraction(2**30),
+    "Ti": Fraction(2**40),
+    "Pi": Fraction(2**50),
+    "Ei": Fraction(2**60),
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 1000),
+    "": Fraction(1),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "T": Fraction(10**12),
+    "P": Fraction(10**15),
     "E": Fraction(10**18),
 }
 
@@ -41,8 +52,7 @@ def parse_quantity(value: Any) -> Fraction:
     """A Kubernetes resource quantity ("2", "500m", "8Gi", "1e3") as an exact number."""
     if isinstance(value, (int, float)):
         return Fraction(value)
-    m = re.fullmatch(r"\s*([+-]?[0-9.]+)(?:[eE]([+-]?[0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?\s*",
-                     str(value))
+    m = re.fullmatch(r"\s*([+-]?[0-9.]+)(?:[eE]([+-]?[0-9]+))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?\s*", str(value))
     if not m:
         raise ValueError(f"quantities must match the regular expression: {value!r}")
     number = Fraction(m.group(1))
@@ -53,6 +63,7 @@ def parse_quantity(value: Any) -> Fraction:
 
 # Taints, tolerations, affinity ---------------------------------------------------------
 
+
 def tolerates(tolerations: list[JSON], taint: JSON) -> bool:
     for tol in tolerations or []:
         effect = tol.get("effect") or ""
@@ -62,8 +73,7 @@ def tolerates(tolerations: list[JSON], taint: JSON) -> bool:
         operator = tol.get("operator") or "Equal"
         if operator == "Exists" and (not key or key == taint.get("key")):
             return True
-        if operator == "Equal" and key == taint.get("key") and \
-                (tol.get("value") or "") == (taint.get("value") or ""):
+        if operator == "Equal" and key == taint.get("key") and (tol.get("value") or "") == (taint.get("value") or ""):
             return True
     return False
 
@@ -79,8 +89,7 @@ def _expression_matches(expr: JSON, labels: dict[str, str]) -> bool:
     op = expr.get("operator", "")
     key = expr.get("key", "")
     values = tuple(expr.get("values") or ())
-    mapping = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!",
-               "Gt": "gt", "Lt": "lt"}
+    mapping = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!", "Gt": "gt", "Lt": "lt"}
     if op not in mapping:
         return False
     return Requirement(key, mapping[op], values).matches(labels)
@@ -92,8 +101,9 @@ def node_selection_matches(pod_spec: JSON, node: JSON) -> bool:
     for key, value in (pod_spec.get("nodeSelector") or {}).items():
         if labels.get(key) != value:
             return False
-    required = (((pod_spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution"))
+    required = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
     if not required:
         return True
     fields = {"metadata.name": node["metadata"]["name"]}
@@ -102,8 +112,9 @@ def node_selection_matches(pod_spec: JSON, node: JSON) -> bool:
         field_exprs = term.get("matchFields") or []
         if not exprs and not field_exprs:
             continue
-        if all(_expression_matches(e, labels) for e in exprs) and \
-                all(_expression_matches(e, fields) for e in field_exprs):
+        if all(_expression_matches(e, labels) for e in exprs) and all(
+            _expression_matches(e, fields) for e in field_exprs
+        ):
             return True
     return False
 
@@ -133,9 +144,13 @@ def pod_is_terminal(pod: JSON) -> bool:
 
 def _involved_reference(obj: JSON) -> JSON:
     meta = obj.get("metadata") or {}
-    ref = {"kind": obj.get("kind", ""), "name": meta.get("name", ""),
-           "uid": meta.get("uid", ""), "apiVersion": obj.get("apiVersion", ""),
-           "resourceVersion": meta.get("resourceVersion", "")}
+    ref = {
+        "kind": obj.get("kind", ""),
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+        "apiVersion": obj.get("apiVersion", ""),
+        "resourceVersion": meta.get("resourceVersion", ""),
+    }
     if meta.get("namespace"):
         ref["namespace"] = meta["namespace"]
     return ref
@@ -169,8 +184,16 @@ class Controllers:
         rt = self._rt(name)
         return [obj for _, obj in sorted(self.store.objects.get(rt.key, {}).items())]
 
-    def record_event(self, involved: JSON, event_type: str, reason: str, message: str,
-                     component: str, host: str = "", namespace: str | None = None) -> JSON:
+    def record_event(
+        self,
+        involved: JSON,
+        event_type: str,
+        reason: str,
+        message: str,
+        component: str,
+        host: str = "",
+        namespace: str | None = None,
+    ) -> JSON:
         """Record an event about `involved`, folding a repeat into its count. Events about
         cluster-scoped objects go to `namespace` (default: "default")."""
         with self.store.writing():
@@ -180,10 +203,15 @@ class Controllers:
             stamp = now_rfc3339()
             for key, event in self.store.objects.get(rt.key, {}).items():
                 inv = event.get("involvedObject") or {}
-                if key[0] == namespace and inv.get("uid") == ref["uid"] and \
-                        inv.get("name") == ref["name"] and inv.get("kind") == ref["kind"] and \
-                        event.get("reason") == reason and event.get("message") == message and \
-                        (event.get("source") or {}).get("component") == component:
+                if (
+                    key[0] == namespace
+                    and inv.get("uid") == ref["uid"]
+                    and inv.get("name") == ref["name"]
+                    and inv.get("kind") == ref["kind"]
+                    and event.get("reason") == reason
+                    and event.get("message") == message
+                    and (event.get("source") or {}).get("component") == component
+                ):
                     new = copy.deepcopy(event)
                     new["count"] = int(event.get("count") or 1) + 1
                     new["lastTimestamp"] = stamp
@@ -192,13 +220,22 @@ class Controllers:
             source = {"component": component}
             if host:
                 source["host"] = host
-            body = {"apiVersion": "v1", "kind": "Event",
-                    "metadata": {"name": f"{ref['name']}.{random_suffix(16)}",
-                                 "namespace": namespace},
-                    "involvedObject": ref, "reason": reason, "message": message,
-                    "type": event_type, "source": source, "firstTimestamp": stamp,
-                    "lastTimestamp": stamp, "count": 1, "eventTime": None,
-                    "reportingComponent": component, "reportingInstance": host}
+            body = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{ref['name']}.{random_suffix(16)}", "namespace": namespace},
+                "involvedObject": ref,
+                "reason": reason,
+                "message": message,
+                "type": event_type,
+                "source": source,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+                "eventTime": None,
+                "reportingComponent": component,
+                "reportingInstance": host,
+            }
             return self.store.create(rt, namespace, body, component)
 
     # DaemonSet controller --------------------------------------------------------------
@@ -226,8 +263,9 @@ class Controllers:
         spec = pod.get("spec") or {}
         if spec.get("nodeName"):
             return str(spec["nodeName"])
-        required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                    .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+        required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ) or {}
         for term in required.get("nodeSelectorTerms") or []:
             for expr in term.get("matchFields") or []:
                 if expr.get("key") == "metadata.name" and expr.get("values"):
@@ -246,20 +284,28 @@ class Controllers:
             if tol not in tolerations:
                 tolerations.append(dict(tol))
         if spec.get("hostNetwork"):
-            extra = {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists",
-                     "effect": "NoSchedule"}
+            extra = {"key": "node.kubernetes.io/network-unavailable", "operator": "Exists", "effect": "NoSchedule"}
             if extra not in tolerations:
                 tolerations.append(extra)
         spec["tolerations"] = tolerations
         affinity = spec.setdefault("affinity", {})
         affinity.setdefault("nodeAffinity", {})["requiredDuringSchedulingIgnoredDuringExecution"] = {
-            "nodeSelectorTerms": [{"matchFields": [
-                {"key": "metadata.name", "operator": "In", "values": [node_name]}]}]}
-        meta: JSON = {"generateName": f"{ds['metadata']['name']}-", "labels": labels,
-                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
-                                           "name": ds["metadata"]["name"],
-                                           "uid": ds["metadata"]["uid"], "controller": True,
-                                           "blockOwnerDeletion": True}]}
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}]
+        }
+        meta: JSON = {
+            "generateName": f"{ds['metadata']['name']}-",
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "DaemonSet",
+                    "name": ds["metadata"]["name"],
+                    "uid": ds["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        }
         if tmeta.get("annotations"):
             meta["annotations"] = dict(tmeta["annotations"])
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
@@ -278,15 +324,18 @@ class Controllers:
         nodes = {n["metadata"]["name"]: n for n in self._all("Node")}
 
         def owned_pods() -> list[JSON]:
-            return [p for p in self._all("Pod")
-                    if p["metadata"].get("namespace") == namespace and
-                    any(r.get("uid") == uid and r.get("controller")
-                        for r in p["metadata"].get("ownerReferences") or [])]
+            return [
+                p
+                for p in self._all("Pod")
+                if p["metadata"].get("namespace") == namespace
+                and any(r.get("uid") == uid and r.get("controller") for r in p["metadata"].get("ownerReferences") or [])
+            ]
 
         def delete_pod(pod: JSON) -> None:
             store.remove_internal(pod_rt, namespace, pod["metadata"]["name"])
-            self.record_event(ds, "Normal", "SuccessfulDelete",
-                              f"Deleted pod: {pod['metadata']['name']}", "daemonset-controller")
+            self.record_event(
+                ds, "Normal", "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", "daemonset-controller"
+            )
 
         decisions = {name: self.node_decision(ds, node) for name, node in nodes.items()}
         by_node: dict[str, list[JSON]] = {}
@@ -303,9 +352,13 @@ class Controllers:
                 for pod in alive:
                     delete_pod(pod)
             elif len(alive) > 1:
-                alive.sort(key=lambda p: (p["metadata"]["labels"].get(
-                    "controller-revision-hash") != revision, not pod_is_ready(p),
-                    p["metadata"].get("creationTimestamp", "")))
+                alive.sort(
+                    key=lambda p: (
+                        p["metadata"]["labels"].get("controller-revision-hash") != revision,
+                        not pod_is_ready(p),
+                        p["metadata"].get("creationTimestamp", ""),
+                    )
+                )
                 for pod in alive[1:]:
                     delete_pod(pod)
 
@@ -318,20 +371,22 @@ class Controllers:
                 try:
                     pod = store.create(pod_rt, namespace, body, "kube-controller-manager")
                 except errors.ApiError as exc:
-                    self.record_event(ds, "Warning", "FailedCreate", f"Error creating: {exc.message}",
-                                      "daemonset-controller")
+                    self.record_event(
+                        ds, "Warning", "FailedCreate", f"Error creating: {exc.message}", "daemonset-controller"
+                    )
                     continue
                 by_node[node_name] = [pod]
-                self.record_event(ds, "Normal", "SuccessfulCreate",
-                                  f"Created pod: {pod['metadata']['name']}", "daemonset-controller")
+                self.record_event(
+                    ds, "Normal", "SuccessfulCreate", f"Created pod: {pod['metadata']['name']}", "daemonset-controller"
+                )
 
         strategy = (ds.get("spec") or {}).get("updateStrategy") or {}
         if strategy.get("type", "RollingUpdate") == "RollingUpdate":
             should = [n for n in sorted(nodes) if decisions[n][0]]
             max_unavailable = _resolve_int_or_percent(
-                (strategy.get("rollingUpdate") or {}).get("maxUnavailable", 1), len(should))
-            unavailable = sum(1 for n in should
-                              if not any(pod_is_ready(p) for p in by_node.get(n, [])))
+                (strategy.get("rollingUpdate") or {}).get("maxUnavailable", 1), len(should)
+            )
+            unavailable = sum(1 for n in should if not any(pod_is_ready(p) for p in by_node.get(n, [])))
             for node_name in should:
                 for pod in by_node.get(node_name, []):
                     if pod["metadata"].get("labels", {}).get("controller-revision-hash") == revision:
@@ -344,9 +399,15 @@ class Controllers:
 
         self._update_status(ds_rt, ds, nodes, decisions, revision, owned_pods())
 
-    def _update_status(self, ds_rt: ResourceType, ds: JSON, nodes: dict[str, JSON],
-                       decisions: dict[str, tuple[bool, bool]], revision: str,
-                       pods: list[JSON]) -> None:
+    def _update_status(
+        self,
+        ds_rt: ResourceType,
+        ds: JSON,
+        nodes: dict[str, JSON],
+        decisions: dict[str, tuple[bool, bool]],
+        revision: str,
+        pods: list[JSON],
+    ) -> None:
         by_node: dict[str, list[JSON]] = {}
         for pod in pods:
             by_node.setdefault(self.pod_node(pod), []).append(pod)
@@ -358,8 +419,7 @@ class Controllers:
                 desired += 1
                 if node_pods:
                     current += 1
-                if any(p["metadata"].get("labels", {}).get("controller-revision-hash") == revision
-                       for p in node_pods):
+                if any(p["metadata"].get("labels", {}).get("controller-revision-hash") == revision for p in node_pods):
                     updated += 1
                 if any(pod_is_ready(p) for p in node_pods):
                     ready += 1
@@ -367,9 +427,13 @@ class Controllers:
             elif node_pods:
                 misscheduled += 1
         # As the Go type serialises it: the last four are omitempty, absent when zero.
-        status: JSON = {"currentNumberScheduled": current, "desiredNumberScheduled": desired,
-                        "numberMisscheduled": misscheduled, "numberReady": ready,
-                        "observedGeneration": ds["metadata"].get("generation", 1)}
+        status: JSON = {
+            "currentNumberScheduled": current,
+            "desiredNumberScheduled": desired,
+            "numberMisscheduled": misscheduled,
+            "numberReady": ready,
+            "observedGeneration": ds["metadata"].get("generation", 1),
+        }
         if updated:
             status["updatedNumberScheduled"] = updated
         if available:
@@ -403,12 +467,12 @@ class Controllers:
         spec = pod.get("spec") or {}
         tolerations = spec.get("tolerations") or []
         if (node.get("spec") or {}).get("unschedulable") and not tolerates(
-                tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}):
+            tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+        ):
             return ["node(s) were unschedulable"]
         taint = untolerated_taint(tolerations, node, ("NoSchedule", "NoExecute"))
         if taint is not None:
-            return [f"node(s) had untolerated taint {{{taint.get('key', '')}: "
-                    f"{taint.get('value', '')}}}"]
+            return [f"node(s) had untolerated taint {{{taint.get('key', '')}: {taint.get('value', '')}}}"]
         if not node_selection_matches(spec, node):
             return ["node(s) didn't match Pod's node affinity/selector"]
         allocatable = (node.get("status") or {}).get("allocatable") or {}
@@ -428,8 +492,11 @@ class Controllers:
         nodes = self._all("Node")
         for pod in self._all("Pod"):
             spec = pod.get("spec") or {}
-            if spec.get("nodeName") or pod_is_terminal(pod) or \
-                    spec.get("schedulerName", "default-scheduler") != "default-scheduler":
+            if (
+                spec.get("nodeName")
+                or pod_is_terminal(pod)
+                or spec.get("schedulerName", "default-scheduler") != "default-scheduler"
+            ):
                 continue
             usage = self._usage()
             histogram: dict[str, int] = {}
@@ -443,39 +510,49 @@ class Controllers:
                     fits.append(node)
             if fits:
                 # Least loaded first, then by name: deterministic for tests.
-                fits.sort(key=lambda n: (usage.get(n["metadata"]["name"], {}).get("pods", 0),
-                                         n["metadata"]["name"]))
+                fits.sort(key=lambda n: (usage.get(n["metadata"]["name"], {}).get("pods", 0), n["metadata"]["name"]))
                 self.bind(pod_rt, pod, fits[0])
             else:
                 self._mark_unschedulable(pod_rt, pod, nodes, histogram)
 
-    def _mark_unschedulable(self, pod_rt: ResourceType, pod: JSON, nodes: list[JSON],
-                            histogram: dict[str, int]) -> None:
+    def _mark_unschedulable(
+        self, pod_rt: ResourceType, pod: JSON, nodes: list[JSON], histogram: dict[str, int]
+    ) -> None:
         total = len(nodes)
         if not total:
             message = "no nodes available to schedule pods"
         else:
             parts = sorted(f"{count} {reason}" for reason, count in histogram.items())
-            resolvable = sum(count for reason, count in histogram.items()
-                             if reason.startswith("Insufficient") or reason == "Too many pods")
+            resolvable = sum(
+                count
+                for reason, count in histogram.items()
+                if reason.startswith("Insufficient") or reason == "Too many pods"
+            )
             preemption = []
             if resolvable:
                 preemption.append(f"{resolvable} No preemption victims found for incoming pod")
             if total - resolvable:
                 preemption.append(f"{total - resolvable} Preemption is not helpful for scheduling")
-            message = (f"0/{total} nodes are available: {', '.join(parts)}. preemption: "
-                       f"0/{total} nodes are available: {', '.join(sorted(preemption))}.")
-        condition = {"type": "PodScheduled", "status": "False", "lastProbeTime": None,
-                     "lastTransitionTime": now_rfc3339(), "reason": "Unschedulable",
-                     "message": message}
-        current = [c for c in (pod.get("status") or {}).get("conditions") or []
-                   if c.get("type") == "PodScheduled"]
+            message = (
+                f"0/{total} nodes are available: {', '.join(parts)}. preemption: "
+                f"0/{total} nodes are available: {', '.join(sorted(preemption))}."
+            )
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": now_rfc3339(),
+            "reason": "Unschedulable",
+            "message": message,
+        }
+        current = [c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"]
         if current and current[0].get("message") == message:
             return
         new = copy.deepcopy(pod)
         status = new.setdefault("status", {})
-        status["conditions"] = [c for c in status.get("conditions") or []
-                                if c.get("type") != "PodScheduled"] + [condition]
+        status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"] + [
+            condition
+        ]
         self.store.commit_internal(pod_rt, new, pod)
         self.record_event(new, "Warning", "FailedScheduling", message, "default-scheduler")
 
@@ -486,17 +563,17 @@ class Controllers:
         self._mark_bound(new, node)
         self.store.commit_internal(pod_rt, new, pod)
         ns, name = new["metadata"]["namespace"], new["metadata"]["name"]
-        self.record_event(new, "Normal", "Scheduled",
-                          f"Successfully assigned {ns}/{name} to {node_name}", "default-scheduler")
+        self.record_event(
+            new, "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node_name}", "default-scheduler"
+        )
 
     def _mark_bound(self, pod: JSON, node: JSON | None) -> None:
         """Status of a pod a kubelet has just picked up: scheduled, containers being created."""
         status = pod.setdefault("status", {})
         stamp = now_rfc3339()
-        status["conditions"] = [c for c in status.get("conditions") or []
-                                if c.get("type") != "PodScheduled"] + [
-            {"type": "PodScheduled", "status": "True", "lastProbeTime": None,
-             "lastTransitionTime": stamp}]
+        status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"] + [
+            {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp}
+        ]
         status["phase"] = "Pending"
         if node is not None:
             host_ip = _node_ip(node)
@@ -505,10 +582,18 @@ class Controllers:
                 status["hostIPs"] = [{"ip": host_ip}]
         status["startTime"] = stamp
         status["containerStatuses"] = [
-            {"name": c.get("name", ""), "image": c.get("image", ""), "imageID": "",
-             "ready": False, "restartCount": 0, "started": False,
-             "state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}}
-            for c in (pod.get("spec") or {}).get("containers") or []]
+            {
+                "name": c.get("name", ""),
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "started": False,
+                "state": {"waiting": {"reason": "ContainerCreating"}},
+                "lastState": {},
+            }
+            for c in (pod.get("spec") or {}).get("containers") or []
+        ]
 
     def mark_created_bound(self, pod: JSON) -> None:
         """A pod created with spec.nodeName already set skips the scheduler."""
@@ -517,10 +602,18 @@ class Controllers:
 
     # Kubelet-side status ---------------------------------------------------------------
 
-    def set_pod_phase(self, namespace: str, name: str, phase: str, ready: bool = False,
-                      waiting_reason: str | None = None, message: str | None = None,
-                      restart_count: int | None = None, exit_code: int | None = None,
-                      container: str | None = None) -> JSON:
+    def set_pod_phase(
+        self,
+        namespace: str,
+        name: str,
+        phase: str,
+        ready: bool = False,
+        waiting_reason: str | None = None,
+        message: str | None = None,
+        restart_count: int | None = None,
+        exit_code: int | None = None,
+        container: str | None = None,
+    ) -> JSON:
         with self.store.writing():
             pod_rt = self._rt("Pod")
             pod = self.store.peek(pod_rt, namespace, name)
@@ -536,8 +629,13 @@ class Controllers:
                 cname = c.get("name", "")
                 if container and cname != container:
                     continue
-                prev = statuses.get(cname) or {"name": cname, "image": c.get("image", ""),
-                                               "imageID": "", "restartCount": 0, "lastState": {}}
+                prev = statuses.get(cname) or {
+                    "name": cname,
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "restartCount": 0,
+                    "lastState": {},
+                }
                 cs = copy.deepcopy(prev)
                 if restart_count is not None:
                     cs["restartCount"] = restart_count
@@ -549,25 +647,37 @@ class Controllers:
                     cs["ready"] = False
                     cs["started"] = False
                     if waiting_reason == "CrashLoopBackOff":
-                        cs["lastState"] = {"terminated": {
-                            "exitCode": exit_code if exit_code is not None else 1,
-                            "reason": "Error", "startedAt": stamp, "finishedAt": stamp}}
-                        events.append(("Warning", "BackOff",
-                                       f"Back-off restarting failed container {cname} in pod "
-                                       f"{name}_{namespace}({new['metadata']['uid']})"))
+                        cs["lastState"] = {
+                            "terminated": {
+                                "exitCode": exit_code if exit_code is not None else 1,
+                                "reason": "Error",
+                                "startedAt": stamp,
+                                "finishedAt": stamp,
+                            }
+                        }
+                        events.append(
+                            (
+                                "Warning",
+                                "BackOff",
+                                f"Back-off restarting failed container {cname} in pod "
+                                f"{name}_{namespace}({new['metadata']['uid']})",
+                            )
+                        )
                     elif waiting_reason in ("ImagePullBackOff", "ErrImagePull"):
-                        events.append(("Normal", "BackOff",
-                                       f'Back-off pulling image "{c.get("image", "")}"'))
+                        events.append(("Normal", "BackOff", f'Back-off pulling image "{c.get("image", "")}"'))
                         events.append(("Warning", "Failed", f"Error: {waiting_reason}"))
-                    elif waiting_reason in ("CreateContainerError", "RunContainerError",
-                                            "CreateContainerConfigError"):
-                        events.append(("Warning", "Failed",
-                                       f"Error: {message or waiting_reason}"))
+                    elif waiting_reason in ("CreateContainerError", "RunContainerError", "CreateContainerConfigError"):
+                        events.append(("Warning", "Failed", f"Error: {message or waiting_reason}"))
                 elif phase in ("Succeeded", "Failed"):
                     code = exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1)
-                    cs["state"] = {"terminated": {
-                        "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                        "startedAt": stamp, "finishedAt": stamp}}
+                    cs["state"] = {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": "Completed" if code == 0 else "Error",
+                            "startedAt": stamp,
+                            "finishedAt": stamp,
+                        }
+                    }
                     if message:
                         cs["state"]["terminated"]["message"] = message
                     cs["ready"] = False
@@ -586,8 +696,7 @@ class Controllers:
             order = [c.get("name", "") for c in (new.get("spec") or {}).get("containers") or []]
             status["containerStatuses"] = [statuses[n] for n in order if n in statuses]
             status["phase"] = phase
-            all_ready = bool(status["containerStatuses"]) and all(
-                s.get("ready") for s in status["containerStatuses"])
+            all_ready = bool(status["containerStatuses"]) and all(s.get("ready") for s in status["containerStatuses"])
             if phase == "Running" and not status.get("podIP"):
                 self.pod_ip_counter += 1
                 ip = f"198.51.100.{(self.pod_ip_counter % 250) + 1}"
@@ -600,8 +709,7 @@ class Controllers:
                 value = "True" if ok else "False"
                 if old and old.get("status") == value:
                     return
-                entry: JSON = {"type": kind, "status": value, "lastProbeTime": None,
-                               "lastTransitionTime": stamp}
+                entry: JSON = {"type": kind, "status": value, "lastProbeTime": None, "lastTransitionTime": stamp}
                 if reason and not ok:
                     entry["reason"] = reason
                 conds[kind] = entry
@@ -611,9 +719,11 @@ class Controllers:
             cond("Ready", all_ready, "ContainersNotReady")
             cond("ContainersReady", all_ready, "ContainersNotReady")
             cond("PodScheduled", True)
-            status["conditions"] = [conds[k] for k in (
-                "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
-                "PodScheduled") if k in conds]
+            status["conditions"] = [
+                conds[k]
+                for k in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
+                if k in conds
+            ]
             self.store.commit_internal(pod_rt, new, pod)
             for event_type, reason, text in events:
                 self.record_event(new, event_type, reason, text, "kubelet", node_name)
@@ -636,5 +746,4 @@ def _resolve_int_or_percent(value: Any, total: int) -> int:
 
 
 def selector_matches_pod(ds: JSON, pod: JSON) -> bool:
-    return label_selector_object_matches((ds.get("spec") or {}).get("selector"),
-                                         pod["metadata"].get("labels"))
+    return label_selector_object_matches((ds.get("spec") or {}).get("selector"), pod["metadata"].get("labels"))

@@ -22,8 +22,14 @@ class ApiError(Exception):
         self.details = details
 
     def status(self) -> JSON:
-        out: JSON = {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                     "status": "Failure", "message": self.message, "code": self.code}
+        out: JSON = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "code": self.code,
+        }
         if self.reason:
             out["reason"] = self.reason
         if self.details is not None:
@@ -43,24 +49,23 @@ def not_found(rt: ResourceType, name: str) -> ApiError:
 
 
 def namespace_not_found(name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'namespaces "{name}" not found',
-                    {"name": name, "kind": "namespaces"})
+    return ApiError(404, "NotFound", f'namespaces "{name}" not found', {"name": name, "kind": "namespaces"})
 
 
 def already_exists(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists',
-                    _details(rt, name))
+    return ApiError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name))
 
 
 def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(409, "Conflict",
-                    f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}',
-                    _details(rt, name))
+    return ApiError(
+        409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}', _details(rt, name)
+    )
 
 
 def stale_resource_version(rt: ResourceType, name: str) -> ApiError:
-    return conflict(rt, name, "the object has been modified; please apply your changes to "
-                              "the latest version and try again")
+    return conflict(
+        rt, name, "the object has been modified; please apply your changes to the latest version and try again"
+    )
 
 
 class GoValue(str):
@@ -70,8 +75,7 @@ class GoValue(str):
 class FieldError:
     """One cause of a 422 Invalid: `<field>: <Type>: <detail>`."""
 
-    def __init__(self, field: str, kind: str, detail: str, value: Any = None,
-                 has_value: bool = False) -> None:
+    def __init__(self, field: str, kind: str, detail: str, value: Any = None, has_value: bool = False) -> None:
         self.field = field
         self.kind = kind
         self.detail = detail
@@ -80,9 +84,13 @@ class FieldError:
 
     @property
     def reason(self) -> str:
-        return {"Required value": "FieldValueRequired", "Invalid value": "FieldValueInvalid",
-                "Forbidden": "FieldValueForbidden", "Unsupported value": "FieldValueNotSupported",
-                "Duplicate value": "FieldValueDuplicate"}.get(self.kind, "FieldValueInvalid")
+        return {
+            "Required value": "FieldValueRequired",
+            "Invalid value": "FieldValueInvalid",
+            "Forbidden": "FieldValueForbidden",
+            "Unsupported value": "FieldValueNotSupported",
+            "Duplicate value": "FieldValueDuplicate",
+        }.get(self.kind, "FieldValueInvalid")
 
     def text(self) -> str:
         if self.kind == "Required value":
@@ -103,8 +111,9 @@ def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
     kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
     details = _details(rt, name)
     details["kind"] = rt.kind
-    details["causes"] = [{"reason": e.reason, "message": e.text()[len(e.field) + 2:],
-                          "field": e.field} for e in errors]
+    details["causes"] = [
+        {"reason": e.reason, "message": e.text()[len(e.field) + 2 :], "field": e.field} for e in errors
+    ]
     return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {joined}', details)
 
 
@@ -113,8 +122,7 @@ def bad_request(message: str) -> ApiError:
 
 
 def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: {why}',
-                    _details(rt, name))
+    return ApiError(403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: {why}', _details(rt, name))
 
 
 def rbac_forbidden(method: str, path: str, watch: bool, user: str) -> ApiError:
@@ -127,25 +135,33 @@ def rbac_forbidden(method: str, path: str, watch: bool, user: str) -> ApiError:
     resource = rest[0] if rest else ""
     name = rest[1] if len(rest) > 1 else ""
     full = resource + ("/" + rest[2] if len(rest) > 2 else "")
-    verb = {"GET": "get" if name else ("watch" if watch else "list"), "POST": "create", "PATCH": "patch",
-            "PUT": "update", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+    verb = {
+        "GET": "get" if name else ("watch" if watch else "list"),
+        "POST": "create",
+        "PATCH": "patch",
+        "PUT": "update",
+        "DELETE": "delete" if name else "deletecollection",
+    }.get(method, method.lower())
     where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
     subject = (f"{resource}.{group}" if group else resource) + (f' "{name}"' if name else "")
-    return ApiError(403, "Forbidden",
-                    f'{subject} is forbidden: User "{user}" cannot {verb} resource "{full}" in API group '
-                    f'"{group}" {where}',
-                    {"name": name, "group": group, "kind": resource})
+    return ApiError(
+        403,
+        "Forbidden",
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{full}" in API group "{group}" {where}',
+        {"name": name, "group": group, "kind": resource},
+    )
 
 
 def method_not_allowed() -> ApiError:
-    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the "
-                                             "requested resource")
+    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
 
 def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types "
-                    f"include: {', '.join(accepted)}")
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)}",
+    )
 
 
 def internal_error(message: str) -> ApiError:

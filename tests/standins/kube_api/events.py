@@ -17,7 +17,8 @@ JSON = dict[str, Any]
 def to_events_v1(core: JSON) -> JSON:
     """core/v1 Event -> events.k8s.io/v1 Event."""
     out: JSON = {
-        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
         "metadata": copy.deepcopy(core.get("metadata", {})),
         "eventTime": core.get("eventTime"),
         "reason": core.get("reason"),
@@ -41,7 +42,8 @@ def to_events_v1(core: JSON) -> JSON:
 def from_events_v1(new: JSON) -> JSON:
     """events.k8s.io/v1 Event -> core/v1 Event (what a create through events.k8s.io stores)."""
     out: JSON = {
-        "apiVersion": "v1", "kind": "Event",
+        "apiVersion": "v1",
+        "kind": "Event",
         "metadata": copy.deepcopy(new.get("metadata", {})),
         "involvedObject": copy.deepcopy(new.get("regarding", {})),
         "reason": new.get("reason"),
@@ -62,8 +64,10 @@ def from_events_v1(new: JSON) -> JSON:
 
 # events.k8s.io field selectors name the new fields; map them to the stored ones.
 EVENTS_V1_FIELDS = {
-    "regarding.kind": "involvedObject.kind", "regarding.name": "involvedObject.name",
-    "regarding.namespace": "involvedObject.namespace", "regarding.uid": "involvedObject.uid",
+    "regarding.kind": "involvedObject.kind",
+    "regarding.name": "involvedObject.name",
+    "regarding.namespace": "involvedObject.namespace",
+    "regarding.uid": "involvedObject.uid",
     "regarding.apiVersion": "involvedObject.apiVersion",
     "regarding.resourceVersion": "involvedObject.resourceVersion",
     "regarding.fieldPath": "involvedObject.fieldPath",

@@ -60,7 +60,7 @@ def builtin_root(group: str, version: str, kind: str) -> Node:
 
 def crd_root(crd_version: JSON) -> Node:
     """The schema of a CRD version; metadata is the real ObjectMeta whatever it says."""
-    schema = ((crd_version.get("schema") or {}).get("openAPIV3Schema"))
+    schema = (crd_version.get("schema") or {}).get("openAPIV3Schema")
     if not isinstance(schema, dict):
         return None
     root = dict(schema)
@@ -86,8 +86,8 @@ def resolve(node: Node) -> Node:
 
 def _unstructured(node: JSON) -> bool:
     return bool(node.get("x-kubernetes-preserve-unknown-fields")) or (
-        "properties" not in node and "additionalProperties" not in node
-        and "items" not in node)
+        "properties" not in node and "additionalProperties" not in node and "items" not in node
+    )
 
 
 def child(node: Node, key: str) -> tuple[bool, Node]:
@@ -127,8 +127,9 @@ def list_type(node: Node) -> tuple[str, tuple[str, ...]]:
 
 def is_atomic_map(node: Node) -> bool:
     node = resolve(node)
-    return bool(node and (node.get("x-kubernetes-map-type") == "atomic"
-                          or node.get("x-kubernetes-struct-type") == "atomic"))
+    return bool(
+        node and (node.get("x-kubernetes-map-type") == "atomic" or node.get("x-kubernetes-struct-type") == "atomic")
+    )
 
 
 def patch_strategy(node: Node) -> tuple[str | None, set[str]]:
@@ -136,8 +137,7 @@ def patch_strategy(node: Node) -> tuple[str | None, set[str]]:
     node = resolve(node)
     if node is None:
         return None, set()
-    strategies = {s.strip() for s in str(node.get("x-kubernetes-patch-strategy", "")).split(",")
-                  if s.strip()}
+    strategies = {s.strip() for s in str(node.get("x-kubernetes-patch-strategy", "")).split(",") if s.strip()}
     return node.get("x-kubernetes-patch-merge-key"), strategies
 
 
@@ -150,8 +150,7 @@ def unknown_fields(node: Node, obj: Any, drop: bool = False) -> list[tuple[str, 
     return out
 
 
-def _unknown(node: Node, obj: Any, apply_path: str, decode_path: str,
-             out: list[tuple[str, str]], drop: bool) -> None:
+def _unknown(node: Node, obj: Any, apply_path: str, decode_path: str, out: list[tuple[str, str]], drop: bool) -> None:
     node = resolve(node)
     if node is None:
         return
@@ -175,4 +174,3 @@ def _unknown(node: Node, obj: Any, apply_path: str, decode_path: str,
             else:
                 label = f"[{n}]"
             _unknown(sub, item, apply_path + label, f"{decode_path}[{n}]", out, drop)
-

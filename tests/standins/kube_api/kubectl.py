@@ -56,12 +56,12 @@ def debian_kubectl(cache_dir: Path) -> Path:
             apt = _PrivateApt(work)
             while wanted:
                 deb = apt.download(wanted.pop(0))
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True,
-                               capture_output=True)
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True, capture_output=True)
                 if (unpacked / "usr" / "bin" / "kubectl").is_file():
                     break
-                depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True,
-                                         capture_output=True, text=True).stdout
+                depends = subprocess.run(
+                    ["dpkg-deb", "-f", str(deb), "Depends"], check=True, capture_output=True, text=True
+                ).stdout
                 wanted += [d.split()[0] for d in depends.split(",") if d.strip()]
             if not (unpacked / "usr" / "bin" / "kubectl").is_file():
                 raise RuntimeError("Debian's kubernetes-client brought no usr/bin/kubectl")
@@ -83,20 +83,37 @@ class _PrivateApt:
         sources = work / "sources.list"
         sources.write_text(f"deb [signed-by={KEYRING}] {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n")
         self.options = [
-            "-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={apt_cache}",
-            "-o", "Acquire::Languages=none", "-o", "APT::Get::List-Cleanup=false",
-            "-o", "Debug::NoLocking=true",
+            "-o",
+            f"Dir::Etc::SourceList={sources}",
+            "-o",
+            "Dir::Etc::SourceParts=/dev/null",
+            "-o",
+            f"Dir::State::Lists={lists}",
+            "-o",
+            f"Dir::Cache={apt_cache}",
+            "-o",
+            "Acquire::Languages=none",
+            "-o",
+            "APT::Get::List-Cleanup=false",
+            "-o",
+            "Debug::NoLocking=true",
         ]
         self._run("update")
 
     def _run(self, *args: str) -> None:
         try:
-            subprocess.run(["apt-get", *self.options, *args], check=True, capture_output=True,
-                           text=True, timeout=600, cwd=self.work)
+            subprocess.run(
+                ["apt-get", *self.options, *args],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                cwd=self.work,
+            )
         except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"apt-get {' '.join(args)} for Debian {DEBIAN_SUITE} failed: "
-                               f"{exc.stderr.strip()}") from exc
+            raise RuntimeError(
+                f"apt-get {' '.join(args)} for Debian {DEBIAN_SUITE} failed: {exc.stderr.strip()}"
+            ) from exc
 
     def download(self, package: str) -> Path:
         # "/suite" picks Debian's version even where another kubectl is installed.

@@ -34,8 +34,7 @@ def v3_group_version(types: list[ResourceType], gv_path: str) -> JSON | None:
     paths: JSON = {}
     for rt in selected:
         prefix = "/" + gv_path + ("/namespaces/{namespace}" if rt.namespaced else "")
-        params = [{"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
-                  for p in _PATCH_PARAMS]
+        params = [{"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": True}} for p in _PATCH_PARAMS]
         gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
         paths[f"{prefix}/{rt.plural}/{{name}}"] = {
             "patch": {
@@ -43,19 +42,26 @@ def v3_group_version(types: list[ResourceType], gv_path: str) -> JSON | None:
                 "x-kubernetes-action": "patch",
                 "x-kubernetes-group-version-kind": gvk,
                 "parameters": params,
-                "requestBody": {"content": {
-                    "application/apply-patch+yaml": {"schema": {"type": "object"}},
-                    "application/json-patch+json": {"schema": {"type": "object"}},
-                    "application/merge-patch+json": {"schema": {"type": "object"}},
-                    "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
-                }},
+                "requestBody": {
+                    "content": {
+                        "application/apply-patch+yaml": {"schema": {"type": "object"}},
+                        "application/json-patch+json": {"schema": {"type": "object"}},
+                        "application/merge-patch+json": {"schema": {"type": "object"}},
+                        "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
+                    }
+                },
                 "responses": {"200": {"description": "OK"}, "201": {"description": "Created"}},
             },
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"type": "string", "uniqueItems": True}}],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "uniqueItems": True}}
+            ],
         }
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.3"},
-            "paths": paths, "components": {"schemas": {}}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.3"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def v3_root(types: list[ResourceType]) -> JSON:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from . import k8s_schema
 from .k8s_schema import Node
@@ -29,9 +30,19 @@ KEY_DEFAULTS: dict[str, Any] = {"protocol": "TCP"}
 
 # Never owned: identity and bookkeeping the server sets.
 IGNORED_TOP = {"apiVersion", "kind"}
-IGNORED_METADATA = {"name", "namespace", "uid", "resourceVersion", "generation",
-                    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-                    "managedFields", "selfLink", "generateName"}
+IGNORED_METADATA = {
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+    "generateName",
+}
 
 
 def _item_key(keys: tuple[str, ...], item: Any) -> str | None:
@@ -73,8 +84,7 @@ def _walk(value: Any, path: Path, node: Node, out: set[Path]) -> None:
                 out.add(item_path)
                 for key, child in item.items():
                     if child is not None:
-                        _walk(child, item_path + (f"f:{key}",),
-                              k8s_schema.child(item_node, key)[1], out)
+                        _walk(child, item_path + (f"f:{key}",), k8s_schema.child(item_node, key)[1], out)
             return
         if kind == "set" and all(not isinstance(i, (dict, list)) for i in value):
             for item in value:
@@ -101,8 +111,7 @@ def fieldset(obj: JSON, root: Node, scope: str = "main", has_status: bool = True
         if key == "metadata" and isinstance(value, dict):
             for mkey, mval in value.items():
                 if mkey not in IGNORED_METADATA and mval is not None:
-                    _walk(mval, ("f:metadata", f"f:{mkey}"), k8s_schema.child(node, mkey)[1],
-                          out)
+                    _walk(mval, ("f:metadata", f"f:{mkey}"), k8s_schema.child(node, mkey)[1], out)
             continue
         _walk(value, (f"f:{key}",), node, out)
     return out
@@ -200,9 +209,14 @@ class ManagerEntry:
     subresource: str = ""
 
     def to_json(self) -> JSON:
-        out: JSON = {"manager": self.manager, "operation": self.operation,
-                     "apiVersion": self.api_version, "time": self.time,
-                     "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(self.fields)}
+        out: JSON = {
+            "manager": self.manager,
+            "operation": self.operation,
+            "apiVersion": self.api_version,
+            "time": self.time,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(self.fields),
+        }
         if self.subresource:
             out["subresource"] = self.subresource
         return out
@@ -213,11 +227,17 @@ class ManagerEntry:
 
 def read_entries(obj: JSON | None) -> list[ManagerEntry]:
     out = []
-    for e in ((obj or {}).get("metadata", {}).get("managedFields") or []):
-        out.append(ManagerEntry(
-            manager=e.get("manager", ""), operation=e.get("operation", ""),
-            api_version=e.get("apiVersion", ""), time=e.get("time", ""),
-            fields=from_fields_v1(e.get("fieldsV1") or {}), subresource=e.get("subresource", "")))
+    for e in (obj or {}).get("metadata", {}).get("managedFields") or []:
+        out.append(
+            ManagerEntry(
+                manager=e.get("manager", ""),
+                operation=e.get("operation", ""),
+                api_version=e.get("apiVersion", ""),
+                time=e.get("time", ""),
+                fields=from_fields_v1(e.get("fieldsV1") or {}),
+                subresource=e.get("subresource", ""),
+            )
+        )
     return out
 
 
@@ -243,8 +263,7 @@ class ApplyConflict(Exception):
 
 
 def _merge_applied(live: Any, applied: Any, node: Node) -> Any:
-    if isinstance(applied, dict) and isinstance(live, dict) and \
-            not k8s_schema.is_atomic_map(node):
+    if isinstance(applied, dict) and isinstance(live, dict) and not k8s_schema.is_atomic_map(node):
         result = copy.deepcopy(live)
         for key, value in applied.items():
             if value is None:
@@ -257,9 +276,10 @@ def _merge_applied(live: Any, applied: Any, node: Node) -> Any:
         if kind == "map" and all(_item_key(keys, i) for i in applied + live):
             live_by_key = {_item_key(keys, i): i for i in live}
             applied_keys = [_item_key(keys, i) for i in applied]
-            merged = [_merge_applied(live_by_key[k], item, item_node)
-                      if k in live_by_key else copy.deepcopy(item)
-                      for k, item in zip(applied_keys, applied)]
+            merged = [
+                _merge_applied(live_by_key[k], item, item_node) if k in live_by_key else copy.deepcopy(item)
+                for k, item in zip(applied_keys, applied)
+            ]
             merged += [copy.deepcopy(i) for i in live if _item_key(keys, i) not in applied_keys]
             return merged
         if kind == "set":
@@ -285,14 +305,21 @@ def _strip_for_apply(applied: JSON, has_status: bool) -> JSON:
         obj.pop("status", None)
     meta = obj.get("metadata")
     if isinstance(meta, dict):
-        for key in ("managedFields", "resourceVersion", "uid", "creationTimestamp",
-                    "generation", "selfLink"):
+        for key in ("managedFields", "resourceVersion", "uid", "creationTimestamp", "generation", "selfLink"):
             meta.pop(key, None)
     return obj
 
 
-def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: bool,
-                      root: Node, has_status: bool, api_version: str, now: str) -> JSON:
+def server_side_apply(
+    live: JSON | None,
+    applied: JSON,
+    manager: str,
+    force: bool,
+    root: Node,
+    has_status: bool,
+    api_version: str,
+    now: str,
+) -> JSON:
     """The object after `manager` applies `applied` to `live` (None: create).
 
     Raises ApplyConflict naming every field another manager owns with a different value,
@@ -332,9 +359,9 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
     removed: list[Path] = []
     # Outermost first: a removed list item takes its fields with it.
     for path in sorted(old_set - new_set - others, key=len):
-        if any(path[:len(done)] == done for done in removed):
+        if any(path[: len(done)] == done for done in removed):
             continue
-        if any(o[:len(path)] == path for o in others | new_set if o != path):
+        if any(o[: len(path)] == path for o in others | new_set if o != path):
             continue  # someone still owns something inside it
         remove_at(result, path)
         removed.append(path)
@@ -354,16 +381,26 @@ def server_side_apply(live: JSON | None, applied: JSON, manager: str, force: boo
     return result
 
 
-def track_update(old: JSON | None, new: JSON, manager: str, root: Node, has_status: bool,
-                 api_version: str, now: str, subresource: str = "") -> None:
+def track_update(
+    old: JSON | None,
+    new: JSON,
+    manager: str,
+    root: Node,
+    has_status: bool,
+    api_version: str,
+    now: str,
+    subresource: str = "",
+) -> None:
     """Record in `new`'s managedFields that `manager` set what changed from `old`."""
     scope = "status" if subresource == "status" else "main"
     entries = read_entries(old)
     before = fieldset(old, root, scope, has_status) if old else set()
     after = fieldset(new, root, scope, has_status)
-    changed = {p for p in after
-               if p not in before or (get_at(old, p) != get_at(new, p)
-                                      and not isinstance(get_at(new, p), dict))}
+    changed = {
+        p
+        for p in after
+        if p not in before or (get_at(old, p) != get_at(new, p) and not isinstance(get_at(new, p), dict))
+    }
     present = fieldset(new, root, "all", has_status)
     for entry in entries:
         if not entry.same_owner(manager, "Update", subresource):

@@ -36,8 +36,7 @@ def _merge_key_list(original: list[Any], patch: list[Any], key: str, item_node: 
             return [copy.deepcopy(i) for i in patch if i is not item]
         if key not in item:
             raise PatchError(f"map: {item} does not contain declared merge key: {key}")
-        idx = next((n for n, cur in enumerate(result)
-                    if isinstance(cur, dict) and cur.get(key) == item[key]), None)
+        idx = next((n for n, cur in enumerate(result) if isinstance(cur, dict) and cur.get(key) == item[key]), None)
         if directive == "delete":
             if idx is not None:
                 del result[idx]
@@ -88,8 +87,9 @@ def strategic_merge(original: Any, patch: Any, node: Node) -> Any:
         elif isinstance(value, list):
             merge_key, strategies = k8s_schema.patch_strategy(field_node)
             if "merge" in strategies and merge_key and all(isinstance(v, dict) for v in value):
-                result[key] = _merge_key_list(current if isinstance(current, list) else [],
-                                              value, merge_key, k8s_schema.items(field_node))
+                result[key] = _merge_key_list(
+                    current if isinstance(current, list) else [], value, merge_key, k8s_schema.items(field_node)
+                )
             elif "merge" in strategies and not merge_key:
                 merged_list = list(current) if isinstance(current, list) else []
                 merged_list += [v for v in value if v not in merged_list]
@@ -146,7 +146,7 @@ def _parent(doc: Any, parts: list[str], op: str) -> Any:
     for part in parts[:-1]:
         if isinstance(cur, dict):
             if part not in cur:
-                raise PatchError(f"doc is missing path: \"/{'/'.join(parts)}\": missing value")
+                raise PatchError(f'doc is missing path: "/{"/".join(parts)}": missing value')
             cur = cur[part]
         elif isinstance(cur, list):
             try:
@@ -166,7 +166,7 @@ def _json_get(doc: Any, parts: list[str]) -> Any:
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
         else:
-            raise PatchError(f"doc is missing path: \"/{'/'.join(parts)}\": missing value")
+            raise PatchError(f'doc is missing path: "/{"/".join(parts)}": missing value')
     return cur
 
 
@@ -189,7 +189,9 @@ def _json_add(doc: Any, parts: list[str], value: Any, replace: bool) -> Any:
                 raise PatchError(f"unable to access invalid index: {last}") from exc
             if replace:
                 if idx >= len(parent):
-                    raise PatchError(f"replace operation does not apply: doc is missing key: /{'/'.join(parts)}: missing value")
+                    raise PatchError(
+                        f"replace operation does not apply: doc is missing key: /{'/'.join(parts)}: missing value"
+                    )
                 parent[idx] = copy.deepcopy(value)
             else:
                 if idx > len(parent):
@@ -208,7 +210,7 @@ def _json_remove(doc: Any, parts: list[str]) -> Any:
     elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
         del parent[int(last)]
     else:
-        raise PatchError(f"remove operation does not apply: doc is missing path: \"/{'/'.join(parts)}\"")
+        raise PatchError(f'remove operation does not apply: doc is missing path: "/{"/".join(parts)}"')
     return doc
 
 

@@ -41,9 +41,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .standin import KubeApiStandIn
 
@@ -97,14 +97,18 @@ class MountError(Exception):
 
 
 class PodProcessRunner:
-    def __init__(self, api: KubeApiStandIn, workdir: Path,
-                 select: Callable[[JSON], bool] | None = None,
-                 host_paths: Mapping[str, Path] | None = None,
-                 extra_env: Mapping[str, str] | None = None,
-                 ready: Callable[[JSON, subprocess.Popen[bytes]], bool] | None = None,
-                 grace_seconds: float = 2.0,
-                 resolve_host_path: Callable[[JSON, str], Path | None] | None = None,
-                 pod_env: Callable[[JSON], Mapping[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        api: KubeApiStandIn,
+        workdir: Path,
+        select: Callable[[JSON], bool] | None = None,
+        host_paths: Mapping[str, Path] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        ready: Callable[[JSON, subprocess.Popen[bytes]], bool] | None = None,
+        grace_seconds: float = 2.0,
+        resolve_host_path: Callable[[JSON, str], Path | None] | None = None,
+        pod_env: Callable[[JSON], Mapping[str, str]] | None = None,
+    ) -> None:
         self.api = api
         self.workdir = workdir
         self.select = select or (lambda pod: True)
@@ -124,8 +128,9 @@ class PodProcessRunner:
 
     def _mount(self, pod: JSON, container: JSON, root: Path) -> list[str]:
         """Make the pod's hostPath mounts under `root`; returns the mount paths."""
-        volumes = {v["name"]: v["hostPath"] for v in pod["spec"].get("volumes") or []
-                   if isinstance(v.get("hostPath"), dict)}
+        volumes = {
+            v["name"]: v["hostPath"] for v in pod["spec"].get("volumes") or [] if isinstance(v.get("hostPath"), dict)
+        }
         mount_paths = []
         for mount in container.get("volumeMounts") or []:
             source = volumes.get(mount.get("name"))
@@ -165,6 +170,7 @@ class PodProcessRunner:
                 if clean == mount or clean.startswith(mount + "/") or mount.startswith(clean + "/"):
                     return str(root) + clean
             return path
+
         return ":".join(one(part) for part in value.split(":"))
 
     # Lifecycle -------------------------------------------------------------------------
@@ -182,12 +188,12 @@ class PodProcessRunner:
         try:
             mount_paths = self._mount(pod, container, root)
         except MountError as exc:
-            self.api.add_event(key[0], "Pod", key[1], "FailedMount",
-                               f'MountVolume.SetUp failed for volume "{exc.volume}" : {exc}')
+            self.api.add_event(
+                key[0], "Pod", key[1], "FailedMount", f'MountVolume.SetUp failed for volume "{exc.volume}" : {exc}'
+            )
             return  # the pod stays ContainerCreating, as with a real kubelet
         argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
-        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent),
-                                        os.environ.get("PATH", "/usr/bin:/bin")])}
+        env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])}
         for name, value in container_env(pod, container).items():
             env[name] = self._translate(value, root, mount_paths)
         env.update(self.extra_env)
@@ -197,20 +203,18 @@ class PodProcessRunner:
             except ContainerStartError as exc:
                 if exc.event:
                     self.api.add_event(key[0], "Pod", key[1], "Failed", exc.event)
-                self.api.set_pod_phase(key[0], key[1], "Pending", waiting_reason=exc.reason,
-                                       message=exc.message)
+                self.api.set_pod_phase(key[0], key[1], "Pending", waiting_reason=exc.reason, message=exc.message)
                 return
         try:
-            proc = subprocess.Popen(argv, env=env, cwd=root, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
         except OSError as exc:
-            self.api.set_pod_phase(key[0], key[1], "Pending",
-                                   waiting_reason="RunContainerError", message=str(exc))
+            self.api.set_pod_phase(key[0], key[1], "Pending", waiting_reason="RunContainerError", message=str(exc))
             return
         with self._lock:
             self.processes[key] = proc
-        threading.Thread(target=self._follow, args=(pod, proc), daemon=True,
-                         name=f"pod-{key[1]}").start()
+        threading.Thread(target=self._follow, args=(pod, proc), daemon=True, name=f"pod-{key[1]}").start()
 
     def _follow(self, pod: JSON, proc: subprocess.Popen[bytes]) -> None:
         meta = pod["metadata"]
@@ -220,8 +224,7 @@ class PodProcessRunner:
         reported_ready = False
         pipe = proc.stdout
         assert pipe is not None
-        reader = threading.Thread(target=self._pump, args=(ns, name, container, pipe),
-                                  daemon=True)
+        reader = threading.Thread(target=self._pump, args=(ns, name, container, pipe), daemon=True)
         reader.start()
         while proc.poll() is None:
             if not reported_ready and self.ready(pod, proc):
@@ -235,17 +238,17 @@ class PodProcessRunner:
             del self.processes[(ns, name)]
         code = proc.returncode
         if pod["spec"].get("restartPolicy", "Always") == "Always":
-            self.api.set_pod_phase(ns, name, "Running", waiting_reason="CrashLoopBackOff",
-                                   restart_count=1, exit_code=code)
+            self.api.set_pod_phase(
+                ns, name, "Running", waiting_reason="CrashLoopBackOff", restart_count=1, exit_code=code
+            )
         else:
-            self.api.set_pod_phase(ns, name, "Succeeded" if code == 0 else "Failed",
-                                   exit_code=code)
+            self.api.set_pod_phase(ns, name, "Succeeded" if code == 0 else "Failed", exit_code=code)
 
     def _pump(self, ns: str, name: str, container: str, pipe: Any) -> None:
         for line in iter(pipe.readline, b""):
             try:
                 self.api.append_pod_logs(ns, name, line.decode(errors="replace"), container)
-            except Exception:  # noqa: BLE001 - the stand-in stopped under us
+            except Exception:
                 return
 
     def _stop(self, pod: JSON) -> None:

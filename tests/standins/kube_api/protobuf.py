@@ -40,11 +40,11 @@ def fields(data: bytes) -> dict[int, list[Any]]:
             value, pos = _varint(data, pos)
         elif wire == 2:
             length, pos = _varint(data, pos)
-            value, pos = data[pos:pos + length], pos + length
+            value, pos = data[pos : pos + length], pos + length
         elif wire == 1:
-            value, pos = data[pos:pos + 8], pos + 8
+            value, pos = data[pos : pos + 8], pos + 8
         elif wire == 5:
-            value, pos = data[pos:pos + 4], pos + 4
+            value, pos = data[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         out.setdefault(number, []).append(value)
@@ -60,7 +60,7 @@ def decode_access_review(body: bytes) -> dict[str, Any]:
     """The spec of a protobuf SelfSubjectAccessReview, as JSON would carry it."""
     if not body.startswith(MAGIC):
         raise ValueError("not a Kubernetes protobuf message")
-    unknown = fields(body[len(MAGIC):])
+    unknown = fields(body[len(MAGIC) :])
     raw = unknown.get(2, [b""])[0]
     review = fields(raw)
     spec = fields(review.get(2, [b""])[0])
@@ -68,8 +68,7 @@ def decode_access_review(body: bytes) -> dict[str, Any]:
     if 1 in spec:
         attrs = fields(spec[1][0])
         names = ("namespace", "verb", "group", "version", "resource", "subresource", "name")
-        out["resourceAttributes"] = {n: _text(attrs, i + 1) for i, n in enumerate(names)
-                                     if _text(attrs, i + 1)}
+        out["resourceAttributes"] = {n: _text(attrs, i + 1) for i, n in enumerate(names) if _text(attrs, i + 1)}
     if 2 in spec:
         attrs = fields(spec[2][0])
         out["nonResourceAttributes"] = {"path": _text(attrs, 1), "verb": _text(attrs, 2)}
@@ -79,7 +78,7 @@ def decode_access_review(body: bytes) -> dict[str, Any]:
 def _unwrap(body: bytes) -> dict[int, list[Any]]:
     if not body.startswith(MAGIC):
         raise ValueError("not a Kubernetes protobuf message")
-    unknown = fields(body[len(MAGIC):])
+    unknown = fields(body[len(MAGIC) :])
     return fields(unknown.get(2, [b""])[0])
 
 

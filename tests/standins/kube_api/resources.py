@@ -60,8 +60,14 @@ class ResourceType:
 
     def names(self) -> set[str]:
         """Every spelling a test may use to name this type in the programmatic API."""
-        out = {self.kind, self.kind.lower(), self.plural, self.singular, self.qualified,
-               f"{self.singular}.{self.group}" if self.group else self.singular}
+        out = {
+            self.kind,
+            self.kind.lower(),
+            self.plural,
+            self.singular,
+            self.qualified,
+            f"{self.singular}.{self.group}" if self.group else self.singular,
+        }
         out.update(self.short_names)
         return out
 
@@ -71,41 +77,67 @@ def _core(kind: str, plural: str, namespaced: bool, **kw: Any) -> ResourceType:
 
 
 BUILTIN_TYPES: tuple[ResourceType, ...] = (
-    _core("Namespace", "namespaces", False, short_names=("ns",), subresources=("status",),
-          verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
+    _core(
+        "Namespace",
+        "namespaces",
+        False,
+        short_names=("ns",),
+        subresources=("status",),
+        verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+    ),
     _core("Node", "nodes", False, short_names=("no",), subresources=("status",)),
-    _core("Pod", "pods", True, short_names=("po",), categories=("all",),
-          subresources=("status", "log")),
+    _core("Pod", "pods", True, short_names=("po",), categories=("all",), subresources=("status", "log")),
     _core("Event", "events", True, short_names=("ev",)),
     _core("ConfigMap", "configmaps", True, short_names=("cm",)),
     _core("ServiceAccount", "serviceaccounts", True, short_names=("sa",)),
-    _core("Service", "services", True, short_names=("svc",), categories=("all",),
-          subresources=("status",)),
+    _core("Service", "services", True, short_names=("svc",), categories=("all",), subresources=("status",)),
     _core("Secret", "secrets", True),
-    ResourceType("apps", "v1", "DaemonSet", "daemonsets", "daemonset", True,
-                 short_names=("ds",), categories=("all",), subresources=("status",),
-                 tracks_generation=True),
+    ResourceType(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        True,
+        short_names=("ds",),
+        categories=("all",),
+        subresources=("status",),
+        tracks_generation=True,
+    ),
     ResourceType("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", False),
-    ResourceType("events.k8s.io", "v1", "Event", "events", "event", True, short_names=("ev",),
-                 storage=("", "events")),
-    ResourceType("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses",
-                 "priorityclass", False, short_names=("pc",)),
+    ResourceType("events.k8s.io", "v1", "Event", "events", "event", True, short_names=("ev",), storage=("", "events")),
+    ResourceType(
+        "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", False, short_names=("pc",)
+    ),
     ResourceType("coordination.k8s.io", "v1", "Lease", "leases", "lease", True),
-    ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition",
-                 "customresourcedefinitions", "customresourcedefinition", False,
-                 short_names=("crd", "crds"), categories=("api-extensions",),
-                 subresources=("status",), tracks_generation=True),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles",
-                 "clusterrole", False),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding",
-                 "clusterrolebindings", "clusterrolebinding", False),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        False,
+        short_names=("crd", "crds"),
+        categories=("api-extensions",),
+        subresources=("status",),
+        tracks_generation=True,
+    ),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", False),
+    ResourceType(
+        "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", False
+    ),
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", True),
-    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings",
-                 "rolebinding", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", True),
     # Answered, never stored: the caller (the kubeconfig's token) may do anything.
-    ResourceType("authorization.k8s.io", "v1", "SelfSubjectAccessReview",
-                 "selfsubjectaccessreviews", "selfsubjectaccessreview", False,
-                 verbs=("create",)),
+    ResourceType(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        False,
+        verbs=("create",),
+    ),
 )
 
 
@@ -121,20 +153,22 @@ def type_from_crd(crd: JSON) -> list[ResourceType]:
             (c.get("name", ""), c.get("type", "string"), c.get("jsonPath", ""))
             for c in ver.get("additionalPrinterColumns", [])
         )
-        out.append(ResourceType(
-            group=spec.get("group", ""),
-            version=ver.get("name", ""),
-            kind=names.get("kind", ""),
-            plural=names.get("plural", ""),
-            singular=names.get("singular", names.get("kind", "").lower()),
-            namespaced=spec.get("scope") == "Namespaced",
-            short_names=tuple(names.get("shortNames", [])),
-            categories=tuple(names.get("categories", [])),
-            subresources=("status",) if "status" in ver.get("subresources", {}) else (),
-            tracks_generation=True,
-            custom=True,
-            printer_columns=columns,
-        ))
+        out.append(
+            ResourceType(
+                group=spec.get("group", ""),
+                version=ver.get("name", ""),
+                kind=names.get("kind", ""),
+                plural=names.get("plural", ""),
+                singular=names.get("singular", names.get("kind", "").lower()),
+                namespaced=spec.get("scope") == "Namespaced",
+                short_names=tuple(names.get("shortNames", [])),
+                categories=tuple(names.get("categories", [])),
+                subresources=("status",) if "status" in ver.get("subresources", {}) else (),
+                tracks_generation=True,
+                custom=True,
+                printer_columns=columns,
+            )
+        )
     return out
 
 
@@ -176,8 +210,7 @@ def legacy_group(types: list[ResourceType], group: str) -> JSON | None:
     if not versions or not group:
         return None
     gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs,
-            "preferredVersion": gvs[0]}
+    return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
 
 def legacy_resource_list(types: list[ResourceType], group: str, version: str) -> JSON | None:
@@ -187,8 +220,12 @@ def legacy_resource_list(types: list[ResourceType], group: str, version: str) ->
     resources: list[JSON] = []
     for rt in selected:
         entry: JSON = {
-            "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-            "kind": rt.kind, "verbs": list(rt.verbs), "storageVersionHash": _storage_hash(rt),
+            "name": rt.plural,
+            "singularName": rt.singular,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": list(rt.verbs),
+            "storageVersionHash": _storage_hash(rt),
         }
         if rt.short_names:
             entry["shortNames"] = list(rt.short_names)
@@ -197,11 +234,17 @@ def legacy_resource_list(types: list[ResourceType], group: str, version: str) ->
         resources.append(entry)
         for sub in rt.subresources:
             verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
-            resources.append({"name": f"{rt.plural}/{sub}", "singularName": "",
-                              "namespaced": rt.namespaced, "kind": rt.kind, "verbs": verbs})
+            resources.append(
+                {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": verbs,
+                }
+            )
     gv = f"{group}/{version}" if group else version
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-            "resources": resources}
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
 
 def aggregated_discovery(types: list[ResourceType], legacy: bool) -> JSON:
@@ -233,22 +276,23 @@ def aggregated_discovery(types: list[ResourceType], legacy: bool) -> JSON:
                 subs = []
                 for sub in rt.subresources:
                     kind = "Pod" if sub == "log" else rt.kind
-                    subs.append({
-                        "subresource": sub,
-                        "responseKind": {"group": "" if sub == "log" else group,
-                                         "version": "v1" if sub == "log" else version,
-                                         "kind": kind},
-                        "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
-                    })
+                    subs.append(
+                        {
+                            "subresource": sub,
+                            "responseKind": {
+                                "group": "" if sub == "log" else group,
+                                "version": "v1" if sub == "log" else version,
+                                "kind": kind,
+                            },
+                            "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
+                        }
+                    )
                 if subs:
                     entry["subresources"] = subs
                 resources.append(entry)
-            version_docs.append({"version": version, "resources": resources,
-                                 "freshness": "Current"})
-        items.append({"metadata": {"name": group, "creationTimestamp": None},
-                      "versions": version_docs})
-    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
-            "metadata": {}, "items": items}
+            version_docs.append({"version": version, "resources": resources, "freshness": "Current"})
+        items.append({"metadata": {"name": group, "creationTimestamp": None}, "versions": version_docs})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
 
 
 def etag(doc: JSON) -> str:

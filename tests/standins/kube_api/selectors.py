@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 JSON = dict[str, Any]
 
@@ -85,9 +86,10 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
             if not re.fullmatch(_VALUE, value) or len(value) > 63:
                 raise SelectorError(
                     f"unable to parse requirement: values[0][{key}]: Invalid value: "
-                    f"\"{value}\": a valid label must be an empty string or consist of "
+                    f'"{value}": a valid label must be an empty string or consist of '
                     "alphanumeric characters, '-', '_' or '.', and must start and end with "
-                    "an alphanumeric character")
+                    "an alphanumeric character"
+                )
             op = {"==": "=", ">": "gt", "<": "lt"}.get(op, op)
             reqs.append(Requirement(key, op, (value,)))
             continue
@@ -95,7 +97,7 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
         if m:
             reqs.append(Requirement(m.group(1), "exists"))
             continue
-        raise SelectorError(f"unable to parse requirement: <nil>: Invalid value: \"{part}\"")
+        raise SelectorError(f'unable to parse requirement: <nil>: Invalid value: "{part}"')
     return reqs
 
 
@@ -113,8 +115,7 @@ def label_selector_object_matches(selector: JSON | None, labels: dict[str, str] 
         if labels.get(k) != v:
             return False
     for expr in selector.get("matchExpressions") or []:
-        op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(
-            expr.get("operator", ""), "")
+        op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(expr.get("operator", ""), "")
         if not op:
             return False
         if not Requirement(expr.get("key", ""), op, tuple(expr.get("values") or ())).matches(labels):
@@ -139,6 +140,7 @@ def format_label_selector(selector: JSON | None) -> str:
 
 
 # Field selectors ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FieldRequirement:
@@ -184,15 +186,32 @@ _COMMON_FIELDS = ("metadata.name", "metadata.namespace")
 
 # The fields each collection's field selector supports (the real API server's lists).
 SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
-    "pods": _COMMON_FIELDS + ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-                              "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
-                              "status.podIP", "status.nominatedNodeName"),
+    "pods": _COMMON_FIELDS
+    + (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
     "nodes": _COMMON_FIELDS + ("spec.unschedulable",),
-    "events": _COMMON_FIELDS + ("involvedObject.kind", "involvedObject.namespace",
-                                "involvedObject.name", "involvedObject.uid",
-                                "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                                "involvedObject.fieldPath", "reason", "reportingComponent",
-                                "source", "type"),
+    "events": _COMMON_FIELDS
+    + (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
     "namespaces": _COMMON_FIELDS + ("status.phase",),
 }
 
@@ -211,7 +230,7 @@ def check_field_selector(plural: str, reqs: list[FieldRequirement]) -> None:
     supported = SUPPORTED_FIELDS.get(plural, _COMMON_FIELDS)
     for r in reqs:
         if r.field not in supported:
-            raise SelectorError(f'field label not supported: {r.field}')
+            raise SelectorError(f"field label not supported: {r.field}")
 
 
 def fields_match(plural: str, reqs: list[FieldRequirement], obj: JSON) -> bool:

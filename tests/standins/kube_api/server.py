@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import errors, openapi, protobuf, resources, tables
 from .resources import ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .store import APPLY_PATCH, ListOptions, Store, WatchEvent
+from .store import APPLY_PATCH, ListOptions, WatchEvent
 
 if TYPE_CHECKING:
     from .standin import KubeApiStandIn
@@ -39,6 +39,7 @@ FORBIDDEN_USER = "system:serviceaccount:ci:gpunode"
 @dataclass
 class RequestRecord:
     """One request as the server saw it (the programmatic API's requests are not here)."""
+
     method: str
     path: str
     query: dict[str, str]
@@ -77,28 +78,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         finally:
             self.standin._connections.discard(self.request)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is kept in memory for the tests
 
     # Plumbing --------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._serve()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._serve()
 
-    def do_PATCH(self) -> None:  # noqa: N802
+    def do_PATCH(self) -> None:
         self._serve()
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._serve()
 
-    def _send(self, code: int, body: bytes, content_type: str,
-              extra: dict[str, str] | None = None) -> None:
+    def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self.record.status = code
         self.send_response(code)
         self.send_header("Content-Type", content_type)
@@ -112,10 +112,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _send_json(self, code: int, obj: Any, content_type: str = "application/json",
-                   extra: dict[str, str] | None = None) -> None:
-        self._send(code, json.dumps(obj, separators=(",", ":")).encode() + b"\n",
-                   content_type, extra)
+    def _send_json(
+        self, code: int, obj: Any, content_type: str = "application/json", extra: dict[str, str] | None = None
+    ) -> None:
+        self._send(code, json.dumps(obj, separators=(",", ":")).encode() + b"\n", content_type, extra)
 
     def _send_error(self, err: errors.ApiError) -> None:
         self._send_json(err.code, err.status())
@@ -172,10 +172,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         self.record = RequestRecord(
-            method=self.command, path=url.path, query=query, content_type=content_type,
+            method=self.command,
+            path=url.path,
+            query=query,
+            content_type=content_type,
             field_manager=query.get("fieldManager", ""),
             user_agent=self.headers.get("User-Agent", ""),
-            accept=self.headers.get("Accept", ""), body=body)
+            accept=self.headers.get("Accept", ""),
+            body=body,
+        )
         self.standin._log_request(self.record)
         fault = self.standin._fault_for(url.path)
         if fault == "hang":
@@ -189,8 +194,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(errors.internal_error("the stand-in was told to fail"))
             return
         if fault == "forbidden":
-            self._send_error(errors.rbac_forbidden(self.command, url.path, query.get("watch") in ("true", "1"),
-                                                   FORBIDDEN_USER))
+            self._send_error(
+                errors.rbac_forbidden(self.command, url.path, query.get("watch") in ("true", "1"), FORBIDDEN_USER)
+            )
             return
         if fault == "unauthorized" or not self._authorised(url.path):
             self._send_error(errors.unauthorized())
@@ -261,11 +267,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with store.lock:
             types = list(store.types)
         accept = self.headers.get("Accept", "").replace(" ", "")
-        if self.standin.aggregated_discovery and \
-                "g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList" in accept:
+        if self.standin.aggregated_discovery and "g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList" in accept:
             doc = resources.aggregated_discovery(types, legacy)
-            self._send_json(200, doc, AGGREGATED_V2,
-                            {"Vary": "Accept", "ETag": f'"{resources.etag(doc)}"'})
+            self._send_json(200, doc, AGGREGATED_V2, {"Vary": "Accept", "ETag": f'"{resources.etag(doc)}"'})
             return
         if legacy:
             self._send_json(200, resources.legacy_api_versions(self.standin.address))
@@ -280,18 +284,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, openapi.v3_root(types))
             return
         if path.startswith("/openapi/v3/"):
-            doc = openapi.v3_group_version(types, path[len("/openapi/v3/"):])
+            doc = openapi.v3_group_version(types, path[len("/openapi/v3/") :])
             if doc is not None:
                 self._send_json(200, doc)
                 return
         raise errors.generic_not_found()
 
-    def _resource(self, group: str, version: str, rest: list[str], query: dict[str, str],
-                  body: bytes, content_type: str) -> None:
+    def _resource(
+        self, group: str, version: str, rest: list[str], query: dict[str, str], body: bytes, content_type: str
+    ) -> None:
         store = self.standin.store
         namespace: str | None = None
-        if rest[0] == "namespaces" and len(rest) >= 3 and not (
-                len(rest) == 3 and rest[2] in ("status", "finalize")):
+        if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
         if len(rest) > 3:
             raise errors.generic_not_found()
@@ -307,12 +311,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rt.namespaced and name is not None and namespace is None:
             raise errors.generic_not_found()
         method = self.command
-        manager = query.get("fieldManager") or _manager_from_agent(
-            self.headers.get("User-Agent", ""))
+        manager = query.get("fieldManager") or _manager_from_agent(self.headers.get("User-Agent", ""))
         dry_run = query.get("dryRun") == "All"
         if query.get("dryRun") not in (None, "", "All"):
-            raise errors.bad_request(f'dryRun: Unsupported value: "{query["dryRun"]}": '
-                                     'supported values: "All"')
+            raise errors.bad_request(f'dryRun: Unsupported value: "{query["dryRun"]}": supported values: "All"')
         if method == "GET" and name is None:
             opts = self._list_options(rt, namespace, query)
             if query.get("watch") in ("true", "1"):
@@ -334,51 +336,57 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(201, created)
             return
         if method == "PUT" and name is not None:
-            updated = store.replace(rt, namespace, name, self._decode(body), manager, sub,
-                                    dry_run)
+            updated = store.replace(rt, namespace, name, self._decode(body), manager, sub, dry_run)
             self._send_json(200, updated)
             return
         if method == "PATCH" and name is not None:
-            if content_type == APPLY_PATCH and "force" in query and \
-                    query["force"] not in ("true", "false", "1", "0"):
+            if content_type == APPLY_PATCH and "force" in query and query["force"] not in ("true", "false", "1", "0"):
                 raise errors.bad_request("force: invalid value")
-            patched, was_created = store.patch(rt, namespace, name, content_type, body,
-                                               manager, force=query.get("force") in ("true", "1"),
-                                               subresource=sub, dry_run=dry_run)
+            patched, was_created = store.patch(
+                rt,
+                namespace,
+                name,
+                content_type,
+                body,
+                manager,
+                force=query.get("force") in ("true", "1"),
+                subresource=sub,
+                dry_run=dry_run,
+            )
             self._send_json(201 if was_created else 200, patched)
             return
         if method == "DELETE":
             options = self._decode(body) if body else {}
             if not isinstance(options, dict):
                 options = {}
-            propagation = query.get("propagationPolicy") or options.get(
-                "propagationPolicy") or "Background"
+            propagation = query.get("propagationPolicy") or options.get("propagationPolicy") or "Background"
             dry_run = dry_run or "All" in (options.get("dryRun") or [])
             pre = options.get("preconditions") or {}
             if name is None:
                 self._delete_collection(rt, namespace, query, propagation, dry_run)
                 return
-            deleted = store.delete(rt, namespace, name, propagation, dry_run,
-                                   pre.get("uid"), pre.get("resourceVersion"))
+            deleted = store.delete(
+                rt, namespace, name, propagation, dry_run, pre.get("uid"), pre.get("resourceVersion")
+            )
             if rt.kind == "Pod" and rt.group == "":
                 self._send_json(200, deleted)
             else:
-                details: JSON = {"name": name, "kind": rt.plural,
-                                 "uid": deleted["metadata"].get("uid", "")}
+                details: JSON = {"name": name, "kind": rt.plural, "uid": deleted["metadata"].get("uid", "")}
                 if rt.group:
                     details["group"] = rt.group
-                self._send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                      "status": "Success", "details": details})
+                self._send_json(
+                    200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+                )
             return
         raise errors.method_not_allowed()
 
     @staticmethod
     def _protobuf_to_json(rt: ResourceType, body: bytes) -> bytes:
-        supported = ("SelfSubjectAccessReview", "Namespace", "ServiceAccount", "ConfigMap",
-                     "Secret")
+        supported = ("SelfSubjectAccessReview", "Namespace", "ServiceAccount", "ConfigMap", "Secret")
         if rt.kind not in supported or rt.custom:
-            raise errors.unsupported_media_type("application/vnd.kubernetes.protobuf",
-                                                ["application/json", "application/yaml"])
+            raise errors.unsupported_media_type(
+                "application/vnd.kubernetes.protobuf", ["application/json", "application/yaml"]
+            )
         try:
             if rt.kind == "SelfSubjectAccessReview":
                 doc = {"metadata": {}, "spec": protobuf.decode_access_review(body)}
@@ -400,11 +408,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except yaml.YAMLError as exc:
                 raise errors.bad_request(f"couldn't get version/kind; json parse error: {exc}") from exc
 
-    def _list_options(self, rt: ResourceType, namespace: str | None,
-                      query: dict[str, str]) -> ListOptions:
+    def _list_options(self, rt: ResourceType, namespace: str | None, query: dict[str, str]) -> ListOptions:
         labels = parse_label_selector(query.get("labelSelector"))
-        fields = self.standin.store.normalise_fields(rt, parse_field_selector(
-            query.get("fieldSelector")))
+        fields = self.standin.store.normalise_fields(rt, parse_field_selector(query.get("fieldSelector")))
         return ListOptions(namespace, labels, fields)
 
     def _wants_table(self) -> bool:
@@ -412,8 +418,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_object(self, rt: ResourceType, obj: JSON) -> None:
         if self._wants_table():
-            table = tables.to_table(rt, [obj], {"resourceVersion": obj["metadata"].get(
-                "resourceVersion", "")}, self._include(), self._core_views(rt, [obj]))
+            table = tables.to_table(
+                rt,
+                [obj],
+                {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                self._include(),
+                self._core_views(rt, [obj]),
+            )
             self._send_json(200, table, "application/json;as=Table;v=v1;g=meta.k8s.io")
             return
         self._send_json(200, obj)
@@ -433,14 +444,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         limit = int(query.get("limit") or 0)
         doc = self.standin.store.list(rt, opts, limit, query.get("continue", ""))
         if self._wants_table():
-            table = tables.to_table(rt, doc["items"], doc["metadata"], self._include(),
-                                    self._core_views(rt, doc["items"]))
+            table = tables.to_table(
+                rt, doc["items"], doc["metadata"], self._include(), self._core_views(rt, doc["items"])
+            )
             self._send_json(200, table, "application/json;as=Table;v=v1;g=meta.k8s.io")
             return
         self._send_json(200, doc)
 
-    def _delete_collection(self, rt: ResourceType, namespace: str | None,
-                           query: dict[str, str], propagation: str, dry_run: bool) -> None:
+    def _delete_collection(
+        self, rt: ResourceType, namespace: str | None, query: dict[str, str], propagation: str, dry_run: bool
+    ) -> None:
         store = self.standin.store
         opts = self._list_options(rt, namespace, query)
         doc = store.list(rt, opts)
@@ -464,8 +477,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             initial: list[WatchEvent] = []
             if not since or since == "0" or initial_events:
                 for obj in store.list(rt, opts)["items"]:
-                    initial.append(WatchEvent(int(obj["metadata"]["resourceVersion"]), rt.key,
-                                              "ADDED", obj, None))
+                    initial.append(WatchEvent(int(obj["metadata"]["resourceVersion"]), rt.key, "ADDED", obj, None))
                 cursor = store.history_base + len(store.history)
             else:
                 try:
@@ -474,25 +486,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     raise errors.bad_request(f"invalid resourceVersion {since!r}") from exc
                 if store.history and wanted < store.history[0].rv - 1:
                     self._start_stream("application/json")
-                    gone = errors.ApiError(410, "Expired", f"too old resource version: "
-                                                           f"{wanted} ({store.history[0].rv})")
-                    self._chunk(json.dumps({"type": "ERROR", "object": gone.status()}).encode()
-                                + b"\n")
+                    gone = errors.ApiError(
+                        410, "Expired", f"too old resource version: {wanted} ({store.history[0].rv})"
+                    )
+                    self._chunk(json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n")
                     self._end_stream()
                     return
                 cursor = store.history_base + next(
-                    (n for n, ev in enumerate(store.history) if ev.rv > wanted),
-                    len(store.history))
+                    (n for n, ev in enumerate(store.history) if ev.rv > wanted), len(store.history)
+                )
             current_rv = store.rv
         self._start_stream("application/json")
         try:
             for ev in initial:
                 self._write_event("ADDED", ev.obj)
             if initial_events:
-                self._write_event("BOOKMARK", {
-                    "kind": rt.kind, "apiVersion": rt.api_version,
-                    "metadata": {"resourceVersion": str(current_rv),
-                                 "annotations": {"k8s.io/initial-events-end": "true"}}})
+                self._write_event(
+                    "BOOKMARK",
+                    {
+                        "kind": rt.kind,
+                        "apiVersion": rt.api_version,
+                        "metadata": {
+                            "resourceVersion": str(current_rv),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    },
+                )
             while not self.standin._stopping.is_set():
                 with store.cond:
                     if cursor >= store.history_base + len(store.history):
@@ -532,8 +551,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return ""
 
     def _write_event(self, kind: str, obj: JSON) -> None:
-        self._chunk(json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode()
-                    + b"\n")
+        self._chunk(json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n")
 
     # Logs ------------------------------------------------------------------------------
 
@@ -546,8 +564,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not container:
             if len(containers) != 1:
                 raise errors.bad_request(
-                    f"a container name must be specified for pod {name}, choose one of: "
-                    f"[{' '.join(containers)}]")
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
+                )
             container = containers[0]
         if container not in containers:
             raise errors.bad_request(f"container {container} is not valid for pod {name}")
@@ -555,17 +573,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         text = standin._logs_of(namespace, name, container, previous)
         if text is None:
             if previous:
-                raise errors.bad_request(f'previous terminated container "{container}" in pod '
-                                         f'"{name}" not found')
+                raise errors.bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = (cs.get("state") or {}).get("waiting")
                 if cs.get("name") == container and waiting:
                     raise errors.bad_request(
                         f'container "{container}" in pod "{name}" is waiting to start: '
-                        f'{waiting.get("reason", "ContainerCreating")}')
+                        f"{waiting.get('reason', 'ContainerCreating')}"
+                    )
             if not (pod.get("spec") or {}).get("nodeName"):
-                raise errors.bad_request(f'container "{container}" in pod "{name}" is waiting '
-                                         'to start: ContainerCreating')
+                raise errors.bad_request(
+                    f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+                )
             text = ""
         text = _tail(text, query.get("tailLines"))
         if query.get("follow") not in ("true", "1"):
@@ -592,9 +611,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if len(text) > offset:
                     self._chunk(text[offset:].encode())
                     offset = len(text)
-                if pod is None or pod["metadata"].get("uid") != pod_uid or \
-                        (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") or \
-                        self._client_gone():
+                if (
+                    pod is None
+                    or pod["metadata"].get("uid") != pod_uid
+                    or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                    or self._client_gone()
+                ):
                     break
             self._end_stream()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
@@ -653,8 +675,7 @@ class HttpsListener:
 
     def start(self) -> None:
         self.open()
-        self.thread = threading.Thread(target=self._loop, name="kube-api-standin-accept",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="kube-api-standin-accept", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
@@ -676,8 +697,9 @@ class HttpsListener:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 continue
-            threading.Thread(target=self._serve_one, args=(conn, addr),
-                             name="kube-api-standin-conn", daemon=True).start()
+            threading.Thread(
+                target=self._serve_one, args=(conn, addr), name="kube-api-standin-conn", daemon=True
+            ).start()
 
     def _serve_one(self, conn: socket.socket, addr: Any) -> None:
         try:

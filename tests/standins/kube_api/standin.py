@@ -23,8 +23,9 @@ import subprocess
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -32,45 +33,60 @@ from . import errors
 from .certs import tls_material
 from .controllers import Controllers
 from .kubectl import kubectl_binary
+from .selectors import parse_field_selector, parse_label_selector
 from .server import HttpsListener, RequestRecord, fault_matches
 from .store import APPLY_PATCH, MERGE_PATCH, ListOptions, Store, now_rfc3339
-from .selectors import parse_field_selector, parse_label_selector
 
 JSON = dict[str, Any]
 PodCallback = Callable[[JSON], object]  # the return value is ignored
 
-SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.3",
-                  "gitCommit": "32cc146f75aad04beaaa245a7157eb35063a9f99",
-                  "gitTreeState": "clean", "buildDate": "2025-03-11T19:52:21Z",
-                  "goVersion": "go1.23.6", "compiler": "gc", "platform": "linux/amd64"}
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.3",
+    "gitCommit": "32cc146f75aad04beaaa245a7157eb35063a9f99",
+    "gitTreeState": "clean",
+    "buildDate": "2025-03-11T19:52:21Z",
+    "goVersion": "go1.23.6",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 FAULTS = ("unreachable", "drop", "error500", "hang", "unauthorized", "forbidden")
 
 CLUSTER_POLICY_CRD: JSON = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "clusterpolicies.nvidia.com",
-                 "labels": {"app.kubernetes.io/component": "gpu-operator"}},
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "clusterpolicies.nvidia.com", "labels": {"app.kubernetes.io/component": "gpu-operator"}},
     "spec": {
         "group": "nvidia.com",
-        "names": {"kind": "ClusterPolicy", "listKind": "ClusterPolicyList",
-                  "plural": "clusterpolicies", "singular": "clusterpolicy"},
+        "names": {
+            "kind": "ClusterPolicy",
+            "listKind": "ClusterPolicyList",
+            "plural": "clusterpolicies",
+            "singular": "clusterpolicy",
+        },
         "scope": "Cluster",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object",
-                                           "x-kubernetes-preserve-unknown-fields": True}},
-            "subresources": {"status": {}},
-            "additionalPrinterColumns": [
-                {"name": "Status", "type": "string", "jsonPath": ".status.state"},
-                {"name": "Age", "type": "string", "jsonPath": ".metadata.creationTimestamp"},
-            ],
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Status", "type": "string", "jsonPath": ".status.state"},
+                    {"name": "Age", "type": "string", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }
+        ],
     },
 }
 
 
 class ApiRequest(NamedTuple):
     """What the brief's assertions need: (method, path, content type, field manager)."""
+
     method: str
     path: str
     content_type: str
@@ -78,9 +94,15 @@ class ApiRequest(NamedTuple):
 
 
 class KubeApiStandIn:
-    def __init__(self, workdir: Path | None = None, context_name: str = "gpunode-test",
-                 token: str | None = None, kubectl: Path | None = None,
-                 bind_host: str = "127.0.0.1", aggregated_discovery: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        context_name: str = "gpunode-test",
+        token: str | None = None,
+        kubectl: Path | None = None,
+        bind_host: str = "127.0.0.1",
+        aggregated_discovery: bool = True,
+    ) -> None:
         """`bind_host`: an IPv4 address of this machine to listen on (and put in the
         certificate and kubeconfig), for a kubectl running in a test host's network
         namespace. `aggregated_discovery=False` serves only the legacy discovery
@@ -131,8 +153,7 @@ class KubeApiStandIn:
         context.set_alpn_protocols(["http/1.1"])
         self._listener = HttpsListener(self, context)
         self._listener.start()
-        self._hook_thread = threading.Thread(target=self._run_hooks, name="kube-api-hooks",
-                                             daemon=True)
+        self._hook_thread = threading.Thread(target=self._run_hooks, name="kube-api-hooks", daemon=True)
         self._hook_thread.start()
         self._write_kubeconfig(material.ca_pem)
         return self
@@ -182,13 +203,19 @@ class KubeApiStandIn:
         import base64
 
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "gpunode-test", "cluster": {
-                "server": self.url,
-                "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [
+                {
+                    "name": "gpunode-test",
+                    "cluster": {"server": self.url, "certificate-authority-data": base64.b64encode(ca_pem).decode()},
+                }
+            ],
             "users": [{"name": "gpunode-test-admin", "user": {"token": self.token}}],
-            "contexts": [{"name": self.context_name, "context": {
-                "cluster": "gpunode-test", "user": "gpunode-test-admin"}}],
+            "contexts": [
+                {"name": self.context_name, "context": {"cluster": "gpunode-test", "user": "gpunode-test-admin"}}
+            ],
             "current-context": self.context_name,
         }
         tmp = self.kubeconfig_path.with_suffix(".tmp")
@@ -199,18 +226,32 @@ class KubeApiStandIn:
     def _seed(self) -> None:
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        self.create({"apiVersion": "v1", "kind": "Service",
-                     "metadata": {"name": "kubernetes", "namespace": "default",
-                                  "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                     "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1",
-                              "ports": [{"name": "https", "port": 443, "protocol": "TCP",
-                                         "targetPort": 6443}]}})
-        for name, value in (("system-node-critical", 2000001000),
-                            ("system-cluster-critical", 2000000000)):
-            self.create({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                         "metadata": {"name": name}, "value": value,
-                         "description": "Used for system critical pods that must not be "
-                                        "moved from their current node."})
+        self.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"},
+                },
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": "10.96.0.1",
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                },
+            }
+        )
+        for name, value in (("system-node-critical", 2000001000), ("system-cluster-critical", 2000000000)):
+            self.create(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": name},
+                    "value": value,
+                    "description": "Used for system critical pods that must not be moved from their current node.",
+                }
+            )
 
     # kubectl ---------------------------------------------------------------------------
 
@@ -221,14 +262,20 @@ class KubeApiStandIn:
         env.pop("KUBECONFIG", None)
         return env
 
-    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60,
-                check: bool = False) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this server (`--kubeconfig` is added)."""
         binary = self._kubectl or kubectl_binary()
         return subprocess.run(
             [str(binary), "--kubeconfig", str(self.kubeconfig_path), *args],
-            input=stdin, capture_output=True, text=True, timeout=timeout,
-            env=self.kubectl_env(), check=check)
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.kubectl_env(),
+            check=check,
+        )
 
     # Requests and faults ---------------------------------------------------------------
 
@@ -243,8 +290,7 @@ class KubeApiStandIn:
 
     @property
     def requests(self) -> list[ApiRequest]:
-        return [ApiRequest(r.method, r.path, r.content_type, r.field_manager)
-                for r in self.request_log]
+        return [ApiRequest(r.method, r.path, r.content_type, r.field_manager) for r in self.request_log]
 
     def clear_requests(self) -> None:
         with self._log_lock:
@@ -338,7 +384,7 @@ class KubeApiStandIn:
             for callback in list(callbacks):
                 try:
                     callback(pod)
-                except Exception:  # noqa: BLE001 - reported to the test, never lost
+                except Exception:
                     self.hook_errors.append(traceback.format_exc())
             with self._hooks_idle:
                 self._hooks_busy -= 1
@@ -349,10 +395,18 @@ class KubeApiStandIn:
         with self._hooks_idle:
             return self._hooks_idle.wait_for(lambda: self._hooks_busy == 0, timeout)
 
-    def set_pod_phase(self, namespace: str, name: str, phase: str, ready: bool = False,
-                      waiting_reason: str | None = None, message: str | None = None,
-                      restart_count: int | None = None, exit_code: int | None = None,
-                      container: str | None = None) -> JSON:
+    def set_pod_phase(
+        self,
+        namespace: str,
+        name: str,
+        phase: str,
+        ready: bool = False,
+        waiting_reason: str | None = None,
+        message: str | None = None,
+        restart_count: int | None = None,
+        exit_code: int | None = None,
+        container: str | None = None,
+    ) -> JSON:
         """Report a pod's state as its kubelet would.
 
         set_pod_phase(ns, name, "Running", ready=True): running and Ready;
@@ -362,20 +416,21 @@ class KubeApiStandIn:
         set_pod_phase(ns, name, "Succeeded") / ("Failed", exit_code=2): finished.
         The kubelet's events (Started, BackOff, Failed) are recorded with it.
         """
-        return self.controllers.set_pod_phase(namespace, name, phase, ready, waiting_reason,
-                                              message, restart_count, exit_code, container)
+        return self.controllers.set_pod_phase(
+            namespace, name, phase, ready, waiting_reason, message, restart_count, exit_code, container
+        )
 
     # Logs ------------------------------------------------------------------------------
 
-    def set_pod_logs(self, namespace: str, name: str, text: str, container: str | None = None,
-                     previous: bool = False) -> None:
+    def set_pod_logs(
+        self, namespace: str, name: str, text: str, container: str | None = None, previous: bool = False
+    ) -> None:
         """What `kubectl logs` prints for the pod (its only or named container)."""
         with self.store.cond:
             self._logs[(namespace, name, container or "", previous)] = text
             self.store.cond.notify_all()
 
-    def append_pod_logs(self, namespace: str, name: str, text: str,
-                        container: str | None = None) -> None:
+    def append_pod_logs(self, namespace: str, name: str, text: str, container: str | None = None) -> None:
         with self.store.cond:
             key = (namespace, name, container or "", False)
             self._logs[key] = self._logs.get(key, "") + text
@@ -403,12 +458,19 @@ class KubeApiStandIn:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> builtins.list[JSON]:
+    def list(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> builtins.list[JSON]:
         rt = self._type(kind)
-        opts = ListOptions(namespace if rt.namespaced else None,
-                           parse_label_selector(label_selector),
-                           self.store.normalise_fields(rt, parse_field_selector(field_selector)))
+        opts = ListOptions(
+            namespace if rt.namespaced else None,
+            parse_label_selector(label_selector),
+            self.store.normalise_fields(rt, parse_field_selector(field_selector)),
+        )
         items: builtins.list[JSON] = self.store.list(rt, opts)["items"]
         return items
 
@@ -427,25 +489,43 @@ class KubeApiStandIn:
     def replace(self, obj: JSON, field_manager: str = "standin") -> JSON:
         rt = self._type_of(obj)
         meta = obj.get("metadata") or {}
-        return self.store.replace(rt, _ns(rt, meta.get("namespace")), meta["name"], obj,
-                                  field_manager)
+        return self.store.replace(rt, _ns(rt, meta.get("namespace")), meta["name"], obj, field_manager)
 
     def apply(self, obj: JSON, field_manager: str, force: bool = False) -> JSON:
         """Server-side apply `obj` as `field_manager` (to play another manager in a test)."""
         rt = self._type_of(obj)
         meta = obj.get("metadata") or {}
-        result, _ = self.store.patch(rt, _ns(rt, meta.get("namespace")), meta["name"],
-                                     APPLY_PATCH, json.dumps(obj).encode(), field_manager,
-                                     force=force)
+        result, _ = self.store.patch(
+            rt,
+            _ns(rt, meta.get("namespace")),
+            meta["name"],
+            APPLY_PATCH,
+            json.dumps(obj).encode(),
+            field_manager,
+            force=force,
+        )
         return result
 
-    def patch(self, kind: str, name: str, patch: JSON, namespace: str | None = None,
-              subresource: str = "", field_manager: str = "standin") -> JSON:
+    def patch(
+        self,
+        kind: str,
+        name: str,
+        patch: JSON,
+        namespace: str | None = None,
+        subresource: str = "",
+        field_manager: str = "standin",
+    ) -> JSON:
         """JSON merge patch (subresource "status" to change status)."""
         rt = self._type(kind)
-        result, _ = self.store.patch(rt, _ns(rt, namespace), name, MERGE_PATCH,
-                                     json.dumps(patch).encode(), field_manager,
-                                     subresource=subresource)
+        result, _ = self.store.patch(
+            rt,
+            _ns(rt, namespace),
+            name,
+            MERGE_PATCH,
+            json.dumps(patch).encode(),
+            field_manager,
+            subresource=subresource,
+        )
         return result
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
@@ -460,24 +540,38 @@ class KubeApiStandIn:
 
     # Nodes -----------------------------------------------------------------------------
 
-    def add_node(self, name: str, labels: dict[str, str] | None = None,
-                 taints: builtins.list[JSON] | builtins.list[str] | None = None,
-                 capacity: dict[str, str] | None = None,
-                 allocatable: dict[str, str] | None = None,
-                 conditions: dict[str, str] | builtins.list[JSON] | None = None,
-                 unschedulable: bool = False) -> JSON:
+    def add_node(
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        taints: builtins.list[JSON] | builtins.list[str] | None = None,
+        capacity: dict[str, str] | None = None,
+        allocatable: dict[str, str] | None = None,
+        conditions: dict[str, str] | builtins.list[JSON] | None = None,
+        unschedulable: bool = False,
+    ) -> JSON:
         """A node as a kubelet registers it: Ready, 2 CPUs, 8 GiB, 110 pods by default.
 
         `taints`: dicts, or "key=value:Effect" strings. `conditions`: {"Ready": "False"}
         to override statuses of the default conditions, or full condition dicts.
         """
         self._node_counter += 1
-        all_labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                      "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                      "beta.kubernetes.io/arch": "amd64"}
+        all_labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "beta.kubernetes.io/os": "linux",
+            "beta.kubernetes.io/arch": "amd64",
+        }
         all_labels.update(labels or {})
-        cap = {"cpu": "2", "ephemeral-storage": "30830568Ki", "hugepages-1Gi": "0",
-               "hugepages-2Mi": "0", "memory": "8148204Ki", "pods": "110"}
+        cap = {
+            "cpu": "2",
+            "ephemeral-storage": "30830568Ki",
+            "hugepages-1Gi": "0",
+            "hugepages-2Mi": "0",
+            "memory": "8148204Ki",
+            "pods": "110",
+        }
         if capacity:
             cap.update(capacity)
         alloc = dict(cap)
@@ -490,40 +584,66 @@ class KubeApiStandIn:
             spec["unschedulable"] = True
         address = f"192.0.2.{(self._node_counter % 250) + 1}"
         node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": all_labels,
-                         "annotations": {"node.alpha.kubernetes.io/ttl": "0",
-                                         "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": all_labels,
+                "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                },
+            },
             "spec": spec,
             "status": {
-                "capacity": cap, "allocatable": alloc,
+                "capacity": cap,
+                "allocatable": alloc,
                 "conditions": _node_conditions(conditions),
-                "addresses": [{"type": "InternalIP", "address": address},
-                              {"type": "Hostname", "address": name}],
+                "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {"machineID": os.urandom(16).hex(),
-                             "systemUUID": os.urandom(16).hex(), "bootID": os.urandom(16).hex(),
-                             "kernelVersion": "6.1.0-28-amd64",
-                             "osImage": "Debian GNU/Linux 12 (bookworm)",
-                             "containerRuntimeVersion": "containerd://1.7.24",
-                             "kubeletVersion": "v1.32.3", "kubeProxyVersion": "v1.32.3",
-                             "operatingSystem": "linux", "architecture": "amd64"},
+                "nodeInfo": {
+                    "machineID": os.urandom(16).hex(),
+                    "systemUUID": os.urandom(16).hex(),
+                    "bootID": os.urandom(16).hex(),
+                    "kernelVersion": "6.1.0-28-amd64",
+                    "osImage": "Debian GNU/Linux 12 (bookworm)",
+                    "containerRuntimeVersion": "containerd://1.7.24",
+                    "kubeletVersion": "v1.32.3",
+                    "kubeProxyVersion": "v1.32.3",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
             },
         }
         created = self.create(node, field_manager="kubelet")
-        self.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                     "metadata": {"name": name, "namespace": "kube-node-lease",
-                                  "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
-                                                       "name": name,
-                                                       "uid": created["metadata"]["uid"]}]},
-                     "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                              "renewTime": now_rfc3339().replace("Z", ".000000Z")}},
-                    field_manager="kubelet")
+        self.create(
+            {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": name,
+                    "namespace": "kube-node-lease",
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Node", "name": name, "uid": created["metadata"]["uid"]}
+                    ],
+                },
+                "spec": {
+                    "holderIdentity": name,
+                    "leaseDurationSeconds": 40,
+                    "renewTime": now_rfc3339().replace("Z", ".000000Z"),
+                },
+            },
+            field_manager="kubelet",
+        )
         return created
 
-    def set_node_status(self, name: str, capacity: dict[str, str] | None = None,
-                        allocatable: dict[str, str] | None = None,
-                        conditions: dict[str, str] | builtins.list[JSON] | None = None) -> JSON:
+    def set_node_status(
+        self,
+        name: str,
+        capacity: dict[str, str] | None = None,
+        allocatable: dict[str, str] | None = None,
+        conditions: dict[str, str] | builtins.list[JSON] | None = None,
+    ) -> JSON:
         """Merge resources into the node's status as its kubelet publishes them
         (e.g. allocatable={"nvidia.com/gpu": "2"}); a None value removes the key."""
         with self.store.writing():
@@ -557,48 +677,70 @@ class KubeApiStandIn:
 
     def remove_allocatable(self, name: str, resource: str, capacity: bool = True) -> JSON:
         """Drop `resource` from the node's allocatable (and capacity): 'key absent' (F9)."""
-        return self.set_node_status(name, allocatable={resource: None},  # type: ignore[dict-item]
-                                    capacity={resource: None} if capacity else None)  # type: ignore[dict-item]
+        return self.set_node_status(
+            name,
+            allocatable={resource: None},  # type: ignore[dict-item]
+            capacity={resource: None} if capacity else None,
+        )  # type: ignore[dict-item]
 
     # Events and the GPU Operator -------------------------------------------------------
 
-    def add_event(self, namespace: str, involved_kind: str, involved_name: str, reason: str,
-                  message: str, type: str = "Warning", component: str = "kubelet") -> JSON:  # noqa: A002
+    def add_event(
+        self,
+        namespace: str,
+        involved_kind: str,
+        involved_name: str,
+        reason: str,
+        message: str,
+        type: str = "Warning",
+        component: str = "kubelet",
+    ) -> JSON:
         """Record an event about an object (found by kind and name, so `kubectl describe`
         lists it); the object need not exist (its uid is then empty)."""
         rt = self._type(involved_kind)
         found = self.get(involved_kind, involved_name, namespace if rt.namespaced else None)
-        involved = found or {"apiVersion": rt.api_version, "kind": rt.kind,
-                             "metadata": {"name": involved_name, "uid": "",
-                                          "namespace": namespace if rt.namespaced else ""}}
+        involved = found or {
+            "apiVersion": rt.api_version,
+            "kind": rt.kind,
+            "metadata": {"name": involved_name, "uid": "", "namespace": namespace if rt.namespaced else ""},
+        }
         if not rt.namespaced:
             involved = copy.deepcopy(involved)
             involved["metadata"]["namespace"] = ""
-        return self.controllers.record_event(involved, type, reason, message, component,
-                                             namespace=namespace)
+        return self.controllers.record_event(involved, type, reason, message, component, namespace=namespace)
 
-    def add_cluster_policy(self, state: str = "ready", name: str = "cluster-policy",
-                           spec: JSON | None = None) -> JSON:
+    def add_cluster_policy(self, state: str = "ready", name: str = "cluster-policy", spec: JSON | None = None) -> JSON:
         """Register the GPU Operator's ClusterPolicy CRD (nvidia.com/v1) and create one."""
         if self.get("CustomResourceDefinition", "clusterpolicies.nvidia.com") is None:
             self.create(copy.deepcopy(CLUSTER_POLICY_CRD), field_manager="helm")
-        body = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy",
-                "metadata": {"name": name},
-                "spec": spec or {"operator": {"defaultRuntime": "containerd"},
-                                 "driver": {"enabled": True}, "toolkit": {"enabled": True},
-                                 "devicePlugin": {"enabled": True},
-                                 "daemonsets": {"tolerations": [
-                                     {"key": "nvidia.com/gpu", "operator": "Exists",
-                                      "effect": "NoSchedule"}]}}}
+        body = {
+            "apiVersion": "nvidia.com/v1",
+            "kind": "ClusterPolicy",
+            "metadata": {"name": name},
+            "spec": spec
+            or {
+                "operator": {"defaultRuntime": "containerd"},
+                "driver": {"enabled": True},
+                "toolkit": {"enabled": True},
+                "devicePlugin": {"enabled": True},
+                "daemonsets": {
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                },
+            },
+        }
         existing = self.get("ClusterPolicy", name)
         if existing is None:
             self.create(body, field_manager="helm")
         return self.set_cluster_policy_state(state, name)
 
     def set_cluster_policy_state(self, state: str, name: str = "cluster-policy") -> JSON:
-        return self.patch("ClusterPolicy", name, {"status": {"state": state,
-                                                             "namespace": "gpu-operator"}},
-                          subresource="status", field_manager="gpu-operator")
+        return self.patch(
+            "ClusterPolicy",
+            name,
+            {"status": {"state": state, "namespace": "gpu-operator"}},
+            subresource="status",
+            field_manager="gpu-operator",
+        )
 
 
 def _ns(rt: Any, namespace: str | None) -> str | None:
@@ -626,17 +768,21 @@ _CONDITION_TEXT = {
 }
 
 
-def _node_conditions(given: dict[str, str] | list[JSON] | None,
-                     current: list[JSON] | None = None) -> list[JSON]:
+def _node_conditions(given: dict[str, str] | list[JSON] | None, current: list[JSON] | None = None) -> list[JSON]:
     if isinstance(given, list):
         return [dict(c) for c in given]
     stamp = now_rfc3339()
     by_type = {c["type"]: dict(c) for c in current or []}
     for kind, (status, reason, message) in _CONDITION_TEXT.items():
         if kind not in by_type:
-            by_type[kind] = {"type": kind, "status": status, "reason": reason,
-                             "message": message, "lastHeartbeatTime": stamp,
-                             "lastTransitionTime": stamp}
+            by_type[kind] = {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": stamp,
+            }
     for kind, status in (given or {}).items():
         entry = by_type.setdefault(kind, {"type": kind, "lastTransitionTime": stamp})
         if entry.get("status") != status:
@@ -645,6 +791,7 @@ def _node_conditions(given: dict[str, str] | list[JSON] | None,
         entry["lastHeartbeatTime"] = stamp
         if kind == "Ready" and status != "True":
             entry["reason"] = "KubeletNotReady" if status == "False" else "NodeStatusUnknown"
-            entry["message"] = ("container runtime network not ready" if status == "False"
-                                else "Kubelet stopped posting node status.")
+            entry["message"] = (
+                "container runtime network not ready" if status == "False" else "Kubelet stopped posting node status."
+            )
     return list(by_type.values())

@@ -17,8 +17,9 @@ import json
 import secrets
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import yaml
 
@@ -122,7 +123,8 @@ class Store:
         if mode == "Strict":
             raise errors.bad_request(
                 f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
-                f"strict decoding error: {', '.join(texts)}")
+                f"strict decoding error: {', '.join(texts)}"
+            )
         if mode == "Warn" and self._request.warnings is not None:
             self._request.warnings.extend(texts)
 
@@ -177,8 +179,7 @@ class Store:
 
     def register(self, new_types: Iterable[ResourceType]) -> None:
         for rt in new_types:
-            self.types = [t for t in self.types
-                          if (t.group, t.version, t.plural) != (rt.group, rt.version, rt.plural)]
+            self.types = [t for t in self.types if (t.group, t.version, t.plural) != (rt.group, rt.version, rt.plural)]
             self.types.append(rt)
         self.discovery_generation += 1
 
@@ -223,13 +224,11 @@ class Store:
 
     def normalise_fields(self, rt: ResourceType, reqs: list[FieldRequirement]) -> list[FieldRequirement]:
         if rt.group == "events.k8s.io":
-            reqs = [FieldRequirement(EVENTS_V1_FIELDS.get(r.field, r.field), r.value, r.negate)
-                    for r in reqs]
+            reqs = [FieldRequirement(EVENTS_V1_FIELDS.get(r.field, r.field), r.value, r.negate) for r in reqs]
         check_field_selector(rt.key[1], reqs)
         return reqs
 
-    def list(self, rt: ResourceType, opts: ListOptions, limit: int = 0,
-             continue_token: str = "") -> JSON:
+    def list(self, rt: ResourceType, opts: ListOptions, limit: int = 0, continue_token: str = "") -> JSON:
         with self.lock:
             items = sorted(self._bucket(rt).items())
             start = ""
@@ -238,8 +237,7 @@ class Store:
                     start = json.loads(base64.b64decode(continue_token))["start"]
                 except (ValueError, KeyError) as exc:
                     raise errors.bad_request("continue key is not valid") from exc
-            selected = [obj for (ns, name), obj in items
-                        if f"{ns}/{name}" > start and self.matches(rt, obj, opts)]
+            selected = [obj for (ns, name), obj in items if f"{ns}/{name}" > start and self.matches(rt, obj, opts)]
             meta: JSON = {"resourceVersion": str(self.rv)}
             if limit and len(selected) > limit:
                 last = selected[limit - 1]["metadata"]
@@ -247,8 +245,12 @@ class Store:
                 meta["continue"] = base64.b64encode(json.dumps(token).encode()).decode()
                 meta["remainingItemCount"] = len(selected) - limit
                 selected = selected[:limit]
-            return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version, "metadata": meta,
-                    "items": [self._view(rt, o) for o in selected]}
+            return {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": meta,
+                "items": [self._view(rt, o) for o in selected],
+            }
 
     # Writes ----------------------------------------------------------------------------
 
@@ -258,7 +260,7 @@ class Store:
         if not namespace:
             raise errors.bad_request("the server could not find the requested resource")
         ns_type = self.resolve("Namespace")
-        if (("", namespace) not in self._bucket(ns_type)):
+        if ("", namespace) not in self._bucket(ns_type):
             raise errors.namespace_not_found(namespace)
         return namespace
 
@@ -273,18 +275,19 @@ class Store:
             if api_version and api_version != rt.api_version:
                 raise errors.bad_request(
                     f"the API version in the data ({api_version}) does not match the "
-                    f"expected API version ({rt.api_version})")
+                    f"expected API version ({rt.api_version})"
+                )
             if kind and kind != rt.kind:
-                raise errors.bad_request(
-                    f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+                raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise errors.bad_request("metadata must be an object")
         if rt.namespaced:
             body_ns = meta.get("namespace")
             if body_ns and namespace and body_ns != namespace:
-                raise errors.bad_request("the namespace of the provided object does not match "
-                                         "the namespace sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
@@ -298,8 +301,7 @@ class Store:
             return self.resolve("Event")
         return rt
 
-    def _finish(self, rt: ResourceType, obj: JSON, old: JSON | None,
-                check_fields: bool = True) -> None:
+    def _finish(self, rt: ResourceType, obj: JSON, old: JSON | None, check_fields: bool = True) -> None:
         if check_fields:
             self._check_unknown_fields(rt, obj)
         admission.apply_defaults(rt, obj)
@@ -314,8 +316,7 @@ class Store:
                 gen = old["metadata"].get("generation", 1)
                 meta["generation"] = gen + 1 if _spec_part(old) != _spec_part(obj) else gen
 
-    def create(self, rt: ResourceType, namespace: str | None, body: Any, manager: str,
-               dry_run: bool = False) -> JSON:
+    def create(self, rt: ResourceType, namespace: str | None, body: Any, manager: str, dry_run: bool = False) -> JSON:
         with self.writing():
             srt = self._stored_type(rt)
             if rt.kind == "SelfSubjectAccessReview":
@@ -327,8 +328,14 @@ class Store:
             meta = obj["metadata"]
             if not meta.get("name") and not meta.get("generateName"):
                 raise errors.invalid(rt, "", admission.validate_name(rt, ""))
-            for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields",
-                        "deletionTimestamp", "generation"):
+            for key in (
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "managedFields",
+                "deletionTimestamp",
+                "generation",
+            ):
                 meta.pop(key, None)
             if srt.has_status and srt.kind not in ("Node", "Namespace"):
                 obj.pop("status", None)
@@ -343,8 +350,9 @@ class Store:
             self._finish(srt, obj, None)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
-            ownership.track_update(None, obj, manager, self.schema_root(srt), srt.has_status,
-                                   rt.api_version, now_rfc3339())
+            ownership.track_update(
+                None, obj, manager, self.schema_root(srt), srt.has_status, rt.api_version, now_rfc3339()
+            )
             if dry_run:
                 return self._view(rt, obj)
             self._commit(srt, obj, None)
@@ -361,32 +369,40 @@ class Store:
                 if pc is not None:
                     value = pc.get("value", 0)
                 if value is None:
-                    raise errors.forbidden(rt, obj["metadata"].get("name") or
-                                           obj["metadata"].get("generateName", ""),
-                                           f"no PriorityClass with name {prio_name} was found")
+                    raise errors.forbidden(
+                        rt,
+                        obj["metadata"].get("name") or obj["metadata"].get("generateName", ""),
+                        f"no PriorityClass with name {prio_name} was found",
+                    )
                 spec["priority"] = value
             else:
                 spec.setdefault("priority", 0)
             account = spec.get("serviceAccountName") or spec.get("serviceAccount")
             namespace = obj["metadata"].get("namespace", "")
             if account and (namespace, account) not in self._bucket(self.resolve("ServiceAccount")):
-                raise errors.forbidden(rt, obj["metadata"].get("name") or
-                                       obj["metadata"].get("generateName", ""),
-                                       f"error looking up service account {namespace}/{account}: "
-                                       f'serviceaccount "{account}" not found')
+                raise errors.forbidden(
+                    rt,
+                    obj["metadata"].get("name") or obj["metadata"].get("generateName", ""),
+                    f'error looking up service account {namespace}/{account}: serviceaccount "{account}" not found',
+                )
             if spec.get("nodeName") and self.prepare_bound_pod is not None:
                 self.prepare_bound_pod(obj)
         elif rt.kind == "DaemonSet" and rt.group == "apps":
-            obj["status"] = {"currentNumberScheduled": 0, "numberMisscheduled": 0,
-                             "desiredNumberScheduled": 0, "numberReady": 0}
+            obj["status"] = {
+                "currentNumberScheduled": 0,
+                "numberMisscheduled": 0,
+                "desiredNumberScheduled": 0,
+                "numberReady": 0,
+            }
         elif rt.kind == "Event" and rt.group == "":
             obj.setdefault("count", 1)
             stamp = now_rfc3339()
             obj.setdefault("firstTimestamp", stamp)
             obj.setdefault("lastTimestamp", stamp)
 
-    def _write_existing(self, rt: ResourceType, old: JSON, new: JSON, manager: str,
-                        subresource: str, dry_run: bool, track: bool = True) -> JSON:
+    def _write_existing(
+        self, rt: ResourceType, old: JSON, new: JSON, manager: str, subresource: str, dry_run: bool, track: bool = True
+    ) -> JSON:
         """Finish an update of `old` into `new` and commit it unless it changes nothing."""
         srt = self._stored_type(rt)
         meta = new.setdefault("metadata", {})
@@ -404,16 +420,16 @@ class Store:
                 new = copy.deepcopy(old) | {"status": status}
                 if status is None:
                     new.pop("status", None)
-                new["metadata"]["managedFields"] = meta.get("managedFields",
-                                                            old["metadata"].get("managedFields"))
+                new["metadata"]["managedFields"] = meta.get("managedFields", old["metadata"].get("managedFields"))
             elif "status" in old:
                 new["status"] = copy.deepcopy(old["status"])
             else:
                 new.pop("status", None)
         self._finish(srt, new, old)
         if track:
-            ownership.track_update(old, new, manager, self.schema_root(srt), srt.has_status,
-                                   rt.api_version, now_rfc3339(), subresource)
+            ownership.track_update(
+                old, new, manager, self.schema_root(srt), srt.has_status, rt.api_version, now_rfc3339(), subresource
+            )
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if _same(old, new):
             return self._view(rt, old)
@@ -422,8 +438,16 @@ class Store:
         self._commit(srt, new, old)
         return self._view(rt, new)
 
-    def replace(self, rt: ResourceType, namespace: str | None, name: str, body: Any,
-                manager: str, subresource: str = "", dry_run: bool = False) -> JSON:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        manager: str,
+        subresource: str = "",
+        dry_run: bool = False,
+    ) -> JSON:
         with self.writing():
             srt = self._stored_type(rt)
             namespace = self._check_namespace(rt, namespace) if rt.namespaced else ""
@@ -434,8 +458,8 @@ class Store:
             body_name = new["metadata"].get("name")
             if body_name and body_name != name:
                 raise errors.bad_request(
-                    f"the name of the object ({body_name}) does not match the name on the "
-                    f"URL ({name})")
+                    f"the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )
             wanted_rv = new["metadata"].get("resourceVersion")
             if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
                 raise errors.stale_resource_version(rt, name)
@@ -443,9 +467,18 @@ class Store:
                 new["metadata"]["managedFields"] = old["metadata"]["managedFields"]
             return self._write_existing(rt, old, new, manager, subresource, dry_run)
 
-    def patch(self, rt: ResourceType, namespace: str | None, name: str, content_type: str,
-              body: bytes, manager: str, force: bool = False, subresource: str = "",
-              dry_run: bool = False) -> tuple[JSON, bool]:
+    def patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        content_type: str,
+        body: bytes,
+        manager: str,
+        force: bool = False,
+        subresource: str = "",
+        dry_run: bool = False,
+    ) -> tuple[JSON, bool]:
         """Returns (object, created)."""
         with self.writing():
             srt = self._stored_type(rt)
@@ -455,8 +488,7 @@ class Store:
                 namespace = ""
             old = self._bucket(srt).get((namespace, name))
             if content_type == APPLY_PATCH:
-                return self._apply(rt, namespace, name, old, body, manager, force,
-                                   subresource, dry_run)
+                return self._apply(rt, namespace, name, old, body, manager, force, subresource, dry_run)
             if old is None:
                 raise errors.not_found(rt, name)
             accepted = [JSON_PATCH, MERGE_PATCH, APPLY_PATCH]
@@ -474,9 +506,11 @@ class Store:
                 else:
                     new = patches.strategic_merge(current, doc, self.schema_root(srt))
             except patches.PatchError as exc:
-                raise errors.ApiError(422 if content_type == JSON_PATCH else 400,
-                                      "Invalid" if content_type == JSON_PATCH else "BadRequest",
-                                      str(exc)) from exc
+                raise errors.ApiError(
+                    422 if content_type == JSON_PATCH else 400,
+                    "Invalid" if content_type == JSON_PATCH else "BadRequest",
+                    str(exc),
+                ) from exc
             if not isinstance(new, dict):
                 raise errors.bad_request("patch did not produce an object")
             new = self._incoming(rt, new, namespace)
@@ -485,13 +519,23 @@ class Store:
                 raise errors.stale_resource_version(rt, name)
             return self._write_existing(rt, old, new, manager, subresource, dry_run), False
 
-    def _apply(self, rt: ResourceType, namespace: str, name: str, old: JSON | None,
-               body: bytes, manager: str, force: bool, subresource: str,
-               dry_run: bool) -> tuple[JSON, bool]:
+    def _apply(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        old: JSON | None,
+        body: bytes,
+        manager: str,
+        force: bool,
+        subresource: str,
+        dry_run: bool,
+    ) -> tuple[JSON, bool]:
         srt = self._stored_type(rt)
         if not manager:
-            raise errors.bad_request("PATCH is not supported for apply without a fieldManager"
-                                     " (fieldManager is required for apply requests)")
+            raise errors.bad_request(
+                "PATCH is not supported for apply without a fieldManager (fieldManager is required for apply requests)"
+            )
         try:
             applied = yaml.safe_load(body)
         except yaml.YAMLError as exc:
@@ -507,22 +551,24 @@ class Store:
             if unknown:
                 group_version = f"{rt.group}/{rt.version}"
                 raise errors.ApiError(
-                    500, "", f"failed to create typed patch object ({namespace}/{name}; "
-                             f"{group_version}, Kind={rt.kind}): "
-                    + "\n".join(f"{path}: field not declared in schema" for path, _ in unknown))
+                    500,
+                    "",
+                    f"failed to create typed patch object ({namespace}/{name}; "
+                    f"{group_version}, Kind={rt.kind}): "
+                    + "\n".join(f"{path}: field not declared in schema" for path, _ in unknown),
+                )
         applied_name = applied["metadata"].get("name")
         if applied_name and applied_name != name:
             raise errors.bad_request(
-                f"the name of the object ({applied_name}) does not match the name on the "
-                f"URL ({name})")
+                f"the name of the object ({applied_name}) does not match the name on the URL ({name})"
+            )
         applied["metadata"]["name"] = name
         if not rt.namespaced:
             applied["metadata"].pop("namespace", None)
         now = now_rfc3339()
         has_status = srt.has_status and subresource != "status"
         try:
-            result = ownership.server_side_apply(
-                old, applied, manager, force, root, has_status, rt.api_version, now)
+            result = ownership.server_side_apply(old, applied, manager, force, root, has_status, rt.api_version, now)
         except ownership.ApplyConflict as exc:
             raise _conflict_error(rt, name, exc.conflicts) from exc
         if old is None:
@@ -537,13 +583,18 @@ class Store:
                 return self._view(rt, obj), True
             self._commit(srt, obj, None)
             return self._view(rt, obj), True
-        return self._write_existing(rt, old, result, manager, subresource, dry_run,
-                                    track=False), False
+        return self._write_existing(rt, old, result, manager, subresource, dry_run, track=False), False
 
-    def delete(self, rt: ResourceType, namespace: str | None, name: str,
-               propagation: str = "Background", dry_run: bool = False,
-               precondition_uid: str | None = None,
-               precondition_rv: str | None = None) -> JSON:
+    def delete(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+        dry_run: bool = False,
+        precondition_uid: str | None = None,
+        precondition_rv: str | None = None,
+    ) -> JSON:
         with self.writing():
             srt = self._stored_type(rt)
             key = (namespace or "" if rt.namespaced else "", name)
@@ -551,14 +602,22 @@ class Store:
             if old is None:
                 raise errors.not_found(rt, name)
             if precondition_uid and precondition_uid != old["metadata"].get("uid"):
-                raise errors.conflict(rt, name, f"Precondition failed: UID in precondition: "
-                                                f"{precondition_uid}, UID in object meta: "
-                                                f"{old['metadata'].get('uid')}")
+                raise errors.conflict(
+                    rt,
+                    name,
+                    f"Precondition failed: UID in precondition: "
+                    f"{precondition_uid}, UID in object meta: "
+                    f"{old['metadata'].get('uid')}",
+                )
             if precondition_rv and precondition_rv != old["metadata"].get("resourceVersion"):
-                raise errors.conflict(rt, name, "Precondition failed: ResourceVersion in "
-                                                f"precondition: {precondition_rv}, "
-                                                "ResourceVersion in object meta: "
-                                                f"{old['metadata'].get('resourceVersion')}")
+                raise errors.conflict(
+                    rt,
+                    name,
+                    "Precondition failed: ResourceVersion in "
+                    f"precondition: {precondition_rv}, "
+                    "ResourceVersion in object meta: "
+                    f"{old['metadata'].get('resourceVersion')}",
+                )
             view = self._view(rt, old)
             if dry_run:
                 return view
@@ -617,16 +676,22 @@ class Store:
         sa_type = self.resolve("ServiceAccount")
         if (namespace, "default") in self._bucket(sa_type):
             return
-        account = {"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": "default", "namespace": namespace,
-                                "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()}}
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": "default",
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": now_rfc3339(),
+            },
+        }
         self._commit(sa_type, account, None)
 
     def _commit(self, rt: ResourceType, obj: JSON, old: JSON | None) -> None:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        key = (obj["metadata"].get("namespace", "") if rt.namespaced else "",
-               obj["metadata"]["name"])
+        key = (obj["metadata"].get("namespace", "") if rt.namespaced else "", obj["metadata"]["name"])
         self._bucket(rt)[key] = obj
         self._record(rt, "ADDED" if old is None else "MODIFIED", obj, old)
         if rt.key != ("", "events"):
@@ -635,8 +700,7 @@ class Store:
             spec = obj.get("spec") or {}
             kind = (spec.get("names") or {}).get("kind", "")
             for version in spec.get("versions") or []:
-                self.crd_schemas[(spec.get("group", ""), version.get("name", ""), kind)] = \
-                    k8s_schema.crd_root(version)
+                self.crd_schemas[(spec.get("group", ""), version.get("name", ""), kind)] = k8s_schema.crd_root(version)
             self.register(type_from_crd(obj))
         if rt.kind == "Namespace" and rt.group == "" and old is None:
             self._default_service_account(obj["metadata"]["name"])
@@ -653,8 +717,9 @@ class Store:
             self._remove(rt, (namespace if rt.namespaced else "", name), "Background")
 
     def _record(self, rt: ResourceType, kind: str, obj: JSON, old: JSON | None) -> None:
-        self.history.append(WatchEvent(self.rv, rt.key, kind, copy.deepcopy(obj),
-                                       copy.deepcopy(old) if old is not None else None))
+        self.history.append(
+            WatchEvent(self.rv, rt.key, kind, copy.deepcopy(obj), copy.deepcopy(old) if old is not None else None)
+        )
         if len(self.history) > HISTORY_LIMIT:
             drop = len(self.history) - HISTORY_LIMIT // 2
             del self.history[:drop]

@@ -9,7 +9,8 @@ additionalPrinterColumns for custom resources.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .resources import ResourceType
 
@@ -73,8 +74,11 @@ def _node_status(node: JSON) -> str:
 
 
 def _node_roles(node: JSON) -> str:
-    roles = sorted(k.split("/", 1)[1] for k in (_meta(node).get("labels") or {})
-                   if k.startswith("node-role.kubernetes.io/") and "/" in k)
+    roles = sorted(
+        k.split("/", 1)[1]
+        for k in (_meta(node).get("labels") or {})
+        if k.startswith("node-role.kubernetes.io/") and "/" in k
+    )
     return ",".join(r for r in roles if r) or "<none>"
 
 
@@ -84,6 +88,7 @@ def _node_address(kind: str) -> Callable[[JSON], str]:
             if addr.get("type") == kind:
                 return str(addr.get("address"))
         return "<none>"
+
     return cell
 
 
@@ -111,8 +116,8 @@ def pod_status_reason(pod: JSON) -> str:
             break
     else:
         if reason == "Running" and not any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or []):
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        ):
             reason = "Running"
     if _meta(pod).get("deletionTimestamp"):
         reason = "Terminating"
@@ -152,14 +157,14 @@ def _event_object(event: JSON) -> str:
 
 
 def _event_last_seen(event: JSON) -> str:
-    return age(event.get("lastTimestamp") or event.get("eventTime") or
-               _meta(event).get("creationTimestamp"))
+    return age(event.get("lastTimestamp") or event.get("eventTime") or _meta(event).get("creationTimestamp"))
 
 
 def _containers(field: str) -> Callable[[JSON], str]:
     def cell(ds: JSON) -> str:
         spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
         return ",".join(str(c.get(field, "")) for c in spec.get("containers") or [])
+
     return cell
 
 
@@ -167,45 +172,60 @@ NAME: Column = ("Name", "string", 0, _name)
 AGE: Column = ("Age", "string", 0, _age)
 
 COLUMNS: dict[tuple[str, str], list[Column]] = {
-    ("", "Node"): [NAME, ("Status", "string", 0, _node_status),
-                   ("Roles", "string", 0, _node_roles), AGE,
-                   ("Version", "string", 0, _node_info("kubeletVersion")),
-                   ("Internal-IP", "string", 1, _node_address("InternalIP")),
-                   ("External-IP", "string", 1, _node_address("ExternalIP")),
-                   ("OS-Image", "string", 1, _node_info("osImage")),
-                   ("Kernel-Version", "string", 1, _node_info("kernelVersion")),
-                   ("Container-Runtime", "string", 1, _node_info("containerRuntimeVersion"))],
-    ("", "Pod"): [NAME, ("Ready", "string", 0, _pod_ready),
-                  ("Status", "string", 0, pod_status_reason),
-                  ("Restarts", "string", 0, _pod_restarts), AGE,
-                  ("IP", "string", 1, lambda p: (p.get("status") or {}).get("podIP", "<none>")),
-                  ("Node", "string", 1, lambda p: (p.get("spec") or {}).get("nodeName", "<none>")),
-                  ("Nominated Node", "string", 1, lambda p: "<none>"),
-                  ("Readiness Gates", "string", 1, lambda p: "<none>")],
-    ("apps", "DaemonSet"): [NAME, ("Desired", "integer", 0, _status_int("desiredNumberScheduled")),
-                            ("Current", "integer", 0, _status_int("currentNumberScheduled")),
-                            ("Ready", "integer", 0, _status_int("numberReady")),
-                            ("Up-to-date", "integer", 0, _status_int("updatedNumberScheduled")),
-                            ("Available", "integer", 0, _status_int("numberAvailable")),
-                            ("Node Selector", "string", 0, _ds_selector), AGE,
-                            ("Containers", "string", 1, _containers("name")),
-                            ("Images", "string", 1, _containers("image"))],
-    ("", "Event"): [("Last Seen", "string", 0, _event_last_seen),
-                    ("Type", "string", 0, lambda e: e.get("type", "")),
-                    ("Reason", "string", 0, lambda e: e.get("reason", "")),
-                    ("Object", "string", 0, _event_object),
-                    ("Message", "string", 0, lambda e: e.get("message", "")),
-                    ("Count", "integer", 1, lambda e: int(e.get("count") or 1)),
-                    ("Name", "string", 1, _name)],
-    ("", "Namespace"): [NAME, ("Status", "string", 0,
-                               lambda n: (n.get("status") or {}).get("phase", "")), AGE],
-    ("node.k8s.io", "RuntimeClass"): [NAME, ("Handler", "string", 0,
-                                             lambda r: r.get("handler", "")), AGE],
+    ("", "Node"): [
+        NAME,
+        ("Status", "string", 0, _node_status),
+        ("Roles", "string", 0, _node_roles),
+        AGE,
+        ("Version", "string", 0, _node_info("kubeletVersion")),
+        ("Internal-IP", "string", 1, _node_address("InternalIP")),
+        ("External-IP", "string", 1, _node_address("ExternalIP")),
+        ("OS-Image", "string", 1, _node_info("osImage")),
+        ("Kernel-Version", "string", 1, _node_info("kernelVersion")),
+        ("Container-Runtime", "string", 1, _node_info("containerRuntimeVersion")),
+    ],
+    ("", "Pod"): [
+        NAME,
+        ("Ready", "string", 0, _pod_ready),
+        ("Status", "string", 0, pod_status_reason),
+        ("Restarts", "string", 0, _pod_restarts),
+        AGE,
+        ("IP", "string", 1, lambda p: (p.get("status") or {}).get("podIP", "<none>")),
+        ("Node", "string", 1, lambda p: (p.get("spec") or {}).get("nodeName", "<none>")),
+        ("Nominated Node", "string", 1, lambda p: "<none>"),
+        ("Readiness Gates", "string", 1, lambda p: "<none>"),
+    ],
+    ("apps", "DaemonSet"): [
+        NAME,
+        ("Desired", "integer", 0, _status_int("desiredNumberScheduled")),
+        ("Current", "integer", 0, _status_int("currentNumberScheduled")),
+        ("Ready", "integer", 0, _status_int("numberReady")),
+        ("Up-to-date", "integer", 0, _status_int("updatedNumberScheduled")),
+        ("Available", "integer", 0, _status_int("numberAvailable")),
+        ("Node Selector", "string", 0, _ds_selector),
+        AGE,
+        ("Containers", "string", 1, _containers("name")),
+        ("Images", "string", 1, _containers("image")),
+    ],
+    ("", "Event"): [
+        ("Last Seen", "string", 0, _event_last_seen),
+        ("Type", "string", 0, lambda e: e.get("type", "")),
+        ("Reason", "string", 0, lambda e: e.get("reason", "")),
+        ("Object", "string", 0, _event_object),
+        ("Message", "string", 0, lambda e: e.get("message", "")),
+        ("Count", "integer", 1, lambda e: int(e.get("count") or 1)),
+        ("Name", "string", 1, _name),
+    ],
+    ("", "Namespace"): [NAME, ("Status", "string", 0, lambda n: (n.get("status") or {}).get("phase", "")), AGE],
+    ("node.k8s.io", "RuntimeClass"): [NAME, ("Handler", "string", 0, lambda r: r.get("handler", "")), AGE],
     ("", "ConfigMap"): [NAME, ("Data", "integer", 0, lambda c: len(c.get("data") or {})), AGE],
     ("scheduling.k8s.io", "PriorityClass"): [
-        NAME, ("Value", "integer", 0, lambda p: p.get("value", 0)),
-        ("Global-Default", "boolean", 0, lambda p: bool(p.get("globalDefault"))), AGE,
-        ("PreemptionPolicy", "string", 0, lambda p: p.get("preemptionPolicy", ""))],
+        NAME,
+        ("Value", "integer", 0, lambda p: p.get("value", 0)),
+        ("Global-Default", "boolean", 0, lambda p: bool(p.get("globalDefault"))),
+        AGE,
+        ("PreemptionPolicy", "string", 0, lambda p: p.get("preemptionPolicy", "")),
+    ],
 }
 
 
@@ -221,6 +241,7 @@ def _jsonpath_cell(path: str) -> Callable[[JSON], Any]:
         if path.strip() == ".metadata.creationTimestamp":
             return age(cur)
         return cur
+
     return cell
 
 
@@ -234,8 +255,9 @@ def columns_for(rt: ResourceType) -> list[Column]:
     return COLUMNS.get((group, rt.kind), [NAME, AGE])
 
 
-def to_table(rt: ResourceType, objects: list[JSON], list_meta: JSON, include: str,
-             core_objects: list[JSON] | None = None) -> JSON:
+def to_table(
+    rt: ResourceType, objects: list[JSON], list_meta: JSON, include: str, core_objects: list[JSON] | None = None
+) -> JSON:
     """A Table of `objects` (as served); cells are computed from `core_objects` when the
     served shape differs from the stored one (events.k8s.io)."""
     cols = columns_for(rt)
@@ -248,13 +270,23 @@ def to_table(rt: ResourceType, objects: list[JSON], list_meta: JSON, include: st
         elif include == "Object":
             row_obj = obj
         else:
-            row_obj = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                       "metadata": obj.get("metadata", {})}
+            row_obj = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata", {}),
+            }
         row: JSON = {"cells": cells}
         if row_obj is not None:
             row["object"] = row_obj
         rows.append(row)
-    definitions = [{"name": name, "type": kind, "format": "name" if name == "Name" else "",
-                    "description": "", "priority": prio} for name, kind, prio, _ in cols]
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
-            "columnDefinitions": definitions, "rows": rows}
+    definitions = [
+        {"name": name, "type": kind, "format": "name" if name == "Name" else "", "description": "", "priority": prio}
+        for name, kind, prio, _ in cols
+    ]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }

@@ -34,7 +34,7 @@ class OsRelease:
 
     @property
     def major_version(self) -> str:
-        """"9" for VERSION_ID="9.4", "22" for "22.04"; "" when the file has no VERSION_ID."""
+        """ "9" for VERSION_ID="9.4", "22" for "22.04"; "" when the file has no VERSION_ID."""
         return self.version_id.split(".", 1)[0]
 
     def describe(self) -> str:

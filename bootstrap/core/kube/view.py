@@ -148,8 +148,9 @@ def tolerates(tolerations: Sequence[JSON], taint: JSON) -> bool:
 
 def untolerated_taints(node: JSON, tolerations: Sequence[JSON]) -> list[JSON]:
     """Taints that keep a pod with these tolerations off the node (NoSchedule, NoExecute)."""
-    return [t for t in node_taints(node)
-            if t.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, t)]
+    return [
+        t for t in node_taints(node) if t.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(tolerations, t)
+    ]
 
 
 def _expression_matches(labels: Mapping[str, str], expression: JSON) -> bool:
@@ -182,16 +183,18 @@ def selector_problems(pod_spec: JSON, node: JSON) -> list[str]:
         if labels.get(key) != str(value):
             have = f"has {key}={labels[key]}" if key in labels else f"has no {key} label"
             problems.append(f"nodeSelector {key}={value}, but the node {have}")
-    terms = dig(pod_spec, "affinity", "nodeAffinity",
-                "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+    terms = dig(
+        pod_spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms"
+    )
     if isinstance(terms, list) and terms:
         fields = {"metadata.name": name_of(node)}
         matched = False
         for term in terms:
             expressions = term.get("matchExpressions") or []
             field_expressions = term.get("matchFields") or []
-            if all(_expression_matches(labels, e) for e in expressions) and \
-                    all(_expression_matches(fields, e) for e in field_expressions):
+            if all(_expression_matches(labels, e) for e in expressions) and all(
+                _expression_matches(fields, e) for e in field_expressions
+            ):
                 matched = True
                 break
         if not matched:
@@ -234,15 +237,24 @@ class HostPathMount:
 
 
 def host_path_mounts(pod_spec: JSON, container: JSON) -> list[HostPathMount]:
-    volumes = {v.get("name"): v.get("hostPath") for v in pod_spec.get("volumes") or []
-               if isinstance(v, dict) and isinstance(v.get("hostPath"), dict)}
+    volumes = {
+        v.get("name"): v.get("hostPath")
+        for v in pod_spec.get("volumes") or []
+        if isinstance(v, dict) and isinstance(v.get("hostPath"), dict)
+    }
     mounts = []
     for mount in container.get("volumeMounts") or []:
         source = volumes.get(mount.get("name"))
         if source is None:
             continue
-        mounts.append(HostPathMount(str(mount.get("name")), str(source.get("path", "")),
-                                    str(source.get("type") or ""), str(mount.get("mountPath", ""))))
+        mounts.append(
+            HostPathMount(
+                str(mount.get("name")),
+                str(source.get("path", "")),
+                str(source.get("type") or ""),
+                str(mount.get("mountPath", "")),
+            )
+        )
     return mounts
 
 
@@ -283,8 +295,9 @@ class ContainerState:
 def container_states(pod: JSON, init: bool = True) -> list[ContainerState]:
     """Every container's state (init containers first, unless `init` is False)."""
     states = []
-    statuses = (list(dig(pod, "status", "initContainerStatuses") or []) if init else []) + \
-        list(dig(pod, "status", "containerStatuses") or [])
+    statuses = (list(dig(pod, "status", "initContainerStatuses") or []) if init else []) + list(
+        dig(pod, "status", "containerStatuses") or []
+    )
     for status in statuses:
         if not isinstance(status, dict):
             continue
@@ -293,15 +306,20 @@ def container_states(pod: JSON, init: bool = True) -> list[ContainerState]:
         detail = state.get(kind) or {}
         last = dig(status, "lastState", "terminated") or {}
         exit_code = last.get("exitCode")
-        states.append(ContainerState(
-            name=str(status.get("name", "")), state=kind, reason=str(detail.get("reason") or ""),
-            message=str(detail.get("message") or ""), ready=bool(status.get("ready")),
-            restarts=int(status.get("restartCount") or 0),
-            started_at=parse_time(detail.get("startedAt")) if kind == "running" else None,
-            last_reason=str(last.get("reason") or ""),
-            last_exit_code=exit_code if isinstance(exit_code, int) else None,
-            last_message=str(last.get("message") or ""),
-        ))
+        states.append(
+            ContainerState(
+                name=str(status.get("name", "")),
+                state=kind,
+                reason=str(detail.get("reason") or ""),
+                message=str(detail.get("message") or ""),
+                ready=bool(status.get("ready")),
+                restarts=int(status.get("restartCount") or 0),
+                started_at=parse_time(detail.get("startedAt")) if kind == "running" else None,
+                last_reason=str(last.get("reason") or ""),
+                last_exit_code=exit_code if isinstance(exit_code, int) else None,
+                last_message=str(last.get("message") or ""),
+            )
+        )
     return states
 
 
@@ -315,7 +333,7 @@ def pod_summary(pod: JSON) -> str:
             shown = state.reason
         elif state.state == "terminated" and state.reason and phase not in ("Succeeded", "Failed"):
             shown = state.reason
-    for state in container_states(pod)[:len(container_states(pod)) - len(states)]:
+    for state in container_states(pod)[: len(container_states(pod)) - len(states)]:
         if state.state == "waiting" or (state.state == "terminated" and state.last_exit_code not in (None, 0)):
             shown = f"Init:{state.reason or 'waiting'}"
             break
@@ -352,8 +370,7 @@ def event_time(event: JSON) -> datetime | None:
     return parse_time(dig(event, "metadata", "creationTimestamp"))
 
 
-def events_with(events: Iterable[JSON], *, reason: str | None = None,
-                contains: str | None = None) -> list[JSON]:
+def events_with(events: Iterable[JSON], *, reason: str | None = None, contains: str | None = None) -> list[JSON]:
     found = []
     for event in events:
         if reason is not None and event.get("reason") != reason:
@@ -395,8 +412,7 @@ def is_gpu_device_plugin(daemonset: JSON) -> bool:
 def owner_of(daemonset: JSON) -> str:
     """Who deployed a device plugin DaemonSet: gpunode, the GPU Operator, Helm, or unknown."""
     labels = labels_of(daemonset)
-    owners = [str(o.get("kind")) for o in dig(daemonset, "metadata", "ownerReferences") or []
-              if isinstance(o, dict)]
+    owners = [str(o.get("kind")) for o in dig(daemonset, "metadata", "ownerReferences") or [] if isinstance(o, dict)]
     if labels.get("app.kubernetes.io/managed-by") == "gpunode":
         return "gpunode"
     if "ClusterPolicy" in owners or labels.get(GPU_OPERATOR_PLUGIN_LABEL[0]) == GPU_OPERATOR_PLUGIN_LABEL[1]:

@@ -8,18 +8,19 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from gpunode.bootstrap.core.diagnosis import Findings
-from gpunode.bootstrap.core.diagnosis_host import describe_sockets, gpu_count_hint, plugin_sockets
-from gpunode.bootstrap.core.diagnosis_plugin import (
+from gpunode.bootstrap.core.doctor.engine import Findings
+from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase
+from gpunode.bootstrap.core.doctor.rules_host import describe_sockets, gpu_count_hint, plugin_sockets
+from gpunode.bootstrap.core.doctor.rules_plugin import (
     NO_RUNTIMECLASS,
     PluginSituation,
     kubelet_dir_lines,
     plugin_container,
     plugin_rules,
 )
-from gpunode.bootstrap.core.diagnosis_workload import debug_pod_rules, workload_rules
-from gpunode.bootstrap.core.doctor_evidence import JSON, ClusterView, DoctorCase
-from gpunode.bootstrap.core.kube_view import (
+from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
+from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, daemonset_name
+from gpunode.bootstrap.core.kube.view import (
     controlled_by,
     dig,
     event_text,
@@ -40,7 +41,6 @@ from gpunode.bootstrap.core.kube_view import (
     toleration_text,
     untolerated_taints,
 )
-from gpunode.bootstrap.core.manifests import DRIVER_VERSION_LABEL, daemonset_name
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
 from gpunode.bootstrap.errors import GpunodeError
 
@@ -51,8 +51,11 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
     view = case.cluster
     if view is None:
         if case.cluster_unavailable is not None:
-            findings.skip("cluster (node, device plugin, Allocatable, pods)", case.cluster_unavailable.why,
-                          case.cluster_unavailable.asked)
+            findings.skip(
+                "cluster (node, device plugin, Allocatable, pods)",
+                case.cluster_unavailable.why,
+                case.cluster_unavailable.asked,
+            )
         _host_only_registration(case, findings)
         if case.target_pod is not None:
             workload_rules(case, None, None, findings)
@@ -62,8 +65,11 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
     node = view.node
     if node is None:
         if case.node_name:
-            findings.skip(f"node {case.node_name}", "the cluster has no node of that name (kubectl get nodes "
-                          "lists them; the kubelet may register under another name, see --hostname-override)")
+            findings.skip(
+                f"node {case.node_name}",
+                "the cluster has no node of that name (kubectl get nodes "
+                "lists them; the kubelet may register under another name, see --hostname-override)",
+            )
         if case.target_pod is not None:
             workload_rules(case, view, None, findings)
         return
@@ -83,20 +89,34 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
 def _node_rules(node: JSON, findings: Findings) -> None:
     ready = node_condition(node, "Ready")
     if ready is not None and ready.get("status") != "True":
-        findings.add("NODE-NOT-READY", f"Node {name_of(node)} is not Ready: its kubelet is not reporting, so "
-                     "nothing it publishes (Allocatable included) is current.",
-                     [f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()],
-                     "Look at the kubelet on the node (`systemctl status kubelet`, its log) and the container "
-                     "runtime.", "critical", "registration")
+        findings.add(
+            "NODE-NOT-READY",
+            f"Node {name_of(node)} is not Ready: its kubelet is not reporting, so "
+            "nothing it publishes (Allocatable included) is current.",
+            [f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()],
+            "Look at the kubelet on the node (`systemctl status kubelet`, its log) and the container runtime.",
+            "critical",
+            "registration",
+        )
     if dig(node, "spec", "unschedulable") is True:
-        findings.add("NODE-CORDONED", f"Node {name_of(node)} is cordoned: new pods are not scheduled there "
-                     "(DaemonSet pods still are).", ["spec.unschedulable: true"],
-                     f"`kubectl uncordon {name_of(node)}` when it should take work again.", "info", "workload")
+        findings.add(
+            "NODE-CORDONED",
+            f"Node {name_of(node)} is cordoned: new pods are not scheduled there (DaemonSet pods still are).",
+            ["spec.unschedulable: true"],
+            f"`kubectl uncordon {name_of(node)}` when it should take work again.",
+            "info",
+            "workload",
+        )
 
 
 def is_gpu_node(case: DoctorCase, node: JSON) -> bool:
-    return bool(case.named_gpu_node or gpu_node_labels(node) or (case.host is not None and case.host.gpus)
-                or resource_value(node, "capacity") is not None or case.record is not None)
+    return bool(
+        case.named_gpu_node
+        or gpu_node_labels(node)
+        or (case.host is not None and case.host.gpus)
+        or resource_value(node, "capacity") is not None
+        or case.record is not None
+    )
 
 
 # --- RuntimeClass ---------------------------------------------------------------------------
@@ -118,19 +138,22 @@ def _runtimeclass_rules(case: DoctorCase, view: ClusterView, findings: Findings)
         if pod_spec_of(evidence.pod).get("runtimeClassName") == "nvidia" and not evidence.events:
             references.append(f"pod {ref(evidence.pod)} uses runtimeClassName: nvidia")
     handlers = ", ".join(f"{name_of(rc)} -> {rc.get('handler')}" for rc in view.runtime_classes) or "none"
-    findings.add("RUNTIMECLASS-MISSING", "There is no RuntimeClass nvidia: GPU pods cannot ask for the NVIDIA "
-                 "runtime (runtimeClassName: nvidia is refused).",
-                 [f"RuntimeClasses: {handlers}", *references],
-                 "Create it (apiVersion node.k8s.io/v1, kind RuntimeClass, name nvidia, handler nvidia); "
-                 "`gpunode render` prints it and `gpunode bootstrap` applies it.",
-                 "critical" if references else "warning", "runtimeclass")
+    findings.add(
+        "RUNTIMECLASS-MISSING",
+        "There is no RuntimeClass nvidia: GPU pods cannot ask for the NVIDIA "
+        "runtime (runtimeClassName: nvidia is refused).",
+        [f"RuntimeClasses: {handlers}", *references],
+        "Create it (apiVersion node.k8s.io/v1, kind RuntimeClass, name nvidia, handler nvidia); "
+        "`gpunode render` prints it and `gpunode bootstrap` applies it.",
+        "critical" if references else "warning",
+        "runtimeclass",
+    )
 
 
 # --- the device plugin deployment ---------------------------------------------------------------
 
 
-def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
-                      findings: Findings) -> PluginSituation:
+def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings: Findings) -> PluginSituation:
     situation = PluginSituation()
     node_name = name_of(node)
     blocked: list[tuple[JSON, list[JSON]]] = []
@@ -147,8 +170,7 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
             continue
         situation.daemonsets.append(daemonset)
     if situation.daemonsets:
-        situation.pods = [p for p in view.plugin_pods
-                          if any(controlled_by(p.pod, ds) for ds in situation.daemonsets)]
+        situation.pods = [p for p in view.plugin_pods if any(controlled_by(p.pod, ds) for ds in situation.daemonsets)]
         return situation
     record_mode = case.record.plugin_mode if case.record is not None else None
     unit = case.host.plugin_venv.unit_active if case.host is not None else None
@@ -157,10 +179,15 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
     if record_mode == "host" or unit_installed:
         situation.host_service = True
         if unit not in (None, "active"):
-            findings.add("HOST-PLUGIN-DOWN", f"The device plugin runs as a service on the host (host mode), and "
-                         f"gpunode-device-plugin.service is {unit}.", [f"systemctl is-active: {unit}"],
-                         "`systemctl restart gpunode-device-plugin` and read `journalctl -u gpunode-device-plugin`.",
-                         "critical", "deployment")
+            findings.add(
+                "HOST-PLUGIN-DOWN",
+                f"The device plugin runs as a service on the host (host mode), and "
+                f"gpunode-device-plugin.service is {unit}.",
+                [f"systemctl is-active: {unit}"],
+                "`systemctl restart gpunode-device-plugin` and read `journalctl -u gpunode-device-plugin`.",
+                "critical",
+                "deployment",
+            )
         return situation
     gpu = is_gpu_node(case, node)
     if blocked and gpu:
@@ -168,50 +195,72 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
             tolerations = pod_spec_of(daemonset).get("tolerations") or []
             status = daemonset.get("status") or {}
             findings.add(
-                "F15", f"Node {node_name} is tainted {', '.join(taint_text(t) for t in taints)} and the device "
+                "F15",
+                f"Node {node_name} is tainted {', '.join(taint_text(t) for t in taints)} and the device "
                 f"plugin DaemonSet {ref(daemonset)} does not tolerate it, so no plugin pod runs there.",
-                [f"node {node_name} taints: " + ", ".join(taint_text(t) for t in taints),
-                 f"DaemonSet {ref(daemonset)} ({owner_of(daemonset)}) tolerations: "
-                 + (", ".join(toleration_text(t) for t in tolerations) or "none"),
-                 f"DaemonSet {ref(daemonset)}: desired {status.get('desiredNumberScheduled', '?')}, "
-                 f"ready {status.get('numberReady', '?')} (the node is not counted)"],
+                [
+                    f"node {node_name} taints: " + ", ".join(taint_text(t) for t in taints),
+                    f"DaemonSet {ref(daemonset)} ({owner_of(daemonset)}) tolerations: "
+                    + (", ".join(toleration_text(t) for t in tolerations) or "none"),
+                    f"DaemonSet {ref(daemonset)}: desired {status.get('desiredNumberScheduled', '?')}, "
+                    f"ready {status.get('numberReady', '?')} (the node is not counted)",
+                ],
                 "Add to the DaemonSet's pod template: tolerations: [{key: "
                 f"{taints[0].get('key')}, operator: Exists}}] (gpunode's manifests carry it for nvidia.com/gpu).",
-                "critical", "deployment")
+                "critical",
+                "deployment",
+            )
         return situation
     if unselected and gpu:
         lines = [f"DaemonSet {ref(ds)} ({owner_of(ds)}): {'; '.join(problems)}" for ds, problems in unselected]
         labels = labels_of(node)
         version = labels.get(DRIVER_VERSION_LABEL) or (case.record.driver_version if case.record else None)
-        fix = ("Label the node for the DaemonSet that matches its driver, or have gpunode do it: "
-               "`gpunode bootstrap HOST` labels the node and creates the DaemonSet for its driver version.")
+        fix = (
+            "Label the node for the DaemonSet that matches its driver, or have gpunode do it: "
+            "`gpunode bootstrap HOST` labels the node and creates the DaemonSet for its driver version."
+        )
         if version:
             try:
                 fix += f" The node's driver {version} is served by {daemonset_name(version, 'bundled')}."
             except GpunodeError:
                 pass
-        findings.add("DP-NOT-SELECTED", f"No device plugin DaemonSet selects node {node_name}, so no plugin pod "
-                     "runs there.", lines, fix, "critical", "deployment")
+        findings.add(
+            "DP-NOT-SELECTED",
+            f"No device plugin DaemonSet selects node {node_name}, so no plugin pod runs there.",
+            lines,
+            fix,
+            "critical",
+            "deployment",
+        )
         return situation
     if not gpu:
         return situation
     policies = [p for p in (view.cluster_policies or ()) if dig(p, "spec", "devicePlugin", "enabled") is not False]
     allocatable = resource_value(node, "allocatable")
     alloc_line = f"node {node_name}: allocatable nvidia.com/gpu " + (
-        f"= {allocatable}" if allocatable is not None else "absent")
+        f"= {allocatable}" if allocatable is not None else "absent"
+    )
     nothing = "no DaemonSet in any namespace runs an NVIDIA device plugin (none mounts the kubelet's device-plugins directory)"
     if policies:
         policy = policies[0]
         state = dig(policy, "status", "state") or "unknown"
         findings.add(
-            "F8", f"The GPU Operator's ClusterPolicy {name_of(policy)} says '{state}', but its device plugin "
+            "F8",
+            f"The GPU Operator's ClusterPolicy {name_of(policy)} says '{state}', but its device plugin "
             "DaemonSet is gone: nothing advertises the GPUs.",
-            [f"ClusterPolicy {name_of(policy)}: status.state={state}, spec.devicePlugin.enabled="
-             f"{dig(policy, 'spec', 'devicePlugin', 'enabled')}", nothing, alloc_line],
+            [
+                f"ClusterPolicy {name_of(policy)}: status.state={state}, spec.devicePlugin.enabled="
+                f"{dig(policy, 'spec', 'devicePlugin', 'enabled')}",
+                nothing,
+                alloc_line,
+            ],
             "Do not trust the status field: make the operator reconcile (`kubectl -n "
             f"{dig(policy, 'status', 'namespace') or 'gpu-operator'} rollout restart deployment gpu-operator`, or "
             "re-apply its Helm release), then check `kubectl get ds -A | grep device-plugin` and the node's "
-            "Allocatable; find what removed it (GitOps prune, helm upgrade).", "critical", "deployment")
+            "Allocatable; find what removed it (GitOps prune, helm upgrade).",
+            "critical",
+            "deployment",
+        )
         return situation
     labels = labels_of(node)
     version = labels.get(DRIVER_VERSION_LABEL)
@@ -224,21 +273,35 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON,
             except GpunodeError:
                 expected = ""
         findings.add(
-            "F8", f"gpunode's device plugin DaemonSet for node {node_name}"
-            + (f" ({expected})" if expected else "") + " is gone: nothing advertises the GPUs.",
-            [f"node {node_name}: {DRIVER_VERSION_LABEL}={version}" if version else "gpunode's record: plugin mode daemonset",
-             nothing, alloc_line],
+            "F8",
+            f"gpunode's device plugin DaemonSet for node {node_name}"
+            + (f" ({expected})" if expected else "")
+            + " is gone: nothing advertises the GPUs.",
+            [
+                f"node {node_name}: {DRIVER_VERSION_LABEL}={version}"
+                if version
+                else "gpunode's record: plugin mode daemonset",
+                nothing,
+                alloc_line,
+            ],
             "Re-apply it: `gpunode bootstrap HOST` (or `gpunode render --lib-path <the node's library> | "
             "kubectl apply --server-side -f -`), and find what deleted it (GitOps prune, helm upgrade).",
-            "critical", "deployment")
+            "critical",
+            "deployment",
+        )
         return situation
     situation.none = True
     if allocatable == "0":
         return situation  # the plugin was here and left: the F9 verdict says so, with the evidence
-    findings.add("DP-NONE", f"No NVIDIA device plugin serves node {node_name}: {nothing}.",
-                 [nothing, alloc_line, *(f"node label {label}" for label in gpu_node_labels(node))],
-                 "Deploy one: `gpunode bootstrap HOST` (gpunode's plugin, per driver version), NVIDIA's Helm "
-                 "chart, or the GPU Operator.", "critical", "deployment")
+    findings.add(
+        "DP-NONE",
+        f"No NVIDIA device plugin serves node {node_name}: {nothing}.",
+        [nothing, alloc_line, *(f"node label {label}" for label in gpu_node_labels(node))],
+        "Deploy one: `gpunode bootstrap HOST` (gpunode's plugin, per driver version), NVIDIA's Helm "
+        "chart, or the GPU Operator.",
+        "critical",
+        "deployment",
+    )
     return situation
 
 
@@ -251,9 +314,12 @@ def _kubelet_start(case: DoctorCase, view: ClusterView | None) -> tuple[datetime
         diag = case.host.diagnostics
         if diag.now is not None and diag.kubelet_age_seconds is not None:
             when = datetime.fromtimestamp(diag.now - diag.kubelet_age_seconds, tz=timezone.utc)
-            return when, f"host: the kubelet process started {diag.kubelet_age_seconds} s ago ({when:%Y-%m-%dT%H:%M:%SZ})"
+            return (
+                when,
+                f"host: the kubelet process started {diag.kubelet_age_seconds} s ago ({when:%Y-%m-%dT%H:%M:%SZ})",
+            )
     latest: datetime | None = None
-    for event in (view.node_events if view else ()):
+    for event in view.node_events if view else ():
         if event.get("reason") == "Starting" and _KUBELET_STARTING.search(str(event.get("message", ""))):
             stamp = event_time(event)
             if stamp is not None and (latest is None or stamp > latest):
@@ -263,8 +329,9 @@ def _kubelet_start(case: DoctorCase, view: ClusterView | None) -> tuple[datetime
     return None, None
 
 
-def _registration_rules(case: DoctorCase, view: ClusterView, node: JSON, situation: PluginSituation,
-                        findings: Findings) -> None:
+def _registration_rules(
+    case: DoctorCase, view: ClusterView, node: JSON, situation: PluginSituation, findings: Findings
+) -> None:
     if situation.host_service:
         _host_only_registration(case, findings)
         return
@@ -279,30 +346,45 @@ def _registration_rules(case: DoctorCase, view: ClusterView, node: JSON, situati
         began = started_at(pod)
         kubelet_began, kubelet_line = _kubelet_start(case, view)
         sockets = plugin_sockets(host) if host is not None and host.kubelet.running else None
-        lines = [f"pod {pod_ref}: {pod_summary(pod)}"
-                 + (f", container started {began:%Y-%m-%dT%H:%M:%SZ}" if began else "")]
+        lines = [
+            f"pod {pod_ref}: {pod_summary(pod)}" + (f", container started {began:%Y-%m-%dT%H:%M:%SZ}" if began else "")
+        ]
         if kubelet_line:
             lines.append(kubelet_line)
         if host is not None:
             lines.extend(describe_sockets(host) or ["device-plugins: no sockets"])
-        lines.append(f"node {name_of(node)}: allocatable nvidia.com/gpu "
-                     + (f"= {allocatable}" if allocatable is not None else "absent"))
+        lines.append(
+            f"node {name_of(node)}: allocatable nvidia.com/gpu "
+            + (f"= {allocatable}" if allocatable is not None else "absent")
+        )
         lines.extend(f"log: {line}" for line in log.registered[-2:])
-        restarted_after = (began is not None and kubelet_began is not None
-                           and kubelet_began - began > timedelta(seconds=0))
+        restarted_after = (
+            began is not None and kubelet_began is not None and kubelet_began - began > timedelta(seconds=0)
+        )
         no_socket = sockets is not None and not sockets
         lost = allocatable in (None, "0") or no_socket
         if restarted_after and lost and not log.kubelet_restart_seen:
-            findings.add("F12", f"The kubelet restarted after the device plugin pod {pod_ref} started and wiped its "
-                         "device-plugins directory; the plugin never noticed and never registered again.",
-                         lines, f"Now: restart the plugin pod (`kubectl delete pod -n {dig(pod, 'metadata', 'namespace')} "
-                         f"{name_of(pod)}`). For good: a plugin that watches kubelet.sock and re-registers (gpunode's "
-                         "bundled plugin does within a second).", "critical", "registration")
+            findings.add(
+                "F12",
+                f"The kubelet restarted after the device plugin pod {pod_ref} started and wiped its "
+                "device-plugins directory; the plugin never noticed and never registered again.",
+                lines,
+                f"Now: restart the plugin pod (`kubectl delete pod -n {dig(pod, 'metadata', 'namespace')} "
+                f"{name_of(pod)}`). For good: a plugin that watches kubelet.sock and re-registers (gpunode's "
+                "bundled plugin does within a second).",
+                "critical",
+                "registration",
+            )
         elif no_socket or (allocatable is None and not log.registered and not log.empty):
-            findings.add("DP-NOT-REGISTERED", f"The device plugin pod {pod_ref} runs but is not registered with "
-                         "the kubelet.", lines + kubelet_dir_lines(case, pod_spec_of(pod), plugin_container(pod_spec_of(pod))),
-                         "Check that it mounts the kubelet's own device-plugins directory (the kubelet's --root-dir) "
-                         "and read its log; restarting the pod makes it register again.", "critical", "registration")
+            findings.add(
+                "DP-NOT-REGISTERED",
+                f"The device plugin pod {pod_ref} runs but is not registered with the kubelet.",
+                lines + kubelet_dir_lines(case, pod_spec_of(pod), plugin_container(pod_spec_of(pod))),
+                "Check that it mounts the kubelet's own device-plugins directory (the kubelet's --root-dir) "
+                "and read its log; restarting the pod makes it register again.",
+                "critical",
+                "registration",
+            )
 
 
 def _host_only_registration(case: DoctorCase, findings: Findings) -> None:
@@ -318,67 +400,110 @@ def _host_only_registration(case: DoctorCase, findings: Findings) -> None:
     lines = list(describe_sockets(host))
     processes = diag.plugin_processes if diag else ()
     for process in processes:
-        lines.append(f"host process {process.pid} ({process.comm}), state {process.state}, running "
-                     f"{process.age_seconds if process.age_seconds is not None else '?'} s")
+        lines.append(
+            f"host process {process.pid} ({process.comm}), state {process.state}, running "
+            f"{process.age_seconds if process.age_seconds is not None else '?'} s"
+        )
     if diag is not None and diag.kubelet_age_seconds is not None:
         lines.append(f"the kubelet process started {diag.kubelet_age_seconds} s ago")
-    older = [p for p in processes if diag is not None and p.age_seconds is not None
-             and diag.kubelet_age_seconds is not None and p.age_seconds > diag.kubelet_age_seconds]
+    older = [
+        p
+        for p in processes
+        if diag is not None
+        and p.age_seconds is not None
+        and diag.kubelet_age_seconds is not None
+        and p.age_seconds > diag.kubelet_age_seconds
+    ]
     if older:
-        findings.add("F12", "The kubelet restarted after the device plugin process started and wiped its "
-                     "device-plugins directory; the plugin never registered again (no plugin socket).", lines,
-                     "Restart the plugin now (its pod, or `systemctl restart gpunode-device-plugin`); for good, a "
-                     "plugin that watches kubelet.sock (gpunode's bundled plugin re-registers within a second).",
-                     "critical", "registration")
+        findings.add(
+            "F12",
+            "The kubelet restarted after the device plugin process started and wiped its "
+            "device-plugins directory; the plugin never registered again (no plugin socket).",
+            lines,
+            "Restart the plugin now (its pod, or `systemctl restart gpunode-device-plugin`); for good, a "
+            "plugin that watches kubelet.sock (gpunode's bundled plugin re-registers within a second).",
+            "critical",
+            "registration",
+        )
     else:
-        findings.add("DP-NOT-REGISTERED", "No device plugin is registered with the kubelet on this host: only "
-                     "kubelet.sock is in its device-plugins directory.", lines or ["device-plugins: kubelet.sock only"],
-                     "Deploy or start a device plugin (gpunode bootstrap does), then check its log.",
-                     "critical", "registration")
+        findings.add(
+            "DP-NOT-REGISTERED",
+            "No device plugin is registered with the kubelet on this host: only "
+            "kubelet.sock is in its device-plugins directory.",
+            lines or ["device-plugins: kubelet.sock only"],
+            "Deploy or start a device plugin (gpunode bootstrap does), then check its log.",
+            "critical",
+            "registration",
+        )
 
 
 # --- Allocatable ---------------------------------------------------------------------------------
 
 
-def _allocatable_rules(case: DoctorCase, view: ClusterView, node: JSON, situation: PluginSituation,
-                       findings: Findings) -> None:
+def _allocatable_rules(
+    case: DoctorCase, view: ClusterView, node: JSON, situation: PluginSituation, findings: Findings
+) -> None:
     if not is_gpu_node(case, node):
         return
     node_name = name_of(node)
     allocatable = resource_value(node, "allocatable")
     capacity = resource_value(node, "capacity")
     expected = gpu_count_hint(case)
-    lines = [f"node {node_name}: capacity nvidia.com/gpu " + (capacity if capacity is not None else "absent")
-             + ", allocatable " + (allocatable if allocatable is not None else "absent")]
+    lines = [
+        f"node {node_name}: capacity nvidia.com/gpu "
+        + (capacity if capacity is not None else "absent")
+        + ", allocatable "
+        + (allocatable if allocatable is not None else "absent")
+    ]
     if expected is not None:
         lines.append(f"GPUs on the host: {expected}")
     explained = bool(findings.below("allocatable"))
     after = " (the cause is the lower link above)" if explained else ""
     if allocatable is None:
-        findings.add("ALLOCATABLE-ABSENT", f"Node {node_name}'s Allocatable has no nvidia.com/gpu at all: no device "
-                     f"plugin has registered since the kubelet started (absent, not 0){after}.", lines,
-                     "Fix the link named first; `gpunode verify` or `kubectl get node "
-                     f"{node_name} -o jsonpath='{{.status.allocatable}}'` shows it come back.", "critical", "allocatable")
+        findings.add(
+            "ALLOCATABLE-ABSENT",
+            f"Node {node_name}'s Allocatable has no nvidia.com/gpu at all: no device "
+            f"plugin has registered since the kubelet started (absent, not 0){after}.",
+            lines,
+            "Fix the link named first; `gpunode verify` or `kubectl get node "
+            f"{node_name} -o jsonpath='{{.status.allocatable}}'` shows it come back.",
+            "critical",
+            "allocatable",
+        )
     elif allocatable == "0":
         if situation.none:
-            cause = (f"Node {node_name}'s Allocatable nvidia.com/gpu is 0 and the key is kept: the device plugin that "
-                     "registered here is gone (no DaemonSet serves the node any more), and an absent()-based "
-                     "alert never fires.")
-            fix = ("Bring a device plugin back for the node (`gpunode bootstrap HOST`, or re-apply the Helm release "
-                   "that was removed), and alert on == 0 for GPU nodes (`gpunode render alerts`).")
+            cause = (
+                f"Node {node_name}'s Allocatable nvidia.com/gpu is 0 and the key is kept: the device plugin that "
+                "registered here is gone (no DaemonSet serves the node any more), and an absent()-based "
+                "alert never fires."
+            )
+            fix = (
+                "Bring a device plugin back for the node (`gpunode bootstrap HOST`, or re-apply the Helm release "
+                "that was removed), and alert on == 0 for GPU nodes (`gpunode render alerts`)."
+            )
         else:
-            cause = (f"Node {node_name}'s Allocatable nvidia.com/gpu is 0 and the key is kept: a device plugin "
-                     f"registered here and is gone or reports no healthy GPU{after}; an absent()-based alert "
-                     "never fires.")
-            fix = ("Fix the link named first; verify and alert on == 0 for GPU nodes, and on absent separately "
-                   "(`gpunode render alerts`).")
+            cause = (
+                f"Node {node_name}'s Allocatable nvidia.com/gpu is 0 and the key is kept: a device plugin "
+                f"registered here and is gone or reports no healthy GPU{after}; an absent()-based alert "
+                "never fires."
+            )
+            fix = (
+                "Fix the link named first; verify and alert on == 0 for GPU nodes, and on absent separately "
+                "(`gpunode render alerts`)."
+            )
         if situation.none:
             lines.append("no device plugin DaemonSet in the cluster serves this node")
         findings.add("F9", cause, lines, fix, "critical", "allocatable")
     elif expected is not None and (quantity := _int(allocatable)) is not None and quantity < expected:
-        findings.add("ALLOCATABLE-SHORT", f"Node {node_name} advertises {quantity} of its {expected} GPUs.", lines,
-                     "The missing ones are unhealthy or unseen: see the plugin's device lines and the host's Xid "
-                     "errors (`dmesg | grep -i xid`).", "warning", "allocatable")
+        findings.add(
+            "ALLOCATABLE-SHORT",
+            f"Node {node_name} advertises {quantity} of its {expected} GPUs.",
+            lines,
+            "The missing ones are unhealthy or unseen: see the plugin's device lines and the host's Xid "
+            "errors (`dmesg | grep -i xid`).",
+            "warning",
+            "allocatable",
+        )
 
 
 def _int(text: str) -> int | None:
@@ -386,5 +511,3 @@ def _int(text: str) -> int | None:
         return int(text)
     except ValueError:
         return None
-
-

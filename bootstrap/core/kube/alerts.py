@@ -29,8 +29,10 @@ DEFAULT_DAEMONSET_REGEX = ".*device-plugin.*"
 RULE_NAME = "gpunode-gpu-node-alerts"
 GROUP_NAME = "gpunode-gpu-nodes"
 
-_LABEL_KEY = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
-                        r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 _INVALID_LABEL_CHAR = re.compile(r"[^a-zA-Z0-9_]")
@@ -75,25 +77,35 @@ def _gpu_node_selector(labels: Sequence[str]) -> str:
 
 def check_options(options: AlertOptions) -> None:
     if not options.gpu_node_labels:
-        raise UserError("No GPU node label given.", fix="give --gpu-node-label KEY or KEY=VALUE, e.g. nvidia.com/gpu.present=true")
+        raise UserError(
+            "No GPU node label given.", fix="give --gpu-node-label KEY or KEY=VALUE, e.g. nvidia.com/gpu.present=true"
+        )
     for spec in options.gpu_node_labels:
         key, has_value, value = spec.partition("=")
         if not _LABEL_KEY.match(key) or len(key) > 316:
-            raise UserError(f"{key!r} is not a Kubernetes label key.",
-                            fix="give --gpu-node-label as KEY or KEY=VALUE, e.g. nvidia.com/gpu.present=true")
+            raise UserError(
+                f"{key!r} is not a Kubernetes label key.",
+                fix="give --gpu-node-label as KEY or KEY=VALUE, e.g. nvidia.com/gpu.present=true",
+            )
         if has_value and (not value or not _LABEL_VALUE.match(value)):
-            raise UserError(f"{value!r} is not a Kubernetes label value.",
-                            fix="give --gpu-node-label as KEY or KEY=VALUE with a plain value")
+            raise UserError(
+                f"{value!r} is not a Kubernetes label value.",
+                fix="give --gpu-node-label as KEY or KEY=VALUE with a plain value",
+            )
     try:
         re.compile(options.daemonset_regex)
     except re.error as exc:
-        raise UserError(f"--daemonset-regex {options.daemonset_regex!r} is not a regular expression ({exc}).",
-                        fix="give an RE2 expression such as .*device-plugin.*") from None
+        raise UserError(
+            f"--daemonset-regex {options.daemonset_regex!r} is not a regular expression ({exc}).",
+            fix="give an RE2 expression such as .*device-plugin.*",
+        ) from None
     if not _DNS_LABEL.match(options.namespace):
         raise UserError(f"{options.namespace!r} is not a namespace name.", fix="use e.g. monitoring")
     for key, value in options.rule_labels.items():
         if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
-            raise UserError(f"{key}={value} is not a Kubernetes label.", fix="give --label KEY=VALUE, e.g. release=prometheus")
+            raise UserError(
+                f"{key}={value} is not a Kubernetes label.", fix="give --label KEY=VALUE, e.g. release=prometheus"
+            )
 
 
 def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
@@ -111,9 +123,8 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "GPU node {{ $labels.node }} advertises nvidia.com/gpu = 0",
                 "description": "Allocatable nvidia.com/gpu has been 0 on GPU node {{ $labels.node }} for "
-                               f"{options.zero_for}: its device plugin registered and then went away, or reports "
-                               "every GPU unhealthy. The kubelet keeps the key at 0, so absent() never sees it. "
-                               + doctor,
+                f"{options.zero_for}: its device plugin registered and then went away, or reports "
+                "every GPU unhealthy. The kubelet keeps the key at 0, so absent() never sees it. " + doctor,
             },
         },
         {
@@ -124,21 +135,23 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "GPU node {{ $labels.node }} has no nvidia.com/gpu in Allocatable",
                 "description": "GPU node {{ $labels.node }} carries a GPU label but its Allocatable has had no "
-                               f"nvidia.com/gpu for {options.absent_for}: no device plugin has registered since its "
-                               "kubelet started. " + doctor,
+                f"nvidia.com/gpu for {options.absent_for}: no device plugin has registered since its "
+                "kubelet started. " + doctor,
             },
         },
         {
             "alert": "GpuDevicePluginDaemonSetNotReady",
-            "expr": (f"kube_daemonset_status_number_ready{{{ds}}}\n!=\n"
-                     f"kube_daemonset_status_desired_number_scheduled{{{ds}}}"),
+            "expr": (
+                f"kube_daemonset_status_number_ready{{{ds}}}\n!=\n"
+                f"kube_daemonset_status_desired_number_scheduled{{{ds}}}"
+            ),
             "for": options.daemonset_for,
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": "Device plugin DaemonSet {{ $labels.namespace }}/{{ $labels.daemonset }} is not ready",
                 "description": "{{ $labels.namespace }}/{{ $labels.daemonset }} has had {{ $value }} ready pods, "
-                               f"not the desired number, for {options.daemonset_for}: a GPU node's plugin is "
-                               "crashing, pending or cannot pull its image. Run `gpunode doctor`.",
+                f"not the desired number, for {options.daemonset_for}: a GPU node's plugin is "
+                "crashing, pending or cannot pull its image. Run `gpunode doctor`.",
             },
         },
         {
@@ -149,9 +162,9 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "{{ $value }} {{ $labels.resource }} device(s) Unhealthy",
                 "description": "gpunode's device plugin ({{ $labels.instance }}) has reported {{ $value }} "
-                               f"{{{{ $labels.resource }}}} device(s) Unhealthy for {options.unhealthy_for} (longer "
-                               "than a transient XID's recovery): the kubelet does not count them. Check "
-                               "`dmesg | grep -i xid` on the node.",
+                f"{{{{ $labels.resource }}}} device(s) Unhealthy for {options.unhealthy_for} (longer "
+                "than a transient XID's recovery): the kubelet does not count them. Check "
+                "`dmesg | grep -i xid` on the node.",
             },
         },
         {
@@ -162,9 +175,9 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "Device plugin {{ $labels.instance }} keeps registering {{ $labels.resource }} again",
                 "description": "gpunode's device plugin ({{ $labels.instance }}) has registered "
-                               f"{{{{ $labels.resource }}}} again in every {options.reregister_window} for "
-                               f"{options.reregister_for}: the kubelet keeps restarting or ending its stream, or the "
-                               "plugin keeps restarting. Check the kubelet's log and the plugin's.",
+                f"{{{{ $labels.resource }}}} again in every {options.reregister_window} for "
+                f"{options.reregister_for}: the kubelet keeps restarting or ending its stream, or the "
+                "plugin keeps restarting. Check the kubelet's log and the plugin's.",
             },
         },
         {
@@ -175,8 +188,8 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
             "annotations": {
                 "summary": "Device plugin {{ $labels.instance }} cannot start NVML",
                 "description": "gpunode's device plugin ({{ $labels.instance }}) runs but NVML did not start, so "
-                               "it advertises nothing (init errors are not fatal there). Its log line "
-                               "`nvml_init_failed reason=...` names the cause; run `gpunode doctor`.",
+                "it advertises nothing (init errors are not fatal there). Its log line "
+                "`nvml_init_failed reason=...` names the cause; run `gpunode doctor`.",
             },
         },
     ]
@@ -195,8 +208,9 @@ _Dumper.add_representer(str, _str)
 
 
 def _dump(data: Any) -> str:
-    text: str = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100,
-                          allow_unicode=True)
+    text: str = yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True
+    )
     return text
 
 
@@ -207,11 +221,16 @@ def render_rule_file(options: AlertOptions) -> str:
 
 def render_prometheus_rule(options: AlertOptions) -> str:
     """The same rules as a Prometheus Operator PrometheusRule."""
-    metadata: dict[str, Any] = {"name": RULE_NAME, "namespace": options.namespace,
-                                "labels": {"app.kubernetes.io/managed-by": "gpunode", **options.rule_labels}}
-    return _dump({
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": metadata,
-        "spec": {"groups": [{"name": GROUP_NAME, "rules": alert_rules(options)}]},
-    })
+    metadata: dict[str, Any] = {
+        "name": RULE_NAME,
+        "namespace": options.namespace,
+        "labels": {"app.kubernetes.io/managed-by": "gpunode", **options.rule_labels},
+    }
+    return _dump(
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": metadata,
+            "spec": {"groups": [{"name": GROUP_NAME, "rules": alert_rules(options)}]},
+        }
+    )

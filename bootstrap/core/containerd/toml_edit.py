@@ -26,7 +26,7 @@ import tomlkit.exceptions
 from tomlkit.items import AoT, Comment, InlineTable, Item, Table, Whitespace
 from tomlkit.toml_document import TOMLDocument
 
-from gpunode.bootstrap.core.containerd_schema import ConfigStructureError, TomlSyntaxError
+from gpunode.bootstrap.core.containerd.schema import ConfigStructureError, TomlSyntaxError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -230,7 +230,7 @@ class TomlEditor:
         """The table appended earlier in this edit that `path` lies in, and the rest of the path."""
         for base, mapping in self._appended:
             if path[: len(base)] == base:
-                return mapping, path[len(base):]
+                return mapping, path[len(base) :]
         return None
 
     # -- writing -------------------------------------------------------------------------
@@ -357,7 +357,7 @@ class TomlEditor:
         if lookup(self._original, path[: depth + 1]) is not None:
             raise _NeedsParser(path)  # a value in an existing table: needs the parsed file
         payload: Any = _plain(value)
-        for key in reversed(path[depth + 1:]):
+        for key in reversed(path[depth + 1 :]):
             payload = {key: payload}
         if not isinstance(payload, Mapping):
             raise _NeedsParser(path)

@@ -1,13 +1,13 @@
 """The evidence `gpunode doctor` judges, as plain data: gathered by the node and cluster
-layers, judged by gpunode.bootstrap.core.diagnosis without any I/O."""
+layers, judged by gpunode.bootstrap.core.doctor.engine without any I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from gpunode.bootstrap.core.host_facts import HostFacts
-from gpunode.bootstrap.core.host_record import HostRecord
+from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.record import HostRecord
 
 JSON = dict[str, Any]
 

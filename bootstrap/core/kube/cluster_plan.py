@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpunode.bootstrap.core.manifests import (
+from gpunode.bootstrap.core.kube.manifests import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
     MANAGED_BY_LABELS,
@@ -30,7 +30,7 @@ from gpunode.bootstrap.core.manifests import (
     Plugin,
     PluginDeployment,
 )
-from gpunode.bootstrap.core.taints import Toleration
+from gpunode.bootstrap.core.kube.taints import Toleration
 
 GPU_COUNT_ANNOTATION = "gpunode.io/gpu-count"
 GPUS_ANNOTATION = "gpunode.io/gpus"  # the GPUs' PCI bus IDs, comma-separated
@@ -99,9 +99,13 @@ def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
         deployment = PluginDeployment(
             driver_version=target.driver_version,
             lib_path=target.nvml_library if settings.mode == "mount" else None,
-            plugin=settings.plugin, mode=settings.mode, image=settings.image,
-            namespace=settings.namespace, kubelet_root=target.kubelet_root,
-            runtime_class=settings.runtime_handler, tolerations=settings.tolerations,
+            plugin=settings.plugin,
+            mode=settings.mode,
+            image=settings.image,
+            namespace=settings.namespace,
+            kubelet_root=target.kubelet_root,
+            runtime_class=settings.runtime_handler,
+            tolerations=settings.tolerations,
             per_node_variant=True,
         )
         serves = deployment.daemonset_name
@@ -115,8 +119,9 @@ def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
     return NodePlan(target, labels, annotations, deployment)
 
 
-def metadata_patch(node: Mapping[str, Any], labels: Mapping[str, str],
-                   annotations: Mapping[str, str | None]) -> dict[str, Any] | None:
+def metadata_patch(
+    node: Mapping[str, Any], labels: Mapping[str, str], annotations: Mapping[str, str | None]
+) -> dict[str, Any] | None:
     """The JSON merge patch that gives `node` these labels and annotations; None if it has them."""
     meta = node.get("metadata") or {}
     patch: dict[str, dict[str, str | None]] = {}
@@ -137,8 +142,9 @@ def daemonset_node_selector(daemonset: Mapping[str, Any]) -> dict[str, Any]:
     return dict(spec.get("nodeSelector") or {})
 
 
-def unused_daemonsets(daemonsets: Iterable[Mapping[str, Any]],
-                      nodes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def unused_daemonsets(
+    daemonsets: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
     """gpunode's per-version DaemonSets that select no node any more (to be deleted).
 
     Only DaemonSets labelled as gpunode's and with a driver version label qualify, and only
@@ -165,8 +171,7 @@ def is_managed_by_gpunode(obj: Mapping[str, Any]) -> bool:
 
 
 # metadata the API server keeps for itself: a change there is not a change we made.
-_SERVER_METADATA = ("resourceVersion", "managedFields", "generation", "uid", "creationTimestamp",
-                    "selfLink")
+_SERVER_METADATA = ("resourceVersion", "managedFields", "generation", "uid", "creationTimestamp", "selfLink")
 # Annotations the API server or a controller writes as a consequence of our spec.
 _SERVER_ANNOTATIONS = ("deprecated.daemonset.template.generation",)
 
@@ -187,7 +192,9 @@ def comparable(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return data
 
 
-_BUS_ID = re.compile(r"^(?:(?P<domain>[0-9A-Fa-f]{1,8}):)?(?P<bus>[0-9A-Fa-f]{2}):(?P<dev>[0-9A-Fa-f]{2})\.(?P<fn>[0-7])$")
+_BUS_ID = re.compile(
+    r"^(?:(?P<domain>[0-9A-Fa-f]{1,8}):)?(?P<bus>[0-9A-Fa-f]{2}):(?P<dev>[0-9A-Fa-f]{2})\.(?P<fn>[0-7])$"
+)
 
 
 def normalize_bus_id(text: str) -> str:
@@ -205,6 +212,13 @@ def validate_cluster_settings(settings: ClusterSettings) -> None:
     A throwaway deployment in runtime mode checks everything that does not depend on a
     node (mount mode's library file is each node's own, checked when the node is planned).
     """
-    PluginDeployment(driver_version="1.0", lib_path=None, plugin=settings.plugin, mode="runtime",
-                     image=settings.image, namespace=settings.namespace,
-                     runtime_class=settings.runtime_handler, tolerations=settings.tolerations)
+    PluginDeployment(
+        driver_version="1.0",
+        lib_path=None,
+        plugin=settings.plugin,
+        mode="runtime",
+        image=settings.image,
+        namespace=settings.namespace,
+        runtime_class=settings.runtime_handler,
+        tolerations=settings.tolerations,
+    )

@@ -221,7 +221,6 @@ def check_schema(schema: int | None, rules: ContainerdRules, path: str) -> int:
             ),
         )
     raise UnsupportedSchemaError(
-        f"{path} says `version = {schema}`, a containerd config schema gpunode does not know "
-        "(it knows 2, 3 and 4).",
+        f"{path} says `version = {schema}`, a containerd config schema gpunode does not know (it knows 2, 3 and 4).",
         fix=f"check {path}; if a newer containerd wrote it, add the nvidia runtime by hand.",
     )

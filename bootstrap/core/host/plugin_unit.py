@@ -21,8 +21,9 @@ def systemd_quote(value: object) -> str:
     """One word for a unit file: double-quoted, backslash-escaped, `%` doubled (specifiers)."""
     text = str(value)
     if any(ch in text for ch in "\n\r\0"):
-        raise UserError(f"{text!r} cannot go into a systemd unit: it has a line break or NUL.",
-                        fix="give the value on one line")
+        raise UserError(
+            f"{text!r} cannot go into a systemd unit: it has a line break or NUL.", fix="give the value on one line"
+        )
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"{escaped}"'
 
@@ -38,9 +39,13 @@ _ENV = jinja2.Environment(
 _ENV.filters["unit"] = systemd_quote
 
 
-def render_plugin_unit(*, kubelet_root: str, driver_version: str | None,
-                       resource_name: str = "nvidia.com/gpu",
-                       extra_environment: Mapping[str, str] | None = None) -> str:
+def render_plugin_unit(
+    *,
+    kubelet_root: str,
+    driver_version: str | None,
+    resource_name: str = "nvidia.com/gpu",
+    extra_environment: Mapping[str, str] | None = None,
+) -> str:
     environment = {
         "GPUNODE_KUBELET_DIR": f"{kubelet_root.rstrip('/')}/device-plugins",
         "GPUNODE_RESOURCE_NAME": resource_name,
@@ -51,5 +56,7 @@ def render_plugin_unit(*, kubelet_root: str, driver_version: str | None,
         **(extra_environment or {}),
     }
     return _ENV.get_template("gpunode-device-plugin.service.j2").render(
-        environment=environment, exec_start=PYTHON, resource_name=resource_name,
+        environment=environment,
+        exec_start=PYTHON,
+        resource_name=resource_name,
     )

@@ -14,7 +14,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from gpunode.bootstrap.core.nvml_library import LibraryEvidence, LibraryProblem, parse_probe
+from gpunode.bootstrap.core.nvml.library import LibraryEvidence, LibraryProblem, parse_probe
 
 # Runs on the host with its own python3 (any 3.x: ctypes only, no f-strings), the way a
 # device plugin starts NVML: load libnvidia-ml.so.1 (or the file GPUNODE_NVML_LIB names: the
@@ -170,8 +170,9 @@ def parse_nvml_check(status: int, output: str) -> NvmlCheck:
     if status != 0 and load_error is None and init_error is None and count is None:
         # Neither NVML's words nor a count: python3 itself failed, or the check was killed.
         init_error = output.strip().splitlines()[-1] if output.strip() else f"the NVML check exited {status}"
-    return NvmlCheck(status, load_error, init_error, init_code, driver, count, tuple(devices),
-                     tuple(device_errors), output)
+    return NvmlCheck(
+        status, load_error, init_error, init_code, driver, count, tuple(devices), tuple(device_errors), output
+    )
 
 
 def _int(text: str) -> int | None:
@@ -235,12 +236,18 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
         if key in ("present", "missing") and path:
             binaries[path] = key == "present"
     return HostDiagnostics(
-        now=now, nvml=nvml, nvidia_smi=smi, kernel_log=kernel,
+        now=now,
+        nvml=nvml,
+        nvidia_smi=smi,
+        kernel_log=kernel,
         module_file_version=modinfo.get("version") or None,
         module_signer=modinfo.get("signer") or None,
         module_file=modinfo.get("filename") or None,
         modinfo_available=bool(modinfo),
-        kubelet_age_seconds=kubelet_age, socket_mtimes=mtimes,
-        plugin_processes=tuple(processes), runtime_binaries=binaries,
-        driver_root=driver_root, driver_root_nvml=driver_root_nvml,
+        kubelet_age_seconds=kubelet_age,
+        socket_mtimes=mtimes,
+        plugin_processes=tuple(processes),
+        runtime_binaries=binaries,
+        driver_root=driver_root,
+        driver_root_nvml=driver_root_nvml,
     )

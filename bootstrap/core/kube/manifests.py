@@ -23,12 +23,13 @@ import hashlib
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-from gpunode.bootstrap.core.nvml_library import driver_version_of
-from gpunode.bootstrap.core.taints import GPU_TOLERATION, Toleration
+from gpunode.bootstrap.core.kube.taints import GPU_TOLERATION, Toleration
+from gpunode.bootstrap.core.nvml.library import driver_version_of
 from gpunode.bootstrap.errors import UserError
 
 if TYPE_CHECKING:
@@ -76,8 +77,10 @@ _METRICS_ADDR = re.compile(r"^(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
 # The first component is a registry only when it looks like a host (a dot, a port, or
 # localhost); otherwise it is part of the (lower-case) repository path.
 _IMAGE_HOST_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9]*[A-Za-z0-9])?"
-_IMAGE_DOMAIN = (rf"(?:(?:localhost|{_IMAGE_HOST_PART}(?:\.{_IMAGE_HOST_PART})+)(?::\d+)?"
-                 rf"|{_IMAGE_HOST_PART}:\d+)")
+_IMAGE_DOMAIN = (
+    rf"(?:(?:localhost|{_IMAGE_HOST_PART}(?:\.{_IMAGE_HOST_PART})+)(?::\d+)?"
+    rf"|{_IMAGE_HOST_PART}:\d+)"
+)
 _IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_REFERENCE = re.compile(
     rf"^(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*"
@@ -88,7 +91,8 @@ _IMAGE_REFERENCE = re.compile(
 
 def bundled_image() -> str:
     """The bundled plugin's image: gpunode's own, tagged with this package's version."""
-    from importlib.metadata import PackageNotFoundError, version as package_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
 
     try:
         tag = package_version("gpunode")
@@ -101,8 +105,7 @@ def _check_driver_version(value: str) -> None:
     if not isinstance(value, str) or not _DRIVER_VERSION.match(value):
         raise UserError(
             f"{value!r} is not an NVIDIA driver version.",
-            "Give it as it appears in the library's file name, e.g. 535.261.03 for "
-            "libnvidia-ml.so.535.261.03.",
+            "Give it as it appears in the library's file name, e.g. 535.261.03 for libnvidia-ml.so.535.261.03.",
         )
 
 
@@ -129,11 +132,13 @@ def _check_choice(what: str, value: object, choices: tuple[str, ...]) -> None:
 
 def _check_host_path(what: str, value: str, flag: str) -> None:
     if not value.startswith("/"):
-        raise UserError(f"The {what} {value!r} is not an absolute path.",
-                        f"Give {flag} as an absolute path on the node.")
+        raise UserError(
+            f"The {what} {value!r} is not an absolute path.", f"Give {flag} as an absolute path on the node."
+        )
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise UserError(f"The {what} {value!r} contains control characters.",
-                        f"Give {flag} as a plain path on the node.")
+        raise UserError(
+            f"The {what} {value!r} contains control characters.", f"Give {flag} as a plain path on the node."
+        )
     if posixpath.normpath(value) != value or value.startswith("//"):
         raise UserError(
             f"The {what} {value!r} is not in normal form (Kubernetes refuses '..' in hostPath, "
@@ -153,12 +158,16 @@ def library_file_version(lib_path: str) -> str:
     if found is not None and _DRIVER_VERSION.match(found):
         return found
     if posixpath.basename(lib_path).startswith("libnvidia-ml.so"):
-        problem = (f"{lib_path} is the symlink, not the library file: a hostPath mount of a "
-                   "symlink mounts nothing useful (F2).")
+        problem = (
+            f"{lib_path} is the symlink, not the library file: a hostPath mount of a "
+            "symlink mounts nothing useful (F2)."
+        )
     else:
-        problem = (f"{lib_path} is not an NVML library file (libnvidia-ml.so.<version>); "
-                   "mounting anything else, above all a whole library directory, breaks the "
-                   "container (F3).")
+        problem = (
+            f"{lib_path} is not an NVML library file (libnvidia-ml.so.<version>); "
+            "mounting anything else, above all a whole library directory, breaks the "
+            "container (F3)."
+        )
     raise UserError(
         problem,
         "Give the real file the symlink chain ends at, e.g. "
@@ -215,8 +224,7 @@ class PluginDeployment:
         elif not isinstance(self.image, str) or not _IMAGE_REFERENCE.match(self.image):
             raise UserError(
                 f"{self.image!r} is not a container image reference.",
-                "Give --image as [registry[:port]/]repository[:tag][@sha256:digest], e.g. "
-                f"{NVIDIA_PLUGIN_IMAGE}.",
+                f"Give --image as [registry[:port]/]repository[:tag][@sha256:digest], e.g. {NVIDIA_PLUGIN_IMAGE}.",
             )
         if not _DNS_LABEL.match(self.namespace):
             raise UserError(
@@ -224,11 +232,14 @@ class PluginDeployment:
                 "Use lower-case letters, digits and '-', at most 63 characters, e.g. kube-system.",
             )
         if len(self.priority_class) > 253 or not _DNS_SUBDOMAIN.match(self.priority_class):
-            raise UserError(f"{self.priority_class!r} is not a valid priority class name.",
-                            "Use e.g. system-node-critical.")
+            raise UserError(
+                f"{self.priority_class!r} is not a valid priority class name.", "Use e.g. system-node-critical."
+            )
         if not _DNS_LABEL.match(self.runtime_class):
-            raise UserError(f"{self.runtime_class!r} is not a valid RuntimeClass name.",
-                            "Use the RuntimeClass gpunode creates: nvidia.")
+            raise UserError(
+                f"{self.runtime_class!r} is not a valid RuntimeClass name.",
+                "Use the RuntimeClass gpunode creates: nvidia.",
+            )
         self._check_resource_name()
         self._check_health_and_metrics()
         if any(not isinstance(t, Toleration) for t in self.tolerations):
@@ -236,8 +247,7 @@ class PluginDeployment:
 
     @property
     def daemonset_name(self) -> str:
-        return daemonset_name(self.driver_version, self.plugin,
-                              plugin_variant(self) if self.per_node_variant else None)
+        return daemonset_name(self.driver_version, self.plugin, plugin_variant(self) if self.per_node_variant else None)
 
     def _check_library(self) -> None:
         if self.lib_path is None:
@@ -254,14 +264,16 @@ class PluginDeployment:
             raise UserError(
                 f"The library {self.lib_path} is driver {found}, but the driver version given "
                 f"is {self.driver_version}.",
-                "Leave --driver-version out (it is read from the library's file name) or make "
-                "them agree.",
+                "Leave --driver-version out (it is read from the library's file name) or make them agree.",
             )
 
     def _check_resource_name(self) -> None:
         found = _RESOURCE_NAME.match(self.resource_name)
-        if (not found or not _DNS_SUBDOMAIN.match(found.group("domain"))
-                or found.group("domain").endswith("kubernetes.io")):
+        if (
+            not found
+            or not _DNS_SUBDOMAIN.match(found.group("domain"))
+            or found.group("domain").endswith("kubernetes.io")
+        ):
             raise UserError(
                 f"{self.resource_name!r} is not a valid extended resource name.",
                 "Use <domain>/<name> outside kubernetes.io, e.g. nvidia.com/gpu.",
@@ -274,16 +286,21 @@ class PluginDeployment:
 
     def _check_health_and_metrics(self) -> None:
         if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in self.health_ignore_xids):
-            raise UserError(f"XIDs to ignore must be non-negative integers, not {self.health_ignore_xids!r}.",
-                            "Give them as numbers, e.g. 13,31,43.")
+            raise UserError(
+                f"XIDs to ignore must be non-negative integers, not {self.health_ignore_xids!r}.",
+                "Give them as numbers, e.g. 13,31,43.",
+            )
         if self.health_recovery_seconds is not None and (
-                isinstance(self.health_recovery_seconds, bool) or not isinstance(self.health_recovery_seconds, int)
-                or self.health_recovery_seconds <= 0):
-            raise UserError(f"The health recovery time {self.health_recovery_seconds!r} is not a positive "
-                            "number of seconds.", "Give a whole number of seconds, e.g. 300.")
+            isinstance(self.health_recovery_seconds, bool)
+            or not isinstance(self.health_recovery_seconds, int)
+            or self.health_recovery_seconds <= 0
+        ):
+            raise UserError(
+                f"The health recovery time {self.health_recovery_seconds!r} is not a positive number of seconds.",
+                "Give a whole number of seconds, e.g. 300.",
+            )
         if self.metrics_addr is not None and not _METRICS_ADDR.match(self.metrics_addr):
-            raise UserError(f"{self.metrics_addr!r} is not a listen address.",
-                            "Give host:port or :port, e.g. :9400.")
+            raise UserError(f"{self.metrics_addr!r} is not a listen address.", "Give host:port or :port, e.g. :9400.")
         if self.plugin == "nvidia":
             if self.device_list_strategy != "envvar":
                 raise UserError(
@@ -379,13 +396,17 @@ def _render(template: str, context: Mapping[str, Any]) -> str:
 def render_runtimeclass(handler: str = "nvidia") -> str:
     """RuntimeClass `nvidia`, whose handler is the containerd runtime's name (F6, F17)."""
     if not _DNS_LABEL.match(handler):
-        raise UserError(f"{handler!r} is not a valid RuntimeClass handler.",
-                        "Use the containerd runtime's name, e.g. nvidia.")
-    return _render("runtimeclass.yaml.j2", {
-        "name": "nvidia",
-        "handler": handler,
-        "labels": dict(MANAGED_BY_LABELS),
-    })
+        raise UserError(
+            f"{handler!r} is not a valid RuntimeClass handler.", "Use the containerd runtime's name, e.g. nvidia."
+        )
+    return _render(
+        "runtimeclass.yaml.j2",
+        {
+            "name": "nvidia",
+            "handler": handler,
+            "labels": dict(MANAGED_BY_LABELS),
+        },
+    )
 
 
 def _context(dep: PluginDeployment) -> dict[str, Any]:
@@ -403,8 +424,11 @@ def _context(dep: PluginDeployment) -> dict[str, Any]:
         "selector": selector,
         "labels": labels,
         "annotations": annotations,
-        "node_selector": {DRIVER_VERSION_LABEL: dep.driver_version, "kubernetes.io/os": "linux",
-                          **({DEVICE_PLUGIN_LABEL: name} if dep.per_node_variant else {})},
+        "node_selector": {
+            DRIVER_VERSION_LABEL: dep.driver_version,
+            "kubernetes.io/os": "linux",
+            **({DEVICE_PLUGIN_LABEL: name} if dep.per_node_variant else {}),
+        },
         "tolerations": [t.as_api() for t in (GPU_TOLERATION, *dep.tolerations)],
         "mig": mig,
         "privileged": dep.mode == "mount",
@@ -444,19 +468,35 @@ DEFAULT_VERIFY_IMAGE = "docker.io/library/debian:bookworm-slim"
 VERIFY_POD_LABELS: Mapping[str, str] = {**MANAGED_BY_LABELS, "app.kubernetes.io/name": "gpunode-verify"}
 
 
-def render_verify_pod(*, name: str, namespace: str, node: str, image: str = DEFAULT_VERIFY_IMAGE,
-                      runtime_class: str = "nvidia", tolerations: tuple[Toleration, ...] = (),
-                      resource_name: str = "nvidia.com/gpu") -> str:
+def render_verify_pod(
+    *,
+    name: str,
+    namespace: str,
+    node: str,
+    image: str = DEFAULT_VERIFY_IMAGE,
+    runtime_class: str = "nvidia",
+    tolerations: tuple[Toleration, ...] = (),
+    resource_name: str = "nvidia.com/gpu",
+) -> str:
     """The `gpunode verify --workload` pod: `nvidia-smi -L` with one GPU on `node`."""
     for what, value in (("pod name", name), ("namespace", namespace), ("RuntimeClass", runtime_class)):
         if not _DNS_LABEL.match(value):
             raise UserError(f"{value!r} is not a valid {what}.", "Use lower-case letters, digits and '-'.")
     if not isinstance(image, str) or not _IMAGE_REFERENCE.match(image):
-        raise UserError(f"{image!r} is not a container image reference.",
-                        f"Give the image as [registry/]repository[:tag], e.g. {DEFAULT_VERIFY_IMAGE}.")
-    return _render("verify-pod.yaml.j2", {
-        "name": name, "namespace": namespace, "node": node, "image": image,
-        "runtime_class": runtime_class, "labels": dict(VERIFY_POD_LABELS),
-        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *tolerations)],
-        "resource": resource_name,
-    })
+        raise UserError(
+            f"{image!r} is not a container image reference.",
+            f"Give the image as [registry/]repository[:tag], e.g. {DEFAULT_VERIFY_IMAGE}.",
+        )
+    return _render(
+        "verify-pod.yaml.j2",
+        {
+            "name": name,
+            "namespace": namespace,
+            "node": node,
+            "image": image,
+            "runtime_class": runtime_class,
+            "labels": dict(VERIFY_POD_LABELS),
+            "tolerations": [t.as_api() for t in (GPU_TOLERATION, *tolerations)],
+            "resource": resource_name,
+        },
+    )

@@ -12,10 +12,10 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gpunode.bootstrap.core.host_diagnostics import HostDiagnostics, parse_diagnostics
-from gpunode.bootstrap.core.nvml_library import LibraryEvidence, parse_probe
-from gpunode.bootstrap.core.os_release import OsRelease, parse_os_release
-from gpunode.bootstrap.core.packages import DPKG_ARCH, parse_dpkg_query, parse_rpm_query
+from gpunode.bootstrap.core.host.diagnostics import HostDiagnostics, parse_diagnostics
+from gpunode.bootstrap.core.host.os_release import OsRelease, parse_os_release
+from gpunode.bootstrap.core.nvml.library import LibraryEvidence, parse_probe
+from gpunode.bootstrap.core.packages.common import DPKG_ARCH, parse_dpkg_query, parse_rpm_query
 
 NVIDIA_PCI_VENDOR = "0x10de"
 # PCI class 0x0300 (VGA) and 0x0302 (3D controller) are GPUs; an NVIDIA GPU's HDMI audio
@@ -82,7 +82,7 @@ def parse_plugin_venv(lines: list[str]) -> PluginVenvFacts:
     for line in lines:
         key, _, value = line.strip().partition(" ")
         if key == "dist" and value.startswith("gpunode-") and value.endswith(".dist-info"):
-            installed = value[len("gpunode-"):-len(".dist-info")]
+            installed = value[len("gpunode-") : -len(".dist-info")]
         elif key == "python3":
             python3 = value
         elif key == "venv-package":
@@ -212,8 +212,9 @@ def parse_secure_boot(lines: list[str]) -> bool | None:
     return None
 
 
-def parse_containerd(lines: list[str], config_path: str, config_files: dict[str, str],
-                     dump_lines: list[str]) -> ContainerdFacts:
+def parse_containerd(
+    lines: list[str], config_path: str, config_files: dict[str, str], dump_lines: list[str]
+) -> ContainerdFacts:
     binary = lines[0].strip() if lines else None
     version = lines[1].strip() if len(lines) > 1 else None
     dump_text: str | None = None
@@ -255,8 +256,13 @@ def parse_kubelet(lines: list[str], socket_lines: list[str]) -> KubeletFacts:
     sockets = tuple(line.split(" ", 1)[1] for line in socket_lines if line.startswith("socket "))
     files = tuple(line.split(" ", 1)[1] for line in socket_lines if line.startswith("file "))
     return KubeletFacts(
-        running=process is not None, process=process, args=tuple(args), root_dir=root,
-        binary=binary, device_plugin_sockets=sockets, device_plugin_files=files,
+        running=process is not None,
+        process=process,
+        args=tuple(args),
+        root_dir=root,
+        binary=binary,
+        device_plugin_sockets=sockets,
+        device_plugin_files=files,
     )
 
 
@@ -310,7 +316,9 @@ def parse_snapshot(output: str) -> HostFacts:
         packages=packages,
         toolkit_runtime=((lines("toolkit_runtime") or [""])[0].strip() or None),
         containerd=parse_containerd(
-            lines("containerd"), containerd_config_path, decode_files(lines("containerd_config")),
+            lines("containerd"),
+            containerd_config_path,
+            decode_files(lines("containerd_config")),
             lines("containerd_dump"),
         ),
         k3s_binary=next((l.strip() for l in lines("k3s") if l.strip() and not l.endswith(".tmpl")), None),

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
-from gpunode.bootstrap.core.cluster_plan import (
+from gpunode.bootstrap.core.kube.cluster_plan import (
     GPU_COUNT_ANNOTATION,
     GPUS_ANNOTATION,
     HOST_PLUGIN,
@@ -29,8 +30,8 @@ from gpunode.bootstrap.core.cluster_plan import (
     RESOURCE,
     normalize_bus_id,
 )
-from gpunode.bootstrap.core.kube_view import quantity
-from gpunode.bootstrap.core.manifests import DEVICE_PLUGIN_LABEL
+from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
+from gpunode.bootstrap.core.kube.view import quantity
 
 VerdictKind = Literal["ok", "absent", "zero", "fewer", "more", "no-node"]
 VERDICTS: tuple[VerdictKind, ...] = ("ok", "absent", "zero", "fewer", "more", "no-node")
@@ -98,9 +99,12 @@ def parse_plugin_log(text: str) -> PluginLog:
             init_failure = None
             driver = fields.get("driver")
         elif event == "device" and "id" in fields:
-            devices[fields["id"]] = LoggedDevice(fields["id"], fields.get("uuid", ""),
-                                                 normalize_bus_id(fields["pci"]) if fields.get("pci") else "",
-                                                 fields.get("name", ""))
+            devices[fields["id"]] = LoggedDevice(
+                fields["id"],
+                fields.get("uuid", ""),
+                normalize_bus_id(fields["pci"]) if fields.get("pci") else "",
+                fields.get("name", ""),
+            )
         elif event == "device_unhealthy" and "device" in fields:
             why = f"XID {fields['xid']}" if fields.get("xid") not in (None, "", "None") else "unhealthy"
             unhealthy[fields["device"]] = why + (" (fatal)" if fields.get("fatal") == "true" else "")
@@ -152,8 +156,11 @@ class PodState:
             parts.append(f"last exit code {self.last_exit_code}")
         init = parse_plugin_log(self.log).init_failure if self.log else None
         if init is not None:
-            parts.append("nvml_init_failed reason=" + init.get("reason", "?") +
-                         (f" error={init['error']!r}" if init.get("error") else ""))
+            parts.append(
+                "nvml_init_failed reason="
+                + init.get("reason", "?")
+                + (f" error={init['error']!r}" if init.get("error") else "")
+            )
         elif self.termination_message:
             parts.append(self.termination_message.strip().splitlines()[-1])
         if self.events:
@@ -192,9 +199,14 @@ class NodeObservation:
             return cls(name, False)
         meta = node.get("metadata") or {}
         status = node.get("status") or {}
-        return cls(name, True, (status.get("allocatable") or {}).get(RESOURCE),
-                   (status.get("capacity") or {}).get(RESOURCE),
-                   dict(meta.get("labels") or {}), dict(meta.get("annotations") or {}))
+        return cls(
+            name,
+            True,
+            (status.get("allocatable") or {}).get(RESOURCE),
+            (status.get("capacity") or {}).get(RESOURCE),
+            dict(meta.get("labels") or {}),
+            dict(meta.get("annotations") or {}),
+        )
 
     @property
     def recorded_gpus(self) -> tuple[str, ...]:
@@ -253,8 +265,10 @@ class Verdict:
         if self.kind == "no-node":
             return f"node {self.node} is not in the cluster: could not check"
         if self.kind == "absent":
-            return (f"Allocatable {RESOURCE} absent{expected}: no device plugin has registered "
-                    f"{RESOURCE} on this node since its kubelet started")
+            return (
+                f"Allocatable {RESOURCE} absent{expected}: no device plugin has registered "
+                f"{RESOURCE} on this node since its kubelet started"
+            )
         if self.kind == "zero":
             return f"{value}{expected}: the device plugin is gone or every GPU is unhealthy (F9)"
         if self.kind == "fewer":
@@ -275,19 +289,30 @@ class Verdict:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "node": self.node, "verdict": self.kind, "ok": self.ok, "checked": self.checked,
-            "allocatable": self.allocatable, "capacity": self.capacity,
-            "expected": self.expected, "expected_from": self.expected_from,
-            "missing": list(self.missing), "unhealthy": list(self.unhealthy),
-            "headline": self.headline, "cause": self.cause, "fix": self.fix,
+            "node": self.node,
+            "verdict": self.kind,
+            "ok": self.ok,
+            "checked": self.checked,
+            "allocatable": self.allocatable,
+            "capacity": self.capacity,
+            "expected": self.expected,
+            "expected_from": self.expected_from,
+            "missing": list(self.missing),
+            "unhealthy": list(self.unhealthy),
+            "headline": self.headline,
+            "cause": self.cause,
+            "fix": self.fix,
         }
 
 
 def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
     """The verdict from the node alone (what is polled while waiting)."""
     if not node.found:
-        return Verdict(node.node, "no-node", fix="check the node name (kubectl get nodes): it is the "
-                                                 "name the kubelet registered, e.g. the host name")
+        return Verdict(
+            node.node,
+            "no-node",
+            fix="check the node name (kubectl get nodes): it is the name the kubelet registered, e.g. the host name",
+        )
     expected, source = expectation(node, expect)
     allocatable, capacity = quantity(node.allocatable), quantity(node.capacity)
     common = {"allocatable": allocatable, "capacity": capacity, "expected": expected, "expected_from": source}
@@ -329,17 +354,25 @@ def _pod_cause(pod: PodState) -> tuple[str, str]:
             return text + " (F1)", fix
         return text, fix
     if "FailedMount" in event_text:
-        return (text + " (F2)", "run `gpunode bootstrap` for the node again: it mounts the library file the "
-                                "node really has; do not mount the libnvidia-ml.so.1 symlink")
+        return (
+            text + " (F2)",
+            "run `gpunode bootstrap` for the node again: it mounts the library file the "
+            "node really has; do not mount the libnvidia-ml.so.1 symlink",
+        )
     if pod.waiting_reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
         return text, "check the plugin image (--image) and that the node can pull it"
     if "FailedScheduling" in event_text or "untolerated taint" in event_text:
         return text + " (F15)", "tolerate the node's taints (gpunode bootstrap --toleration KEY[=VALUE][:EFFECT])"
     if pod.phase == "Running" and pod.ready and not log.registered and pod.log:
-        return text + "; it has not registered with the kubelet", \
-            "check the kubelet's device-plugins directory on the node (--kubelet-root)"
-    return text, f"kubectl -n {shlex.quote(pod.namespace)} describe pod {shlex.quote(pod.name)}; " \
-                 f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}"
+        return (
+            text + "; it has not registered with the kubelet",
+            "check the kubelet's device-plugins directory on the node (--kubelet-root)",
+        )
+    return (
+        text,
+        f"kubectl -n {shlex.quote(pod.namespace)} describe pod {shlex.quote(pod.name)}; "
+        f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}",
+    )
 
 
 def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | None) -> Verdict:
@@ -358,46 +391,66 @@ def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | No
         missing = tuple(b for b in node.recorded_gpus if seen and b not in seen)
         unhealthy = tuple(
             f"{device_id}" + (f" ({d.pci})" if (d := log.device(device_id)) and d.pci else "") + f": {why}"
-            for device_id, why in log.unhealthy.items())
+            for device_id, why in log.unhealthy.items()
+        )
 
     if plugin is None or plugin.kind == "unknown":
-        cause = "gpunode did not bootstrap this node (no gpunode annotations), so which plugin should serve it is unknown"
-        fix = ("check the node's device plugin pod (kubectl get pods -A -o wide --field-selector "
-               f"spec.nodeName={shlex.quote(node.node)}), or run gpunode bootstrap for it")
+        cause = (
+            "gpunode did not bootstrap this node (no gpunode annotations), so which plugin should serve it is unknown"
+        )
+        fix = (
+            "check the node's device plugin pod (kubectl get pods -A -o wide --field-selector "
+            f"spec.nodeName={shlex.quote(node.node)}), or run gpunode bootstrap for it"
+        )
     elif plugin.kind == "host":
-        cause = (f"the plugin runs as a service on the node (plugin mode host) and is not serving "
-                 f"{RESOURCE}")
-        fix = (f"on the node: systemctl status {HOST_UNIT}; journalctl -u {HOST_UNIT}; "
-               "or run gpunode bootstrap for it again")
+        cause = f"the plugin runs as a service on the node (plugin mode host) and is not serving {RESOURCE}"
+        fix = (
+            f"on the node: systemctl status {HOST_UNIT}; journalctl -u {HOST_UNIT}; "
+            "or run gpunode bootstrap for it again"
+        )
     elif not plugin.daemonset_found:
-        cause = (f"its device plugin DaemonSet {plugin.daemonset} does not exist any more (F8): "
-                 "removed by someone or something else")
+        cause = (
+            f"its device plugin DaemonSet {plugin.daemonset} does not exist any more (F8): "
+            "removed by someone or something else"
+        )
         fix = _rerun_fix(node.node)
     elif plugin.untolerated:
-        cause = (f"DaemonSet {plugin.daemonset} does not run on this node: the node has taint "
-                 f"{', '.join(plugin.untolerated)}, which it does not tolerate (F15)")
-        fix = ("run gpunode bootstrap with --toleration " + " --toleration ".join(plugin.untolerated)
-               + ", or remove the taint")
+        cause = (
+            f"DaemonSet {plugin.daemonset} does not run on this node: the node has taint "
+            f"{', '.join(plugin.untolerated)}, which it does not tolerate (F15)"
+        )
+        fix = (
+            "run gpunode bootstrap with --toleration "
+            + " --toleration ".join(plugin.untolerated)
+            + ", or remove the taint"
+        )
     elif plugin.selector_mismatch:
-        cause = (f"DaemonSet {plugin.daemonset} does not select this node: the node lacks "
-                 f"{', '.join(plugin.selector_mismatch)}")
+        cause = (
+            f"DaemonSet {plugin.daemonset} does not select this node: the node lacks "
+            f"{', '.join(plugin.selector_mismatch)}"
+        )
         fix = _rerun_fix(node.node)
     elif pod is None:
         cause = f"DaemonSet {plugin.daemonset} has no pod on this node"
-        fix = f"kubectl -n {shlex.quote((plugin.daemonset or '/').split('/')[0])} describe daemonset " \
-              f"{shlex.quote((plugin.daemonset or '/').split('/')[-1])}"
+        fix = (
+            f"kubectl -n {shlex.quote((plugin.daemonset or '/').split('/')[0])} describe daemonset "
+            f"{shlex.quote((plugin.daemonset or '/').split('/')[-1])}"
+        )
     elif not (pod.phase == "Running" and pod.ready) or (log is not None and log.init_failure):
         cause, fix = _pod_cause(pod)
     elif verdict.kind in ("fewer", "zero") and (missing or unhealthy):
         parts = []
         if missing:
-            parts.append(f"the plugin ({pod.ref}) sees {len(log.devices) if log else '?'} GPU(s); "
-                         f"not {', '.join(missing)}")
+            parts.append(
+                f"the plugin ({pod.ref}) sees {len(log.devices) if log else '?'} GPU(s); not {', '.join(missing)}"
+            )
         if unhealthy:
             parts.append(f"{len(unhealthy)} GPU(s) reported Unhealthy")
         cause = "; ".join(parts)
-        fix = ("check the GPUs on the node (nvidia-smi -q, dmesg for XID errors); a GPU lost or "
-               "with a fatal XID needs a node reset, then the plugin pod restarted")
+        fix = (
+            "check the GPUs on the node (nvidia-smi -q, dmesg for XID errors); a GPU lost or "
+            "with a fatal XID needs a node reset, then the plugin pod restarted"
+        )
     elif verdict.kind == "absent" and log is not None and not log.registered:
         cause = f"the plugin pod {pod.ref} is running but has not registered with the kubelet"
         fix = "check the kubelet's device-plugins directory on the node (--kubelet-root)"
@@ -408,20 +461,40 @@ def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | No
         cause = f"the plugin pod {pod.ref} is running"
         fix = f"kubectl -n {shlex.quote(pod.namespace)} logs {shlex.quote(pod.name)}"
 
-    if not missing and not unhealthy and verdict.kind == "fewer" and verdict.capacity is not None \
-            and verdict.expected is not None and verdict.allocatable is not None:
+    if (
+        not missing
+        and not unhealthy
+        and verdict.kind == "fewer"
+        and verdict.capacity is not None
+        and verdict.expected is not None
+        and verdict.allocatable is not None
+    ):
         if verdict.capacity < verdict.expected:
-            cause = (f"the plugin sees {verdict.capacity} of {verdict.expected} GPUs" +
-                     (f"; {cause}" if cause else ""))
+            cause = f"the plugin sees {verdict.capacity} of {verdict.expected} GPUs" + (f"; {cause}" if cause else "")
         elif verdict.allocatable < verdict.capacity:
-            cause = (f"{verdict.capacity - verdict.allocatable} of {verdict.capacity} GPUs are "
-                     "reported Unhealthy" + (f"; {cause}" if cause else ""))
+            cause = f"{verdict.capacity - verdict.allocatable} of {verdict.capacity} GPUs are reported Unhealthy" + (
+                f"; {cause}" if cause else ""
+            )
     if verdict.kind == "more":
-        cause = ("the node advertises more GPUs than " + (verdict.expected_from or "expected")
-                 + " says" + (f"; {cause}" if cause else ""))
+        cause = (
+            "the node advertises more GPUs than "
+            + (verdict.expected_from or "expected")
+            + " says"
+            + (f"; {cause}" if cause else "")
+        )
         fix = "run gpunode bootstrap for the node again to record its GPUs, or give --expect"
-    return Verdict(verdict.node, verdict.kind, verdict.allocatable, verdict.capacity, verdict.expected,
-                   verdict.expected_from, missing, unhealthy, cause, fix)
+    return Verdict(
+        verdict.node,
+        verdict.kind,
+        verdict.allocatable,
+        verdict.capacity,
+        verdict.expected,
+        verdict.expected_from,
+        missing,
+        unhealthy,
+        cause,
+        fix,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -449,7 +522,8 @@ def judge_workload(pod: str, output: str, advertised: tuple[str, ...] = ()) -> W
         return WorkloadResult(False, pod, f"nvidia-smi -L named no GPU: {last}", output)
     uuids = [m.group("uuid") for m in found]
     if advertised and not any(u in advertised for u in uuids):
-        return WorkloadResult(False, pod, f"nvidia-smi -L named {', '.join(uuids)}, which the node's plugin "
-                                          "does not advertise", output)
+        return WorkloadResult(
+            False, pod, f"nvidia-smi -L named {', '.join(uuids)}, which the node's plugin does not advertise", output
+        )
     names = "; ".join(f"GPU {m.group('index')}: {m.group('name')} ({m.group('uuid')})" for m in found)
     return WorkloadResult(True, pod, f"nvidia-smi -L in pod {pod}: {names}", output)

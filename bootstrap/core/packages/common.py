@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from gpunode.bootstrap.errors import UserError
 
 # ---------------------------------------------------------------------------------------
 # Plans
@@ -183,9 +183,8 @@ DPKG_QUERY_COMMAND = (
     + " ".join(shlex.quote(p) for p in DPKG_PATTERNS)
     + " 2>/dev/null; test $? -le 1"
 )
-RPM_QUERY_COMMAND = (
-    "rpm -qa --qf '%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' "
-    + " ".join(shlex.quote(p) for p in RPM_PATTERNS)
+RPM_QUERY_COMMAND = "rpm -qa --qf '%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\t%{ARCH}\\n' " + " ".join(
+    shlex.quote(p) for p in RPM_PATTERNS
 )
 
 # uname -m -> dpkg architecture. RPM uses the uname names themselves.
@@ -258,7 +257,7 @@ def parse_rpm_query(output: str, arch: str | None = None) -> dict[str, str]:
             continue
         if native is not None and package_arch not in (native, "noarch", "(none)"):
             continue
-        if version.startswith("0:") or version.startswith("(none):"):
+        if version.startswith(("0:", "(none):")):
             version = version.split(":", 1)[1]
         installed[name] = version
     return installed
@@ -271,8 +270,10 @@ def parse_rpm_query(output: str, arch: str | None = None) -> dict[str, str]:
 _APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 # Keep the admin's edited conffiles, take the package's for untouched ones, never ask.
 _DPKG_OPTIONS = (
-    "-o", "Dpkg::Options::=--force-confdef",
-    "-o", "Dpkg::Options::=--force-confold",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
 )
 
 
@@ -285,9 +286,12 @@ def apt_update_command(*, sources_list: str | None = None) -> str:
     words = ["apt-get", "-q", "update"]
     if sources_list is not None:
         words += [
-            "-o", f"Dir::Etc::SourceList={sources_list}",
-            "-o", "Dir::Etc::SourceParts=-",
-            "-o", "APT::Get::List-Cleanup=0",
+            "-o",
+            f"Dir::Etc::SourceList={sources_list}",
+            "-o",
+            "Dir::Etc::SourceParts=-",
+            "-o",
+            "APT::Get::List-Cleanup=0",
         ]
     return f"{_APT_ENV} {_quoted(words)}"
 

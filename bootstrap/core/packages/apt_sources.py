@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..errors import HostStateError, UserError
-from .os_release import OsRelease
-from .packages import FileSpec
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.common import FileSpec
+from gpunode.bootstrap.errors import HostStateError, UserError
 
 GPUNODE_NONFREE_SOURCES = "/etc/apt/sources.list.d/gpunode-debian-nonfree.sources"
 DEBIAN_COMPONENT_ORDER = ("main", "contrib", "non-free", "non-free-firmware")
@@ -156,6 +156,7 @@ def parse_apt_sources(sources: Mapping[str, str]) -> list[SourceEntry]:
 
     Files apt ignores (`foo.list.disabled`, `foo.save`) are skipped, like apt does.
     """
+
     def order(path: str) -> tuple[int, str]:
         return (0 if path.rsplit("/", 1)[-1] == "sources.list" else 1, path)
 
@@ -171,9 +172,7 @@ def parse_apt_sources(sources: Mapping[str, str]) -> list[SourceEntry]:
 
 def debian_own_suites(os: OsRelease) -> tuple[str, ...]:
     if os.id != "debian":
-        raise UserError(
-            f"Enabling Debian components applies to Debian only, not to {os.describe()}."
-        )
+        raise UserError(f"Enabling Debian components applies to Debian only, not to {os.describe()}.")
     if not os.codename:
         raise HostStateError(
             "/etc/os-release has no VERSION_CODENAME, so gpunode cannot tell which Debian "
@@ -209,8 +208,7 @@ def missing_components(
             f"No enabled apt source for Debian {os.codename} was found in "
             f"{', '.join(sorted(sources)) or 'the sources files'}, so gpunode cannot tell "
             "which mirror to enable non-free on.",
-            fix=f"add a `deb` source for {os.codename} (the Debian archive or your mirror) "
-            "and run gpunode again",
+            fix=f"add a `deb` source for {os.codename} (the Debian archive or your mirror) and run gpunode again",
         )
     missing: dict[str, tuple[str, ...]] = {}
     for suite in own:
@@ -221,10 +219,10 @@ def missing_components(
     return missing
 
 
-def _render_stanza(uri: str, suites: list[str], components: tuple[str, ...],
-                   options: tuple[tuple[str, str], ...]) -> str:
-    lines = ["Types: deb", f"URIs: {uri}", f"Suites: {' '.join(suites)}",
-             f"Components: {' '.join(components)}"]
+def _render_stanza(
+    uri: str, suites: list[str], components: tuple[str, ...], options: tuple[tuple[str, str], ...]
+) -> str:
+    lines = ["Types: deb", f"URIs: {uri}", f"Suites: {' '.join(suites)}", f"Components: {' '.join(components)}"]
     for name, value in options:
         # An inline key block starts on the next line: no blank after the colon.
         lines.append(f"{name}:{value}" if value.startswith("\n") else f"{name}: {value}")
@@ -267,7 +265,6 @@ def plan_apt_components(
         "# not enable, for the same mirrors, suites and keys. The system's files are untouched.\n"
     )
     stanzas = [
-        _render_stanza(uri, suites, components, options)
-        for (uri, options, components), suites in groups.items()
+        _render_stanza(uri, suites, components, options) for (uri, options, components), suites in groups.items()
     ]
     return FileSpec(path=GPUNODE_NONFREE_SOURCES, content=header + "\n".join(stanzas))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from gpunode.bootstrap.core.containerd_schema import RUNC_V2, default_runtime_path, runtimes_path
-from gpunode.bootstrap.core.containerd_toml import lookup
+from gpunode.bootstrap.core.containerd.schema import RUNC_V2, default_runtime_path, runtimes_path
+from gpunode.bootstrap.core.containerd.toml_edit import lookup
 from gpunode.bootstrap.errors import HostStateError
 
 if sys.version_info >= (3, 11):

@@ -26,9 +26,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import UserError
-from .os_release import OsRelease
-from .packages import (
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.common import (
     AptPin,
     FileSpec,
     PackageSpec,
@@ -41,6 +40,7 @@ from .packages import (
     strip_epoch,
     upstream_version,
 )
+from gpunode.bootstrap.errors import UserError
 
 KernelModule = Literal["dkms", "precompiled", "none"]
 Flavour = Literal["proprietary", "open"]
@@ -111,8 +111,7 @@ def _validate(request: DriverRequest, kernel_release: str) -> tuple[str | None, 
         if not _VERSION.fullmatch(version):
             raise UserError(
                 f"Invalid driver version {version!r}.",
-                fix="pass NVIDIA's version (535.261.03) or the distro's package version "
-                "(535.261.03-1~deb12u1)",
+                fix="pass NVIDIA's version (535.261.03) or the distro's package version (535.261.03-1~deb12u1)",
             )
         version_branch = upstream_version(version).split(".", 1)[0]
         if branch is None:
@@ -123,11 +122,12 @@ def _validate(request: DriverRequest, kernel_release: str) -> tuple[str | None, 
                 fix=f"drop --driver-branch, or pass a {branch}.x version",
             )
     if request.kernel_module not in ("dkms", "precompiled", "none"):
-        raise UserError(f"Unknown kernel module mode {request.kernel_module!r}.",
-                        fix="use --kernel-module dkms, precompiled or none")
+        raise UserError(
+            f"Unknown kernel module mode {request.kernel_module!r}.",
+            fix="use --kernel-module dkms, precompiled or none",
+        )
     if request.flavour not in ("proprietary", "open"):
-        raise UserError(f"Unknown driver flavour {request.flavour!r}.",
-                        fix="use the proprietary or the open flavour")
+        raise UserError(f"Unknown driver flavour {request.flavour!r}.", fix="use the proprietary or the open flavour")
     if request.kernel_module != "none" and not _KERNEL_RELEASE.fullmatch(kernel_release):
         raise UserError(f"Unexpected kernel release {kernel_release!r} (from uname -r).")
     return branch, version
@@ -170,16 +170,23 @@ def plan_driver(
 
 
 def _debian_pin(pattern: str, sources: tuple[str, ...], header: str) -> FileSpec:
-    stanzas = [AptPin(packages=(f"src:{source}",), pin=f"version {pattern}",
-                      explanation=f"gpunode: NVIDIA driver {pattern}") for source in sources]
+    stanzas = [
+        AptPin(packages=(f"src:{source}",), pin=f"version {pattern}", explanation=f"gpunode: NVIDIA driver {pattern}")
+        for source in sources
+    ]
     return FileSpec(DRIVER_PIN_PATH, render_apt_preferences(stanzas, header=header))
 
 
 def _plan_debian(
-    os: OsRelease, arch: str, request: DriverRequest, branch: str | None, version: str | None,
-    kernel_release: str, installed: Mapping[str, str],
+    os: OsRelease,
+    arch: str,
+    request: DriverRequest,
+    branch: str | None,
+    version: str | None,
+    kernel_release: str,
+    installed: Mapping[str, str],
 ) -> DriverPlan:
-    from .packages import dpkg_arch
+    from gpunode.bootstrap.core.packages.common import dpkg_arch
 
     dpkg_arch(arch)
     shipped = DEBIAN_BRANCHES.get(os.codename)
@@ -191,8 +198,7 @@ def _plan_debian(
         )
     if branch is not None and branch != shipped:
         raise UserError(
-            f"Debian {os.codename} ships NVIDIA driver branch {shipped} only; branch {branch} "
-            "is not in its archive.",
+            f"Debian {os.codename} ships NVIDIA driver branch {shipped} only; branch {branch} is not in its archive.",
             fix=f"use --driver-branch {shipped} (or leave it out)",
         )
     branch = shipped
@@ -209,8 +215,7 @@ def _plan_debian(
             "Debian packages the open kernel modules separately (nvidia-open-kernel-dkms, "
             "contrib) and they can lag the security updates of the driver userspace, so "
             "gpunode needs the exact version to install both at.",
-            fix="pass --driver-version with the version `apt-cache policy "
-            "nvidia-open-kernel-dkms` shows",
+            fix="pass --driver-version with the version `apt-cache policy nvidia-open-kernel-dkms` shows",
         )
 
     pin_pattern = distro_version_pattern(version) if version else f"{branch}.*"
@@ -258,8 +263,14 @@ def _plan_debian(
     to_install = differing(specs, installed)
     command = apt_install_command(specs, allow_downgrades=True) if to_install else None
     return DriverPlan(
-        packages=specs, to_install=to_install, install_command=command, branch=branch,
-        version_pattern=install_pattern, pin=pin, components=components, notes=tuple(notes),
+        packages=specs,
+        to_install=to_install,
+        install_command=command,
+        branch=branch,
+        version_pattern=install_pattern,
+        pin=pin,
+        components=components,
+        notes=tuple(notes),
     )
 
 
@@ -269,16 +280,21 @@ def _plan_debian(
 
 
 def _ubuntu_server_branches(available: Collection[str]) -> list[str]:
-    found = {m.group(1) for name in available
-             if (m := re.fullmatch(r"nvidia-driver-([0-9]+)-server", name))}
+    found = {m.group(1) for name in available if (m := re.fullmatch(r"nvidia-driver-([0-9]+)-server", name))}
     return sorted(found, key=int)
 
 
 def _plan_ubuntu(
-    os: OsRelease, arch: str, request: DriverRequest, branch: str | None, version: str | None,
-    kernel_release: str, installed: Mapping[str, str], available: Collection[str] | None,
+    os: OsRelease,
+    arch: str,
+    request: DriverRequest,
+    branch: str | None,
+    version: str | None,
+    kernel_release: str,
+    installed: Mapping[str, str],
+    available: Collection[str] | None,
 ) -> DriverPlan:
-    from .packages import dpkg_arch
+    from gpunode.bootstrap.core.packages.common import dpkg_arch
 
     dpkg_arch(arch)
     if branch is None:
@@ -286,15 +302,13 @@ def _plan_ubuntu(
         if available is not None and (branches := _ubuntu_server_branches(available)):
             hint = f" This host's apt knows the -server branches {', '.join(branches)}."
         raise UserError(
-            "Ubuntu offers several NVIDIA driver branches; gpunode needs to be told which."
-            + hint,
+            "Ubuntu offers several NVIDIA driver branches; gpunode needs to be told which." + hint,
             fix="pass --driver-branch (e.g. 570 or 580; `apt-cache search --names-only "
             "'^nvidia-driver-[0-9]+-server$'` lists them)",
         )
     if int(branch) < _FIRST_UBUNTU_SERVER_BRANCH:
         raise UserError(
-            f"NVIDIA driver branch {branch} has no -server (Enterprise Ready Driver) "
-            "packages on Ubuntu.",
+            f"NVIDIA driver branch {branch} has no -server (Enterprise Ready Driver) packages on Ubuntu.",
             fix="pick a data-center branch (535, 550, 570, 580 ...)",
         )
     flavour = f"{branch}-server" + ("-open" if request.flavour == "open" else "")
@@ -345,8 +359,14 @@ def _plan_ubuntu(
     command = apt_install_command(specs, allow_downgrades=True) if to_install else None
     notes.append("The packages come from Ubuntu's restricted component, which must be enabled.")
     return DriverPlan(
-        packages=specs, to_install=to_install, install_command=command, branch=branch,
-        version_pattern=pattern, pin=pin, components=("restricted",), notes=tuple(notes),
+        packages=specs,
+        to_install=to_install,
+        install_command=command,
+        branch=branch,
+        version_pattern=pattern,
+        pin=pin,
+        components=("restricted",),
+        notes=tuple(notes),
     )
 
 
@@ -381,8 +401,13 @@ def _cuda_repo(os: OsRelease, arch: str) -> RepoSetup:
 
 
 def _plan_rhel(
-    os: OsRelease, arch: str, request: DriverRequest, branch: str | None, version: str | None,
-    kernel_release: str, installed: Mapping[str, str],
+    os: OsRelease,
+    arch: str,
+    request: DriverRequest,
+    branch: str | None,
+    version: str | None,
+    kernel_release: str,
+    installed: Mapping[str, str],
 ) -> DriverPlan:
     if request.kernel_module == "none":
         raise UserError(
@@ -411,15 +436,20 @@ def _plan_rhel(
                 fix="use --kernel-module dkms for the open flavour",
             )
         if request.kernel_module == "dkms":
-            stream = (f"{branch}-open" if branch else "open-dkms") if request.flavour == "open" \
+            stream = (
+                (f"{branch}-open" if branch else "open-dkms")
+                if request.flavour == "open"
                 else (f"{branch}-dkms" if branch else "latest-dkms")
+            )
         else:
             stream = branch or "latest"
         kmod = {"open": "kmod-nvidia-open-dkms", "proprietary": "kmod-nvidia-latest-dkms"}[request.flavour]
         wanted = f"{branch}.*" if branch else None
-        specs = (PackageSpec("nvidia-driver", wanted),
-                 *([PackageSpec(kmod, wanted)] if request.kernel_module == "dkms" else []),
-                 *devel)
+        specs = (
+            PackageSpec("nvidia-driver", wanted),
+            *([PackageSpec(kmod, wanted)] if request.kernel_module == "dkms" else []),
+            *devel,
+        )
         to_install = differing(specs, installed)
         module = f"nvidia-driver:{stream}"
         pre = ["dnf -y module reset nvidia-driver", f"dnf -y module enable {shlex.quote(module)}"]
@@ -448,8 +478,13 @@ def _plan_rhel(
             post.append(f"dnf versionlock list | grep -qF -- {shlex.quote(held)} || dnf versionlock add {quoted}")
             notes.append(f"dnf versionlock {lock} holds the driver after install.")
     return DriverPlan(
-        packages=specs, to_install=to_install,
+        packages=specs,
+        to_install=to_install,
         install_command=command if to_install else None,
-        branch=branch or "latest", version_pattern=version, repo=repo,
-        pre_install_commands=tuple(pre), post_install_commands=tuple(post), notes=tuple(notes),
+        branch=branch or "latest",
+        version_pattern=version,
+        repo=repo,
+        pre_install_commands=tuple(pre),
+        post_install_commands=tuple(post),
+        notes=tuple(notes),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from gpunode.bootstrap.core.containerd_effective import (
+from gpunode.bootstrap.core.containerd.effective import (
     default_runtime_name,
     dump_schema,
     effective_runtime,
@@ -29,7 +29,7 @@ from gpunode.bootstrap.core.containerd_effective import (
     runtimes,
     systemd_cgroup,
 )
-from gpunode.bootstrap.core.containerd_schema import (
+from gpunode.bootstrap.core.containerd.schema import (
     RUNC_V2,
     ConfigStructureError,
     ContainerdConfigError,
@@ -46,7 +46,7 @@ from gpunode.bootstrap.core.containerd_schema import (
     parse_containerd_version,
     runtimes_path,
 )
-from gpunode.bootstrap.core.containerd_toml import (
+from gpunode.bootstrap.core.containerd.toml_edit import (
     TomlEditor,
     check_rendering,
     edit_checked,
@@ -314,7 +314,7 @@ def _with_runtime(
         notes.append(_default_runtime_note(name, already=current_default == name))
     elif current_default == name:
         notes.append(
-            f'{name} is already the default runtime (default_runtime_name, set before gpunode); '
+            f"{name} is already the default runtime (default_runtime_name, set before gpunode); "
             "it is left so. " + _default_runtime_note(name, already=True, leading=False)
         )
     return new
@@ -387,9 +387,7 @@ def _runtime_notes(
         inherited = [k for k in (base.get("options") or {}) if k not in ("BinaryName",)]
         origin = f"options inherited from runtime {base_name} ({', '.join(inherited) or 'it sets none'})"
     if not existing:
-        notes.append(
-            f'adds runtime "{name}": the runc v2 shim running {binary}, SystemdCgroup = {cgroup}; {origin}.'
-        )
+        notes.append(f'adds runtime "{name}": the runc v2 shim running {binary}, SystemdCgroup = {cgroup}; {origin}.')
         return notes
     old_options = existing.get("options") if isinstance(existing.get("options"), Mapping) else {}
     assert isinstance(old_options, Mapping)
@@ -656,7 +654,9 @@ def _leaves(table: Any, prefix: str = "") -> set[str]:
 # -- k3s ---------------------------------------------------------------------------------
 
 
-def _plan_k3s(config_text: str | None, rules: ContainerdRules, settings: RuntimeSettings, config_path: str) -> MergePlan:
+def _plan_k3s(
+    config_text: str | None, rules: ContainerdRules, settings: RuntimeSettings, config_path: str
+) -> MergePlan:
     why = (
         f"k3s renders {config_path} from its template (config.toml.tmpl) on every start, so an "
         "edit there is lost at the next restart; gpunode never edits it."
@@ -678,7 +678,7 @@ def _plan_k3s(config_text: str | None, rules: ContainerdRules, settings: Runtime
             f"{' or '.join(K3S_RUNTIME_BINARIES)}; runtime {settings.runtime_name!r} running "
             f"{settings.binary_name} is not what it detects.",
             fix="use the default runtime name and path (install the toolkit's package), or write "
-            "your own config.toml.tmpl that keeps k3s's base template ({{ template \"base\" . }}) "
+            'your own config.toml.tmpl that keeps k3s\'s base template ({{ template "base" . }}) '
             "and adds the runtime.",
         )
     schema = rules.native_schema

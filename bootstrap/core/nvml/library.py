@@ -20,8 +20,9 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, NoReturn, Sequence
+from typing import NoReturn
 
 from gpunode.bootstrap.errors import HostStateError
 
@@ -75,21 +76,38 @@ class _Arch:
 
 _ARCHES: dict[str, _Arch] = {
     "x86_64": _Arch(
-        "x86_64", "x86-64", "x86_64",
-        ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
-         "/usr/local/lib", "/usr/local/nvidia/lib64"),
+        "x86_64",
+        "x86-64",
+        "x86_64",
+        (
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/lib64",
+            "/usr/local/lib",
+            "/usr/local/nvidia/lib64",
+        ),
         "x86_64-linux-gnu",
     ),
     "aarch64": _Arch(
-        "aarch64", "AArch64", "aarch64",
-        ("/usr/lib/aarch64-linux-gnu", "/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64",
-         "/usr/local/lib", "/usr/local/nvidia/lib64"),
+        "aarch64",
+        "AArch64",
+        "aarch64",
+        (
+            "/usr/lib/aarch64-linux-gnu",
+            "/lib/aarch64-linux-gnu",
+            "/usr/lib64",
+            "/lib64",
+            "/usr/local/lib",
+            "/usr/local/nvidia/lib64",
+        ),
         "aarch64-linux-gnu",
     ),
     "ppc64le": _Arch(
-        "ppc64le", "64bit", "ppc64le",
-        ("/usr/lib/powerpc64le-linux-gnu", "/lib/powerpc64le-linux-gnu", "/usr/lib64", "/lib64",
-         "/usr/local/lib"),
+        "ppc64le",
+        "64bit",
+        "ppc64le",
+        ("/usr/lib/powerpc64le-linux-gnu", "/lib/powerpc64le-linux-gnu", "/usr/lib64", "/lib64", "/usr/local/lib"),
         "powerpc64le-linux-gnu",
     ),
 }
@@ -179,7 +197,7 @@ def probe_command(
     # each link is read and printed once (gn_links: newline, path, tab, target), each file's
     # header once (gn_files), and a start path already followed is skipped (gn_starts). This
     # runs on every host of every run; forks are most of its cost.
-    return f"""r={q(root.rstrip('/'))}
+    return f"""r={q(root.rstrip("/"))}
 PATH="$PATH:/sbin:/usr/sbin"
 gn_nl='
 '
@@ -277,7 +295,7 @@ def parse_probe(output: str) -> LibraryEvidence:
     files: set[str] = set()
     machines: dict[str, str] = {}
     listed: list[str] = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line == "end":
             break
         kind, _, rest = line.partition("\t")
@@ -377,7 +395,7 @@ def _resolve(start: str, links: Mapping[str, str]) -> _Resolution:
             target = links.get(current)
             if target is not None:
                 base = target if target.startswith("/") else f"{current.rsplit('/', 1)[0]}/{target}"
-                remainder = "/".join(rest[index + 1:])
+                remainder = "/".join(rest[index + 1 :])
                 path = f"{base}/{remainder}" if remainder else base
                 hit = True
                 break
@@ -442,8 +460,7 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
     notes: list[str] = []
     evidence_lines: list[str] = [f"uname -m: {evidence.arch}"]
     evidence_lines.append(
-        f"loaded nvidia module: {evidence.module_version}" if evidence.module_version
-        else "loaded nvidia module: none"
+        f"loaded nvidia module: {evidence.module_version}" if evidence.module_version else "loaded nvidia module: none"
     )
     if evidence.ldconfig_error:
         notes.append(f"ldconfig -p failed ({evidence.ldconfig_error}); judged from the directory listing")
@@ -454,8 +471,9 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
     for entry in entries:
         evidence_lines.append(f"ldconfig: {entry.line}")
         if entry not in native:
-            notes.append(f"ignored {entry.path}: ldconfig lists it as ({', '.join(entry.flags)}), "
-                         f"not an {arch.name} library")
+            notes.append(
+                f"ignored {entry.path}: ldconfig lists it as ({', '.join(entry.flags)}), not an {arch.name} library"
+            )
 
     resolved: dict[str, _Resolution] = {}
 
@@ -467,11 +485,14 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
     if native:
         candidates = [e.path for e in native]
     else:
-        candidates = [p for p in evidence.listed
-                      if posixpath.basename(p) == SONAME and posixpath.dirname(p) in arch.lib_dirs]
+        candidates = [
+            p for p in evidence.listed if posixpath.basename(p) == SONAME and posixpath.dirname(p) in arch.lib_dirs
+        ]
         if candidates:
-            notes.append(f"ldconfig's cache does not list an {arch.name} {SONAME}; found it by "
-                         "listing the library directories (run ldconfig so host tools find it too)")
+            notes.append(
+                f"ldconfig's cache does not list an {arch.name} {SONAME}; found it by "
+                "listing the library directories (run ldconfig so host tools find it too)"
+            )
     for path in evidence.listed:
         resolution = resolve(path)
         evidence_lines.append(f"listed: {_arrow(resolution.chain)}" + (" (loop)" if resolution.looped else ""))
@@ -511,16 +532,20 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
     for other in usable[1:]:
         if other.final != chosen.final:
             other_version = driver_version_of(other.final)
-            notes.append(f"also in ldconfig's cache: {_arrow(other.chain)}"
-                         + (f" (driver {other_version})" if other_version else "")
-                         + f"; the loader uses {chosen.start} first")
+            notes.append(
+                f"also in ldconfig's cache: {_arrow(other.chain)}"
+                + (f" (driver {other_version})" if other_version else "")
+                + f"; the loader uses {chosen.start} first"
+            )
 
     notes.extend(_leftovers(arch, evidence, resolve, {r.final for r in usable}))
 
     module = evidence.module_version
     if module is None:
-        notes.append("no nvidia kernel module is loaded, so the library's version could not be "
-                     "checked against it; NVML will not start until the module is loaded")
+        notes.append(
+            "no nvidia kernel module is loaded, so the library's version could not be "
+            "checked against it; NVML will not start until the module is loaded"
+        )
     elif module != version:
         _raise_mismatch(module, version, chosen, evidence, resolve, evidence_lines)
 
@@ -533,9 +558,7 @@ def choose_nvml_library(evidence: LibraryEvidence) -> NvmlLibrary:
     )
 
 
-def _check_chain(
-    chosen: _Resolution, arch: _Arch, evidence: LibraryEvidence, evidence_lines: list[str]
-) -> None:
+def _check_chain(chosen: _Resolution, arch: _Arch, evidence: LibraryEvidence, evidence_lines: list[str]) -> None:
     if chosen.looped:
         raise LibraryProblem(
             "F2",
@@ -565,9 +588,7 @@ def _check_chain(
         )
 
 
-def _leftovers(
-    arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, already_named: set[str]
-) -> list[str]:
+def _leftovers(arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, already_named: set[str]) -> list[str]:
     notes: list[str] = []
     seen = set(already_named)
     for path in evidence.listed:
@@ -592,9 +613,7 @@ def _leftovers(
     return notes
 
 
-def _raise_missing(
-    arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, evidence_lines: list[str]
-) -> NoReturn:
+def _raise_missing(arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, evidence_lines: list[str]) -> NoReturn:
     others = []
     for path in evidence.listed:
         resolution = resolve(path)
@@ -622,25 +641,40 @@ def _raise_mismatch(
     resolve: _ResolveFn,
     evidence_lines: list[str],
 ) -> NoReturn:
-    matching = sorted({
-        r.final for r in (resolve(p) for p in evidence.listed)
-        if not r.looped and r.final in evidence.files and driver_version_of(r.final) == module
-    })
-    also = (f" A file of the module's version is still present ({', '.join(matching)}), but it "
-            "is not what libnvidia-ml.so.1 leads to, so gpunode does not pick it.") if matching else ""
+    matching = sorted(
+        {
+            r.final
+            for r in (resolve(p) for p in evidence.listed)
+            if not r.looped and r.final in evidence.files and driver_version_of(r.final) == module
+        }
+    )
+    also = (
+        (
+            f" A file of the module's version is still present ({', '.join(matching)}), but it "
+            "is not what libnvidia-ml.so.1 leads to, so gpunode does not pick it."
+        )
+        if matching
+        else ""
+    )
     try:
         library_newer = _version_key(version) > _version_key(module)
     except ValueError:
         library_newer = True
-    problem = (f"Driver/library version mismatch: the loaded nvidia kernel module is {module} but "
-               f"{_arrow(chosen.chain)} is {version}; NVML fails with "
-               f"'Driver/library version mismatch'.{also}")
+    problem = (
+        f"Driver/library version mismatch: the loaded nvidia kernel module is {module} but "
+        f"{_arrow(chosen.chain)} is {version}; NVML fails with "
+        f"'Driver/library version mismatch'.{also}"
+    )
     if library_newer:
-        fix = (f"Reboot the host so that the {version} kernel module is loaded (the driver was "
-               "upgraded but the old module is still running), then run gpunode again so the "
-               "device plugin mounts the new library.")
+        fix = (
+            f"Reboot the host so that the {version} kernel module is loaded (the driver was "
+            "upgraded but the old module is still running), then run gpunode again so the "
+            "device plugin mounts the new library."
+        )
     else:
-        fix = (f"The userspace library is older than the running module: install the driver "
-               f"packages of version {module} so libnvidia-ml.so.1 leads to "
-               f"libnvidia-ml.so.{module}, or reboot if {version} is the driver you want.")
+        fix = (
+            f"The userspace library is older than the running module: install the driver "
+            f"packages of version {module} so libnvidia-ml.so.1 leads to "
+            f"libnvidia-ml.so.{module}, or reboot if {version} is the driver you want."
+        )
     raise LibraryProblem("F14", problem, fix, evidence=evidence_lines, reboot_required=library_newer)

@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import UserError
-from .os_release import OsRelease
-from .packages import (
+from gpunode.bootstrap.core.host.os_release import OsRelease
+from gpunode.bootstrap.core.packages.common import (
     AptPin,
     FileSpec,
     PackagePlan,
@@ -34,6 +33,7 @@ from .packages import (
     rpm_arch,
     upstream_version,
 )
+from gpunode.bootstrap.errors import UserError
 
 TOOLKIT_PACKAGES: tuple[str, ...] = (
     "nvidia-container-toolkit",
@@ -127,20 +127,22 @@ def _check_version(version: str) -> None:
 # --------------------------------------------------------------------------------------
 
 # The primary key fingerprints of an OpenPGP key file, one per line.
-_FPR_AWK = "awk -F: '$1 == \"pub\" { p = 1; next } $1 == \"fpr\" && p { print $10; p = 0 }'"
+_FPR_AWK = 'awk -F: \'$1 == "pub" { p = 1; next } $1 == "fpr" && p { print $10; p = 0 }\''
 
 
 def key_check_script(keyring_path: str, fingerprint: str) -> str:
     """sh script: exit 0 when `keyring_path` holds exactly the key `fingerprint`."""
     keyring = shlex.quote(keyring_path)
-    return "\n".join([
-        "set -eu",
-        f"test -s {keyring}",
-        "command -v gpg >/dev/null 2>&1",
-        'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT; mkdir -m 700 "$work/gnupg"',
-        f'got=$(GNUPGHOME="$work/gnupg" gpg --batch --quiet --show-keys --with-colons {keyring} 2>/dev/null | {_FPR_AWK})',
-        f'test "$got" = {shlex.quote(fingerprint)}',
-    ])
+    return "\n".join(
+        [
+            "set -eu",
+            f"test -s {keyring}",
+            "command -v gpg >/dev/null 2>&1",
+            'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT; mkdir -m 700 "$work/gnupg"',
+            f'got=$(GNUPGHOME="$work/gnupg" gpg --batch --quiet --show-keys --with-colons {keyring} 2>/dev/null | {_FPR_AWK})',
+            f'test "$got" = {shlex.quote(fingerprint)}',
+        ]
+    )
 
 
 def key_install_script(key_url: str, fingerprint: str, keyring_path: str, *, dearmor: bool) -> str:
@@ -155,34 +157,36 @@ def key_install_script(key_url: str, fingerprint: str, keyring_path: str, *, dea
         'if grep -q -- "-----BEGIN PGP PUBLIC KEY BLOCK-----" "$work/key"; then '
         'GNUPGHOME="$work/gnupg" gpg --batch --yes --dearmor -o "$work/keyring" "$work/key"; '
         'else cp "$work/key" "$work/keyring"; fi'
-        if dearmor else
-        'cp "$work/key" "$work/keyring"'
+        if dearmor
+        else 'cp "$work/key" "$work/keyring"'
     )
-    return "\n".join([
-        "set -eu",
-        "umask 022",
-        'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT; mkdir -m 700 "$work/gnupg"',
-        "if command -v curl >/dev/null 2>&1; then",
-        f'  curl -fsSL --retry 3 -o "$work/key" {url}',
-        "elif command -v wget >/dev/null 2>&1; then",
-        f'  wget -q -O "$work/key" {url}',
-        "else",
-        f"  echo 'gpunode: cannot fetch '{url}': neither curl nor wget is installed' >&2; exit 1",
-        "fi",
-        "if ! command -v gpg >/dev/null 2>&1; then",
-        "  echo 'gpunode: gpg is needed to verify the signing key (Debian: gpg, RHEL: gnupg2)' >&2; exit 1",
-        "fi",
-        f'got=$(GNUPGHOME="$work/gnupg" gpg --batch --quiet --show-keys --with-colons "$work/key" | {_FPR_AWK} || true)',
-        f'if [ "$got" != {fpr} ]; then',
-        f"  echo \"gpunode: refusing the key from \"{url}\": its fingerprint is ${{got:-unreadable}}, expected \"{fpr} >&2",
-        "  exit 1",
-        "fi",
-        convert,
-        f'mkdir -p "$(dirname {keyring})"',
-        f'cp "$work/keyring" {tmp}',
-        f"chmod 0644 {tmp}",
-        f"mv -f {tmp} {keyring}",
-    ])
+    return "\n".join(
+        [
+            "set -eu",
+            "umask 022",
+            'work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT; mkdir -m 700 "$work/gnupg"',
+            "if command -v curl >/dev/null 2>&1; then",
+            f'  curl -fsSL --retry 3 -o "$work/key" {url}',
+            "elif command -v wget >/dev/null 2>&1; then",
+            f'  wget -q -O "$work/key" {url}',
+            "else",
+            f"  echo 'gpunode: cannot fetch '{url}': neither curl nor wget is installed' >&2; exit 1",
+            "fi",
+            "if ! command -v gpg >/dev/null 2>&1; then",
+            "  echo 'gpunode: gpg is needed to verify the signing key (Debian: gpg, RHEL: gnupg2)' >&2; exit 1",
+            "fi",
+            f'got=$(GNUPGHOME="$work/gnupg" gpg --batch --quiet --show-keys --with-colons "$work/key" | {_FPR_AWK} || true)',
+            f'if [ "$got" != {fpr} ]; then',
+            f'  echo "gpunode: refusing the key from "{url}": its fingerprint is ${{got:-unreadable}}, expected "{fpr} >&2',
+            "  exit 1",
+            "fi",
+            convert,
+            f'mkdir -p "$(dirname {keyring})"',
+            f'cp "$work/keyring" {tmp}',
+            f"chmod 0644 {tmp}",
+            f"mv -f {tmp} {keyring}",
+        ]
+    )
 
 
 def sh_command(script: str) -> str:
@@ -200,29 +204,32 @@ def plan_toolkit_repo(os: OsRelease, arch: str) -> RepoSetup:
     family = _family(os)
     if family == "debian":
         deb_arch = dpkg_arch(arch)
-        line = (f"deb [arch={deb_arch} signed-by={TOOLKIT_APT_KEYRING}] "
-                f"{TOOLKIT_APT_BASE}/{deb_arch} /\n")
-        content = ("# Written by gpunode: NVIDIA's container toolkit repository, signed by the key\n"
-                   f"# {TOOLKIT_KEY_FINGERPRINT} (verified before it was installed).\n" + line)
+        line = f"deb [arch={deb_arch} signed-by={TOOLKIT_APT_KEYRING}] {TOOLKIT_APT_BASE}/{deb_arch} /\n"
+        content = (
+            "# Written by gpunode: NVIDIA's container toolkit repository, signed by the key\n"
+            f"# {TOOLKIT_KEY_FINGERPRINT} (verified before it was installed).\n" + line
+        )
         files = (FileSpec(TOOLKIT_APT_LIST, content),)
         keyring, dearmor = TOOLKIT_APT_KEYRING, True
         prerequisites = (PackageSpec("gpg"),)
     else:
         rpm_arch(arch)
-        content = "\n".join([
-            "# Written by gpunode: NVIDIA's container toolkit repository; its metadata is",
-            f"# signed by the key {TOOLKIT_KEY_FINGERPRINT}, verified before it was installed.",
-            "[nvidia-container-toolkit]",
-            "name=nvidia-container-toolkit",
-            f"baseurl={TOOLKIT_RPM_BASE}/$basearch",
-            "repo_gpgcheck=1",
-            "gpgcheck=0",
-            "enabled=1",
-            f"gpgkey=file://{TOOLKIT_RPM_KEY}",
-            "sslverify=1",
-            "sslcacert=/etc/pki/tls/certs/ca-bundle.crt",
-            "",
-        ])
+        content = "\n".join(
+            [
+                "# Written by gpunode: NVIDIA's container toolkit repository; its metadata is",
+                f"# signed by the key {TOOLKIT_KEY_FINGERPRINT}, verified before it was installed.",
+                "[nvidia-container-toolkit]",
+                "name=nvidia-container-toolkit",
+                f"baseurl={TOOLKIT_RPM_BASE}/$basearch",
+                "repo_gpgcheck=1",
+                "gpgcheck=0",
+                "enabled=1",
+                f"gpgkey=file://{TOOLKIT_RPM_KEY}",
+                "sslverify=1",
+                "sslcacert=/etc/pki/tls/certs/ca-bundle.crt",
+                "",
+            ]
+        )
         files = (FileSpec(TOOLKIT_YUM_REPO, content),)
         keyring, dearmor = TOOLKIT_RPM_KEY, False
         prerequisites = (PackageSpec("gnupg2"),)
@@ -230,22 +237,28 @@ def plan_toolkit_repo(os: OsRelease, arch: str) -> RepoSetup:
         name="nvidia-container-toolkit",
         files=files,
         check_command=sh_command(key_check_script(keyring, TOOLKIT_KEY_FINGERPRINT)),
-        setup_command=sh_command(key_install_script(TOOLKIT_KEY_URL, TOOLKIT_KEY_FINGERPRINT,
-                                                    keyring, dearmor=dearmor)),
+        setup_command=sh_command(
+            key_install_script(TOOLKIT_KEY_URL, TOOLKIT_KEY_FINGERPRINT, keyring, dearmor=dearmor)
+        ),
         keyring_path=keyring,
         key_url=TOOLKIT_KEY_URL,
         key_fingerprint=TOOLKIT_KEY_FINGERPRINT,
         prerequisites=prerequisites,
-        notes=("The setup command needs curl or wget, and gpg; it refuses a key whose "
-               "fingerprint differs and writes nothing then.",),
+        notes=(
+            "The setup command needs curl or wget, and gpg; it refuses a key whose "
+            "fingerprint differs and writes nothing then.",
+        ),
     )
 
 
 def _toolkit_pin(pattern: str) -> FileSpec:
-    header = (f"Written by gpunode: the four NVIDIA container toolkit packages held together at\n"
-              f"{pattern}. Priority 1001 also lets gpunode move back to this version.")
-    stanza = AptPin(packages=TOOLKIT_PACKAGES, pin=f"version {pattern}",
-                    explanation=f"gpunode: NVIDIA container toolkit {pattern}")
+    header = (
+        f"Written by gpunode: the four NVIDIA container toolkit packages held together at\n"
+        f"{pattern}. Priority 1001 also lets gpunode move back to this version."
+    )
+    stanza = AptPin(
+        packages=TOOLKIT_PACKAGES, pin=f"version {pattern}", explanation=f"gpunode: NVIDIA container toolkit {pattern}"
+    )
     return FileSpec(TOOLKIT_PIN_PATH, render_apt_preferences([stanza], header=header))
 
 
@@ -283,8 +296,7 @@ def plan_toolkit_packages(
         if version:
             locks = " ".join(shlex.quote(f"{s.name}-{upstream_version(version)}*") for s in specs)
             command += f" && dnf install -y python3-dnf-plugin-versionlock && dnf versionlock add {locks}"
-    return PackagePlan(packages=specs, to_install=to_install, install_command=command,
-                       pin=pin, notes=tuple(notes))
+    return PackagePlan(packages=specs, to_install=to_install, install_command=command, pin=pin, notes=tuple(notes))
 
 
 # --------------------------------------------------------------------------------------
@@ -308,23 +320,23 @@ def validate_local_toolkit(
         if not found:
             problems.append(f"{name} is missing")
         elif len(found) > 1:
-            problems.append(f"{name} is there {len(found)} times "
-                            f"({', '.join(sorted(p.file_name for p in found))})")
+            problems.append(f"{name} is there {len(found)} times ({', '.join(sorted(p.file_name for p in found))})")
         else:
             chosen[name] = found[0]
     for package in chosen.values():
         if package.architecture not in (host_arch, "all", "noarch"):
-            problems.append(f"{package.file_name} is built for {package.architecture}, "
-                            f"the host is {host_arch}")
+            problems.append(f"{package.file_name} is built for {package.architecture}, the host is {host_arch}")
     versions = sorted({p.version for p in chosen.values()})
     if len(versions) > 1:
-        problems.append("the packages are of different versions: " + ", ".join(
-            f"{p.name} {p.version}" for p in chosen.values()))
+        problems.append(
+            "the packages are of different versions: " + ", ".join(f"{p.name} {p.version}" for p in chosen.values())
+        )
     if problems:
         detail = "; ".join(problems)
         if wrong_format:
-            detail += f" (.{'rpm' if fmt == 'deb' else 'deb'} files are not used on this host: " \
-                      f"{', '.join(wrong_format)})"
+            detail += (
+                f" (.{'rpm' if fmt == 'deb' else 'deb'} files are not used on this host: {', '.join(wrong_format)})"
+            )
         raise UserError(
             f"The toolkit package directory is not usable for this {family} {host_arch} host: {detail}.",
             fix=f"put the four .{fmt} files {', '.join(TOOLKIT_PACKAGES)} of one release, "
@@ -365,8 +377,13 @@ def plan_local_toolkit(
     notes = [f"Ignored (not toolkit packages for this host): {', '.join(ignored)}."] if ignored else []
     pin = _toolkit_pin(version) if family == "debian" else None
     return LocalToolkitPlan(
-        packages=specs, to_install=to_install, uploads=uploads if to_install else (),
-        install_command=command, remote_dir=remote_dir, pin=pin, notes=tuple(notes),
+        packages=specs,
+        to_install=to_install,
+        uploads=uploads if to_install else (),
+        install_command=command,
+        remote_dir=remote_dir,
+        pin=pin,
+        notes=tuple(notes),
     )
 
 
@@ -380,8 +397,20 @@ def installed_toolkit_version(installed: Mapping[str, str]) -> str | None:
 
 
 __all__ = [
-    "LOCAL_PACKAGE_DIR", "LocalPackage", "LocalToolkitPlan", "TOOLKIT_KEY_FINGERPRINT",
-    "TOOLKIT_KEY_URL", "TOOLKIT_PACKAGES", "ToolkitRequest", "Upload", "installed_toolkit_version",
-    "key_check_script", "key_install_script", "plan_local_toolkit", "plan_toolkit_packages",
-    "plan_toolkit_repo", "sh_command", "validate_local_toolkit",
+    "LOCAL_PACKAGE_DIR",
+    "LocalPackage",
+    "LocalToolkitPlan",
+    "TOOLKIT_KEY_FINGERPRINT",
+    "TOOLKIT_KEY_URL",
+    "TOOLKIT_PACKAGES",
+    "ToolkitRequest",
+    "Upload",
+    "installed_toolkit_version",
+    "key_check_script",
+    "key_install_script",
+    "plan_local_toolkit",
+    "plan_toolkit_packages",
+    "plan_toolkit_repo",
+    "sh_command",
+    "validate_local_toolkit",
 ]

@@ -18,23 +18,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gpunode.bootstrap.core.doctor_evidence import DoctorCase
+from gpunode.bootstrap.core.doctor.evidence import DoctorCase
 
 Severity = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 
 # The chain, bottom up. Every verdict sits on one link.
 LINKS: tuple[str, ...] = (
-    "host",           # the machine itself: GPUs on the bus
-    "driver",         # kernel module + libnvidia-ml
-    "toolkit",        # NVIDIA container toolkit
-    "containerd",     # containerd and its nvidia runtime
-    "runtimeclass",   # RuntimeClass nvidia -> containerd runtime
-    "deployment",     # a device plugin DaemonSet (or host service) that reaches the node
-    "plugin",         # the plugin process: NVML, devices, its configuration
-    "registration",   # kubelet, its device-plugins socket, Register
-    "allocatable",    # the node's Allocatable nvidia.com/gpu
-    "workload",       # the pod that asks for a GPU
+    "host",  # the machine itself: GPUs on the bus
+    "driver",  # kernel module + libnvidia-ml
+    "toolkit",  # NVIDIA container toolkit
+    "containerd",  # containerd and its nvidia runtime
+    "runtimeclass",  # RuntimeClass nvidia -> containerd runtime
+    "deployment",  # a device plugin DaemonSet (or host service) that reaches the node
+    "plugin",  # the plugin process: NVML, devices, its configuration
+    "registration",  # kubelet, its device-plugins socket, Register
+    "allocatable",  # the node's Allocatable nvidia.com/gpu
+    "workload",  # the pod that asks for a GPU
 )
 
 
@@ -51,8 +51,13 @@ class Verdict:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "id": self.id, "cause": self.cause, "evidence": list(self.evidence), "fix": self.fix,
-            "severity": self.severity, "link": self.link, "subject": self.subject,
+            "id": self.id,
+            "cause": self.cause,
+            "evidence": list(self.evidence),
+            "fix": self.fix,
+            "severity": self.severity,
+            "link": self.link,
+            "subject": self.subject,
             "reboot_required": self.reboot_required,
         }
 
@@ -76,8 +81,16 @@ class Findings:
     verdicts: list[Verdict] = field(default_factory=list)
     not_checked: list[NotChecked] = field(default_factory=list)
 
-    def add(self, id: str, cause: str, evidence: Iterable[str], fix: str,  # noqa: A002
-            severity: Severity, link: str, reboot_required: bool = False) -> Verdict:
+    def add(
+        self,
+        id: str,
+        cause: str,
+        evidence: Iterable[str],
+        fix: str,
+        severity: Severity,
+        link: str,
+        reboot_required: bool = False,
+    ) -> Verdict:
         assert link in LINKS, link
         lines = tuple(line for line in evidence if line)
         if severity != "info":
@@ -87,8 +100,16 @@ class Findings:
         for index, existing in enumerate(self.verdicts):
             if existing.id == id and existing.cause == cause:
                 merged = existing.evidence + tuple(l for l in lines if l not in existing.evidence)
-                self.verdicts[index] = Verdict(id, cause, merged, fix, existing.severity, link,
-                                               self.subject, existing.reboot_required or reboot_required)
+                self.verdicts[index] = Verdict(
+                    id,
+                    cause,
+                    merged,
+                    fix,
+                    existing.severity,
+                    link,
+                    self.subject,
+                    existing.reboot_required or reboot_required,
+                )
                 return self.verdicts[index]
         verdict = Verdict(id, cause, lines, fix, severity, link, self.subject, reboot_required)
         self.verdicts.append(verdict)
@@ -138,14 +159,15 @@ class Diagnosis:
 
 def order(verdicts: Sequence[Verdict]) -> list[Verdict]:
     """Lowest link first; within a link, critical before warning before info, then as found."""
-    ranked = sorted(enumerate(verdicts), key=lambda item: (
-        LINKS.index(item[1].link), SEVERITIES.index(item[1].severity), item[0]))
+    ranked = sorted(
+        enumerate(verdicts), key=lambda item: (LINKS.index(item[1].link), SEVERITIES.index(item[1].severity), item[0])
+    )
     return [verdict for _, verdict in ranked]
 
 
 def diagnose_case(case: DoctorCase) -> Findings:
-    from gpunode.bootstrap.core.diagnosis_cluster import cluster_rules
-    from gpunode.bootstrap.core.diagnosis_host import host_rules
+    from gpunode.bootstrap.core.doctor.rules_cluster import cluster_rules
+    from gpunode.bootstrap.core.doctor.rules_host import host_rules
 
     findings = Findings(case.subject)
     host_rules(case, findings)
@@ -185,8 +207,10 @@ def format_text(diagnosis: Diagnosis) -> str:
             lines.append(f"  {item.subject}: {item.what}: {item.why}")
     code = diagnosis.exit_code
     if code == 0:
-        lines.append("healthy: every link that was checked holds" + (
-            "" if not diagnosis.verdicts else " (notes above are for information)"))
+        lines.append(
+            "healthy: every link that was checked holds"
+            + ("" if not diagnosis.verdicts else " (notes above are for information)")
+        )
     elif code == 1:
         count = len(diagnosis.problems)
         lines.append(f"{count} problem(s) found; the first one listed for each node explains the rest")

@@ -60,8 +60,12 @@ class Toleration:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Toleration:
-        return cls(str(data.get("key", "") or ""), str(data.get("operator", "") or "Equal"),
-                   str(data.get("value", "") or ""), str(data.get("effect", "") or ""))
+        return cls(
+            str(data.get("key", "") or ""),
+            str(data.get("operator", "") or "Equal"),
+            str(data.get("value", "") or ""),
+            str(data.get("effect", "") or ""),
+        )
 
     def tolerates(self, taint: Taint) -> bool:
         if self.effect and self.effect != taint.effect:
@@ -81,8 +85,10 @@ def parse_toleration(text: str) -> Toleration:
     """`KEY`, `KEY:EFFECT`, `KEY=VALUE` or `KEY=VALUE:EFFECT`, as `kubectl taint` writes taints."""
     rest, _, effect = text.partition(":") if ":" in text else (text, "", "")
     key, eq, value = rest.partition("=")
-    fix = ("write it as a taint is written: KEY[=VALUE][:EFFECT], e.g. dedicated=ml:NoSchedule "
-           f"(effects: {', '.join(EFFECTS)})")
+    fix = (
+        "write it as a taint is written: KEY[=VALUE][:EFFECT], e.g. dedicated=ml:NoSchedule "
+        f"(effects: {', '.join(EFFECTS)})"
+    )
     if not key or not _QUALIFIED_NAME.match(key):
         raise UserError(f"--toleration {text!r}: {key!r} is not a taint key.", fix=fix)
     if eq and not _LABEL_VALUE.match(value):
@@ -92,12 +98,12 @@ def parse_toleration(text: str) -> Toleration:
     return Toleration(key, "Equal" if eq else "Exists", value, effect)
 
 
-def untolerated_taints(tolerations: Iterable[Toleration], taints: Iterable[Taint],
-                       effects: Sequence[str] = BLOCKING_EFFECTS) -> list[Taint]:
+def untolerated_taints(
+    tolerations: Iterable[Toleration], taints: Iterable[Taint], effects: Sequence[str] = BLOCKING_EFFECTS
+) -> list[Taint]:
     """The node's taints (of `effects`) that none of the tolerations tolerates."""
     held = list(tolerations)
-    return [taint for taint in taints
-            if taint.effect in effects and not any(t.tolerates(taint) for t in held)]
+    return [taint for taint in taints if taint.effect in effects and not any(t.tolerates(taint) for t in held)]
 
 
 def node_taints(node: Mapping[str, Any]) -> list[Taint]:

@@ -1,0 +1,1 @@
+"""containerd's configuration: the runtime merge, its schemas, the effective config."""

@@ -1,0 +1,1 @@
+"""verify's rules: Allocatable against the GPUs found, each result with its cause."""
