@@ -42,7 +42,10 @@ cli.add_command(plugin_group)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures become one paragraph and an exit code."""
     try:
-        cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a command that
+        # ended with click.exceptions.Exit (`plugin serve`, `plugin list`): pass it on, so
+        # the console script exits as `python -m gpunode.plugin` does.
+        code = cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     except GpunodeError as exc:
         click.echo(f"gpunode: {exc}", err=True)
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def console_main() -> None:
