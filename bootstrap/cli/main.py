@@ -14,6 +14,7 @@ import click
 
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.doctor import doctor
+from gpunode.bootstrap.cli.image import image
 from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.cli.verify import verify
 from gpunode.bootstrap.errors import GpunodeError
@@ -37,6 +38,7 @@ cli.add_command(render)
 cli.add_command(doctor)
 cli.add_command(verify)
 cli.add_command(plugin_group)
+cli.add_command(image)
 
 
 def main(argv: list[str] | None = None) -> None:

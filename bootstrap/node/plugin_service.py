@@ -13,17 +13,16 @@ from importlib.metadata import requires, version
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import Requirement
-
 from gpunode.bootstrap.core.host.facts import HostFacts
 from gpunode.bootstrap.core.host.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
 from gpunode.bootstrap.core.host.record import HostRecord
+from gpunode.bootstrap.core.image.recipe import PLUGIN_DEPENDENCIES as PLUGIN_DEPENDENCIES
+from gpunode.bootstrap.core.image.recipe import plugin_requirements as select_plugin_requirements
 from gpunode.bootstrap.core.packages.common import FileSpec, PackageSpec, apt_install_command
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.node.steps import StepPlan, UploadFiles, file_commands, file_diff
 
-PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py")
 WHEEL_DIR = "/var/lib/gpunode/packages/plugin"
 
 
@@ -33,12 +32,7 @@ def plugin_service_paths(settings: NodeSettings) -> tuple[str, ...]:
 
 def plugin_requirements() -> list[str]:
     """The plugin's own dependencies with the floors this gpunode was built against."""
-    wanted = []
-    for text in requires("gpunode") or []:
-        requirement = Requirement(text)
-        if requirement.name in PLUGIN_DEPENDENCIES and requirement.marker is None:
-            wanted.append(str(requirement))
-    return wanted
+    return select_plugin_requirements(requires("gpunode") or [])
 
 
 def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
