@@ -192,6 +192,37 @@ def plugin_group() -> None:
     help="NVIDIA's device plugin config file (version: v1): flags, resources, sharing. "
     "Flags and GPUNODE_* variables given explicitly override it.",
 )
+@click.option(
+    "--config-dir",
+    envvar=["GPUNODE_CONFIG_DIR", "CONFIG_FILE_SRCDIR"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Per-node config: a directory of named configs (a mounted ConfigMap); the node label "
+    "--config-label chooses one, and a change of either is applied without a restart.",
+)
+@click.option(
+    "--node-name",
+    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
+    default=None,
+    show_envvar=True,
+    help="This node's name, whose label chooses the config (with --config-dir).",
+)
+@click.option(
+    "--config-label",
+    envvar=["GPUNODE_CONFIG_LABEL", "NODE_LABEL"],
+    default="nvidia.com/device-plugin.config",
+    show_default=True,
+    show_envvar=True,
+    help="The node label naming the config to use (with --config-dir).",
+)
+@click.option(
+    "--default-config",
+    envvar=["GPUNODE_DEFAULT_CONFIG", "DEFAULT_CONFIG"],
+    default=None,
+    show_envvar=True,
+    help="The config to use when the node has no label (then one named 'default', then the only one).",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -210,9 +241,21 @@ def serve_command(
     metrics_addr: tuple[str, int] | None,
     mps_root: Path | None,
     config_file: Path | None,
+    config_dir: Path | None,
+    node_name: str | None,
+    config_label: str,
+    default_config: str | None,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
-    from gpunode.plugin.serve import serve
+    from gpunode.plugin.serve import NodeConfigs, serve
+
+    if config_file is not None and config_dir is not None:
+        raise click.UsageError("--config-file and --config-dir exclude each other: give one")
+    node_configs = None
+    if config_dir is not None:
+        if not node_name:
+            raise click.UsageError("--config-dir needs --node-name (NODE_NAME; in a DaemonSet, from spec.nodeName)")
+        node_configs = NodeConfigs(config_dir, node_name, config_label, default_config or None)
 
     config = PluginConfig(
         kubelet_dir=kubelet_dir.absolute(),
@@ -233,7 +276,7 @@ def serve_command(
     try:
         if config_file is not None:
             config = with_config_file(config, config_file, explicit_settings(ctx))
-        code = serve(config)
+        code = serve(config, node_configs, explicit_settings(ctx))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     raise click.exceptions.Exit(code)
