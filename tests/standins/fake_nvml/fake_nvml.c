@@ -751,9 +751,18 @@ static unsigned long long used_bytes(const struct fake_device *d) {
     return used > d->memory_bytes ? d->memory_bytes : used;
 }
 
+/* The telemetry file's `fail` error for a full GPU (memory is telemetry too), or 0. */
+static nvmlReturn_t telemetry_failure(const struct fake_device *d) {
+    if (d->is_mig)
+        return NVML_SUCCESS;
+    telemetry_refresh();
+    return d->t->fail;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *memory) {
     CHECK(d);
     if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
+    if (telemetry_failure(d)) return telemetry_failure(d);
     memory->total = d->memory_bytes;
     memory->used = used_bytes(d);
     memory->free = d->memory_bytes - memory->used;
@@ -765,6 +774,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *
     if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
     if (memory->version != (unsigned int)(sizeof(nvmlMemory_v2_t) | (2 << 24)))
         return 25; /* NVML_ERROR_ARGUMENT_VERSION_MISMATCH */
+    if (telemetry_failure(d)) return telemetry_failure(d);
     memory->total = d->memory_bytes;
     memory->reserved = 0;
     memory->used = used_bytes(d);
