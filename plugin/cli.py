@@ -193,7 +193,26 @@ def plugin_group() -> None:
     help="The kubelet's PodResources socket, for the pod, namespace and container labels of the telemetry. "
     "Default: pod-resources/kubelet.sock beside the --kubelet-dir; 'off': no pod labels.",
 )
+@click.option(
+    "--mps-root",
+    envvar=["GPUNODE_MPS_ROOT", "MPS_ROOT"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Host directory the MPS control daemon shares with its clients (NVIDIA's mpsRoot; for sharing.mps).",
+)
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file (version: v1): flags, resources, sharing. "
+    "Flags and GPUNODE_* variables given explicitly override it.",
+)
+@click.pass_context
 def serve_command(
+    ctx: click.Context,
     kubelet_dir: Path,
     resource_name: str,
     mig_strategy: str,
@@ -207,6 +226,8 @@ def serve_command(
     health_fatal_xids: frozenset[int],
     health_recovery_seconds: float,
     metrics_addr: tuple[str, int] | None,
+    mps_root: Path | None,
+    config_file: Path | None,
     node_name: str,
     pod_resources_socket: str,
 ) -> None:
@@ -235,20 +256,66 @@ def serve_command(
         health_fatal_xids=health_fatal_xids - health_ignore_xids,
         health_recovery_seconds=health_recovery_seconds,
         metrics_addr=metrics_addr,
+        mps_root=mps_root,
         node_name=node_name.strip(),
         pod_resources_socket=pod_socket,
     )
     try:
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
         code = serve(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     raise click.exceptions.Exit(code)
 
 
+# Options that NVIDIA's config file can also set: the file gives way to them only when
+# they were given (on the command line or in the environment).
+_FILE_SETTINGS = (
+    "mig_strategy",
+    "device_id_strategy",
+    "device_list_strategy",
+    "pass_device_specs",
+    "dev_root",
+    "fail_on_init_error",
+    "mps_root",
+)
+
+
+def explicit_settings(ctx: click.Context) -> frozenset[str]:
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return frozenset(name for name in _FILE_SETTINGS if ctx.get_parameter_source(name) in given)
+
+
+def with_config_file(config: PluginConfig, path: Path, explicit: frozenset[str]) -> PluginConfig:
+    from gpunode.plugin.log import log_event
+    from gpunode.plugin.nvidia_config import apply_file, load_config_file
+
+    file = load_config_file(path)
+    for note in file.notes:
+        log_event("config_note", file=path, note=note)
+    return apply_file(config, file, explicit)
+
+
 @plugin_group.command("list")
 @device_options
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str, output: str) -> None:
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file: show the devices (replicas, renamed resources) it gives.",
+)
+@click.pass_context
+def list_command(
+    ctx: click.Context,
+    resource_name: str,
+    mig_strategy: str,
+    device_id_strategy: str,
+    output: str,
+    config_file: Path | None,
+) -> None:
     """Show the devices, IDs, health and topology the plugin would advertise (from NVML)."""
     from gpunode.plugin.inventory_view import render_json, render_text
     from gpunode.plugin.nvml import NvmlInitError
@@ -260,7 +327,11 @@ def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str,
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
     )
     try:
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
         inventory, resources = load_devices(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     except NvmlInitError as exc:
         click.echo(exc.line(), err=True)
         raise click.exceptions.Exit(1) from exc

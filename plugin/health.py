@@ -9,8 +9,9 @@ The policy, per device:
 - any other XID makes the device Unhealthy until no further XID has hit it for the
   recovery period (`--health-recovery-seconds`; 0 disables recovery), then Healthy again.
 
-An XID on a whole GPU concerns every device on it (the GPU, or all its MIG devices); an
-XID that names a GPU and compute instance concerns that MIG device only.
+An XID on a whole GPU concerns every device on it (the GPU, or all its MIG devices, and
+every replica of a shared GPU); an XID that names a GPU and compute instance concerns that
+MIG device only (and its replicas).
 
 Every change bumps `version` and wakes the ListAndWatch streams waiting in `wait_for_change`.
 """
@@ -55,12 +56,13 @@ class HealthTracker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._states: dict[str, _DeviceHealth] = {}
+        # Keyed by (resource, advertised ID): replicas of a shared GPU share its UUID.
+        self._states: dict[tuple[str, str], _DeviceHealth] = {}
         self._by_gpu: dict[str, list[_DeviceHealth]] = {}
         for resource in resources:
             for device in resource.devices:
                 state = _DeviceHealth(resource=resource.name, device=device)
-                self._states[device.uuid] = state
+                self._states[(resource.name, device.id)] = state
                 self._by_gpu.setdefault(device.gpu.uuid, []).append(state)
         self.ignore_xids = ignore_xids
         self.fatal_xids = fatal_xids
@@ -73,9 +75,11 @@ class HealthTracker:
 
     # -- reading --
 
-    def health(self, uuid: str) -> str:
+    def health(self, device_id: str) -> str:
+        """The health of the device advertised as `device_id` (in whichever resource)."""
         with self._cond:
-            return HEALTHY if self._states[uuid].healthy else UNHEALTHY
+            state = next(s for (_, i), s in self._states.items() if i == device_id)
+            return HEALTHY if state.healthy else UNHEALTHY
 
     def snapshot(self, resource: str) -> list[tuple[PluginDevice, str]]:
         with self._cond:

@@ -126,6 +126,9 @@ def serve(config: PluginConfig) -> int:
         device_id_strategy=config.device_id_strategy,
         device_list_strategy=config.device_list_strategy,
         kubelet_dir=config.kubelet_dir,
+        config=config.config_source,
+        sharing=config.sharing.strategy,
+        replicas=",".join(f"{r.advertised_name}:{r.replicas}" for r in config.sharing.resources) or None,
     )
     for index in inventory.lost_indices:
         log_event("gpu_lost", gpu=index, at="start")
