@@ -195,3 +195,23 @@ def test_promtool_check_metrics_on_the_exposition(harness: PluginHarness) -> Non
     assert ours == [], ours
     camel = {name for (_, labels) in series(text) for name, _ in labels if re.search(r"[a-z][A-Z]", name)}
     assert camel == {"modelName"}
+
+
+def test_shared_replicas_and_index_ids_are_attributed_to_their_gpu() -> None:
+    from gpunode.plugin.pod_attribution import owners_from
+    from gpunode.plugin.podresources import api_pb2
+
+    def pod(ns: str, name: str, ids: list[str]) -> api_pb2.PodResources:
+        devices = [api_pb2.ContainerDevices(resource_name=GPU, device_ids=ids)]
+        return api_pb2.PodResources(
+            namespace=ns, name=name, containers=[api_pb2.ContainerResources(name="c", devices=devices)]
+        )
+
+    uuids = {"GPU-a": "GPU-a", "GPU-a::0": "GPU-a", "GPU-a::1": "GPU-a", "1": "GPU-b"}
+    response = api_pb2.ListPodResourcesResponse(
+        pod_resources=[pod("a", "one", ["GPU-a::0"]), pod("a", "two", ["GPU-a::1", "1"]), pod("x", "y", ["fpga"])]
+    )
+    assert owners_from(response, uuids) == {
+        "GPU-a": [("a", "one", "c"), ("a", "two", "c")],
+        "GPU-b": [("a", "two", "c")],
+    }
