@@ -24,6 +24,7 @@ from gpunode.plugin.config import (
     PluginConfig,
     parse_metrics_addr,
     parse_xid_list,
+    pod_resources_default,
     validate_resource_name,
 )
 
@@ -173,7 +174,24 @@ def plugin_group() -> None:
     default="",
     show_envvar=True,
     callback=_checked(parse_metrics_addr),
-    help="host:port to serve Prometheus metrics on /metrics (off when empty).",
+    help="host:port to serve Prometheus metrics on /metrics: GPU telemetry named as dcgm-exporter names it, "
+    "and the plugin's own counters (off when empty).",
+)
+@click.option(
+    "--node-name",
+    envvar="GPUNODE_NODE_NAME",
+    default="",
+    show_envvar=True,
+    help="The Node this plugin runs on (the DaemonSet sets spec.nodeName); the Hostname label of the "
+    "telemetry. Default: the host name.",
+)
+@click.option(
+    "--pod-resources-socket",
+    envvar="GPUNODE_POD_RESOURCES_SOCKET",
+    default="",
+    show_envvar=True,
+    help="The kubelet's PodResources socket, for the pod, namespace and container labels of the telemetry. "
+    "Default: pod-resources/kubelet.sock beside the --kubelet-dir; 'off': no pod labels.",
 )
 @click.option(
     "--mps-root",
@@ -210,12 +228,22 @@ def serve_command(
     metrics_addr: tuple[str, int] | None,
     mps_root: Path | None,
     config_file: Path | None,
+    node_name: str,
+    pod_resources_socket: str,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
     from gpunode.plugin.serve import serve
 
+    kubelet_dir = kubelet_dir.absolute()
+    if pod_resources_socket.strip() in ("off", "none"):
+        pod_socket: Path | None = None
+    elif pod_resources_socket.strip():
+        pod_socket = Path(pod_resources_socket.strip()).absolute()
+    else:
+        pod_socket = pod_resources_default(kubelet_dir)
+
     config = PluginConfig(
-        kubelet_dir=kubelet_dir.absolute(),
+        kubelet_dir=kubelet_dir,
         resource_name=resource_name,
         mig_strategy=mig_strategy,  # type: ignore[arg-type]  # click.Choice checked it
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
@@ -229,6 +257,8 @@ def serve_command(
         health_recovery_seconds=health_recovery_seconds,
         metrics_addr=metrics_addr,
         mps_root=mps_root,
+        node_name=node_name.strip(),
+        pod_resources_socket=pod_socket,
     )
     try:
         if config_file is not None:
