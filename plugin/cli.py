@@ -24,6 +24,7 @@ from gpunode.plugin.config import (
     PluginConfig,
     parse_metrics_addr,
     parse_xid_list,
+    pod_resources_default,
     validate_resource_name,
 )
 
@@ -173,7 +174,24 @@ def plugin_group() -> None:
     default="",
     show_envvar=True,
     callback=_checked(parse_metrics_addr),
-    help="host:port to serve Prometheus metrics on /metrics (off when empty).",
+    help="host:port to serve Prometheus metrics on /metrics: GPU telemetry named as dcgm-exporter names it, "
+    "and the plugin's own counters (off when empty).",
+)
+@click.option(
+    "--node-name",
+    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
+    default="",
+    show_envvar=True,
+    help="The Node this plugin runs on (the DaemonSet sets spec.nodeName); the Hostname label of the "
+    "telemetry, and the node whose label chooses the config with --config-dir. Default: the host name.",
+)
+@click.option(
+    "--pod-resources-socket",
+    envvar="GPUNODE_POD_RESOURCES_SOCKET",
+    default="",
+    show_envvar=True,
+    help="The kubelet's PodResources socket, for the pod, namespace and container labels of the telemetry. "
+    "Default: pod-resources/kubelet.sock beside the --kubelet-dir; 'off': no pod labels.",
 )
 @click.option(
     "--mps-root",
@@ -200,13 +218,6 @@ def plugin_group() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Per-node config: a directory of named configs (a mounted ConfigMap); the node label "
     "--config-label chooses one, and a change of either is applied without a restart.",
-)
-@click.option(
-    "--node-name",
-    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
-    default=None,
-    show_envvar=True,
-    help="This node's name, whose label chooses the config (with --config-dir).",
 )
 @click.option(
     "--config-label",
@@ -242,9 +253,10 @@ def serve_command(
     mps_root: Path | None,
     config_file: Path | None,
     config_dir: Path | None,
-    node_name: str | None,
     config_label: str,
     default_config: str | None,
+    node_name: str,
+    pod_resources_socket: str,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
     from gpunode.plugin.serve import NodeConfigs, serve
@@ -253,12 +265,20 @@ def serve_command(
         raise click.UsageError("--config-file and --config-dir exclude each other: give one")
     node_configs = None
     if config_dir is not None:
-        if not node_name:
+        if not node_name.strip():
             raise click.UsageError("--config-dir needs --node-name (NODE_NAME; in a DaemonSet, from spec.nodeName)")
-        node_configs = NodeConfigs(config_dir, node_name, config_label, default_config or None)
+        node_configs = NodeConfigs(config_dir, node_name.strip(), config_label, default_config or None)
+
+    kubelet_dir = kubelet_dir.absolute()
+    if pod_resources_socket.strip() in ("off", "none"):
+        pod_socket: Path | None = None
+    elif pod_resources_socket.strip():
+        pod_socket = Path(pod_resources_socket.strip()).absolute()
+    else:
+        pod_socket = pod_resources_default(kubelet_dir)
 
     config = PluginConfig(
-        kubelet_dir=kubelet_dir.absolute(),
+        kubelet_dir=kubelet_dir,
         resource_name=resource_name,
         mig_strategy=mig_strategy,  # type: ignore[arg-type]  # click.Choice checked it
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
@@ -272,6 +292,8 @@ def serve_command(
         health_recovery_seconds=health_recovery_seconds,
         metrics_addr=metrics_addr,
         mps_root=mps_root,
+        node_name=node_name.strip(),
+        pod_resources_socket=pod_socket,
     )
     try:
         if config_file is not None:

@@ -61,6 +61,11 @@ class PluginConfig:
     mig_resources: tuple[ResourcePattern, ...] = ()
     sharing: Sharing = NO_SHARING
     config_source: str | None = None  # the config file (or named config) these came from
+    # The Node this plugin runs on (the DaemonSet passes spec.nodeName); the host name when empty.
+    node_name: str = ""
+    # The kubelet's PodResources socket, for pod attribution of the telemetry; None: off.
+    # Default (see pod_resources_default): <kubelet root>/pod-resources/kubelet.sock.
+    pod_resources_socket: Path | None = None
 
     @property
     def kubelet_socket(self) -> Path:
@@ -69,6 +74,11 @@ class PluginConfig:
     @property
     def resource_domain(self) -> str:
         return self.resource_name.split("/", 1)[0]
+
+
+def pod_resources_default(kubelet_dir: Path) -> Path:
+    """The kubelet serves PodResources next to its device-plugins directory."""
+    return kubelet_dir.parent / "pod-resources" / "kubelet.sock"
 
 
 def validate_resource_name(name: str) -> str:

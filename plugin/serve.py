@@ -56,6 +56,28 @@ def load_devices(config: PluginConfig) -> tuple[Inventory, list[Resource]]:
     return inventory, plan_resources(inventory, config)
 
 
+def _start_telemetry(
+    config: PluginConfig, inventory: Inventory, resources: list[Resource], metrics: Metrics, registry: Any
+) -> None:
+    """GPU telemetry on the metrics endpoint, with pod attribution when the kubelet offers it."""
+    import socket
+
+    from gpunode.plugin.pod_attribution import PodAttribution, device_uuids
+    from gpunode.plugin.telemetry import GpuTelemetry
+
+    owners = None
+    if config.pod_resources_socket is not None:
+        owners = PodAttribution(config.pod_resources_socket, device_uuids(resources))
+    hostname = config.node_name or socket.gethostname()
+    registry.register(GpuTelemetry(inventory, hostname, metrics.xids, owners))
+    log_event(
+        "telemetry",
+        gpus=len(inventory.gpus),
+        hostname=hostname,
+        pod_resources=config.pod_resources_socket or "off",
+    )
+
+
 def _idle_after_init_failure(line: str) -> int:
     # No handlers: block the signals and wait for one, waking only to repeat the line.
     stop = {signal.SIGTERM, signal.SIGINT}
@@ -91,10 +113,11 @@ def _config_for(base: PluginConfig, choice: Choice, directory: Path, explicit: f
 def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explicit: frozenset[str] = frozenset()) -> int:
     """Run the plugin; returns the process exit code."""
     metrics = Metrics()
+    metrics_server = None
     if config.metrics_addr is not None:
         host, port = config.metrics_addr
         try:
-            serve_metrics(config.metrics_addr, metrics)
+            metrics_server = serve_metrics(config.metrics_addr, metrics)
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
@@ -180,6 +203,9 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
             monitor.start()
     else:
         log_event("health_checks", enabled="false")
+
+    if metrics_server is not None:
+        _start_telemetry(config, inventory, resources, metrics, metrics_server.registry)
 
     manager = PluginManager(config, resources, tracker, inventory.topology, metrics, on_ready=_ready)
     if watcher is not None and node_configs is not None and choice is not None:
