@@ -72,6 +72,40 @@ def _start_telemetry(
     )
 
 
+def _start_node_labels(config: PluginConfig, inventory: Inventory) -> None:
+    """GFD's labels, kept current by a thread: NFD's feature file, or a patch of the own Node."""
+    from gpunode.plugin.feature_labels import feature_labels
+    from gpunode.plugin.node_labeller import NodeLabeller, OwnNodeClient
+    from gpunode.plugin.nvml import gpu_is_lost
+
+    mode = config.node_labels
+    if mode == "auto":
+        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(config.node_name)
+        mode = "nfd" if config.nfd_features_dir.is_dir() else ("node" if in_pod else "off")
+    if mode == "off":
+        log_event("node_labels", state="off", reason="asked" if config.node_labels == "off" else "no NFD, not in a pod")
+        return
+    try:
+        machine = config.machine_type_file.read_text(errors="replace").strip()
+    except OSError:
+        machine = "unknown"
+    client = None
+    if mode == "node":
+        try:
+            client = OwnNodeClient.in_cluster(config.node_name, config.service_account_dir)
+        except (ValueError, OSError) as exc:
+            log_event("node_labels", state="off", reason=str(exc))
+            return
+
+    def wanted() -> dict[str, str]:
+        lost = frozenset(gpu.uuid for gpu in inventory.gpus if gpu_is_lost(gpu.uuid))
+        return feature_labels(inventory, config, machine, lost)
+
+    nfd_dir = config.nfd_features_dir if mode == "nfd" else None
+    log_event("node_labels", via=mode, node=config.node_name or None, interval=f"{config.node_labels_interval:g}")
+    NodeLabeller(wanted, client, nfd_dir, config.node_labels_interval).start()
+
+
 def _idle_after_init_failure(line: str) -> int:
     # No handlers: block the signals and wait for one, waking only to repeat the line.
     stop = {signal.SIGTERM, signal.SIGINT}
@@ -171,6 +205,7 @@ def serve(config: PluginConfig) -> int:
     else:
         log_event("health_checks", enabled="false")
 
+    _start_node_labels(config, inventory)
     if metrics_server is not None:
         _start_telemetry(config, inventory, resources, metrics, metrics_server.registry)
 
