@@ -112,16 +112,22 @@ class NodeLabeller(threading.Thread):
         self._nfd_dir = nfd_dir
         self._interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._last_problem: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Apply now (the config in force changed), not at the end of the interval."""
+        self._wake.set()
 
     def run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             self.apply_once()
-            if self._stop.wait(self._interval):
-                return
+            self._wake.wait(self._interval)
+            self._wake.clear()
 
     def _problem(self, problem: str | None, **fields: object) -> None:
         if problem != self._last_problem:
