@@ -179,11 +179,11 @@ def plugin_group() -> None:
 )
 @click.option(
     "--node-name",
-    envvar="GPUNODE_NODE_NAME",
+    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
     default="",
     show_envvar=True,
     help="The Node this plugin runs on (the DaemonSet sets spec.nodeName); the Hostname label of the "
-    "telemetry. Default: the host name.",
+    "telemetry, and the node whose label chooses the config with --config-dir. Default: the host name.",
 )
 @click.option(
     "--pod-resources-socket",
@@ -210,6 +210,30 @@ def plugin_group() -> None:
     help="NVIDIA's device plugin config file (version: v1): flags, resources, sharing. "
     "Flags and GPUNODE_* variables given explicitly override it.",
 )
+@click.option(
+    "--config-dir",
+    envvar=["GPUNODE_CONFIG_DIR", "CONFIG_FILE_SRCDIR"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Per-node config: a directory of named configs (a mounted ConfigMap); the node label "
+    "--config-label chooses one, and a change of either is applied without a restart.",
+)
+@click.option(
+    "--config-label",
+    envvar=["GPUNODE_CONFIG_LABEL", "NODE_LABEL"],
+    default="nvidia.com/device-plugin.config",
+    show_default=True,
+    show_envvar=True,
+    help="The node label naming the config to use (with --config-dir).",
+)
+@click.option(
+    "--default-config",
+    envvar=["GPUNODE_DEFAULT_CONFIG", "DEFAULT_CONFIG"],
+    default=None,
+    show_envvar=True,
+    help="The config to use when the node has no label (then one named 'default', then the only one).",
+)
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -228,11 +252,22 @@ def serve_command(
     metrics_addr: tuple[str, int] | None,
     mps_root: Path | None,
     config_file: Path | None,
+    config_dir: Path | None,
+    config_label: str,
+    default_config: str | None,
     node_name: str,
     pod_resources_socket: str,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
-    from gpunode.plugin.serve import serve
+    from gpunode.plugin.serve import NodeConfigs, serve
+
+    if config_file is not None and config_dir is not None:
+        raise click.UsageError("--config-file and --config-dir exclude each other: give one")
+    node_configs = None
+    if config_dir is not None:
+        if not node_name.strip():
+            raise click.UsageError("--config-dir needs --node-name (NODE_NAME; in a DaemonSet, from spec.nodeName)")
+        node_configs = NodeConfigs(config_dir, node_name.strip(), config_label, default_config or None)
 
     kubelet_dir = kubelet_dir.absolute()
     if pod_resources_socket.strip() in ("off", "none"):
@@ -263,7 +298,7 @@ def serve_command(
     try:
         if config_file is not None:
             config = with_config_file(config, config_file, explicit_settings(ctx))
-        code = serve(config)
+        code = serve(config, node_configs, explicit_settings(ctx))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     raise click.exceptions.Exit(code)

@@ -99,6 +99,18 @@ class HealthTracker:
         with self._cond:
             self._cond.notify_all()
 
+    def fatal_gpus(self) -> set[str]:
+        """GPUs (UUIDs) with a fatal fault or lost: a new tracker must not forget them."""
+        with self._cond:
+            return {uuid for uuid, states in self._by_gpu.items() if any(s.fatal for s in states)}
+
+    def inherit_fatal(self, gpu_uuids: set[str]) -> None:
+        """Devices on these GPUs start Unhealthy for good (after a config switch)."""
+        with self._cond:
+            targets = [s for uuid in gpu_uuids for s in self._by_gpu.get(uuid, [])]
+            if targets:
+                self._mark(targets, xid=None, fatal=True)
+
     # -- events --
 
     def _targets(self, event: NvmlEvent) -> list[_DeviceHealth]:
@@ -236,6 +248,10 @@ class HealthMonitor(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+    def use(self, tracker: HealthTracker) -> None:
+        """Feed another tracker from now on (the plugin's config changed)."""
+        self._tracker = tracker
 
     def run(self) -> None:
         while not self._stop.is_set():

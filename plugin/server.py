@@ -348,7 +348,32 @@ class PluginManager:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def reconfigure(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker) -> None:
+        """Serve `resources` under `config` from now on: every server is replaced and
+        registers again (called from the config watcher's thread)."""
+        self._events.put(("reconfigure", (config, resources, tracker)))
+
     # -- the manager thread --
+
+    def _reconfigure(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker) -> None:
+        for name, server in self._servers.items():
+            server.stop()
+            self._metrics.unregistered(name)
+        self._servers.clear()
+        self._registered_with.clear()
+        self._config, self._resources, self._tracker = config, resources, tracker
+        for resource in resources:
+            self._servers[resource.name] = self._new_server(resource)
+            self._registered_with[resource.name] = None
+        log_event(
+            "reconfigured",
+            config=config.config_source,
+            resources=",".join(f"{r.name}:{len(r.devices)}" for r in resources),
+        )
+        self._restarted_at = time.monotonic()
+        self._attempts = 0
+        self._backoff = BACKOFF_FIRST
+        self._retry_at = time.monotonic()
 
     def _new_server(self, resource: Resource) -> ResourceServer:
         service = DevicePluginService(
@@ -461,6 +486,9 @@ class PluginManager:
                     break
                 if kind == "dir":
                     self._check_directory()
+                elif kind == "reconfigure":
+                    assert isinstance(arg, tuple)
+                    self._reconfigure(*arg)
                 elif kind == "stream_ended":
                     assert isinstance(arg, DevicePluginService)
                     current = self._servers.get(arg.resource.name)
