@@ -13,6 +13,7 @@ from gpunode.plugin.xids import with_treatment
 MigStrategy = Literal["none", "single", "mixed"]
 DeviceIdStrategy = Literal["uuid", "index"]
 DeviceListStrategy = Literal["envvar", "cdi"]
+NodeLabelsMode = Literal["auto", "nfd", "node", "off"]
 AllocationPolicy = Literal["distributed", "packed"]
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
@@ -25,6 +26,7 @@ DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
 DEFAULT_IGNORED_XIDS = with_treatment("ignored")
 DEFAULT_FATAL_XIDS = with_treatment("fatal")
 DEFAULT_RECOVERY_SECONDS = 60.0
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # A unix socket path must fit sockaddr_un.sun_path (108 bytes with the trailing NUL).
 MAX_SOCKET_PATH = 107
@@ -68,6 +70,13 @@ class PluginConfig:
     # The kubelet's PodResources socket, for pod attribution of the telemetry; None: off.
     # Default (see pod_resources_default): <kubelet root>/pod-resources/kubelet.sock.
     pod_resources_socket: Path | None = None
+    # GFD's node labels: "auto" (NFD's feature file when NFD runs, else patch the own Node),
+    # "nfd", "node" or "off"; re-applied every node_labels_interval seconds.
+    node_labels: NodeLabelsMode = "auto"
+    node_labels_interval: float = 60.0
+    nfd_features_dir: Path = Path("/etc/kubernetes/node-feature-discovery/features.d")
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR
+    machine_type_file: Path = Path("/sys/class/dmi/id/product_name")
 
     @property
     def kubelet_socket(self) -> Path:

@@ -7,6 +7,7 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
+from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.cli.render_alerts import alerts_command
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.core.kube.manifests import (
@@ -33,6 +34,9 @@ _MANIFEST_OPTIONS = (
     "mig_strategy",
     "kubelet_root",
     "fail_on_init_error",
+    "plugin_config",
+    "sharing",
+    "replicas",
 )
 
 
@@ -94,6 +98,7 @@ _MANIFEST_OPTIONS = (
     show_default=True,
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
+@plugin_config_options
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -106,6 +111,9 @@ def render(
     mig_strategy: str,
     kubelet_root: str,
     fail_on_init_error: bool,
+    plugin_config: tuple[str, ...],
+    sharing: str | None,
+    replicas: int | None,
 ) -> None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
 
@@ -113,6 +121,10 @@ def render(
     Example, for a Debian 12 node with driver 535.261.03:
       gpunode render --lib-path \\
         /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 | kubectl apply -f -
+
+    With --plugin-config or --sharing, also the ConfigMap of device plugin configs and the
+    service account that lets the plugin read its node's label nvidia.com/device-plugin.config:
+      gpunode render --lib-path ... --sharing time-slicing --replicas 4
 
     The options below apply to these manifests only. Other configuration (such as the
     containerd drop-in) is printed by the subcommands listed under Commands, each with
@@ -155,6 +167,7 @@ def render(
         namespace=namespace,
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
+        plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
     )
     click.echo(render_manifests(deployment), nl=False)
 
