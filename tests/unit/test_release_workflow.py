@@ -83,6 +83,14 @@ def test_release_pushes_the_default_image_for_both_architectures_and_the_wheel()
     publish = workflow["jobs"]["pypi"]
     assert publish["permissions"] == {"id-token": "write"}
     assert any(str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish") for s in publish["steps"])
+    # The wheel is built after the push and records it: bootstrap then knows its default exists.
+    wheel = workflow["jobs"]["wheel"]
+    assert "image" in wheel["needs"]
+    marker = next(s for s in wheel["steps"] if "published-image.txt" in str(s.get("run", "")))
+    assert marker["run"] == 'echo "${IMAGE}:${VERSION}" > bootstrap/image/published-image.txt'
+    assert wheel["steps"].index(marker) < next(
+        i for i, s in enumerate(wheel["steps"]) if "build --outdir" in str(s.get("run"))
+    )
     archives = workflow["jobs"]["archive"]
     assert {m["arch"] for m in archives["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
     assert any("gpunode image build" in str(s.get("run", "")) for s in archives["steps"])
