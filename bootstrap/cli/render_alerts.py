@@ -4,7 +4,9 @@ Prometheus rule file. Offline: nothing is read from a cluster."""
 from __future__ import annotations
 
 import click
+import yaml
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome, output_option
 from gpunode.bootstrap.core.kube.alerts import (
     DEFAULT_DAEMONSET_REGEX,
     DEFAULT_GPU_NODE_LABELS,
@@ -13,6 +15,11 @@ from gpunode.bootstrap.core.kube.alerts import (
     render_rule_file,
 )
 from gpunode.bootstrap.errors import UserError
+
+
+def yaml_documents(text: str) -> list[object]:
+    """A YAML stream gpunode rendered, as the JSON body's `documents`."""
+    return [document for document in yaml.safe_load_all(text) if document is not None]
 
 
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
@@ -25,7 +32,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-@click.command("alerts")
+@click.command("alerts", cls=ContractCommand, empty_body={"documents": []})
 @click.option(
     "--plain", is_flag=True, help="A plain Prometheus rule file (for rule_files:) instead of a PrometheusRule."
 )
@@ -44,7 +51,8 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     default=DEFAULT_DAEMONSET_REGEX,
     show_default=True,
     metavar="RE",
-    help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's).",
+    help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's). "
+    "RE2 syntax, as Prometheus matches it (no lookaround, no backreferences).",
 )
 @click.option(
     "--namespace", default="monitoring", show_default=True, metavar="NS", help="The PrometheusRule's namespace."
@@ -57,9 +65,15 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="A label on the PrometheusRule, for the Prometheus Operator's ruleSelector "
     "(e.g. release=kube-prometheus-stack).",
 )
+@output_option
 def alerts_command(
-    plain: bool, gpu_node_labels: tuple[str, ...], daemonset_regex: str, namespace: str, rule_labels: tuple[str, ...]
-) -> None:
+    plain: bool,
+    gpu_node_labels: tuple[str, ...],
+    daemonset_regex: str,
+    namespace: str,
+    rule_labels: tuple[str, ...],
+    output: str,
+) -> Outcome:
     """Print the alert rules that catch a GPU node that stopped advertising its GPUs.
 
     \b
@@ -78,4 +92,5 @@ def alerts_command(
         namespace=namespace,
         rule_labels=_labels(rule_labels),
     )
-    click.echo(render_rule_file(options) if plain else render_prometheus_rule(options), nl=False)
+    text = render_rule_file(options) if plain else render_prometheus_rule(options)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)

@@ -92,13 +92,13 @@ def check_options(options: AlertOptions) -> None:
                 f"{value!r} is not a Kubernetes label value.",
                 fix="give --gpu-node-label as KEY or KEY=VALUE with a plain value",
             )
-    try:
-        re.compile(options.daemonset_regex)
-    except re.error as exc:
+    problem = re2_problem(options.daemonset_regex)
+    if problem is not None:
         raise UserError(
-            f"--daemonset-regex {options.daemonset_regex!r} is not a regular expression ({exc}).",
-            fix="give an RE2 expression such as .*device-plugin.*",
-        ) from None
+            f"--daemonset-regex {options.daemonset_regex!r} is not an RE2 regular expression, "
+            f"the syntax Prometheus uses ({problem}).",
+            fix="give an RE2 expression such as .*device-plugin.* (RE2 has no lookaround and no backreferences)",
+        )
     if not _DNS_LABEL.match(options.namespace):
         raise UserError(f"{options.namespace!r} is not a namespace name.", fix="use e.g. monitoring")
     for key, value in options.rule_labels.items():
@@ -106,6 +106,22 @@ def check_options(options: AlertOptions) -> None:
             raise UserError(
                 f"{key}={value} is not a Kubernetes label.", fix="give --label KEY=VALUE, e.g. release=prometheus"
             )
+
+
+def re2_problem(pattern: str) -> str | None:
+    """Why Prometheus would refuse `pattern`, or None. Prometheus matches label values with
+    Go's regexp, which is RE2: Python's `re` accepts lookarounds and backreferences that
+    RE2 rejects, so only RE2 itself can say (google-re2, the RE2 library's own binding)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would also log the error on stderr through absl
+    try:
+        re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+    return None
 
 
 def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
