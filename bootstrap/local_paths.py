@@ -34,3 +34,24 @@ def check_local_file(what: str, path: str, *, directory: bool = False, may_be_mi
     if not os.access(expanded, os.R_OK | (os.X_OK if directory else 0)):
         raise UserError(f"{what} {path} cannot be read by this user.", fix=f"check the permissions of {path}")
     return expanded
+
+
+def state_dir() -> Path:
+    """Where gpunode keeps what only a bug report needs (full traces): the XDG state
+    directory ($XDG_STATE_HOME/gpunode, else ~/.local/state/gpunode)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "gpunode"
+
+
+def append_private(name: str, text: str) -> Path | None:
+    """Append `text` to a file of the state directory readable by its owner only; None when
+    no such file can be written (then there is nowhere to keep it)."""
+    directory = state_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError:
+        return None
+    return directory / name

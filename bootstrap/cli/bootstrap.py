@@ -254,13 +254,18 @@ def bootstrap(
     )
     pyinfra_inventory = make_inventory(hosts, inventory, override)
     check_inventory(pyinfra_inventory, settings, inventory or "command line")
-    progress = BootstrapProgress()
+    progress = BootstrapProgress(executing=yes and not dry_run)
     set_interrupt_report(ctx, progress.interrupt_report)
+
+    def confirm(plan: str) -> bool:
+        progress.executing = _confirm(plan)
+        return progress.executing
+
     request = BootstrapRequest(
         overrides=settings,
         dry_run=dry_run,
         parallel=parallel,
-        confirm=None if (yes or dry_run) else _confirm,
+        confirm=None if (yes or dry_run) else confirm,
         progress=progress,
         cluster=cluster,
     )

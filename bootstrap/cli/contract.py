@@ -35,6 +35,7 @@ import click
 
 from gpunode.bootstrap.cli.messages import escape_controls, one_paragraph, problem_and_fix
 from gpunode.bootstrap.errors import GpunodeError, UserError
+from gpunode.bootstrap.local_paths import state_dir
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -155,8 +156,7 @@ def _write_trace() -> str:
     text = traceback.format_exc()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = f"crash-{stamp}-{os.getpid()}.txt"
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    for directory in (os.path.join(state_home, "gpunode"), tempfile.gettempdir()):
+    for directory in (str(state_dir()), tempfile.gettempdir()):
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             path = os.path.join(directory, name)
@@ -219,7 +219,8 @@ def _interrupted(run: _Run, ctx: click.Context, exc: BaseException) -> int:
         )
     else:
         report = InterruptReport(f"{what}: {report.problem}", report.fix, report.body)
-    run.fail(code, escape_controls(report.problem), escape_controls(report.fix), "interrupted", report.body)
+    problem, fix = problem_and_fix(GpunodeError(report.problem, report.fix))
+    run.fail(code, problem, fix, "interrupted", report.body)
     return code
 
 

@@ -31,6 +31,8 @@ class _HostProgress:
 class BootstrapProgress:
     """Prints progress lines and remembers, per host, which steps were begun and ended."""
 
+    # True once planned changes may be carried out: from the start with --yes, else when
+    # the user has confirmed the plan. Before that, a planned change has not begun.
     executing: bool = False
     hosts: dict[str, _HostProgress] = field(default_factory=dict)
 
@@ -46,7 +48,6 @@ class BootstrapProgress:
         elif state in _DONE:
             if step in host.pending:
                 host.pending.remove(step)
-                self.executing = True  # a planned change has been carried out: hosts are being changed
             host.done.append(step + (" FAILED" if state in ("FAILED", "failed") else ""))
 
     def interrupt_report(self) -> InterruptReport:
