@@ -16,6 +16,7 @@ from gpunode.bootstrap.cli.contract import (
     set_interrupt_report,
 )
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.report import format_reports
@@ -146,7 +147,7 @@ def _confirm(plan: str) -> bool:
 @toleration_option
 @click.option(
     "--rollout-timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=180,
     show_default=True,
     metavar="SECONDS",
@@ -154,7 +155,7 @@ def _confirm(plan: str) -> bool:
 )
 @click.option(
     "--verify-timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=120,
     show_default=True,
     metavar="SECONDS",

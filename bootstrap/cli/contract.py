@@ -182,7 +182,8 @@ def _where(exc: BaseException) -> str:
         name = name[len(root) + 1 :] if name.startswith(root + os.sep) else os.path.basename(name)
         return f"{name}:{frame.lineno}"
 
-    ours = [f for f in frames if f.filename.startswith(root + os.sep) and f.filename != __file__]
+    own = tuple(os.path.join(root, part) + os.sep for part in ("bootstrap", "plugin"))
+    ours = [f for f in frames if f.filename.startswith(own) and f.filename != __file__]
     last = frames[-1]
     if ours and ours[-1] is not last:
         return f"{shown(ours[-1])} (raised in {shown(last)})"
@@ -224,11 +225,20 @@ def _interrupted(run: _Run, ctx: click.Context, exc: BaseException) -> int:
     return code
 
 
+def _output_of(ctx: click.Context) -> str:
+    """--output as parsed, unless it was not given here: then as the raw arguments say (a
+    group fails before its subcommand has parsed the --output given to it)."""
+    given = ctx.params.get("output")
+    if given and ctx.get_parameter_source("output") is not click.core.ParameterSource.DEFAULT:
+        return str(given)
+    return _sniff_output(ctx.meta.get(_ARGV, sys.argv[1:]))
+
+
 def _guard(ctx: click.Context, empty_body: Mapping[str, Any], invoke: Callable[[], Any], *, leaf: bool) -> Any:
     """Run a command's callback under the contract; returns what click should return."""
     run = _Run(
         command=_command_name(ctx.command_path),
-        output=str(ctx.params.get("output") or _sniff_output(ctx.meta.get(_ARGV, sys.argv[1:]))),
+        output=_output_of(ctx),
         dry_run=bool(ctx.params.get("dry_run", False)),
         empty_body=empty_body,
     )
@@ -272,7 +282,7 @@ def _guard(ctx: click.Context, empty_body: Mapping[str, Any], invoke: Callable[[
             EXIT_FAILED,
             f"internal error (a bug in gpunode): {escape_controls(type(exc).__name__)} at {where}; "
             f"the full trace is in {path}.",
-            "report it with that file; nothing in your input is known to be wrong.",
+            "Report it with that file; nothing in your input is known to be wrong.",
             "internal",
         )
         code = EXIT_FAILED

@@ -6,6 +6,7 @@ import click
 
 from gpunode.bootstrap.cli.contract import EXIT_BAD_INPUT, ContractCommand, Outcome, output_option
 from gpunode.bootstrap.errors import GpunodeError, UserError
+from gpunode.bootstrap.local_paths import check_local_file
 
 
 def _text(value: object) -> str | None:
@@ -86,6 +87,8 @@ def doctor(
 
     target_pod = None
     inventory_object = None
+    if kubeconfig is not None and not kube_host:
+        check_local_file("--kubeconfig", kubeconfig)
     if no_cluster and (kubeconfig or context or kube_host or pod):
         raise UserError(
             "--no-cluster leaves kubectl out, but --kubeconfig, --context, --kube-host or --pod need it.",

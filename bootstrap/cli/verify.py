@@ -13,6 +13,7 @@ from gpunode.bootstrap.cli.contract import (
     output_option,
 )
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE
 from gpunode.bootstrap.errors import GpunodeError, UserError
 
@@ -28,7 +29,7 @@ from gpunode.bootstrap.errors import GpunodeError, UserError
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=60,
     show_default=True,
     metavar="SECONDS",
@@ -54,7 +55,7 @@ from gpunode.bootstrap.errors import GpunodeError, UserError
 @click.option("--workload-namespace", default="default", show_default=True, metavar="NS")
 @click.option(
     "--workload-timeout",
-    type=click.FloatRange(1, 3600),
+    type=FiniteFloatRange(1, 3600),
     default=120,
     show_default=True,
     metavar="SECONDS",
@@ -101,7 +102,7 @@ def verify(
     from gpunode.bootstrap.cluster.verify import VerifyRequest, verify_nodes
 
     for name in nodes:
-        if not name or len(name) > 253 or any(c in name for c in " \t\n\0/"):
+        if not name or len(name) > 253 or any(c in " /" or ord(c) < 32 or ord(c) == 127 for c in name):
             raise UserError(
                 f"{name!r} is not a node name (at most 253 characters, no spaces or '/').",
                 fix="give node names as `kubectl get nodes` shows them",

@@ -122,6 +122,12 @@ def _inventory_error(source: str, exc: BaseException) -> UserError:
         if frame.f_code.co_filename == getattr(exc, "filename", None):
             line = f" at line {lineno}"
     name = type(inner).__name__
+    connector = re.search(r"Invalid connector: (\S+)", str(inner)) if name == "NoConnectorError" else None
+    if connector:
+        try:
+            check_host_name("@" + connector.group(1), f"{source}: host")
+        except UserError as exc:
+            return exc
     if name == "NoConnectorError":
         return UserError(f"{source}: {inner}.", fix="use @local for this machine, or a host name for SSH")
     return UserError(f"Inventory file {source} failed{line}: {name}: {inner}.", fix=fix)
