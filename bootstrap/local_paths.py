@@ -18,7 +18,7 @@ def check_local_file(what: str, path: str, *, directory: bool = False, may_be_mi
     if not path or any(c in path for c in "\n\0"):
         raise UserError(f"{what} {path!r} is not a path.", fix=f"give {what} the path of a {kind}")
     if not expanded.exists():
-        if may_be_missing and not os.path.lexists(expanded) and expanded.parent.is_dir():
+        if may_be_missing and not os.path.lexists(expanded):
             return expanded
         if os.path.lexists(expanded):
             problem = f"{what} {path} is a symlink that leads nowhere (its target is missing, or the links loop)."

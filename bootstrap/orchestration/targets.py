@@ -23,6 +23,7 @@ def ssh_data(
     config_file: str | None,
     known_hosts: str | None,
     sudo: bool | None,
+    strict_host_keys: bool = False,
 ) -> dict[str, Any]:
     """pyinfra host data for the SSH flags that were given (flags override inventory data)."""
     data: dict[str, Any] = {}
@@ -40,6 +41,8 @@ def ssh_data(
         data["ssh_known_hosts_file"] = str(check_local_file("--known-hosts", known_hosts, may_be_missing=True))
     if sudo is not None:
         data["_sudo"] = sudo
+    if strict_host_keys:
+        data["ssh_strict_host_key_checking"] = "yes"
     return data
 
 

@@ -250,6 +250,7 @@ CASES: list[Case] = [
     Case("render-manifest-option-on-subcommand", ["render", "--lib-path", "/x", "alerts"], words=("--lib-path",)),
     Case("alerts-lookahead", ["render", "alerts", "--daemonset-regex", "(?=dev).*"], words=("RE2", "(?=")),
     Case("alerts-backreference", ["render", "alerts", "--daemonset-regex", "(a)\\1"], words=("RE2",)),
+    Case("alerts-job-lookbehind", ["render", "alerts", "--plugin-job-regex", "(?<=x)y"], words=("RE2",)),
     Case("alerts-label-bad", ["render", "alerts", "--label", "novalue"], words=("KEY=VALUE",)),
     Case("alerts-node-label-control", ["render", "alerts", "--gpu-node-label", OSC_TITLE], words=("\\x1b",)),
     Case("alerts-namespace-huge", ["render", "alerts", "--namespace", "a" * 10_000]),
