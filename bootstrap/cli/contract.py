@@ -229,7 +229,7 @@ def _output_of(ctx: click.Context) -> str:
     """--output as parsed, unless it was not given here: then as the raw arguments say (a
     group fails before its subcommand has parsed the --output given to it)."""
     given = ctx.params.get("output")
-    if given and ctx.get_parameter_source("output") is not click.core.ParameterSource.DEFAULT:
+    if given in ("text", "json") and ctx.get_parameter_source("output") is not click.core.ParameterSource.DEFAULT:
         return str(given)
     return _sniff_output(ctx.meta.get(_ARGV, sys.argv[1:]))
 

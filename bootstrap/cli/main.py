@@ -16,6 +16,7 @@ import click
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.contract import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractGroup
 from gpunode.bootstrap.cli.doctor import doctor
+from gpunode.bootstrap.cli.image import image
 from gpunode.bootstrap.cli.messages import escape_controls, one_paragraph
 from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.cli.verify import verify
@@ -44,12 +45,16 @@ cli.add_command(render)
 cli.add_command(doctor)
 cli.add_command(verify)
 cli.add_command(plugin_group)
+cli.add_command(image)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. The commands keep the contract themselves (ContractGroup);
     this only catches what happens outside any command (Ctrl-C while Python starts one)."""
     try:
+        # Without standalone mode click returns (not raises) the code of a command that
+        # ended with click.exceptions.Exit (`plugin serve`, `plugin list`): pass it on, so
+        # the console script exits as `python -m gpunode.plugin` does.
         code = cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
 from gpunode.bootstrap.cli.kube_options import parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.core.kube.manifests import (
@@ -36,6 +37,9 @@ _MANIFEST_OPTIONS = (
     "kubelet_root",
     "fail_on_init_error",
     "tolerations",
+    "plugin_config",
+    "sharing",
+    "replicas",
 )
 
 
@@ -97,6 +101,7 @@ _MANIFEST_OPTIONS = (
     show_default=True,
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
+@plugin_config_options
 @toleration_option
 @output_option
 @click.pass_context
@@ -111,6 +116,9 @@ def render(
     mig_strategy: str,
     kubelet_root: str,
     fail_on_init_error: bool,
+    plugin_config: tuple[str, ...],
+    sharing: str | None,
+    replicas: int | None,
     tolerations: tuple[str, ...],
     output: str,
 ) -> Outcome | None:
@@ -120,6 +128,10 @@ def render(
     Example, for a Debian 12 node with driver 535.261.03:
       gpunode render --lib-path \\
         /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 | kubectl apply -f -
+
+    With --plugin-config or --sharing, also the ConfigMap of device plugin configs and the
+    service account that lets the plugin read its node's label nvidia.com/device-plugin.config:
+      gpunode render --lib-path ... --sharing time-slicing --replicas 4
 
     The options below apply to these manifests only. Other configuration (such as the
     containerd drop-in) is printed by the subcommands listed under Commands, each with
@@ -163,6 +175,7 @@ def render(
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
         tolerations=parse_tolerations(tolerations),
+        plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
     )
     text = render_manifests(deployment)
     return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)

@@ -511,7 +511,17 @@ def test_the_schema_requires_the_envelope_of_every_command() -> None:
     for path in command_names:
         command = find(path)
         assert isinstance(command, (ContractCommand, ContractGroup)), f"gpunode {path} does not keep the contract"
-        assert any(p.name == "output" for p in command.params), f"gpunode {path} has no --output"  # type: ignore[attr-defined]
+        if path in WITHOUT_JSON:
+            continue
+        output = next((p for p in command.params if p.name == "output"), None)  # type: ignore[attr-defined]
+        assert output is not None and list(getattr(output.type, "choices", ())) == ["text", "json"], path
+
+
+# Commands that keep the exit codes and messages but have no --output json yet, and why.
+WITHOUT_JSON = {
+    "image": "a group: its subcommand prints",
+    "image build": "its --output names the archive file it writes (clashes with --output json; to be renamed)",
+}
 
 
 CallableCase = Callable[[], None]
