@@ -115,6 +115,45 @@ def _wait_for_mps(config: PluginConfig, resources: list[Resource]) -> None:
         log_event("mps_daemon_running", root=config.mps_root)
 
 
+def _start_node_labels(config: PluginConfig, in_force: dict[str, Any]) -> Any:
+    """GFD's labels, kept current by a thread: NFD's feature file, or a patch of the own Node.
+    `in_force` holds the config and inventory in force (a config switch replaces them);
+    returns the labeller (None when off)."""
+    from gpunode.plugin.feature_labels import feature_labels
+    from gpunode.plugin.node_labeller import NodeLabeller, OwnNodeClient
+    from gpunode.plugin.nvml import gpu_is_lost
+
+    mode = config.node_labels
+    if mode == "auto":
+        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(config.node_name)
+        mode = "nfd" if config.nfd_features_dir.is_dir() else ("node" if in_pod else "off")
+    if mode == "off":
+        log_event("node_labels", state="off", reason="asked" if config.node_labels == "off" else "no NFD, not in a pod")
+        return None
+    try:
+        machine = config.machine_type_file.read_text(errors="replace").strip()
+    except OSError:
+        machine = "unknown"
+    client = None
+    if mode == "node":
+        try:
+            client = OwnNodeClient.in_cluster(config.node_name, config.service_account_dir)
+        except (ValueError, OSError) as exc:
+            log_event("node_labels", state="off", reason=str(exc))
+            return None
+
+    def wanted() -> dict[str, str]:
+        inventory: Inventory = in_force["inventory"]
+        lost = frozenset(gpu.uuid for gpu in inventory.gpus if gpu_is_lost(gpu.uuid))
+        return feature_labels(inventory, in_force["config"], machine, lost)
+
+    nfd_dir = config.nfd_features_dir if mode == "nfd" else None
+    log_event("node_labels", via=mode, node=config.node_name or None, interval=f"{config.node_labels_interval:g}")
+    labeller = NodeLabeller(wanted, client, nfd_dir, config.node_labels_interval)
+    labeller.start()
+    return labeller
+
+
 def _idle_after_init_failure(line: str) -> int:
     # No handlers: block the signals and wait for one, waking only to repeat the line.
     stop = {signal.SIGTERM, signal.SIGINT}
@@ -242,12 +281,21 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     else:
         log_event("health_checks", enabled="false")
 
+    labels_in_force = {"config": config, "inventory": inventory}
+    labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:
         _start_telemetry(config, inventory, resources, metrics, metrics_server.registry)
 
     manager = PluginManager(config, resources, tracker, inventory.topology, metrics, on_ready=_ready)
     if watcher is not None and node_configs is not None and choice is not None:
-        state = {"in_force": (choice.name, choice.text), "rejected": None, "inventory": inventory, "tracker": tracker}
+        state = {
+            "in_force": (choice.name, choice.text),
+            "rejected": None,
+            "inventory": inventory,
+            "tracker": tracker,
+            "labels_in_force": labels_in_force,
+            "labeller": labeller,
+        }
         lock = threading.Lock()
 
         def switch(new: Choice) -> None:
@@ -310,6 +358,10 @@ def _switch(
         monitor.use(tracker)
     manager.reconfigure(config, resources, tracker)
     state.update(in_force=(choice.name, choice.text), rejected=None, inventory=inventory, tracker=tracker)
+    # The node labels follow the config in force (replicas, sharing strategy, MIG strategy).
+    state["labels_in_force"].update(config=config, inventory=inventory)
+    if state["labeller"] is not None:
+        state["labeller"].wake()
 
 
 def _log_start(config: PluginConfig, inventory: Inventory, resources: list[Resource]) -> None:
