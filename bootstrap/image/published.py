@@ -32,7 +32,7 @@ def unpublished_image_notice(plugin: str, image: str | None, plugin_mode: str | 
     return (
         f"The default plugin image {default} is not published (no release of this gpunode "
         "version has pushed it): the DaemonSet's pods would end in ErrImagePull. Fix: build it "
-        "with `gpunode image build --output plugin.tar` and import it on every GPU node "
+        "with `gpunode image build --archive plugin.tar` and import it on every GPU node "
         "(`ctr -n k8s.io images import plugin.tar`), or push it to your registry and pass "
         "`--image REF`; for a single node, `--plugin-mode host` runs the plugin as a service "
         "on the node, with no image."

@@ -634,7 +634,7 @@ def _image_pull_failure(image: str) -> tuple[str, str]:
         return (
             f"cannot pull gpunode's plugin image {image}: it is in no registry the node can reach "
             "(a gpunode version whose release has not pushed it, or a node without access to ghcr.io).",
-            "Build it with `gpunode image build --output plugin.tar` and import it on every GPU node "
+            "Build it with `gpunode image build --archive plugin.tar` and import it on every GPU node "
             "(`ctr -n k8s.io images import plugin.tar`), or push it to your registry and re-run bootstrap "
             "with `--image REF`; for a single node, `--plugin-mode host` needs no image.",
         )
