@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -10,6 +11,8 @@ import click
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
+from gpunode.bootstrap.core.kube.rollout_plan import parse_max_unavailable
+from gpunode.bootstrap.core.kube.rollout_text import format_rollout
 from gpunode.bootstrap.core.report import format_reports, reports_to_json
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
@@ -113,6 +116,33 @@ def _confirm(plan: str) -> bool:
 )
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
+@click.option(
+    "--max-unavailable",
+    default="1",
+    show_default=True,
+    metavar="N|P%",
+    help="Nodes a disruptive run (driver, containerd restart, reboot, plugin replaced) takes out of "
+    "service at once: cordoned, drained, upgraded, proven, uncordoned before the next batch.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0, 86400),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a node's drain may take (evictions a PodDisruptionBudget refuses are retried).",
+)
+@click.option(
+    "--delete-emptydir-data",
+    is_flag=True,
+    help="Drain pods with emptyDir volumes too (their emptyDir data is lost).",
+)
+@click.option(
+    "--max-parallel-reboots",
+    type=click.IntRange(1, 500),
+    metavar="N",
+    help="With --skip-cluster --reboot: at most N hosts rebooting at once (default: --parallel).",
+)
 @kube_options
 @click.option(
     "--plugin",
@@ -173,6 +203,10 @@ def bootstrap(
     known_hosts: str | None,
     sudo: bool | None,
     skip_cluster: bool,
+    max_unavailable: str,
+    drain_timeout: float,
+    delete_emptydir_data: bool,
+    max_parallel_reboots: int | None,
     kubeconfig: str | None,
     kube_context: str | None,
     kube_host: str | None,
@@ -214,6 +248,12 @@ def bootstrap(
     from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, ClusterRequest, run_bootstrap
     from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
 
+    if not skip_cluster and max_parallel_reboots is not None:
+        raise UserError(
+            "--max-parallel-reboots is for --skip-cluster runs.",
+            fix="with the cluster, --max-unavailable decides how many nodes are out (and rebooting) at once",
+        )
+    budget = parse_max_unavailable(max_unavailable)
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UserError(
             "bootstrap changes hosts and this is not an interactive terminal.",
@@ -255,14 +295,44 @@ def bootstrap(
         confirm=None if (yes or dry_run) else _confirm,
         progress=_progress(output == "json"),
         cluster=cluster,
+        max_parallel_reboots=max_parallel_reboots,
     )
-    result = run_bootstrap(pyinfra_inventory, request)
-    reports = result.reports
-    if output == "json":
-        click.echo(reports_to_json(reports))
-    else:
-        click.echo(format_reports(reports, dry_run=dry_run))
-        if dry_run and result.plan:
-            click.echo("\nThe plan, with file diffs:\n" + result.plan, nl=False)
-    if not all(report.ok for report in reports):
+    if cluster is None:
+        result = run_bootstrap(pyinfra_inventory, request)
+        _print(result.reports, result.plan, None, output=output, dry_run=dry_run)
+        if not all(report.ok for report in result.reports):
+            sys.exit(1)
+        return
+    from gpunode.bootstrap.orchestration.rollout import RolloutRequest, run_rollout
+
+    rollout = run_rollout(
+        pyinfra_inventory,
+        RolloutRequest(
+            bootstrap=request,
+            max_unavailable=budget,
+            drain_timeout=drain_timeout,
+            delete_emptydir_data=delete_emptydir_data,
+            confirm_nowhere=None if yes else _confirm_nowhere,
+        ),
+    )
+    _print(rollout.reports, rollout.plan, rollout, output=output, dry_run=dry_run)
+    if not rollout.ok:
         sys.exit(1)
+
+
+def _print(reports: list[Any], plan: str, rollout: Any, *, output: str, dry_run: bool) -> None:
+    if output == "json":
+        doc = json.loads(reports_to_json(reports))
+        if rollout is not None:
+            doc["rollout"] = rollout.as_dict()
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(format_reports(reports, dry_run=dry_run))
+    if rollout is not None:
+        click.echo(format_rollout(rollout.as_dict(), dry_run=dry_run))
+    if dry_run and plan:
+        click.echo("\nThe plan, with file diffs:\n" + plan, nl=False)
+
+
+def _confirm_nowhere(question: str) -> bool:
+    return click.confirm(question + " Drain it anyway?", default=False, err=True)
