@@ -60,6 +60,7 @@ class Phase:
     status: str  # done, skipped, failed
     seconds: float
     detail: str = ""
+    started: float = 0.0  # seconds after the rollout began
 
 
 @dataclass
@@ -73,6 +74,8 @@ class NodeRollout:
     cordoned: bool = False  # cordoned when the run ended
     drain: list[str] = field(default_factory=list)  # dry run: the pods its drain would evict
     blocks: list[str] = field(default_factory=list)  # dry run: the budgets that would refuse
+    origin: float = field(default_factory=time.monotonic, repr=False)  # when the rollout began
+    gpus: int = 0  # GPUs the host had when the rollout planned it: verify must prove them
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -85,7 +88,13 @@ class NodeRollout:
             "status": self.status,
             "cordoned": self.cordoned,
             "phases": [
-                {"name": p.name, "status": p.status, "seconds": round(p.seconds, 3), "detail": p.detail}
+                {
+                    "name": p.name,
+                    "status": p.status,
+                    "started": round(p.started, 3),
+                    "seconds": round(p.seconds, 3),
+                    "detail": p.detail,
+                }
                 for p in self.phases
             ],
             "would_evict": self.drain,
@@ -132,6 +141,7 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
     check_cluster(cluster.access)
     kubectl = Kubectl(cluster.access)
     hosts = list(inventory)
+    origin = time.monotonic()
     _say(request, f"planning the rollout of {len(hosts)} host(s)")
     planned = run_bootstrap(inventory, replace(request.bootstrap, dry_run=True, confirm=None))
     reports = {r.host: r for r in planned.reports}
@@ -141,7 +151,8 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
         report = reports[host.name]
         statuses = {s.name: s.status for s in report.steps}
         disruption = disruption_of(statuses, reboot=report.reboot_required and _may_reboot(host, request))
-        node = NodeRollout(host.name, report.node_name or "", 0, disruption)
+        node = NodeRollout(host.name, report.node_name or "", 0, disruption, origin=origin)
+        node.gpus = report.gpu_count or 0
         nodes.append(node)
         if report.error is not None or not node.node:
             continue  # it fails on its own in the run; nothing to cordon
@@ -241,9 +252,9 @@ def _timed(node: NodeRollout, name: str, work: Callable[[], str]) -> bool:
     try:
         detail = work()
     except GpunodeError as exc:
-        node.phases.append(Phase(name, "failed", time.monotonic() - start, str(exc)))
+        node.phases.append(Phase(name, "failed", time.monotonic() - start, str(exc), start - node.origin))
         return False
-    node.phases.append(Phase(name, "done", time.monotonic() - start, detail))
+    node.phases.append(Phase(name, "done", time.monotonic() - start, detail, start - node.origin))
     return True
 
 
@@ -309,7 +320,13 @@ def _roll_batch(
         ]
         if report.error:
             failed.insert(0, report.error)
-        node.phases.append(Phase("steps", "failed" if failed else "done", seconds, "; ".join(failed)))
+        proof = report.step("verify")
+        if not failed and node.gpus and (proof is None or proof.status != "unchanged"):
+            # A node with GPUs is proven by verify alone (skipped: e.g. its GPUs gone after the reboot).
+            failed.append(f"not proven: verify {proof.status + ': ' + proof.detail if proof else 'did not run'}")
+        node.phases.append(
+            Phase("steps", "failed" if failed else "done", seconds, "; ".join(failed), start - node.origin)
+        )
     failed_nodes = [by_node[s.node] for s in batch if by_node[s.node].phases[-1].status == "failed"]
     for state in batch:
         node = by_node[state.node]
