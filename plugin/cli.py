@@ -24,6 +24,7 @@ from gpunode.plugin.config import (
     PluginConfig,
     parse_metrics_addr,
     parse_xid_list,
+    pod_resources_default,
     validate_resource_name,
 )
 
@@ -173,9 +174,69 @@ def plugin_group() -> None:
     default="",
     show_envvar=True,
     callback=_checked(parse_metrics_addr),
-    help="host:port to serve Prometheus metrics on /metrics (off when empty).",
+    help="host:port to serve Prometheus metrics on /metrics: GPU telemetry named as dcgm-exporter names it, "
+    "and the plugin's own counters (off when empty).",
 )
+@click.option(
+    "--node-name",
+    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
+    default="",
+    show_envvar=True,
+    help="The Node this plugin runs on (the DaemonSet sets spec.nodeName); the Hostname label of the "
+    "telemetry, and the node whose label chooses the config with --config-dir. Default: the host name.",
+)
+@click.option(
+    "--pod-resources-socket",
+    envvar="GPUNODE_POD_RESOURCES_SOCKET",
+    default="",
+    show_envvar=True,
+    help="The kubelet's PodResources socket, for the pod, namespace and container labels of the telemetry. "
+    "Default: pod-resources/kubelet.sock beside the --kubelet-dir; 'off': no pod labels.",
+)
+@click.option(
+    "--mps-root",
+    envvar=["GPUNODE_MPS_ROOT", "MPS_ROOT"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Host directory the MPS control daemon shares with its clients (NVIDIA's mpsRoot; for sharing.mps).",
+)
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file (version: v1): flags, resources, sharing. "
+    "Flags and GPUNODE_* variables given explicitly override it.",
+)
+@click.option(
+    "--config-dir",
+    envvar=["GPUNODE_CONFIG_DIR", "CONFIG_FILE_SRCDIR"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Per-node config: a directory of named configs (a mounted ConfigMap); the node label "
+    "--config-label chooses one, and a change of either is applied without a restart.",
+)
+@click.option(
+    "--config-label",
+    envvar=["GPUNODE_CONFIG_LABEL", "NODE_LABEL"],
+    default="nvidia.com/device-plugin.config",
+    show_default=True,
+    show_envvar=True,
+    help="The node label naming the config to use (with --config-dir).",
+)
+@click.option(
+    "--default-config",
+    envvar=["GPUNODE_DEFAULT_CONFIG", "DEFAULT_CONFIG"],
+    default=None,
+    show_envvar=True,
+    help="The config to use when the node has no label (then one named 'default', then the only one).",
+)
+@click.pass_context
 def serve_command(
+    ctx: click.Context,
     kubelet_dir: Path,
     resource_name: str,
     mig_strategy: str,
@@ -189,12 +250,35 @@ def serve_command(
     health_fatal_xids: frozenset[int],
     health_recovery_seconds: float,
     metrics_addr: tuple[str, int] | None,
+    mps_root: Path | None,
+    config_file: Path | None,
+    config_dir: Path | None,
+    config_label: str,
+    default_config: str | None,
+    node_name: str,
+    pod_resources_socket: str,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
-    from gpunode.plugin.serve import serve
+    from gpunode.plugin.serve import NodeConfigs, serve
+
+    if config_file is not None and config_dir is not None:
+        raise click.UsageError("--config-file and --config-dir exclude each other: give one")
+    node_configs = None
+    if config_dir is not None:
+        if not node_name.strip():
+            raise click.UsageError("--config-dir needs --node-name (NODE_NAME; in a DaemonSet, from spec.nodeName)")
+        node_configs = NodeConfigs(config_dir, node_name.strip(), config_label, default_config or None)
+
+    kubelet_dir = kubelet_dir.absolute()
+    if pod_resources_socket.strip() in ("off", "none"):
+        pod_socket: Path | None = None
+    elif pod_resources_socket.strip():
+        pod_socket = Path(pod_resources_socket.strip()).absolute()
+    else:
+        pod_socket = pod_resources_default(kubelet_dir)
 
     config = PluginConfig(
-        kubelet_dir=kubelet_dir.absolute(),
+        kubelet_dir=kubelet_dir,
         resource_name=resource_name,
         mig_strategy=mig_strategy,  # type: ignore[arg-type]  # click.Choice checked it
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
@@ -207,18 +291,66 @@ def serve_command(
         health_fatal_xids=health_fatal_xids - health_ignore_xids,
         health_recovery_seconds=health_recovery_seconds,
         metrics_addr=metrics_addr,
+        mps_root=mps_root,
+        node_name=node_name.strip(),
+        pod_resources_socket=pod_socket,
     )
     try:
-        code = serve(config)
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
+        code = serve(config, node_configs, explicit_settings(ctx))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     raise click.exceptions.Exit(code)
 
 
+# Options that NVIDIA's config file can also set: the file gives way to them only when
+# they were given (on the command line or in the environment).
+_FILE_SETTINGS = (
+    "mig_strategy",
+    "device_id_strategy",
+    "device_list_strategy",
+    "pass_device_specs",
+    "dev_root",
+    "fail_on_init_error",
+    "mps_root",
+)
+
+
+def explicit_settings(ctx: click.Context) -> frozenset[str]:
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return frozenset(name for name in _FILE_SETTINGS if ctx.get_parameter_source(name) in given)
+
+
+def with_config_file(config: PluginConfig, path: Path, explicit: frozenset[str]) -> PluginConfig:
+    from gpunode.plugin.log import log_event
+    from gpunode.plugin.nvidia_config import apply_file, load_config_file
+
+    file = load_config_file(path)
+    for note in file.notes:
+        log_event("config_note", file=path, note=note)
+    return apply_file(config, file, explicit)
+
+
 @plugin_group.command("list")
 @device_options
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str, output: str) -> None:
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file: show the devices (replicas, renamed resources) it gives.",
+)
+@click.pass_context
+def list_command(
+    ctx: click.Context,
+    resource_name: str,
+    mig_strategy: str,
+    device_id_strategy: str,
+    output: str,
+    config_file: Path | None,
+) -> None:
     """Show the devices, IDs, health and topology the plugin would advertise (from NVML)."""
     from gpunode.plugin.inventory_view import render_json, render_text
     from gpunode.plugin.nvml import NvmlInitError
@@ -230,7 +362,11 @@ def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str,
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
     )
     try:
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
         inventory, resources = load_devices(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     except NvmlInitError as exc:
         click.echo(exc.line(), err=True)
         raise click.exceptions.Exit(1) from exc

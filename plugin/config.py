@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpunode.plugin.sharing import NO_SHARING, ResourcePattern, Sharing
+
 MigStrategy = Literal["none", "single", "mixed"]
 DeviceIdStrategy = Literal["uuid", "index"]
 DeviceListStrategy = Literal["envvar", "cdi"]
+AllocationPolicy = Literal["distributed", "packed"]
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
@@ -47,6 +50,22 @@ class PluginConfig:
     health_recovery_seconds: float = DEFAULT_RECOVERY_SECONDS
     metrics_addr: tuple[str, int] | None = None
     dev_root: Path = field(default=Path("/"))
+    # From NVIDIA's config file (gpunode.plugin.nvidia_config); the defaults are NVIDIA's.
+    driver_root: Path = field(default=Path("/"))
+    mps_root: Path | None = None
+    gdrcopy_enabled: bool = False
+    gds_enabled: bool = False
+    mofed_enabled: bool = False
+    allocation_policy: AllocationPolicy = "distributed"  # how replicas are spread over GPUs
+    gpu_resources: tuple[ResourcePattern, ...] = ()  # tried in order before `* -> resource_name`
+    mig_resources: tuple[ResourcePattern, ...] = ()
+    sharing: Sharing = NO_SHARING
+    config_source: str | None = None  # the config file (or named config) these came from
+    # The Node this plugin runs on (the DaemonSet passes spec.nodeName); the host name when empty.
+    node_name: str = ""
+    # The kubelet's PodResources socket, for pod attribution of the telemetry; None: off.
+    # Default (see pod_resources_default): <kubelet root>/pod-resources/kubelet.sock.
+    pod_resources_socket: Path | None = None
 
     @property
     def kubelet_socket(self) -> Path:
@@ -55,6 +74,11 @@ class PluginConfig:
     @property
     def resource_domain(self) -> str:
         return self.resource_name.split("/", 1)[0]
+
+
+def pod_resources_default(kubelet_dir: Path) -> Path:
+    """The kubelet serves PodResources next to its device-plugins directory."""
+    return kubelet_dir.parent / "pod-resources" / "kubelet.sock"
 
 
 def validate_resource_name(name: str) -> str:
