@@ -138,7 +138,14 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
     cluster = request.bootstrap.cluster
     if cluster is None:
         raise UserError("a rollout needs the cluster.", fix="drop --skip-cluster, or use --max-parallel-reboots")
-    check_cluster(cluster.access)
+    try:
+        check_cluster(cluster.access)
+    except GpunodeError:
+        if not request.bootstrap.dry_run:
+            raise
+        # A dry run still shows the node plan; its cluster half says why there is none.
+        shown = run_bootstrap(inventory, request.bootstrap)
+        return RolloutResult(shown.reports, [], 0, str(request.max_unavailable), shown.plan)
     kubectl = Kubectl(cluster.access)
     hosts = list(inventory)
     origin = time.monotonic()
@@ -283,30 +290,52 @@ def _roll_batch(
         node = by_node[state.node]
         node.status = "failed"  # until proven
         node.cordoned = True
+        failed_phase = _take_out(kubectl, request, state, node)
+        if failed_phase is not None:
+            return _stopped(node, failed_phase, batch, by_node)
+    _run_steps(request, hosts, batch, by_node, reports)
+    failed_nodes = [by_node[s.node] for s in batch if by_node[s.node].phases[-1].status == "failed"]
+    for state in batch:
+        node = by_node[state.node]
+        if node not in failed_nodes and not _bring_back(kubectl, request, state, node):
+            failed_nodes.append(node)
+    if failed_nodes:
+        return " ".join(_stopped(node, node.phases[-1].name, batch, by_node) for node in failed_nodes)
+    return None
 
-        def cordon(state: NodeState = state) -> str:
-            ours = drain.cordon(kubectl, drain.read_node(kubectl, state.node))
-            if ours:
-                return "cordoned"
-            return "already cordoned by gpunode" if state.cordoned_by_us else "already cordoned by someone else: kept"
 
-        if not _timed(node, "cordon", cordon):
-            return _stopped(node, "cordon", batch, by_node)
+def _take_out(kubectl: Kubectl, request: RolloutRequest, state: NodeState, node: NodeRollout) -> str | None:
+    """Cordon and drain one node; the phase that failed, or None."""
 
-        def drain_node(state: NodeState = state, node: NodeRollout = node) -> str:
-            plan = plan_drain(
-                state.node,
-                drain.pods_on(kubectl, state.node),
-                node.disruption.scope or "all",
-                delete_emptydir_data=request.delete_emptydir_data,
-            )
-            outcome = drain.drain(kubectl, plan, request.drain_timeout, request.bootstrap.progress)
-            if not outcome.ok:
-                raise _PhaseFailed(str(outcome.problem))
-            return plan.summary()
+    def cordon() -> str:
+        if drain.cordon(kubectl, drain.read_node(kubectl, state.node)):
+            return "cordoned"
+        return "already cordoned by gpunode" if state.cordoned_by_us else "already cordoned by someone else: kept"
 
-        if not _timed(node, "drain", drain_node):
-            return _stopped(node, "drain", batch, by_node)
+    def drain_node() -> str:
+        scope = node.disruption.scope or "all"
+        pods = drain.pods_on(kubectl, state.node)
+        plan = plan_drain(state.node, pods, scope, delete_emptydir_data=request.delete_emptydir_data)
+        outcome = drain.drain(kubectl, plan, request.drain_timeout, request.bootstrap.progress)
+        if not outcome.ok:
+            raise _PhaseFailed(str(outcome.problem))
+        return plan.summary()
+
+    if not _timed(node, "cordon", cordon):
+        return "cordon"
+    if not _timed(node, "drain", drain_node):
+        return "drain"
+    return None
+
+
+def _run_steps(
+    request: RolloutRequest,
+    hosts: list[Host],
+    batch: list[NodeState],
+    by_node: dict[str, NodeRollout],
+    reports: dict[str, HostReport],
+) -> None:
+    """The whole bootstrap of the batch's hosts (node steps, reboot, cluster steps, verify)."""
     start = time.monotonic()
     outcome = run_bootstrap(sub_inventory(hosts), request.bootstrap)
     seconds = time.monotonic() - start
@@ -327,33 +356,25 @@ def _roll_batch(
         node.phases.append(
             Phase("steps", "failed" if failed else "done", seconds, "; ".join(failed), start - node.origin)
         )
-    failed_nodes = [by_node[s.node] for s in batch if by_node[s.node].phases[-1].status == "failed"]
-    for state in batch:
-        node = by_node[state.node]
-        if node in failed_nodes:
-            continue
 
-        def ready(state: NodeState = state) -> str:
-            return _ready(kubectl, state, request)
 
-        if not _timed(node, "ready", ready):
-            failed_nodes.append(node)
-            continue
+def _bring_back(kubectl: Kubectl, request: RolloutRequest, state: NodeState, node: NodeRollout) -> bool:
+    """Ready, then uncordoned (unless someone else's cordon); False when it failed."""
 
-        def uncordon(state: NodeState = state) -> str:
-            if state.cordoned_by_others:
-                return "left cordoned: someone else cordoned it before gpunode"
-            drain.uncordon(kubectl, state.node)
-            return "uncordoned"
+    def ready() -> str:
+        return _ready(kubectl, state, request)
 
-        if _timed(node, "uncordon", uncordon):
-            node.status = "done"
-            node.cordoned = state.cordoned_by_others
-        else:
-            failed_nodes.append(node)
-    if failed_nodes:
-        return " ".join(_stopped(node, node.phases[-1].name, batch, by_node) for node in failed_nodes)
-    return None
+    def uncordon() -> str:
+        if state.cordoned_by_others:
+            return "left cordoned: someone else cordoned it before gpunode"
+        drain.uncordon(kubectl, state.node)
+        return "uncordoned"
+
+    if not _timed(node, "ready", ready) or not _timed(node, "uncordon", uncordon):
+        return False
+    node.status = "done"
+    node.cordoned = state.cordoned_by_others
+    return True
 
 
 def _ready(kubectl: Kubectl, state: NodeState, request: RolloutRequest) -> str:
