@@ -484,6 +484,41 @@ _ENTRIES = (
         "plugin reason `nvml_error` / `nvml_query_failed`",
         "Read the plugin's log and the host's `dmesg | grep -i nvrm`.",
     ),
+    # --- GPU sharing and per-node plugin configs (NVIDIA's config v1) --------------------------
+    Entry(
+        "SHARING-CONFIG-MISSING",
+        "plugin",
+        "critical",
+        "the node's nvidia.com/device-plugin.config label names a config the ConfigMap does not have",
+        "gpunode's `config_rejected reason=missing`, NVIDIA's config-manager `specified config ... does not "
+        "exist`; the plugin keeps its old config or does not start",
+        "Label the node with a config the ConfigMap has, or add the config to the ConfigMap.",
+    ),
+    Entry(
+        "SHARING-CONFIG-INVALID",
+        "plugin",
+        "critical",
+        "the plugin refused its config (it does not parse, or cannot be honoured)",
+        "gpunode's `config_rejected`, NVIDIA's `unable to load config`",
+        "Correct the config (gpunode render --plugin-config FILE names the key and line of what is wrong).",
+    ),
+    Entry(
+        "MPS-DAEMON-DOWN",
+        "plugin",
+        "critical",
+        "MPS sharing without its control daemon",
+        "gpunode's `mps_daemon_not_running`, NVIDIA's `error checking MPS daemon health`; the MPS replicas "
+        "are not advertised",
+        "Run NVIDIA's MPS control daemon on the node (its DaemonSet, with the same config and mpsRoot), or choose a time-slicing config for the node.",
+    ),
+    Entry(
+        "SHARING-REQUEST-TOO-LARGE",
+        "workload",
+        "critical",
+        "a pod asks for more than one shared replica and failRequestsGreaterThanOne refuses it",
+        "UnexpectedAdmissionError: `maximum request size for shared resources is 1`",
+        "Ask for nvidia.com/gpu: 1 per container (a replica is access to a shared GPU, not a share of it), then delete and recreate the pod; or set failRequestsGreaterThanOne: false in the config.",
+    ),
     # --- the kubelet and the node -------------------------------------------------------------
     Entry(
         "DP-REGISTER-FAILED",
