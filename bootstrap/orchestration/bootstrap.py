@@ -428,6 +428,7 @@ def _cluster_target(run: HostRun) -> NodeTarget | str:
         kubelet_root=run.facts.kubelet.root_dir,
         gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus),
         plugin_mode=run.settings.plugin_mode,
+        plugin_config=run.settings.plugin_config_name,
     )
 
 
