@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gpunode.bootstrap.masking import mask_secrets
+
 StepStatus = Literal["changed", "unchanged", "failed", "skipped"]
 STEP_STATUSES: tuple[StepStatus, ...] = ("changed", "unchanged", "failed", "skipped")
 
@@ -43,18 +45,18 @@ class HostReport:
         """Add a step, or update it in place when a later phase finishes what it began."""
         existing = self.step(name)
         if existing is None:
-            existing = StepResult(name, status, detail)
+            existing = StepResult(name, status, mask_secrets(detail))
             self.steps.append(existing)
         else:
             existing.status = status
-            existing.detail = detail
+            existing.detail = mask_secrets(detail)
         return existing
 
     def as_dict(self) -> dict[str, object]:
         return {
             "host": self.host,
             "ok": self.ok,
-            "error": self.error,
+            "error": mask_secrets(self.error) if self.error is not None else None,
             "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
             "driver_version": self.driver_version,
             "nvml_library": self.nvml_library,
@@ -75,7 +77,7 @@ def format_reports(reports: list[HostReport], *, dry_run: bool = False) -> str:
     for report in reports:
         counts = {status: sum(1 for s in report.steps if s.status == status) for status in STEP_STATUSES}
         if report.error is not None:
-            headline = f"FAILED: {report.error}"
+            headline = f"FAILED: {mask_secrets(report.error)}"
         else:
             verb = "would change" if dry_run else "changed"
             headline = ("ok" if report.ok else "FAILED") + (
