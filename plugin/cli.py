@@ -8,6 +8,7 @@ imported here; NVML and gRPC come in with the command that needs them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from gpunode.plugin.config import (
     DEFAULT_KUBELET_DIR,
     DEFAULT_RECOVERY_SECONDS,
     DEFAULT_RESOURCE_NAME,
+    SERVICE_ACCOUNT_DIR,
     ConfigError,
     PluginConfig,
     parse_metrics_addr,
@@ -235,6 +237,44 @@ def plugin_group() -> None:
     help="The config to use when the node has no label (then one named 'default', then the only one).",
 )
 @click.pass_context
+@click.option(
+    "--node-labels",
+    envvar="GPUNODE_NODE_LABELS",
+    default="auto",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["auto", "nfd", "node", "off"]),
+    help="GPU feature discovery's node labels (nvidia.com/gpu.product, gpu.memory, ...): nfd writes NFD's "
+    "feature file, node patches this Node (RBAC: nodes get, patch); auto: nfd when NFD's directory exists, "
+    "else node when running in a pod with --node-name.",
+)
+@click.option(
+    "--node-labels-interval",
+    envvar="GPUNODE_NODE_LABELS_INTERVAL",
+    default=60.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between re-applying the node labels (a lost GPU, a label removed by hand).",
+)
+@click.option(
+    "--nfd-features-dir",
+    envvar="GPUNODE_NFD_FEATURES_DIR",
+    default="/etc/kubernetes/node-feature-discovery/features.d",
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="NFD's local feature directory (mounted from the host).",
+)
+@click.option(
+    "--machine-type-file",
+    envvar="GPUNODE_MACHINE_TYPE_FILE",
+    default="/sys/class/dmi/id/product_name",
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where nvidia.com/gpu.machine is read from.",
+)
 def serve_command(
     ctx: click.Context,
     kubelet_dir: Path,
@@ -257,6 +297,10 @@ def serve_command(
     default_config: str | None,
     node_name: str,
     pod_resources_socket: str,
+    node_labels: str,
+    node_labels_interval: float,
+    nfd_features_dir: Path,
+    machine_type_file: Path,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
     from gpunode.plugin.serve import NodeConfigs, serve
@@ -294,6 +338,12 @@ def serve_command(
         mps_root=mps_root,
         node_name=node_name.strip(),
         pod_resources_socket=pod_socket,
+        node_labels=node_labels,  # type: ignore[arg-type]  # click.Choice checked it
+        node_labels_interval=node_labels_interval,
+        nfd_features_dir=nfd_features_dir,
+        machine_type_file=machine_type_file,
+        # Not a flag: the pod's mount point; tests point it elsewhere.
+        service_account_dir=Path(os.environ.get("GPUNODE_SERVICE_ACCOUNT_DIR", str(SERVICE_ACCOUNT_DIR))),
     )
     try:
         if config_file is not None:

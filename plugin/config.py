@@ -8,21 +8,25 @@ from pathlib import Path
 from typing import Literal
 
 from gpunode.plugin.sharing import NO_SHARING, ResourcePattern, Sharing
+from gpunode.plugin.xids import with_treatment
 
 MigStrategy = Literal["none", "single", "mixed"]
 DeviceIdStrategy = Literal["uuid", "index"]
 DeviceListStrategy = Literal["envvar", "cdi"]
+NodeLabelsMode = Literal["auto", "nfd", "node", "off"]
 AllocationPolicy = Literal["distributed", "packed"]
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
-# Application errors: the GPU itself is fine (NVIDIA's device plugin ignores the same set).
-DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
-# XIDs after which the GPU needs a reset or more (NVIDIA's XID catalogue: "reset GPU",
-# "node reboot", "fallen off the bus", uncorrectable ECC, GSP and NVLink fatal errors):
-# the device stays Unhealthy until the plugin restarts, whatever the recovery period.
-DEFAULT_FATAL_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140})
+# From the XID table (plugin/xids.py, after NVIDIA's XID catalogue): application faults are
+# ignored (NVIDIA's device plugin ignores the same set); XIDs that need a GPU reset or a
+# reboot are fatal: the device stays Unhealthy until the plugin restarts, whatever the
+# recovery period. Everything else (94, a contained ECC error, among them) is Unhealthy for
+# the recovery period only.
+DEFAULT_IGNORED_XIDS = with_treatment("ignored")
+DEFAULT_FATAL_XIDS = with_treatment("fatal")
 DEFAULT_RECOVERY_SECONDS = 60.0
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # A unix socket path must fit sockaddr_un.sun_path (108 bytes with the trailing NUL).
 MAX_SOCKET_PATH = 107
@@ -66,6 +70,13 @@ class PluginConfig:
     # The kubelet's PodResources socket, for pod attribution of the telemetry; None: off.
     # Default (see pod_resources_default): <kubelet root>/pod-resources/kubelet.sock.
     pod_resources_socket: Path | None = None
+    # GFD's node labels: "auto" (NFD's feature file when NFD runs, else patch the own Node),
+    # "nfd", "node" or "off"; re-applied every node_labels_interval seconds.
+    node_labels: NodeLabelsMode = "auto"
+    node_labels_interval: float = 60.0
+    nfd_features_dir: Path = Path("/etc/kubernetes/node-feature-discovery/features.d")
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR
+    machine_type_file: Path = Path("/sys/class/dmi/id/product_name")
 
     @property
     def kubelet_socket(self) -> Path:

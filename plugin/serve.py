@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,81 @@ def _start_telemetry(
         hostname=hostname,
         pod_resources=config.pod_resources_socket or "off",
     )
+
+
+MPS_WAIT_LOG_SECONDS = 60.0
+MPS_POLL_SECONDS = 1.0
+
+
+def mps_pipes_missing(config: PluginConfig, resources: list[Resource]) -> list[Path]:
+    """With MPS sharing: the control pipes of the MPS control daemons that are not there
+    (NVIDIA's layout: one daemon per resource, its pipe at <mpsRoot>/<resource>/pipe/control)."""
+    if config.sharing.strategy != "mps" or config.mps_root is None:
+        return []
+    pipes = [
+        config.mps_root / r.name / "pipe" / "control"
+        for r in resources
+        if any(d.replica is not None for d in r.devices)
+    ]
+    return [p for p in pipes if not p.exists()]
+
+
+def _wait_for_mps(config: PluginConfig, resources: list[Resource]) -> None:
+    """As NVIDIA's plugin: serve MPS replicas only once their control daemon runs (a client
+    pointed at a missing daemon fails); say so, again every minute, while waiting."""
+    last_log = -MPS_WAIT_LOG_SECONDS
+    started = time.monotonic()
+    while missing := mps_pipes_missing(config, resources):
+        if time.monotonic() - last_log >= MPS_WAIT_LOG_SECONDS:
+            log_event(
+                "mps_daemon_not_running",
+                pipes=",".join(str(p) for p in missing),
+                waited=f"{time.monotonic() - started:.0f}s",
+                fix="run NVIDIA's MPS control daemon DaemonSet on this node (gpunode render --sharing mps renders it)",
+            )
+            last_log = time.monotonic()
+        time.sleep(MPS_POLL_SECONDS)
+    if config.sharing.strategy == "mps":
+        log_event("mps_daemon_running", root=config.mps_root)
+
+
+def _start_node_labels(config: PluginConfig, in_force: dict[str, Any]) -> Any:
+    """GFD's labels, kept current by a thread: NFD's feature file, or a patch of the own Node.
+    `in_force` holds the config and inventory in force (a config switch replaces them);
+    returns the labeller (None when off)."""
+    from gpunode.plugin.feature_labels import feature_labels
+    from gpunode.plugin.node_labeller import NodeLabeller, OwnNodeClient
+    from gpunode.plugin.nvml import gpu_is_lost
+
+    mode = config.node_labels
+    if mode == "auto":
+        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(config.node_name)
+        mode = "nfd" if config.nfd_features_dir.is_dir() else ("node" if in_pod else "off")
+    if mode == "off":
+        log_event("node_labels", state="off", reason="asked" if config.node_labels == "off" else "no NFD, not in a pod")
+        return None
+    try:
+        machine = config.machine_type_file.read_text(errors="replace").strip()
+    except OSError:
+        machine = "unknown"
+    client = None
+    if mode == "node":
+        try:
+            client = OwnNodeClient.in_cluster(config.node_name, config.service_account_dir)
+        except (ValueError, OSError) as exc:
+            log_event("node_labels", state="off", reason=str(exc))
+            return None
+
+    def wanted() -> dict[str, str]:
+        inventory: Inventory = in_force["inventory"]
+        lost = frozenset(gpu.uuid for gpu in inventory.gpus if gpu_is_lost(gpu.uuid))
+        return feature_labels(inventory, in_force["config"], machine, lost)
+
+    nfd_dir = config.nfd_features_dir if mode == "nfd" else None
+    log_event("node_labels", via=mode, node=config.node_name or None, interval=f"{config.node_labels_interval:g}")
+    labeller = NodeLabeller(wanted, client, nfd_dir, config.node_labels_interval)
+    labeller.start()
+    return labeller
 
 
 def _idle_after_init_failure(line: str) -> int:
@@ -164,6 +240,7 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
         return _idle_after_init_failure(line)
     check_socket_paths(config.kubelet_dir, [resource.name for resource in resources])
     metrics.nvml_up(True)
+    _wait_for_mps(config, resources)
 
     # grpc is imported only now: a plugin that fails above stays small and quick.
     import pynvml
@@ -204,12 +281,21 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     else:
         log_event("health_checks", enabled="false")
 
+    labels_in_force = {"config": config, "inventory": inventory}
+    labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:
         _start_telemetry(config, inventory, resources, metrics, metrics_server.registry)
 
     manager = PluginManager(config, resources, tracker, inventory.topology, metrics, on_ready=_ready)
     if watcher is not None and node_configs is not None and choice is not None:
-        state = {"in_force": (choice.name, choice.text), "rejected": None, "inventory": inventory, "tracker": tracker}
+        state = {
+            "in_force": (choice.name, choice.text),
+            "rejected": None,
+            "inventory": inventory,
+            "tracker": tracker,
+            "labels_in_force": labels_in_force,
+            "labeller": labeller,
+        }
         lock = threading.Lock()
 
         def switch(new: Choice) -> None:
@@ -252,6 +338,12 @@ def _switch(
             inventory = discover(with_migs=True)
         resources = plan_resources(inventory, config)
         check_socket_paths(config.kubelet_dir, [resource.name for resource in resources])
+        missing = mps_pipes_missing(config, resources)
+        if missing:
+            raise ConfigError(
+                f"mps_daemon_not_running: no MPS control daemon at {', '.join(map(str, missing))}. "
+                "Fix: run NVIDIA's MPS control daemon on this node before choosing an MPS config"
+            )
     except (ConfigError, NvmlInitError) as exc:
         error = exc.line() if isinstance(exc, NvmlInitError) else str(exc)
         if state["rejected"] != (choice.name, choice.text):
@@ -266,6 +358,10 @@ def _switch(
         monitor.use(tracker)
     manager.reconfigure(config, resources, tracker)
     state.update(in_force=(choice.name, choice.text), rejected=None, inventory=inventory, tracker=tracker)
+    # The node labels follow the config in force (replicas, sharing strategy, MIG strategy).
+    state["labels_in_force"].update(config=config, inventory=inventory)
+    if state["labeller"] is not None:
+        state["labeller"].wake()
 
 
 def _log_start(config: PluginConfig, inventory: Inventory, resources: list[Resource]) -> None:
