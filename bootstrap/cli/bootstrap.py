@@ -17,6 +17,7 @@ from gpunode.bootstrap.cli.contract import (
 )
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.params import FiniteFloatRange
+from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.report import format_reports
@@ -171,6 +172,7 @@ def _confirm(plan: str) -> bool:
     metavar="SECONDS",
     help="How long Allocatable nvidia.com/gpu may take to reach the GPU count.",
 )
+@plugin_config_options
 @click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts worked on at once.")
@@ -242,6 +244,9 @@ def bootstrap(
             "bootstrap changes hosts and this is not an interactive terminal.",
             fix="pass --yes to apply, or --dry-run to see the plan",
         )
+    # --plugin-config names files for the cluster's ConfigMap; a host's own choice of config
+    # is inventory data (gpunode_plugin_config, or gpunode_sharing with gpunode_replicas).
+    config_files = plugin_configs_from(settings.pop("plugin_config"), None, None)
     # Everything is checked before any host is contacted: flags, then every host's
     # inventory data (named with its file and host), then files on this machine.
     resolve_settings("command line", {}, settings)
@@ -255,6 +260,7 @@ def bootstrap(
             tolerations=parse_tolerations(tolerations),
             rollout_timeout=rollout_timeout,
             verify_timeout=verify_timeout,
+            plugin_config_files=config_files.configs if config_files is not None else (),
         )
         validate_cluster_settings(cluster_settings)
         access = kube_access(

@@ -34,6 +34,7 @@ from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
 from gpunode.bootstrap.errors import CouldNotCheck, GpunodeError, UserError
+from gpunode.bootstrap.masking import mask_secrets
 from gpunode.bootstrap.node.host_lock import HostLock
 from gpunode.bootstrap.node.local_packages import read_local_packages
 from gpunode.bootstrap.node.operations import converge
@@ -426,6 +427,7 @@ def _cluster_target(run: HostRun) -> NodeTarget | str:
         kubelet_root=run.facts.kubelet.root_dir,
         gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus),
         plugin_mode=run.settings.plugin_mode,
+        plugin_config=run.settings.plugin_config_name,
     )
 
 
@@ -488,7 +490,7 @@ def plan_text(runs: Sequence[HostRun]) -> str:
             continue
         lines.append(f"{run.report.host}:")
         for name, plan in changes:
-            lines.append(f"  {name}: {plan.summary()}")
+            lines.append(f"  {name}: {mask_secrets(plan.summary())}")
             if plan.diff:
-                lines += ["    " + line for line in plan.diff.rstrip("\n").splitlines()]
+                lines += ["    " + line for line in mask_secrets(plan.diff).rstrip("\n").splitlines()]
     return "\n".join(lines) + "\n" if lines else ""
