@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.report import format_reports, reports_to_json
@@ -124,6 +125,7 @@ def _confirm(plan: str) -> bool:
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
 @kube_options
+@telemetry_options
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
@@ -195,6 +197,8 @@ def bootstrap(
     tolerations: tuple[str, ...],
     rollout_timeout: float,
     verify_timeout: float,
+    metrics_addr: str,
+    node_labels: str,
     dry_run: bool,
     yes: bool,
     parallel: int,
@@ -248,6 +252,8 @@ def bootstrap(
             tolerations=parse_tolerations(tolerations),
             rollout_timeout=rollout_timeout,
             verify_timeout=verify_timeout,
+            metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+            node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
         access = kube_access(

@@ -10,6 +10,8 @@ from click.core import ParameterSource
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.cli.render_alerts import alerts_command
 from gpunode.bootstrap.cli.render_containerd import containerd_command
+from gpunode.bootstrap.cli.render_dashboard import dashboard_command
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.manifests import (
     MIG_STRATEGIES,
     MODES,
@@ -19,9 +21,11 @@ from gpunode.bootstrap.core.kube.manifests import (
     Mode,
     Plugin,
     PluginDeployment,
+    dump_yaml,
     library_file_version,
     render_manifests,
 )
+from gpunode.bootstrap.core.kube.telemetry import pod_monitor
 from gpunode.bootstrap.errors import UserError
 
 _MANIFEST_OPTIONS = (
@@ -37,6 +41,9 @@ _MANIFEST_OPTIONS = (
     "plugin_config",
     "sharing",
     "replicas",
+    "metrics_addr",
+    "node_labels",
+    "prometheus_operator",
 )
 
 
@@ -99,6 +106,12 @@ _MANIFEST_OPTIONS = (
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
 @plugin_config_options
+@telemetry_options
+@click.option(
+    "--prometheus-operator",
+    is_flag=True,
+    help="Also a PodMonitor (monitoring.coreos.com/v1) that scrapes the bundled plugin's metrics port.",
+)
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -114,6 +127,9 @@ def render(
     plugin_config: tuple[str, ...],
     sharing: str | None,
     replicas: int | None,
+    metrics_addr: str,
+    node_labels: str,
+    prometheus_operator: bool,
 ) -> None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
 
@@ -168,9 +184,15 @@ def render(
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
         plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
+        metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+        node_labels=node_labels,
     )
-    click.echo(render_manifests(deployment), nl=False)
+    text = render_manifests(deployment)
+    if prometheus_operator:
+        text += f"---\n{dump_yaml(pod_monitor(deployment)).rstrip()}\n"
+    click.echo(text, nl=False)
 
 
 render.add_command(containerd_command)
 render.add_command(alerts_command)
+render.add_command(dashboard_command)

@@ -53,6 +53,8 @@ class ClusterSettings:
     runtime_handler: str = "nvidia"
     rollout_timeout: float = 180.0
     verify_timeout: float = 120.0
+    metrics_addr: str | None = None  # the bundled plugin's /metrics; None: the default, "off": none
+    node_labels: str = "node"  # GFD's labels from the bundled plugin: node, nfd or off
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
             runtime_class=settings.runtime_handler,
             tolerations=settings.tolerations,
             per_node_variant=True,
+            metrics_addr=settings.metrics_addr,
+            node_labels=settings.node_labels,
         )
         serves = deployment.daemonset_name
     labels = {DRIVER_VERSION_LABEL: target.driver_version, DEVICE_PLUGIN_LABEL: serves}
@@ -221,4 +225,6 @@ def validate_cluster_settings(settings: ClusterSettings) -> None:
         namespace=settings.namespace,
         runtime_class=settings.runtime_handler,
         tolerations=settings.tolerations,
+        metrics_addr=settings.metrics_addr,
+        node_labels=settings.node_labels,
     )
