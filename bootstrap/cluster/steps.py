@@ -38,6 +38,7 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
 from gpunode.bootstrap.core.kube.manifests import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
+    labeller_objects,
     render_device_plugin,
     render_runtimeclass,
 )
@@ -266,6 +267,7 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
         for d in kubectl.list("daemonsets", all_namespaces=True)
     }
     in_run = {h.target.node for h in hosts}
+    _apply_labeller_access(run, kubectl, groups)
     rollouts: list[RolloutTarget] = []
     for name, members in groups.items():
         deployment = members[0].plan.deployment  # type: ignore[union-attr]
@@ -329,6 +331,21 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
         outcome = outcomes[id(host)]
         detail = outcome.detail + "".join(f"\nnote: {n}" for n in outcome.notes)
         run.record(host, "device-plugin", outcome.status, detail)
+
+
+def _apply_labeller_access(run: _Run, kubectl: Kubectl, groups: Mapping[str, Sequence[_Host]]) -> None:
+    """The service account and the least grant (nodes get, patch) the bundled plugin labels
+    its own node with, once per namespace, before the DaemonSets that run as that account."""
+    done: set[str] = set()
+    for members in groups.values():
+        deployment = members[0].plan.deployment
+        if deployment is None or deployment.namespace in done:
+            continue
+        done.add(deployment.namespace)
+        for obj in labeller_objects(deployment):
+            meta = obj["metadata"]
+            current = kubectl.get(obj["kind"], meta["name"], namespace=meta.get("namespace"))
+            apply_object(kubectl, obj, current, dry_run=run.dry_run)
 
 
 def _labelled_nodes(run: _Run, kubectl: Kubectl, hosts: Sequence[_Host]) -> list[dict[str, Any]]:
