@@ -7,8 +7,10 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
+from gpunode.bootstrap.cli.kube_options import parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
-from gpunode.bootstrap.cli.render_alerts import alerts_command
+from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.cli.render_dashboard import dashboard_command
 from gpunode.bootstrap.cli.telemetry_options import telemetry_options
@@ -38,6 +40,7 @@ _MANIFEST_OPTIONS = (
     "mig_strategy",
     "kubelet_root",
     "fail_on_init_error",
+    "tolerations",
     "plugin_config",
     "sharing",
     "replicas",
@@ -47,7 +50,7 @@ _MANIFEST_OPTIONS = (
 )
 
 
-@click.group("render", invoke_without_command=True)
+@click.group("render", cls=ContractGroup, invoke_without_command=True, empty_body={"documents": []})
 @click.option(
     "--lib-path",
     metavar="FILE",
@@ -106,12 +109,14 @@ _MANIFEST_OPTIONS = (
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
 @plugin_config_options
+@toleration_option
 @telemetry_options
 @click.option(
     "--prometheus-operator",
     is_flag=True,
     help="Also a PodMonitor (monitoring.coreos.com/v1) that scrapes the bundled plugin's metrics port.",
 )
+@output_option
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -127,10 +132,12 @@ def render(
     plugin_config: tuple[str, ...],
     sharing: str | None,
     replicas: int | None,
+    tolerations: tuple[str, ...],
     metrics_addr: str,
     node_labels: str,
     prometheus_operator: bool,
-) -> None:
+    output: str,
+) -> Outcome | None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
 
     \b
@@ -145,7 +152,7 @@ def render(
     The options below apply to these manifests only. Other configuration (such as the
     containerd drop-in) is printed by the subcommands listed under Commands, each with
     its own --help. Exit status 0 when printed, 2 on bad input (the reason on stderr,
-    nothing on stdout).
+    nothing on stdout; with --output json the envelope with the error).
     """
     if ctx.invoked_subcommand is not None:
         given = [
@@ -158,7 +165,7 @@ def render(
                 f"`gpunode render {ctx.invoked_subcommand}`.",
                 f"Run `gpunode render {ctx.invoked_subcommand} --help` for its own options.",
             )
-        return
+        return None
     if lib_path is None and mode == "mount":
         raise UserError(
             "Mount mode needs the node's real NVML library file, and --lib-path was not given.",
@@ -183,6 +190,7 @@ def render(
         namespace=namespace,
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
+        tolerations=parse_tolerations(tolerations),
         plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
         metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
         node_labels=node_labels,
@@ -190,7 +198,7 @@ def render(
     text = render_manifests(deployment)
     if prometheus_operator:
         text += f"---\n{dump_yaml(pod_monitor(deployment)).rstrip()}\n"
-    click.echo(text, nl=False)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text, verbatim=True)
 
 
 render.add_command(containerd_command)

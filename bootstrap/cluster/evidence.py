@@ -23,6 +23,7 @@ from gpunode.bootstrap.core.kube.view import (
     containers_of,
     controlled_by,
     dig,
+    events_about,
     gpu_node_labels,
     is_gpu_device_plugin,
     name_of,
@@ -45,6 +46,20 @@ class ClusterSnapshot:
     runtime_classes: list[JSON]
     cluster_policies: list[JSON] | None
     gaps: list[str] = field(default_factory=list)
+    # The ConfigMaps of device plugin configs the DaemonSets mount (per-node config).
+    config_maps: list[JSON] = field(default_factory=list)
+
+
+def mounted_config_maps(daemonsets: Sequence[JSON]) -> list[tuple[str, str]]:
+    """(namespace, name) of every ConfigMap a device plugin DaemonSet mounts."""
+    found = []
+    for daemonset in daemonsets:
+        namespace = str(dig(daemonset, "metadata", "namespace") or "default")
+        for volume in dig(daemonset, "spec", "template", "spec", "volumes") or []:
+            name = dig(volume, "configMap", "name")
+            if isinstance(name, str) and (namespace, name) not in found:
+                found.append((namespace, name))
+    return found
 
 
 def gpu_nodes(nodes: Sequence[JSON]) -> list[str]:
@@ -94,13 +109,27 @@ class ClusterReader:
             policy_list = None
         else:
             policy_list = policies
+        plugin_daemonsets = [d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)]
         return ClusterSnapshot(
             nodes={name_of(n): n for n in nodes},
-            daemonsets=[d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)],
+            daemonsets=plugin_daemonsets,
             runtime_classes=runtime_classes if isinstance(runtime_classes, list) else [],
             cluster_policies=policy_list,
             gaps=gaps,
+            config_maps=self._config_maps(plugin_daemonsets, gaps),
         )
+
+    def _config_maps(self, daemonsets: Sequence[JSON], gaps: list[str]) -> list[JSON]:
+        found = []
+        for namespace, name in mounted_config_maps(daemonsets):
+            try:
+                config_map = self.kubectl.get("configmap", name, namespace=namespace)
+            except GpunodeError as exc:
+                gaps.append(f"ConfigMap {namespace}/{name} could not be read: {exc.problem}")
+                continue
+            if config_map is not None:
+                found.append(config_map)
+        return found
 
     def _optional_list(self, kind: str, **kwargs: Any) -> list[JSON] | str:
         try:
@@ -132,7 +161,7 @@ class ClusterReader:
                 self._optional_list, "pods", all_namespaces=True, field_selector=f"spec.nodeName={node_name}"
             )
             events_job = pool.submit(self._events, None, "Node", node_name)
-            pods_or_error, node_events = pods_job.result(), events_job.result()
+            pods_or_error, node_events = pods_job.result(), events_about(events_job.result(), node)
         gaps = [f"pods on {node_name} could not be listed: {pods_or_error}"] if isinstance(pods_or_error, str) else []
         pods = pods_or_error if isinstance(pods_or_error, list) else []
         plugin_pods, others = self._split(snapshot, pods)
@@ -166,6 +195,7 @@ class ClusterReader:
             cluster_policies=None if snapshot.cluster_policies is None else tuple(snapshot.cluster_policies),
             other_pods=tuple(others),
             gaps=tuple(snapshot.gaps) + tuple(gaps),
+            config_maps=tuple(snapshot.config_maps),
         )
 
     def node_views(self, snapshot: ClusterSnapshot, node_names: Sequence[str]) -> dict[str, ClusterView]:
@@ -199,7 +229,9 @@ class ClusterReader:
                 snapshot,
                 name,
                 snapshot.nodes.get(name),
-                [e for e in node_events if dig(e, "involvedObject", "name") == name],
+                events_about(
+                    [e for e in node_events if dig(e, "involvedObject", "name") == name], snapshot.nodes.get(name)
+                ),
                 [evidence[id(p)] for p in plugin],
                 [evidence[id(p)] for p in others],
                 gaps,
@@ -229,7 +261,7 @@ class ClusterReader:
             events_job = pool.submit(self._events, namespace, "Pod", name)
             logs_job = pool.submit(self._logs, namespace, name, container, False)
             previous_job = pool.submit(self._logs, namespace, name, container, True) if restarted else None
-            events = events_job.result()
+            events = events_about(events_job.result(), pod)
             logs, problem = logs_job.result()
             previous, previous_problem = previous_job.result() if previous_job else (None, None)
         if restarted:

@@ -115,12 +115,9 @@ def _read_cluster(request: DoctorRequest) -> _Cluster:
     try:
         snapshot = reader.snapshot()
     except GpunodeError as exc:
-        return _Cluster(
-            problem=Unavailable(
-                f"could not read the cluster with {request.kube.describe()}: "
-                f"{exc.problem}" + (f" Fix: {exc.fix}" if exc.fix else "")
-            )
-        )
+        # The error names the cluster access already ("could not reach the cluster with ...").
+        said = exc.problem if request.kube.describe() in exc.problem else f"{request.kube.describe()}: {exc.problem}"
+        return _Cluster(problem=Unavailable(said.rstrip(".") + "." + (f" Fix: {exc.fix}" if exc.fix else "")))
     return _Cluster(reader=reader, snapshot=snapshot)
 
 
@@ -221,12 +218,8 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
             findings = Findings("cluster")
             findings.add(
                 "NO-GPU-NODE",
-                "No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
-                [f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
-                "Run `gpunode doctor HOST` against the machine that should be a GPU node, or "
-                "`gpunode bootstrap HOST` to make it one.",
-                "warning",
-                "host",
+                cause="No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
+                evidence=[f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
             )
             extra.append(findings)
     for node in wanted:

@@ -156,10 +156,15 @@ def _check_host_path(what: str, value: str, flag: str) -> None:
         raise UserError(
             f"The {what} {value!r} contains control characters.", f"Give {flag} as a plain path on the node."
         )
+    if ".." in value.split("/"):
+        # No suggestion: dropping `x/..` by hand is wrong when x is a symlink on the node.
+        raise UserError(
+            f"The {what} {value!r} contains '..', which Kubernetes refuses in a hostPath.",
+            f"Give {flag} as the node resolves it, without '..': `readlink -f PATH` on the node prints it.",
+        )
     if posixpath.normpath(value) != value or value.startswith("//"):
         raise UserError(
-            f"The {what} {value!r} is not in normal form (Kubernetes refuses '..' in hostPath, "
-            "and '.', '//' or a trailing '/' make two names for one path).",
+            f"The {what} {value!r} is not in normal form ('.', '//' or a trailing '/' make two names for one path).",
             f"Give {flag} as {posixpath.normpath(value)!r}.",
         )
 
@@ -512,6 +517,8 @@ def _config_context(dep: PluginDeployment) -> dict[str, Any]:
         "configmap_name": CONFIGMAP_NAME,
         "service_account": SERVICE_ACCOUNT,
         "mps_root": roots[0] if roots else None,
+        # NVIDIA's plugin looks at /mps; gpunode's at the configured root itself.
+        "mps_container_root": "/mps" if dep.plugin == "nvidia" else (roots[0] if roots else None),
         "mps_shm": posixpath.join(roots[0], "shm") if roots else None,
     }
 
@@ -549,6 +556,30 @@ def config_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
             "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": ns}],
         },
     ]
+
+
+MPS_DAEMONSET = "gpunode-mps-control-daemon"
+
+
+def mps_daemon_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
+    """NVIDIA's MPS control daemon DaemonSet, when a config shares GPUs with MPS."""
+    import yaml
+
+    configs = dep.plugin_configs
+    if configs is None or not configs.uses_mps:
+        return []
+    selector = {"app.kubernetes.io/name": MPS_DAEMONSET}
+    context = {
+        **_config_context(dep),
+        "dep": dep,
+        "name": MPS_DAEMONSET,
+        "selector": selector,
+        "labels": {**selector, **MANAGED_BY_LABELS},
+        "image": dep.image if dep.plugin == "nvidia" else NVIDIA_PLUGIN_IMAGE,
+        "driver_label": DRIVER_VERSION_LABEL,
+        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *dep.tolerations)],
+    }
+    return [yaml.safe_load(_render("mps-control-daemon.yaml.j2", context))]
 
 
 NODE_LABELLER_ROLE = "gpunode-device-plugin-node-labeller"
@@ -615,8 +646,11 @@ def render_device_plugin(dep: PluginDeployment) -> str:
 def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
     """RuntimeClass, the per-node config objects if any, then the DaemonSet, as a
     multi-document YAML stream."""
-    objects = [*config_objects(dep), *labeller_objects(dep)]
-    documents = [render_runtimeclass(handler), *(dump_yaml(o) for o in objects), render_device_plugin(dep)]
+    documents = [
+        render_runtimeclass(handler),
+        *(dump_yaml(o) for o in config_objects(dep) + labeller_objects(dep) + mps_daemon_objects(dep)),
+        render_device_plugin(dep),
+    ]
     return "".join(f"---\n{doc.rstrip()}\n" for doc in documents)
 
 
