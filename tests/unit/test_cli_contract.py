@@ -434,6 +434,7 @@ def test_every_offline_command_prints_the_envelope_on_success(tmp_path: Path) ->
         ["render", "--mode", "runtime", "--driver-version", "535.261.03", "--toleration", "dedicated=ml:NoSchedule"],
         ["render", "alerts"],
         ["render", "alerts", "--plain"],
+        ["render", "dashboard"],
         ["render", "containerd", "--config", str(config)],
         ["render", "containerd", "--config", str(config), "--diff"],
     ):
