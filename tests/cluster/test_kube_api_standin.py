@@ -489,7 +489,7 @@ def test_missing_service_account_shows_as_failed_create_on_the_daemonset(
 
 
 def test_tainted_gpu_node_without_toleration_gets_no_daemon_pod(kube_api: KubeApiStandIn, kubectl: Kubectl) -> None:
-    """FIELD-NOTES F15: DESIRED counts only nodes whose taints the pods tolerate."""
+    """F15 (docs/failure-modes.md): DESIRED counts only nodes whose taints the pods tolerate."""
     gpu_node(kube_api, "gpu-1")
     gpu_node(kube_api, "gpu-2", taints=["nvidia.com/gpu=present:NoSchedule"])
     apply(kubectl, daemonset(tolerate_gpu_taint=False))
@@ -882,7 +882,7 @@ def test_daemonset_pod_runs_as_a_real_process(kube_api: KubeApiStandIn, kubectl:
 def test_a_hostpath_file_that_is_not_there_fails_to_mount(
     kube_api: KubeApiStandIn, kubectl: Kubectl, short_tmp: Path
 ) -> None:
-    """FIELD-NOTES F2 as the kubelet reports it: the pod never starts, the event says why."""
+    """F2 (docs/failure-modes.md) as the kubelet reports it: the pod never starts, the event says why."""
     gpu_node(kube_api)
     not_a_file = short_tmp / "lib-dir"
     not_a_file.mkdir()
