@@ -42,6 +42,7 @@ from gpunode.bootstrap.core.kube.manifests import (
     DRIVER_VERSION_LABEL,
     PluginDeployment,
     config_objects,
+    mps_daemon_objects,
     render_device_plugin,
     render_runtimeclass,
 )
@@ -249,9 +250,10 @@ class _PluginOutcome:
 
 def _plugin_configs(run: _Run, kubectl: Kubectl, deployment: PluginDeployment) -> str | None:
     """Apply the ConfigMap of device plugin configs and the account that reads node labels
-    (before the DaemonSets that mount and use them); a note of what changed, or None."""
+    (before the DaemonSets that mount and use them), and NVIDIA's MPS control daemon when a
+    config uses MPS; a note of what changed, or None."""
     changed = []
-    for obj in config_objects(deployment):
+    for obj in config_objects(deployment) + mps_daemon_objects(deployment):
         meta = obj["metadata"]
         current = kubectl.get(str(obj["kind"]).lower(), str(meta["name"]), namespace=meta.get("namespace"))
         if current is not None and not is_managed_by_gpunode(current):

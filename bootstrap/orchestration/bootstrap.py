@@ -64,6 +64,8 @@ class BootstrapRequest:
     cluster: ClusterRequest | None = None
     # How long to wait for a rebooted host to answer again (--reboot).
     reboot_timeout: int = 600
+    # At most this many hosts rebooting at once (--max-parallel-reboots); None: up to --parallel.
+    max_parallel_reboots: int | None = None
 
 
 @dataclass
@@ -189,10 +191,11 @@ def _execute(session: Session, runs: Sequence[HostRun], steps: Sequence[NodeStep
         run = by_host[host]
         plan = run.plans[outcome.step]
         if outcome.succeeded:
-            run.report.record(outcome.step, "changed", _detail(plan))
+            # The notes again: what the step found while it ran (containerd_apply) is among them.
+            run.report.record(outcome.step, "changed", _detail(plan), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: changed")
         else:
-            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output))
+            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: FAILED")
 
     session.run(plans, on_outcome)
@@ -367,7 +370,13 @@ def _reboot_where_asked(
     _say(request, f"rebooting {len(plans)} host(s) and waiting for them")
     rebooted: list[HostRun] = []
     by_host = {run.host: run for run in chosen}
-    for host, outcomes in session.run(plans).items():
+    outcomes_by_host: dict[Host, list[OpOutcome]] = {}
+    waves = list(plans.items())
+    size = request.max_parallel_reboots or len(waves)
+    for start in range(0, len(waves), size):
+        # A wave is back (or given up on) before the next one goes down.
+        outcomes_by_host.update(session.run(dict(waves[start : start + size])))
+    for host, outcomes in outcomes_by_host.items():
         run = by_host[host]
         outcome = outcomes[-1] if outcomes else None
         if outcome is None or not outcome.succeeded:
