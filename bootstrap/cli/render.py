@@ -7,6 +7,7 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
+from gpunode.bootstrap.cli.render_agent import agent_command
 from gpunode.bootstrap.cli.render_alerts import alerts_command
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.core.kube.manifests import (
@@ -161,3 +162,4 @@ def render(
 
 render.add_command(containerd_command)
 render.add_command(alerts_command)
+render.add_command(agent_command)
