@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from gpunode.bootstrap.cli.agent import agent
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.doctor import doctor
 from gpunode.bootstrap.cli.render import render
@@ -37,6 +38,7 @@ cli.add_command(render)
 cli.add_command(doctor)
 cli.add_command(verify)
 cli.add_command(plugin_group)
+cli.add_command(agent)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,9 +89,11 @@ class HostLock:
             status = channel.recv_exit_status()
             rest = first
             channel.close()
-        elif self.host.name == "@local":
+        elif self.host.name == "@local" or hasattr(self.host.connector, "argv"):
+            # @local, or a connector that runs local processes in the host (@nsenter/PID).
+            argv = self.host.connector.argv(self._command()) if self.host.name != "@local" else None
             process = subprocess.Popen(
-                ["sh", "-c", self._command()],
+                argv or ["sh", "-c", self._command()],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -104,8 +106,8 @@ class HostLock:
             rest = first
         else:
             raise HostStateError(
-                f"{self.host.name}: gpunode can lock only SSH and @local hosts.",
-                fix="use an SSH target (user@host) or @local",
+                f"{self.host.name}: gpunode can lock only SSH, @local and @nsenter hosts.",
+                fix="use an SSH target (user@host), @local or @nsenter/PID",
             )
         if status == LOCKED_ELSEWHERE:
             raise TransientError(

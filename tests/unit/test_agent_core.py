@@ -183,7 +183,6 @@ def test_configmap_settings_with_per_node_overrides_by_label() -> None:
     [
         ("settings: [1, 2]", "not a mapping"),
         ("settings: {driver_version: '535; reboot'}", "not a package version"),
-        ("settings: {toolkit_packages: /srv/debs}", "not an agent setting"),
         ("settings: {colour: blue}", "not an agent setting"),
         ("other: 1", "unknown key"),
         ("nodes: [{settings: {}}]", "no selector"),

@@ -18,7 +18,7 @@ RBAC, least privilege (each rule says who needs it):
 - leases get, list, create, update (its namespace): the disruption budget.
 - configmaps get, resourceNames gpunode-agent: its settings.
 - doctor's reads of the node's chain: pods list, pods/log get, events list, daemonsets
-  list (apps), runtimeclasses list (node.k8s.io).
+  list (apps), runtimeclasses list (node.k8s.io), clusterpolicies list (nvidia.com).
 - pods/eviction create (apply mode): drain before a disruptive step.
 Kubernetes RBAC cannot say "only your own Node"; the agent only ever names its own
 (NODE_NAME from the downward API), and the Node authorizer's NodeRestriction does not
@@ -122,6 +122,8 @@ def cluster_rules(mode: str) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list"]},
         {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["list"]},
+        # The GPU Operator's status, when its CRD exists (F8: ready while the plugin is gone).
+        {"apiGroups": ["nvidia.com"], "resources": ["clusterpolicies"], "verbs": ["list"]},
     ]
     if mode == "apply":
         rules[0] = {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}

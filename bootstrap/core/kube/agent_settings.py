@@ -11,7 +11,9 @@ runs, without the `gpunode_` prefix, plus per-node overrides chosen by the Node'
         settings: {driver_branch: "470"}
 
 The values are checked by bootstrap's own settings rules (`resolve_settings`), so a value
-refused on the command line is refused here too, named with where it came from.
+refused on the command line is refused here too, named with where it came from. Paths of
+the operator's machine in bootstrap (`toolkit_packages`, `plugin_wheels`) are paths in the
+agent's container here (a volume with the packages, for air-gapped nodes).
 """
 
 from __future__ import annotations
@@ -27,9 +29,6 @@ from gpunode.bootstrap.errors import UserError
 
 CONFIGMAP_NAME = "gpunode-agent"
 CONFIGMAP_KEY = "settings.yaml"
-# Paths on the operator's machine make no sense inside a node: the agent has no wheelhouse
-# or package directory to upload (it is already on the node).
-_NOT_FOR_AGENT = ("toolkit_packages", "plugin_wheels", "plugin_package")
 
 
 def _mapping(where: str, value: Any) -> dict[str, Any]:
@@ -91,8 +90,8 @@ def node_settings(
         if all(labels.get(k) == v for k, v in selector.items())
     ]:
         for name, value in values.items():
-            if name not in known or name in _NOT_FOR_AGENT:
-                allowed = ", ".join(sorted(known - set(_NOT_FOR_AGENT)))
+            if name not in known:
+                allowed = ", ".join(sorted(known))
                 raise UserError(
                     f"ConfigMap {CONFIGMAP_NAME}: {source}: {name!r} is not an agent setting.",
                     fix=f"use one of: {allowed}",
