@@ -11,6 +11,10 @@ and picks the best set that holds the must-include devices:
 Small cases (the usual: up to 8 GPUs) are solved exactly by trying every set; larger
 ones grow the set greedily. Ties go to the lower device positions, so the same request
 always gets the same answer.
+
+Replicas of shared GPUs (`<id>::<n>`) are placed as NVIDIA's plugin places them: one at a
+time on the GPU with the fewest replicas in use (policy `distributed`, the default) or the
+most (`packed`), ties to the GPU this request has taken least from, then device order.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from pathlib import Path
 from gpunode.plugin.config import PluginConfig
 from gpunode.plugin.devices import PluginDevice
 from gpunode.plugin.nvml import Topology
+from gpunode.plugin.sharing import base_id
 
 EXHAUSTIVE_LIMIT = 5000  # sets to try before falling back to greedy growth
 SAME_GPU_SCORE = 1000
 CDI_KIND = "nvidia.com/gpu"
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+MPS_PIPE_ENV = "CUDA_MPS_PIPE_DIRECTORY"
+MPS_CONTAINER_ROOT = "/mps"  # where NVIDIA's MPS control daemon sees the MPS root
 # Control devices every CUDA container needs besides its GPUs, if the driver made them.
 CONTROL_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 
@@ -105,8 +112,53 @@ def preferred_allocation(
     return sorted(chosen + picked, key=position)
 
 
+def replica_preferred_allocation(
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    order: dict[str, int],
+    policy: str = "distributed",
+) -> list[str]:
+    """`size` replica IDs holding `must_include`, spread over GPUs (distributed) or packed
+    onto the busiest ones; `order` holds every device the plugin advertises (all replicas),
+    from which the replicas in use per GPU follow: those not in `available`."""
+    chosen = list(dict.fromkeys(must_include))
+    taken = set(chosen)
+    candidates = [i for i in dict.fromkeys(available) if i not in taken]
+    candidates.sort(key=lambda i: order.get(i, len(order)))
+    total: dict[str, int] = {}
+    for device_id in order:
+        total[base_id(device_id)] = total.get(base_id(device_id), 0) + 1
+    free: dict[str, int] = {}
+    for device_id in candidates:
+        free[base_id(device_id)] = free.get(base_id(device_id), 0) + 1
+    picked_from: dict[str, int] = {}
+    sign = 1 if policy == "distributed" else -1
+    for _ in range(max(0, min(size - len(chosen), len(candidates)))):
+        best = min(
+            range(len(candidates)),
+            key=lambda k: (
+                sign * (total.get(base_id(candidates[k]), 0) - free[base_id(candidates[k])]),
+                picked_from.get(base_id(candidates[k]), 0),
+                k,
+            ),
+        )
+        pick = candidates.pop(best)
+        gpu = base_id(pick)
+        free[gpu] -= 1
+        picked_from[gpu] = picked_from.get(gpu, 0) + 1
+        chosen.append(pick)
+    return chosen[: max(size, 0)]
+
+
 @dataclass(frozen=True)
 class DeviceNode:
+    container_path: str
+    host_path: str
+
+
+@dataclass(frozen=True)
+class Mount:
     container_path: str
     host_path: str
 
@@ -116,6 +168,7 @@ class ContainerAllocation:
     envs: dict[str, str]
     cdi_devices: tuple[str, ...]
     device_nodes: tuple[DeviceNode, ...]
+    mounts: tuple[Mount, ...] = ()
 
 
 def _mig_caps(dev_root: Path, device: PluginDevice) -> list[str]:
@@ -151,12 +204,39 @@ def device_nodes(devices: Sequence[PluginDevice], dev_root: Path) -> tuple[Devic
     return tuple(nodes)
 
 
-def container_allocation(devices: Sequence[PluginDevice], config: PluginConfig) -> ContainerAllocation:
+def mps_allocation(resource: str, mps_root: Path) -> tuple[dict[str, str], tuple[Mount, ...]]:
+    """What NVIDIA's plugin gives an MPS client: the control daemon's pipe directory for the
+    resource (at /mps/<resource>/pipe, from <mpsRoot>/<resource>/pipe on the host) and the
+    daemon's shared memory (<mpsRoot>/shm on the host) as the container's /dev/shm."""
+    pipe = f"{MPS_CONTAINER_ROOT}/{resource}/pipe"
+    mounts = (
+        Mount(container_path=pipe, host_path=str(mps_root / resource / "pipe")),
+        Mount(container_path="/dev/shm", host_path=str(mps_root / "shm")),
+    )
+    return {MPS_PIPE_ENV: pipe}, mounts
+
+
+def container_allocation(
+    devices: Sequence[PluginDevice], config: PluginConfig, resource: str | None = None
+) -> ContainerAllocation:
+    """The answer for one container. Replicas of one GPU give that GPU once."""
+    unique = list({device.visible_id: device for device in devices}.values())
+    envs: dict[str, str] = {}
     if config.device_list_strategy == "cdi":
-        envs: dict[str, str] = {}
-        cdi = tuple(f"{CDI_KIND}={device.uuid}" for device in devices)
+        cdi = tuple(dict.fromkeys(f"{CDI_KIND}={device.uuid}" for device in unique))
     else:
-        envs = {VISIBLE_DEVICES: ",".join(device.id for device in devices)}
+        envs[VISIBLE_DEVICES] = ",".join(device.visible_id for device in unique)
         cdi = ()
-    nodes = device_nodes(devices, config.dev_root) if config.pass_device_specs else ()
-    return ContainerAllocation(envs=envs, cdi_devices=cdi, device_nodes=nodes)
+    for enabled, name in (
+        (config.gdrcopy_enabled, "NVIDIA_GDRCOPY"),
+        (config.gds_enabled, "NVIDIA_GDS"),
+        (config.mofed_enabled, "NVIDIA_MOFED"),
+    ):
+        if enabled:
+            envs[name] = "enabled"
+    mounts: tuple[Mount, ...] = ()
+    if config.sharing.strategy == "mps" and config.mps_root is not None and resource is not None:
+        mps_envs, mounts = mps_allocation(resource, config.mps_root)
+        envs.update(mps_envs)
+    nodes = device_nodes(unique, config.dev_root) if config.pass_device_specs else ()
+    return ContainerAllocation(envs=envs, cdi_devices=cdi, device_nodes=nodes, mounts=mounts)

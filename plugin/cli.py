@@ -8,6 +8,7 @@ imported here; NVML and gRPC come in with the command that needs them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,10 +21,12 @@ from gpunode.plugin.config import (
     DEFAULT_KUBELET_DIR,
     DEFAULT_RECOVERY_SECONDS,
     DEFAULT_RESOURCE_NAME,
+    SERVICE_ACCOUNT_DIR,
     ConfigError,
     PluginConfig,
     parse_metrics_addr,
     parse_xid_list,
+    pod_resources_default,
     validate_resource_name,
 )
 
@@ -173,9 +176,107 @@ def plugin_group() -> None:
     default="",
     show_envvar=True,
     callback=_checked(parse_metrics_addr),
-    help="host:port to serve Prometheus metrics on /metrics (off when empty).",
+    help="host:port to serve Prometheus metrics on /metrics: GPU telemetry named as dcgm-exporter names it, "
+    "and the plugin's own counters (off when empty).",
+)
+@click.option(
+    "--node-name",
+    envvar=["GPUNODE_NODE_NAME", "NODE_NAME"],
+    default="",
+    show_envvar=True,
+    help="The Node this plugin runs on (the DaemonSet sets spec.nodeName); the Hostname label of the "
+    "telemetry, and the node whose label chooses the config with --config-dir. Default: the host name.",
+)
+@click.option(
+    "--pod-resources-socket",
+    envvar="GPUNODE_POD_RESOURCES_SOCKET",
+    default="",
+    show_envvar=True,
+    help="The kubelet's PodResources socket, for the pod, namespace and container labels of the telemetry. "
+    "Default: pod-resources/kubelet.sock beside the --kubelet-dir; 'off': no pod labels.",
+)
+@click.option(
+    "--mps-root",
+    envvar=["GPUNODE_MPS_ROOT", "MPS_ROOT"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Host directory the MPS control daemon shares with its clients (NVIDIA's mpsRoot; for sharing.mps).",
+)
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file (version: v1): flags, resources, sharing. "
+    "Flags and GPUNODE_* variables given explicitly override it.",
+)
+@click.option(
+    "--config-dir",
+    envvar=["GPUNODE_CONFIG_DIR", "CONFIG_FILE_SRCDIR"],
+    default=None,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Per-node config: a directory of named configs (a mounted ConfigMap); the node label "
+    "--config-label chooses one, and a change of either is applied without a restart.",
+)
+@click.option(
+    "--config-label",
+    envvar=["GPUNODE_CONFIG_LABEL", "NODE_LABEL"],
+    default="nvidia.com/device-plugin.config",
+    show_default=True,
+    show_envvar=True,
+    help="The node label naming the config to use (with --config-dir).",
+)
+@click.option(
+    "--default-config",
+    envvar=["GPUNODE_DEFAULT_CONFIG", "DEFAULT_CONFIG"],
+    default=None,
+    show_envvar=True,
+    help="The config to use when the node has no label (then one named 'default', then the only one).",
+)
+@click.pass_context
+@click.option(
+    "--node-labels",
+    envvar="GPUNODE_NODE_LABELS",
+    default="auto",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["auto", "nfd", "node", "off"]),
+    help="GPU feature discovery's node labels (nvidia.com/gpu.product, gpu.memory, ...): nfd writes NFD's "
+    "feature file, node patches this Node (RBAC: nodes get, patch); auto: nfd when NFD's directory exists, "
+    "else node when running in a pod with --node-name.",
+)
+@click.option(
+    "--node-labels-interval",
+    envvar="GPUNODE_NODE_LABELS_INTERVAL",
+    default=60.0,
+    show_default=True,
+    show_envvar=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between re-applying the node labels (a lost GPU, a label removed by hand).",
+)
+@click.option(
+    "--nfd-features-dir",
+    envvar="GPUNODE_NFD_FEATURES_DIR",
+    default="/etc/kubernetes/node-feature-discovery/features.d",
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="NFD's local feature directory (mounted from the host).",
+)
+@click.option(
+    "--machine-type-file",
+    envvar="GPUNODE_MACHINE_TYPE_FILE",
+    default="/sys/class/dmi/id/product_name",
+    show_default=True,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where nvidia.com/gpu.machine is read from.",
 )
 def serve_command(
+    ctx: click.Context,
     kubelet_dir: Path,
     resource_name: str,
     mig_strategy: str,
@@ -189,12 +290,39 @@ def serve_command(
     health_fatal_xids: frozenset[int],
     health_recovery_seconds: float,
     metrics_addr: tuple[str, int] | None,
+    mps_root: Path | None,
+    config_file: Path | None,
+    config_dir: Path | None,
+    config_label: str,
+    default_config: str | None,
+    node_name: str,
+    pod_resources_socket: str,
+    node_labels: str,
+    node_labels_interval: float,
+    nfd_features_dir: Path,
+    machine_type_file: Path,
 ) -> None:
     """Serve the GPUs to the kubelet and keep them registered."""
-    from gpunode.plugin.serve import serve
+    from gpunode.plugin.serve import NodeConfigs, serve
+
+    if config_file is not None and config_dir is not None:
+        raise click.UsageError("--config-file and --config-dir exclude each other: give one")
+    node_configs = None
+    if config_dir is not None:
+        if not node_name.strip():
+            raise click.UsageError("--config-dir needs --node-name (NODE_NAME; in a DaemonSet, from spec.nodeName)")
+        node_configs = NodeConfigs(config_dir, node_name.strip(), config_label, default_config or None)
+
+    kubelet_dir = kubelet_dir.absolute()
+    if pod_resources_socket.strip() in ("off", "none"):
+        pod_socket: Path | None = None
+    elif pod_resources_socket.strip():
+        pod_socket = Path(pod_resources_socket.strip()).absolute()
+    else:
+        pod_socket = pod_resources_default(kubelet_dir)
 
     config = PluginConfig(
-        kubelet_dir=kubelet_dir.absolute(),
+        kubelet_dir=kubelet_dir,
         resource_name=resource_name,
         mig_strategy=mig_strategy,  # type: ignore[arg-type]  # click.Choice checked it
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
@@ -207,18 +335,72 @@ def serve_command(
         health_fatal_xids=health_fatal_xids - health_ignore_xids,
         health_recovery_seconds=health_recovery_seconds,
         metrics_addr=metrics_addr,
+        mps_root=mps_root,
+        node_name=node_name.strip(),
+        pod_resources_socket=pod_socket,
+        node_labels=node_labels,  # type: ignore[arg-type]  # click.Choice checked it
+        node_labels_interval=node_labels_interval,
+        nfd_features_dir=nfd_features_dir,
+        machine_type_file=machine_type_file,
+        # Not a flag: the pod's mount point; tests point it elsewhere.
+        service_account_dir=Path(os.environ.get("GPUNODE_SERVICE_ACCOUNT_DIR", str(SERVICE_ACCOUNT_DIR))),
     )
     try:
-        code = serve(config)
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
+        code = serve(config, node_configs, explicit_settings(ctx))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     raise click.exceptions.Exit(code)
 
 
+# Options that NVIDIA's config file can also set: the file gives way to them only when
+# they were given (on the command line or in the environment).
+_FILE_SETTINGS = (
+    "mig_strategy",
+    "device_id_strategy",
+    "device_list_strategy",
+    "pass_device_specs",
+    "dev_root",
+    "fail_on_init_error",
+    "mps_root",
+)
+
+
+def explicit_settings(ctx: click.Context) -> frozenset[str]:
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    return frozenset(name for name in _FILE_SETTINGS if ctx.get_parameter_source(name) in given)
+
+
+def with_config_file(config: PluginConfig, path: Path, explicit: frozenset[str]) -> PluginConfig:
+    from gpunode.plugin.log import log_event
+    from gpunode.plugin.nvidia_config import apply_file, load_config_file
+
+    file = load_config_file(path)
+    for note in file.notes:
+        log_event("config_note", file=path, note=note)
+    return apply_file(config, file, explicit)
+
+
 @plugin_group.command("list")
 @device_options
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str, output: str) -> None:
+@click.option(
+    "--config-file",
+    envvar=["GPUNODE_CONFIG_FILE", "CONFIG_FILE"],
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="NVIDIA's device plugin config file: show the devices (replicas, renamed resources) it gives.",
+)
+@click.pass_context
+def list_command(
+    ctx: click.Context,
+    resource_name: str,
+    mig_strategy: str,
+    device_id_strategy: str,
+    output: str,
+    config_file: Path | None,
+) -> None:
     """Show the devices, IDs, health and topology the plugin would advertise (from NVML)."""
     from gpunode.plugin.inventory_view import render_json, render_text
     from gpunode.plugin.nvml import NvmlInitError
@@ -230,7 +412,11 @@ def list_command(resource_name: str, mig_strategy: str, device_id_strategy: str,
         device_id_strategy=device_id_strategy,  # type: ignore[arg-type]
     )
     try:
+        if config_file is not None:
+            config = with_config_file(config, config_file, explicit_settings(ctx))
         inventory, resources = load_devices(config)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     except NvmlInitError as exc:
         click.echo(exc.line(), err=True)
         raise click.exceptions.Exit(1) from exc

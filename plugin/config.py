@@ -7,9 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpunode.plugin.sharing import NO_SHARING, ResourcePattern, Sharing
+
 MigStrategy = Literal["none", "single", "mixed"]
 DeviceIdStrategy = Literal["uuid", "index"]
 DeviceListStrategy = Literal["envvar", "cdi"]
+NodeLabelsMode = Literal["auto", "nfd", "node", "off"]
+AllocationPolicy = Literal["distributed", "packed"]
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
@@ -20,6 +24,7 @@ DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 # the device stays Unhealthy until the plugin restarts, whatever the recovery period.
 DEFAULT_FATAL_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140})
 DEFAULT_RECOVERY_SECONDS = 60.0
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # A unix socket path must fit sockaddr_un.sun_path (108 bytes with the trailing NUL).
 MAX_SOCKET_PATH = 107
@@ -47,6 +52,29 @@ class PluginConfig:
     health_recovery_seconds: float = DEFAULT_RECOVERY_SECONDS
     metrics_addr: tuple[str, int] | None = None
     dev_root: Path = field(default=Path("/"))
+    # From NVIDIA's config file (gpunode.plugin.nvidia_config); the defaults are NVIDIA's.
+    driver_root: Path = field(default=Path("/"))
+    mps_root: Path | None = None
+    gdrcopy_enabled: bool = False
+    gds_enabled: bool = False
+    mofed_enabled: bool = False
+    allocation_policy: AllocationPolicy = "distributed"  # how replicas are spread over GPUs
+    gpu_resources: tuple[ResourcePattern, ...] = ()  # tried in order before `* -> resource_name`
+    mig_resources: tuple[ResourcePattern, ...] = ()
+    sharing: Sharing = NO_SHARING
+    config_source: str | None = None  # the config file (or named config) these came from
+    # The Node this plugin runs on (the DaemonSet passes spec.nodeName); the host name when empty.
+    node_name: str = ""
+    # The kubelet's PodResources socket, for pod attribution of the telemetry; None: off.
+    # Default (see pod_resources_default): <kubelet root>/pod-resources/kubelet.sock.
+    pod_resources_socket: Path | None = None
+    # GFD's node labels: "auto" (NFD's feature file when NFD runs, else patch the own Node),
+    # "nfd", "node" or "off"; re-applied every node_labels_interval seconds.
+    node_labels: NodeLabelsMode = "auto"
+    node_labels_interval: float = 60.0
+    nfd_features_dir: Path = Path("/etc/kubernetes/node-feature-discovery/features.d")
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR
+    machine_type_file: Path = Path("/sys/class/dmi/id/product_name")
 
     @property
     def kubelet_socket(self) -> Path:
@@ -55,6 +83,11 @@ class PluginConfig:
     @property
     def resource_domain(self) -> str:
         return self.resource_name.split("/", 1)[0]
+
+
+def pod_resources_default(kubelet_dir: Path) -> Path:
+    """The kubelet serves PodResources next to its device-plugins directory."""
+    return kubelet_dir.parent / "pod-resources" / "kubelet.sock"
 
 
 def validate_resource_name(name: str) -> str:

@@ -9,8 +9,9 @@ The policy, per device:
 - any other XID makes the device Unhealthy until no further XID has hit it for the
   recovery period (`--health-recovery-seconds`; 0 disables recovery), then Healthy again.
 
-An XID on a whole GPU concerns every device on it (the GPU, or all its MIG devices); an
-XID that names a GPU and compute instance concerns that MIG device only.
+An XID on a whole GPU concerns every device on it (the GPU, or all its MIG devices, and
+every replica of a shared GPU); an XID that names a GPU and compute instance concerns that
+MIG device only (and its replicas).
 
 Every change bumps `version` and wakes the ListAndWatch streams waiting in `wait_for_change`.
 """
@@ -55,12 +56,13 @@ class HealthTracker:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._states: dict[str, _DeviceHealth] = {}
+        # Keyed by (resource, advertised ID): replicas of a shared GPU share its UUID.
+        self._states: dict[tuple[str, str], _DeviceHealth] = {}
         self._by_gpu: dict[str, list[_DeviceHealth]] = {}
         for resource in resources:
             for device in resource.devices:
                 state = _DeviceHealth(resource=resource.name, device=device)
-                self._states[device.uuid] = state
+                self._states[(resource.name, device.id)] = state
                 self._by_gpu.setdefault(device.gpu.uuid, []).append(state)
         self.ignore_xids = ignore_xids
         self.fatal_xids = fatal_xids
@@ -73,9 +75,11 @@ class HealthTracker:
 
     # -- reading --
 
-    def health(self, uuid: str) -> str:
+    def health(self, device_id: str) -> str:
+        """The health of the device advertised as `device_id` (in whichever resource)."""
         with self._cond:
-            return HEALTHY if self._states[uuid].healthy else UNHEALTHY
+            state = next(s for (_, i), s in self._states.items() if i == device_id)
+            return HEALTHY if state.healthy else UNHEALTHY
 
     def snapshot(self, resource: str) -> list[tuple[PluginDevice, str]]:
         with self._cond:
@@ -94,6 +98,18 @@ class HealthTracker:
     def wake_all(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def fatal_gpus(self) -> set[str]:
+        """GPUs (UUIDs) with a fatal fault or lost: a new tracker must not forget them."""
+        with self._cond:
+            return {uuid for uuid, states in self._by_gpu.items() if any(s.fatal for s in states)}
+
+    def inherit_fatal(self, gpu_uuids: set[str]) -> None:
+        """Devices on these GPUs start Unhealthy for good (after a config switch)."""
+        with self._cond:
+            targets = [s for uuid in gpu_uuids for s in self._by_gpu.get(uuid, [])]
+            if targets:
+                self._mark(targets, xid=None, fatal=True)
 
     # -- events --
 
@@ -232,6 +248,10 @@ class HealthMonitor(threading.Thread):
 
     def stop(self) -> None:
         self._stop.set()
+
+    def use(self, tracker: HealthTracker) -> None:
+        """Feed another tracker from now on (the plugin's config changed)."""
+        self._tracker = tracker
 
     def run(self) -> None:
         while not self._stop.is_set():

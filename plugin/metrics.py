@@ -1,8 +1,5 @@
-"""Prometheus metrics for the plugin, in the text exposition format, written by hand.
-
-Five metric families and a tiny HTTP endpoint do not justify prometheus_client: writing
-the format is a few dozen lines, keeps the plugin image one dependency smaller, and keeps
-import time and memory (both measured targets) down.
+"""The plugin's own Prometheus metrics, and the /metrics endpoint that serves them with the
+GPU telemetry (plugin/telemetry.py).
 
     gpunode_plugin_devices{resource,health}                 gauge
     gpunode_plugin_xid_events_total{device,xid}             counter (device: GPU UUID)
@@ -11,13 +8,20 @@ import time and memory (both measured targets) down.
     gpunode_plugin_allocate_requests_total{resource,code}   counter (code: gRPC status name)
     gpunode_plugin_allocate_duration_seconds                histogram
     gpunode_plugin_nvml_up                                  gauge (0: NVML could not start)
+
+The counters are kept in plain dicts (the plugin updates them whether metrics are served or
+not); prometheus_client, the well-kept library for the exposition format, is imported only
+when they are rendered, so a plugin without --metrics-addr never loads it.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -33,22 +37,48 @@ _HELP = {
 }
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+# dcgm-exporter counts XIDs per GPU and XID over a sliding window (--xid-count-window-size,
+# five minutes by default): DCGM_EXP_XID_ERRORS_COUNT.
+XID_WINDOW_SECONDS = 300.0
 
 
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+class XidRecord:
+    """The XIDs NVML reported, per GPU UUID: the last one, and their times for the window."""
 
+    def __init__(self, window: float = XID_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._window = window
+        self._clock = clock
+        self._last: dict[str, int] = {}
+        self._times: dict[tuple[str, int], deque[float]] = {}
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    def record(self, gpu_uuid: str, xid: int) -> None:
+        with self._lock:
+            self._last[gpu_uuid] = xid
+            self._times.setdefault((gpu_uuid, xid), deque()).append(self._clock())
+
+    def last(self, gpu_uuid: str) -> int:
+        with self._lock:
+            return self._last.get(gpu_uuid, 0)
+
+    def counts(self, gpu_uuid: str) -> dict[int, int]:
+        """XID -> how many within the window (XIDs whose window has passed are dropped)."""
+        horizon = self._clock() - self._window
+        out: dict[int, int] = {}
+        with self._lock:
+            for (uuid, xid), times in list(self._times.items()):
+                while times and times[0] < horizon:
+                    times.popleft()
+                if not times:
+                    del self._times[(uuid, xid)]
+                elif uuid == gpu_uuid:
+                    out[xid] = len(times)
+        return out
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.xids = XidRecord()
         self._lock = threading.Lock()
         self._values: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in _HELP}
         self._bucket_counts = [0] * (len(BUCKETS) + 1)
@@ -69,6 +99,7 @@ class Metrics:
         self._set("gpunode_plugin_devices", (("resource", resource), ("health", "Unhealthy")), unhealthy)
 
     def xid(self, device: str, xid: int) -> None:
+        self.xids.record(device, xid)
         self._add("gpunode_plugin_xid_events_total", (("device", device), ("xid", str(xid))))
 
     def registered(self, resource: str) -> None:
@@ -90,39 +121,54 @@ class Metrics:
             self._duration_sum += seconds
             self._duration_count += 1
 
-    def render(self) -> str:
-        lines: list[str] = []
+    def collect(self) -> Iterator[Any]:
+        """The families, for a prometheus_client registry."""
+        from prometheus_client.core import HistogramMetricFamily, Metric
+
         with self._lock:
             for name, (kind, text) in _HELP.items():
-                lines.append(f"# HELP {name} {text}")
-                lines.append(f"# TYPE {name} {kind}")
                 if kind == "histogram":
-                    cumulative = 0
+                    cumulative, buckets = 0, []
                     for bound, count in zip(BUCKETS, self._bucket_counts):
                         cumulative += count
-                        lines.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
-                    lines.append(f'{name}_bucket{{le="+Inf"}} {self._duration_count}')
-                    lines.append(f"{name}_sum {_number(self._duration_sum)}")
-                    lines.append(f"{name}_count {self._duration_count}")
+                        buckets.append((f"{bound:g}", cumulative))
+                    buckets.append(("+Inf", self._duration_count))
+                    yield HistogramMetricFamily(name, text, buckets=buckets, sum_value=self._duration_sum)
                     continue
+                family = Metric(name.removesuffix("_total"), text, kind)
                 for labels, value in sorted(self._values[name].items()):
-                    lines.append(f"{name}{_labels(labels)} {_number(value)}")
-        return "\n".join(lines) + "\n"
+                    family.add_sample(name, dict(labels), value)
+                yield family
+
+    def render(self) -> str:
+        """The text exposition of these metrics alone."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()
+        registry.register(self)
+        return generate_latest(registry).decode()
 
 
 def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
-    """Serve /metrics on address from a daemon thread; returns the server (for its port)."""
-    # Imported here: http.server is slow to import and most plugins run without metrics.
+    """Serve /metrics on address from a daemon thread; returns the server (for its port and
+    its `registry`, where the GPU telemetry registers once NVML is up)."""
+    # Imported here: http.server and prometheus_client are slow to import, and a plugin
+    # without metrics never needs them.
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(metrics)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404, "only /metrics is served here")
                 return
-            body = metrics.render().encode()
+            body = generate_latest(registry)
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -135,5 +181,6 @@ def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
         daemon_threads = True
 
     server = Server(address, Handler)
+    server.registry = registry  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

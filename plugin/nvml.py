@@ -111,6 +111,15 @@ class MigInfo:
     compute_instance: int
     profile: str  # e.g. 1g.5gb, 1c.2g.10gb, 1g.10gb+me
     memory_mib: int
+    # NVML's attributes of the MIG device (GPU feature discovery labels them).
+    multiprocessors: int = 0
+    gi_slices: int = 0
+    ci_slices: int = 0
+    copy_engines: int = 0
+    decoders: int = 0
+    encoders: int = 0
+    jpegs: int = 0
+    ofas: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class GpuInfo:
     numa_node: int | None
     mig_enabled: bool | None  # None: the GPU cannot do MIG
     migs: tuple[MigInfo, ...] = ()
+    compute_capability: tuple[int, int] | None = None  # CUDA's (major, minor); None: NVML did not say
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,7 @@ class Inventory:
     gpus: tuple[GpuInfo, ...]
     topology: Topology
     lost_indices: tuple[int, ...] = ()
+    cuda_version: int | None = None  # nvmlSystemGetCudaDriverVersion: 12020 is CUDA 12.2
 
 
 def _text(value: Any) -> str:
@@ -205,6 +216,14 @@ def _migs(handle: Any, memory_bytes: int) -> tuple[MigInfo, ...]:
                 compute_instance=int(pynvml.nvmlDeviceGetComputeInstanceId(mig)),
                 profile=mig_profile(int(attrs.gpuInstanceSliceCount), int(attrs.computeInstanceSliceCount), gb, media),
                 memory_mib=int(attrs.memorySizeMB),
+                multiprocessors=int(attrs.multiprocessorCount),
+                gi_slices=int(attrs.gpuInstanceSliceCount),
+                ci_slices=int(attrs.computeInstanceSliceCount),
+                copy_engines=int(attrs.sharedCopyEngineCount),
+                decoders=int(attrs.sharedDecoderCount),
+                encoders=int(attrs.sharedEncoderCount),
+                jpegs=int(attrs.sharedJpegCount),
+                ofas=int(attrs.sharedOfaCount),
             )
         )
     return tuple(found)
@@ -279,6 +298,7 @@ def discover(with_migs: bool, sysfs: Path = Path("/sys")) -> Inventory:
                     numa_node=_numa_node(handle, bus_id, sysfs),
                     mig_enabled=mig_enabled,
                     migs=migs,
+                    compute_capability=_compute_capability(handle),
                 )
             )
         topology = _topology(handles, {gpu.pci_bus_id: gpu.index for gpu in gpus})
@@ -296,8 +316,28 @@ def discover(with_migs: bool, sysfs: Path = Path("/sys")) -> Inventory:
         )
         raise NvmlInitError(reason, f"NVML: {exc}", fix) from exc
     return Inventory(
-        driver_version=driver, nvml_version=nvml_version, gpus=tuple(gpus), topology=topology, lost_indices=tuple(lost)
+        driver_version=driver,
+        nvml_version=nvml_version,
+        gpus=tuple(gpus),
+        topology=topology,
+        lost_indices=tuple(lost),
+        cuda_version=_cuda_version(),
     )
+
+
+def _compute_capability(handle: Any) -> tuple[int, int] | None:
+    try:
+        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except pynvml.NVMLError:
+        return None
+    return int(major), int(minor)
+
+
+def _cuda_version() -> int | None:
+    try:
+        return int(pynvml.nvmlSystemGetCudaDriverVersion())
+    except pynvml.NVMLError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -374,3 +414,12 @@ class XidEventSet:
                 if nvml_error_code(exc) == pynvml.NVML_ERROR_GPU_IS_LOST:
                     lost.append(uuid)
         return lost
+
+
+def gpu_is_lost(uuid: str) -> bool:
+    """NVML now answers GPU_IS_LOST for this GPU (fallen off the bus)."""
+    try:
+        pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByUUID(uuid))
+    except pynvml.NVMLError as exc:
+        return bool(nvml_error_code(exc) == pynvml.NVML_ERROR_GPU_IS_LOST)
+    return False

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import grpc
 
-from gpunode.plugin.allocation import container_allocation, preferred_allocation
+from gpunode.plugin.allocation import container_allocation, preferred_allocation, replica_preferred_allocation
 from gpunode.plugin.config import PluginConfig
 from gpunode.plugin.devices import Resource
 from gpunode.plugin.health import HealthTracker
 from gpunode.plugin.log import log_event
 from gpunode.plugin.metrics import Metrics
 from gpunode.plugin.nvml import Topology
+from gpunode.plugin.sharing import is_replica
 from gpunode.plugin.v1beta1 import VERSION, api_pb2, api_pb2_grpc
 from gpunode.plugin.watch import DirectoryWatcher
 
@@ -138,14 +139,24 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
     ) -> api_pb2.PreferredAllocationResponse:
         responses = []
         for container in request.container_requests:
-            ids = preferred_allocation(
-                list(container.available_deviceIDs),
-                list(container.must_include_deviceIDs),
-                container.allocation_size,
-                self._by_id,
-                self._order,
-                self._topology,
-            )
+            available = list(container.available_deviceIDs)
+            if any(is_replica(i) for i in available):
+                ids = replica_preferred_allocation(
+                    available,
+                    list(container.must_include_deviceIDs),
+                    container.allocation_size,
+                    self._order,
+                    self._config.allocation_policy,
+                )
+            else:
+                ids = preferred_allocation(
+                    available,
+                    list(container.must_include_deviceIDs),
+                    container.allocation_size,
+                    self._by_id,
+                    self._order,
+                    self._topology,
+                )
             responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
@@ -161,9 +172,22 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{self.resource.name}: {problem}; this plugin advertises {len(self._by_id)} devices",
             )
+        too_many = self._shared_request_too_large(requested)
+        if too_many is not None:
+            log_event(
+                "allocate_rejected", resource=self.resource.name, problem="shared_request_too_large", found=too_many
+            )
+            self._metrics.allocate(self.resource.name, "UNKNOWN", time.perf_counter() - started)
+            # NVIDIA's words and status code (a plain Go error is UNKNOWN): the kubelet shows
+            # them in the pod's UnexpectedAdmissionError event, and doctor looks for them.
+            context.abort(
+                grpc.StatusCode.UNKNOWN,
+                f'invalid allocation request for "{self.resource.name}": invalid request: '
+                f"maximum request size for shared resources is 1; found {too_many}",
+            )
         responses = []
         for ids in requested:
-            allocation = container_allocation([self._by_id[i] for i in ids], self._config)
+            allocation = container_allocation([self._by_id[i] for i in ids], self._config, self.resource.name)
             responses.append(
                 api_pb2.ContainerAllocateResponse(
                     envs=allocation.envs,
@@ -174,11 +198,25 @@ class DevicePluginService(api_pb2_grpc.DevicePluginServicer):
                         )
                         for node in allocation.device_nodes
                     ],
+                    mounts=[
+                        api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, read_only=False)
+                        for m in allocation.mounts
+                    ],
                 )
             )
         self._metrics.allocate(self.resource.name, "OK", time.perf_counter() - started)
         log_event("allocate", resource=self.resource.name, devices=";".join(",".join(ids) for ids in requested))
         return api_pb2.AllocateResponse(container_responses=responses)
+
+    def _shared_request_too_large(self, requested: list[list[str]]) -> int | None:
+        """With failRequestsGreaterThanOne, a container asking for more than one replica is
+        refused (NVIDIA's rule): the number it asked for, else None."""
+        if not self._config.sharing.fail_requests_greater_than_one:
+            return None
+        for ids in requested:
+            if len(ids) > 1 and any(is_replica(i) for i in ids):
+                return len(ids)
+        return None
 
     def PreStartContainer(
         self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
@@ -310,7 +348,32 @@ class PluginManager:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def reconfigure(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker) -> None:
+        """Serve `resources` under `config` from now on: every server is replaced and
+        registers again (called from the config watcher's thread)."""
+        self._events.put(("reconfigure", (config, resources, tracker)))
+
     # -- the manager thread --
+
+    def _reconfigure(self, config: PluginConfig, resources: list[Resource], tracker: HealthTracker) -> None:
+        for name, server in self._servers.items():
+            server.stop()
+            self._metrics.unregistered(name)
+        self._servers.clear()
+        self._registered_with.clear()
+        self._config, self._resources, self._tracker = config, resources, tracker
+        for resource in resources:
+            self._servers[resource.name] = self._new_server(resource)
+            self._registered_with[resource.name] = None
+        log_event(
+            "reconfigured",
+            config=config.config_source,
+            resources=",".join(f"{r.name}:{len(r.devices)}" for r in resources),
+        )
+        self._restarted_at = time.monotonic()
+        self._attempts = 0
+        self._backoff = BACKOFF_FIRST
+        self._retry_at = time.monotonic()
 
     def _new_server(self, resource: Resource) -> ResourceServer:
         service = DevicePluginService(
@@ -423,6 +486,9 @@ class PluginManager:
                     break
                 if kind == "dir":
                     self._check_directory()
+                elif kind == "reconfigure":
+                    assert isinstance(arg, tuple)
+                    self._reconfigure(*arg)
                 elif kind == "stream_ended":
                     assert isinstance(arg, DevicePluginService)
                     current = self._servers.get(arg.resource.name)

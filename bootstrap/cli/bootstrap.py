@@ -40,7 +40,17 @@ def _confirm(plan: str) -> bool:
 @click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
 @click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
 @click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
-@click.option("--known-hosts", metavar="FILE", help="known_hosts file to check host keys against.")
+@click.option(
+    "--known-hosts",
+    metavar="FILE",
+    help="known_hosts file to check host keys against and record new ones in (default ~/.ssh/known_hosts).",
+)
+@click.option(
+    "--strict-host-keys",
+    is_flag=True,
+    help="Refuse hosts whose key is not already in the known-hosts file (default: record a new "
+    "host's key, as ssh's StrictHostKeyChecking=accept-new; a changed key is always refused).",
+)
 @click.option(
     "--sudo/--no-sudo",
     default=None,
@@ -171,6 +181,7 @@ def bootstrap(
     ssh_key: str | None,
     ssh_config: str | None,
     known_hosts: str | None,
+    strict_host_keys: bool,
     sudo: bool | None,
     skip_cluster: bool,
     kubeconfig: str | None,
@@ -199,6 +210,12 @@ def bootstrap(
     verify (Allocatable nvidia.com/gpu = the GPUs found). Each reports changed /
     unchanged / failed / skipped. A second run on an unchanged host changes nothing.
     After a driver upgrade, a run moves the node to the new driver's DaemonSet.
+
+    SSH host keys: a host met for the first time has its key recorded in the
+    known-hosts file (~/.ssh/known_hosts, or --known-hosts, or your SSH config's
+    UserKnownHostsFile; created 0600 in a 0700 directory when missing); a host whose
+    key differs from the recorded one is refused. --strict-host-keys refuses unknown
+    hosts too.
 
     \b
     Examples:
@@ -245,7 +262,13 @@ def bootstrap(
         )
         cluster = ClusterRequest(access, cluster_settings)
     override = ssh_data(
-        user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config, known_hosts=known_hosts, sudo=sudo
+        user=ssh_user,
+        port=ssh_port,
+        key=ssh_key,
+        config_file=ssh_config,
+        known_hosts=known_hosts,
+        sudo=sudo,
+        strict_host_keys=strict_host_keys,
     )
     pyinfra_inventory = make_inventory(hosts, inventory, override)
     request = BootstrapRequest(

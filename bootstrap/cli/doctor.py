@@ -35,7 +35,17 @@ def _text(value: object) -> str | None:
 @click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
 @click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
 @click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
-@click.option("--known-hosts", metavar="FILE", help="known_hosts file to check host keys against.")
+@click.option(
+    "--known-hosts",
+    metavar="FILE",
+    help="known_hosts file to check host keys against and record new ones in (default ~/.ssh/known_hosts).",
+)
+@click.option(
+    "--strict-host-keys",
+    is_flag=True,
+    help="Refuse hosts whose key is not already in the known-hosts file (default: record a new "
+    "host's key, as ssh's StrictHostKeyChecking=accept-new; a changed key is always refused).",
+)
 @click.option("--sudo/--no-sudo", default=None, help="Run the (read-only) commands through sudo on the hosts.")
 @click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts read at once.")
@@ -54,6 +64,7 @@ def doctor(
     ssh_key: str | None,
     ssh_config: str | None,
     known_hosts: str | None,
+    strict_host_keys: bool,
     sudo: bool | None,
     containerd_config: str | None,
     parallel: int,
@@ -100,7 +111,13 @@ def doctor(
         from gpunode.bootstrap.orchestration.targets import ssh_data
 
         override = ssh_data(
-            user=ssh_user, port=ssh_port, key=ssh_key, config_file=ssh_config, known_hosts=known_hosts, sudo=sudo
+            user=ssh_user,
+            port=ssh_port,
+            key=ssh_key,
+            config_file=ssh_config,
+            known_hosts=known_hosts,
+            sudo=sudo,
+            strict_host_keys=strict_host_keys,
         )
     if hosts or inventory:
         from gpunode.bootstrap.orchestration.green import patch_for_pyinfra

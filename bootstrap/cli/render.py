@@ -7,6 +7,7 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
+from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.cli.render_agent import agent_command
 from gpunode.bootstrap.cli.render_alerts import alerts_command
 from gpunode.bootstrap.cli.render_containerd import containerd_command
@@ -34,6 +35,9 @@ _MANIFEST_OPTIONS = (
     "mig_strategy",
     "kubelet_root",
     "fail_on_init_error",
+    "plugin_config",
+    "sharing",
+    "replicas",
 )
 
 
@@ -95,6 +99,7 @@ _MANIFEST_OPTIONS = (
     show_default=True,
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
+@plugin_config_options
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -107,6 +112,9 @@ def render(
     mig_strategy: str,
     kubelet_root: str,
     fail_on_init_error: bool,
+    plugin_config: tuple[str, ...],
+    sharing: str | None,
+    replicas: int | None,
 ) -> None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
 
@@ -114,6 +122,10 @@ def render(
     Example, for a Debian 12 node with driver 535.261.03:
       gpunode render --lib-path \\
         /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03 | kubectl apply -f -
+
+    With --plugin-config or --sharing, also the ConfigMap of device plugin configs and the
+    service account that lets the plugin read its node's label nvidia.com/device-plugin.config:
+      gpunode render --lib-path ... --sharing time-slicing --replicas 4
 
     The options below apply to these manifests only. Other configuration (such as the
     containerd drop-in) is printed by the subcommands listed under Commands, each with
@@ -156,6 +168,7 @@ def render(
         namespace=namespace,
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
+        plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
     )
     click.echo(render_manifests(deployment), nl=False)
 

@@ -12,6 +12,11 @@ from gpunode.bootstrap.core.kube.alerts import (
     render_prometheus_rule,
     render_rule_file,
 )
+from gpunode.bootstrap.core.kube.gpu_alerts import (
+    DEFAULT_PLUGIN_JOB_REGEX,
+    DEFAULT_TEMPERATURE_THRESHOLD,
+    GpuAlertOptions,
+)
 from gpunode.bootstrap.errors import UserError
 
 
@@ -57,8 +62,29 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     help="A label on the PrometheusRule, for the Prometheus Operator's ruleSelector "
     "(e.g. release=kube-prometheus-stack).",
 )
+@click.option(
+    "--temperature-threshold",
+    type=int,
+    default=DEFAULT_TEMPERATURE_THRESHOLD,
+    show_default=True,
+    metavar="C",
+    help="GpuTemperatureHigh fires above this GPU temperature (DCGM_FI_DEV_GPU_TEMP).",
+)
+@click.option(
+    "--plugin-job-regex",
+    default=DEFAULT_PLUGIN_JOB_REGEX,
+    show_default=True,
+    metavar="RE",
+    help="The Prometheus job(s) scraping gpunode's plugin (a PodMonitor's job is <namespace>/<name>).",
+)
 def alerts_command(
-    plain: bool, gpu_node_labels: tuple[str, ...], daemonset_regex: str, namespace: str, rule_labels: tuple[str, ...]
+    plain: bool,
+    gpu_node_labels: tuple[str, ...],
+    daemonset_regex: str,
+    namespace: str,
+    rule_labels: tuple[str, ...],
+    temperature_threshold: int,
+    plugin_job_regex: str,
 ) -> None:
     """Print the alert rules that catch a GPU node that stopped advertising its GPUs.
 
@@ -69,6 +95,15 @@ def alerts_command(
     GpuDeviceUnhealthy                 the bundled plugin reports a device Unhealthy, 2m
     GpuDevicePluginKeepsReRegistering  its registration count keeps rising
     GpuDevicePluginNvmlDown            it runs, but NVML did not start
+    GpuXidError                        an XID that is not an application's (79, 48, 94 ...)
+    GpuTemperatureHigh                 DCGM_FI_DEV_GPU_TEMP above the threshold, 5m
+    GpuUncorrectableEccErrors          double-bit ECC errors in the last 10m
+    GpuRowRemapFailure                 no spare memory rows left (RMA)
+    GpuLost                            NVML answers nothing for a GPU, 1m
+    GpuDevicePluginDown                the plugin's /metrics cannot be scraped, 5m
+
+    The GPU rules read the plugin's telemetry in dcgm-exporter's names, so they work on
+    dcgm-exporter too (GpuLost and GpuDevicePluginDown are gpunode's own).
 
     Exit status 0 when printed, 2 on bad input (nothing on stdout).
     """
@@ -77,5 +112,6 @@ def alerts_command(
         daemonset_regex=daemonset_regex,
         namespace=namespace,
         rule_labels=_labels(rule_labels),
+        gpu=GpuAlertOptions(temperature_threshold=temperature_threshold, plugin_job_regex=plugin_job_regex),
     )
     click.echo(render_rule_file(options) if plain else render_prometheus_rule(options), nl=False)

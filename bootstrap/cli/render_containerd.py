@@ -18,6 +18,7 @@ from gpunode.bootstrap.core.containerd.plan import (
     plan_runtime_merge,
 )
 from gpunode.bootstrap.errors import UserError
+from gpunode.bootstrap.local_input import read_local_file
 
 # What a file's schema says about the containerd that reads it, when --containerd-version
 # is not given. Schema 2 is written by 1.x (and still read by 2.x): the 1.x rules give a
@@ -26,21 +27,16 @@ _ASSUMED_FOR_SCHEMA = {2: "1.7.0", 3: "2.0.0", 4: "2.3.0"}
 
 
 def _read_config(path: Path) -> str | None:
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
+    data = read_local_file(path, what="a containerd config file")
     try:
-        return path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        raise UserError(
-            f"{path} is a directory, not a containerd config file.", fix="give the config file itself."
-        ) from None
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{path} is not UTF-8 text (byte {exc.start}), so it is no TOML file containerd reads.",
             fix="give the containerd config.toml.",
         ) from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}.", fix="check the path and its permissions.") from None
 
 
 def _status(change: FileChange) -> str:

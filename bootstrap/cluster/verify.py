@@ -19,15 +19,15 @@ from gpunode.bootstrap.cluster.pods import log_of, pod_state
 from gpunode.bootstrap.cluster.rollout import INSTANCE_LABEL, placement_blockers
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, render_verify_pod
 from gpunode.bootstrap.core.kube.taints import Toleration
+from gpunode.bootstrap.core.plugin_log import read_plugin_log
 from gpunode.bootstrap.core.verify.result import (
     NodeObservation,
+    NodeResult,
     PluginEvidence,
-    Verdict,
     WorkloadResult,
     explain,
     judge_workload,
-    parse_plugin_log,
-    quick_verdict,
+    quick_result,
 )
 from gpunode.bootstrap.log import log_event
 
@@ -50,7 +50,7 @@ class VerifyRequest:
 
 @dataclass
 class NodeCheck:
-    verdict: Verdict
+    verdict: NodeResult
     workload: WorkloadResult | None = None
     seconds: float = 0.0
 
@@ -119,12 +119,12 @@ def verify_nodes(
     deadline = started + request.timeout
     names = tuple(dict.fromkeys(request.nodes))
     objects = read_nodes(kubectl, names)
-    done: dict[str, tuple[Verdict, float]] = {}
+    done: dict[str, tuple[NodeResult, float]] = {}
     while True:
         for name in names:
             if name in done:
                 continue
-            verdict = quick_verdict(
+            verdict = quick_result(
                 NodeObservation.from_node(name, objects[name]), request.expects.get(name, request.expect)
             )
             if verdict.ok or not verdict.checked:
@@ -140,7 +140,7 @@ def verify_nodes(
             verdict, seconds = done[name]
         else:
             observation = NodeObservation.from_node(name, objects[name])
-            verdict = quick_verdict(observation, request.expects.get(name, request.expect))
+            verdict = quick_result(observation, request.expects.get(name, request.expect))
             node_obj = objects[name]
             if not verdict.ok and verdict.checked and node_obj is not None:
                 verdict = explain(verdict, observation, plugin_evidence(kubectl, observation, node_obj))
@@ -171,7 +171,7 @@ def _advertised(kubectl: Kubectl, node: str, node_obj: Mapping[str, Any]) -> tup
     )
     uuids: list[str] = []
     for pod in pods:
-        log = parse_plugin_log(log_of(kubectl, namespace, str((pod.get("metadata") or {}).get("name"))))
+        log = read_plugin_log(log_of(kubectl, namespace, str((pod.get("metadata") or {}).get("name"))))
         uuids += [d.uuid for d in log.devices if d.uuid]
     return tuple(uuids)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..core.packages.toolkit import LocalPackage
 from ..errors import UserError
+from ..local_input import PACKAGE_LIMIT, read_local_file
 
 _AR_MAGIC = b"!<arch>\n"
 _RPM_LEAD_MAGIC = b"\xed\xab\xee\xdb"
@@ -111,7 +112,7 @@ def parse_control(text: str) -> dict[str, str]:
 
 
 def read_deb(path: Path) -> LocalPackage:
-    data = path.read_bytes()
+    data = read_local_file(path, what="a package file", limit=PACKAGE_LIMIT)
     members = _ar_members(path, data)
     if "debian-binary" not in members:
         raise _bad(path, "no debian-binary member")
@@ -199,7 +200,7 @@ def _rpm_requires(tags: dict[int, object]) -> tuple[str, ...]:
 
 
 def read_rpm(path: Path) -> LocalPackage:
-    data = path.read_bytes()
+    data = read_local_file(path, what="a package file", limit=PACKAGE_LIMIT)
     if data[:4] != _RPM_LEAD_MAGIC or len(data) < _RPM_LEAD_SIZE:
         raise _bad(path, "no RPM lead")
     _, signature_end = _rpm_header(path, data, _RPM_LEAD_SIZE)

@@ -2,7 +2,8 @@
 
 A step's plan (gpunode.bootstrap.node.steps) already holds the commands that move the
 host to the wanted state, computed from the snapshot before anything runs; the operation
-yields them, or tells pyinfra why there is nothing to do.
+yields them, or tells pyinfra why there is nothing to do. The plan's markers become what
+pyinfra runs here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import shlex
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.command import FileUploadCommand, FunctionCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from gpunode.bootstrap.node.steps import UploadFiles
+from gpunode.bootstrap.node.containerd_apply import apply_runtime_change
+from gpunode.bootstrap.node.remote_files import sh, write_files_script
+from gpunode.bootstrap.node.steps.base import RuntimeChange, UploadFiles, WriteFiles
 
 
 def _expand(command: Any) -> Generator[Any, None, None]:
@@ -25,6 +28,24 @@ def _expand(command: Any) -> Generator[Any, None, None]:
         yield "mkdir -p " + " ".join(shlex.quote(d) for d in directories)
         for local, remote, _ in command.files:
             yield FileUploadCommand(local, remote)
+    elif isinstance(command, WriteFiles):
+        yield sh(write_files_script(command.files, command.backup))
+    elif isinstance(command, RuntimeChange):
+        yield FunctionCommand(
+            apply_runtime_change,
+            (),
+            {
+                "writes": command.writes,
+                "backup": command.backup,
+                "config_path": command.config_path,
+                "runtime_name": command.runtime_name,
+                "binary_name": command.binary_name,
+                "old_dump": command.old_dump,
+                "restart_command": command.restart_command,
+                "has_systemd": command.has_systemd,
+                "messages": command.messages,
+            },
+        )
     else:
         yield command
 

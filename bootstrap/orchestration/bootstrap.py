@@ -28,38 +28,21 @@ from pyinfra.api.inventory import Inventory
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.cluster.steps import CLUSTER_STEPS, run_cluster_steps
 from gpunode.bootstrap.core.host.facts import HostFacts
-from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord, parse_record
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, NodeTarget
-from gpunode.bootstrap.core.packages.apt_sources import GPUNODE_NONFREE_SOURCES
-from gpunode.bootstrap.core.packages.driver import DRIVER_PIN_PATH
-from gpunode.bootstrap.core.packages.toolkit import (
-    TOOLKIT_APT_KEYRING,
-    TOOLKIT_APT_LIST,
-    TOOLKIT_PIN_PATH,
-    LocalPackage,
-)
+from gpunode.bootstrap.core.nvml.library import NvmlLibrary
+from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
 from gpunode.bootstrap.errors import GpunodeError, UserError
-from gpunode.bootstrap.node.containerd_step import containerd_managed_paths, plan_containerd_step
 from gpunode.bootstrap.node.host_lock import HostLock
 from gpunode.bootstrap.node.local_packages import read_local_packages
 from gpunode.bootstrap.node.operations import converge
-from gpunode.bootstrap.node.plugin_service import plan_plugin_service_step, plugin_service_paths
-from gpunode.bootstrap.node.steps import (
-    NOUVEAU_BLACKLIST,
-    StepPlan,
-    plan_driver_step,
-    plan_library_step,
-    plan_nouveau_step,
-    plan_preflight,
-    plan_state_step,
-    plan_toolkit_step,
-)
+from gpunode.bootstrap.node.steps import NodeFacts, NodeStep, StepPlan, managed_paths, steps_of
+from gpunode.bootstrap.node.steps.base import backup_stamp
 from gpunode.bootstrap.orchestration.session import OpOutcome, PlannedOp, Session
 
-PHASE_ONE = ("driver", "nouveau", "toolkit")
-PHASE_TWO = ("containerd", "nvml-library", "plugin-service", "state")
+PACKAGES = steps_of("packages")
+CONFIG = steps_of("config")
 
 
 @dataclass(frozen=True)
@@ -92,26 +75,12 @@ class HostRun:
     facts: HostFacts | None = None
     plans: dict[str, StepPlan] = field(default_factory=dict)
     lock: HostLock | None = None
-    library_version: str | None = None
+    # What the nvml-library step resolved: the steps after it and the cluster steps use it.
+    library: NvmlLibrary | None = None
 
     @property
     def active(self) -> bool:
         return self.report.error is None and all(s.status != "failed" for s in self.report.steps)
-
-
-def managed_paths(settings: NodeSettings) -> tuple[str, ...]:
-    """Files the snapshot reads back so that steps can compare before writing."""
-    return (
-        STATE_PATH,
-        NOUVEAU_BLACKLIST,
-        DRIVER_PIN_PATH,
-        GPUNODE_NONFREE_SOURCES,
-        TOOLKIT_PIN_PATH,
-        TOOLKIT_APT_LIST,
-        TOOLKIT_APT_KEYRING,
-        *containerd_managed_paths(settings),
-        *plugin_service_paths(settings),
-    )
 
 
 def _say(request: BootstrapRequest, text: str) -> None:
@@ -119,9 +88,9 @@ def _say(request: BootstrapRequest, text: str) -> None:
         request.progress(text)
 
 
-def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, list[LocalPackage]]:
+def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, tuple[LocalPackage, ...]]:
     """Read each distinct --toolkit-packages directory once, on the operator's machine."""
-    loaded: dict[str, list[LocalPackage]] = {}
+    loaded: dict[str, tuple[LocalPackage, ...]] = {}
     for run in runs:
         directory = run.settings.toolkit_packages if run.settings else None
         if directory and directory not in loaded:
@@ -131,23 +100,19 @@ def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, list[LocalPackage
                     f"--toolkit-packages {directory} is not a directory.",
                     fix="give the directory that holds the toolkit's .deb or .rpm files",
                 )
-            loaded[directory] = read_local_packages(path)
+            loaded[directory] = tuple(read_local_packages(path))
     return loaded
 
 
 def _record(run: HostRun, plan: StepPlan, request: BootstrapRequest) -> None:
-    if plan.failed is not None:
-        status = "failed"
-    elif plan.skipped is not None:
-        status = "skipped"
-    elif plan.will_change or plan.changes:
-        # A step without commands can still change something: what it decided (the library
-        # moved), which the state step then records.
-        status = "changed"
-    else:
-        status = "unchanged"
-    run.report.record(plan.name, status, _detail(plan))  # type: ignore[arg-type]
+    status = plan.status
+    run.report.record(plan.name, status, _detail(plan))
     run.report.reboot_required |= plan.reboot_required
+    if plan.library is not None:
+        # What a step decided for the run: the report shows it, later steps read it.
+        run.library = plan.library
+        run.report.nvml_library = plan.library.path
+        run.report.driver_version = plan.library.version
     if status == "changed":
         # Planned, not done: the line that says "changed" comes when the commands have run.
         shown = "would change" if request.dry_run else "will change"
@@ -165,23 +130,49 @@ def _detail(plan: StepPlan, output: str = "") -> str:
     return text
 
 
+def _node_facts(run: HostRun, local: Mapping[str, tuple[LocalPackage, ...]]) -> NodeFacts:
+    assert run.facts is not None and run.settings is not None
+    return NodeFacts(
+        host=run.facts,
+        gpunode_version=version("gpunode"),
+        stamp=backup_stamp(),
+        local_packages=local.get(run.settings.toolkit_packages) if run.settings.toolkit_packages else None,
+        library=run.library,
+    )
+
+
 def _plan_phase(
     runs: Sequence[HostRun],
-    names: Sequence[str],
-    planner: Callable[[HostRun, str], StepPlan],
+    steps: Sequence[NodeStep],
     request: BootstrapRequest,
+    local: Mapping[str, tuple[LocalPackage, ...]],
 ) -> None:
+    """Plan `steps` in order on every host; a step sees what the steps before it decided."""
     for run in runs:
-        for name in names:
+        for step in steps:
             if not run.active:
-                run.report.record(name, "skipped", "an earlier step failed on this host")
+                run.report.record(step.name, "skipped", "an earlier step failed on this host")
                 continue
-            plan = planner(run, name)
-            run.plans[name] = plan
+            assert run.settings is not None
+            if request.dry_run and step.needs_settled_driver and _driver_would_change(run):
+                # Planned from the host as it is now: what depends on the installed library
+                # cannot be known while the driver step would change it first.
+                plan = StepPlan(step.name)
+                plan.skipped = "decided after the driver step has installed the driver (it would change first)"
+            else:
+                plan = step.plan(_node_facts(run, local), run.settings)
+            run.plans[step.name] = plan
             _record(run, plan, request)
 
 
-def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str], request: BootstrapRequest) -> None:
+def _driver_would_change(run: HostRun) -> bool:
+    return any(
+        (plan := run.plans.get(step.name)) is not None and plan.will_change for step in PACKAGES if step.changes_driver
+    )
+
+
+def _execute(session: Session, runs: Sequence[HostRun], steps: Sequence[NodeStep], request: BootstrapRequest) -> None:
+    names = [step.name for step in steps]
     plans: dict[Host, list[PlannedOp]] = {}
     for run in runs:
         ops = []
@@ -215,70 +206,11 @@ def _execute(session: Session, runs: Sequence[HostRun], names: Sequence[str], re
                     run.report.record(later, "skipped", "not run: an earlier step failed on this host")
 
 
-def _phase_one_planner(local: Mapping[str, list[LocalPackage]]) -> Callable[[HostRun, str], StepPlan]:
-    def planner(run: HostRun, name: str) -> StepPlan:
-        assert run.facts is not None and run.settings is not None
-        if name == "driver":
-            return plan_driver_step(run.facts, run.settings)
-        if name == "nouveau":
-            return plan_nouveau_step(run.facts, run.settings)
-        packages = local.get(run.settings.toolkit_packages) if run.settings.toolkit_packages else None
-        return plan_toolkit_step(run.facts, run.settings, packages)
-
-    return planner
-
-
-def _phase_two_planner(run: HostRun, name: str) -> StepPlan:
-    assert run.facts is not None and run.settings is not None
-    facts, settings = run.facts, run.settings
-    recorded = parse_record(facts.managed_file(STATE_PATH))
-    if name == "containerd":
-        return plan_containerd_step(facts, settings)
-    if name == "nvml-library":
-        outcome = plan_library_step(facts, settings, recorded)
-        if outcome.library is not None:
-            run.report.nvml_library = outcome.library.path
-            run.report.driver_version = outcome.library.version
-            run.library_version = outcome.library.version
-        return outcome.plan
-    if name == "plugin-service":
-        return plan_plugin_service_step(facts, settings, run.report.driver_version, recorded)
-    record = HostRecord(
-        gpunode_version=version("gpunode"),
-        node_name=facts.node_name,
-        gpu_count=len(facts.gpus),
-        gpus=tuple(f"{gpu.bus_id} {gpu.name}" for gpu in facts.gpus),
-        driver_version=run.report.driver_version,
-        driver_packages={
-            k: v
-            for k, v in sorted(facts.packages.items())
-            if k.startswith(("libnvidia", "nvidia-", "libcuda"))
-            and not k.startswith(("nvidia-container", "libnvidia-container"))
-        },
-        kernel_module=settings.kernel_module,
-        nvml_library=run.report.nvml_library,
-        toolkit_version=facts.packages.get("nvidia-container-toolkit"),
-        containerd_files=tuple(containerd_managed_paths(settings)),
-        runtime_path=settings.runtime_path,
-        plugin_mode=settings.plugin_mode,
-    )
-    return plan_state_step(facts, record)
-
-
 @dataclass
 class BootstrapResult:
     reports: list[HostReport]
     # Every change per host with its file diffs: what --dry-run shows after the summary.
     plan: str
-
-
-def _dry_run_phase_two_planner(run: HostRun, name: str) -> StepPlan:
-    driver = run.plans.get("driver")
-    if driver is not None and driver.will_change and name in ("nvml-library", "state"):
-        plan = StepPlan(name)
-        plan.skipped = "decided after the driver step has installed the driver (it would change first)"
-        return plan
-    return _phase_two_planner(run, name)
 
 
 def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapResult:
@@ -347,18 +279,16 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
     _read(session, live)
     live = [run for run in live if run.active]
     for run in live:
-        assert run.facts is not None and run.settings is not None
+        assert run.facts is not None
         run.report.gpu_count = len(run.facts.gpus)
         run.report.node_name = run.facts.node_name
-        preflight = plan_preflight(run.facts, run.settings)
-        run.plans["preflight"] = preflight
-        _record(run, preflight, request)
-    _plan_phase(live, PHASE_ONE, _phase_one_planner(local), request)
+    _plan_phase(live, steps_of("preflight"), request, local)
+    _plan_phase(live, PACKAGES, request, local)
 
     if request.dry_run:
         # Phase 2 is planned from the host as it is now. Where the driver step would install
         # or change the library first, what depends on the library cannot be known yet.
-        _plan_phase(live, PHASE_TWO, _dry_run_phase_two_planner, request)
+        _plan_phase(live, CONFIG, request, local)
         _cluster(runs, request, unreachable)
         return [run.report for run in runs]
 
@@ -368,19 +298,19 @@ def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> li
                 run.report.error = "not applied: the plan was not confirmed"
             return [run.report for run in runs]
 
-    _execute(session, live, PHASE_ONE, request)
+    _execute(session, live, PACKAGES, request)
     changed = [
         run
         for run in live
-        if run.active and any((s := run.report.step(n)) is not None and s.status == "changed" for n in PHASE_ONE)
+        if run.active and any((s := run.report.step(p.name)) is not None and s.status == "changed" for p in PACKAGES)
     ]
     if changed:
         _say(request, f"reading {len(changed)} host(s) again after package changes")
         _read(session, changed)
     live = [run for run in live if run.active]
-    _plan_phase(live, PHASE_TWO, _phase_two_planner, request)
-    _execute(session, live, PHASE_TWO, request)
-    _reboot_where_asked(session, runs, request)
+    _plan_phase(live, CONFIG, request, local)
+    _execute(session, live, CONFIG, request)
+    _reboot_where_asked(session, runs, request, local)
     _cluster(runs, request)
     return [run.report for run in runs]
 
@@ -399,7 +329,12 @@ def _rebootable(run: HostRun) -> bool:
     return all(run.plans.get(name) is not None and run.plans[name].reboot_required for name in failed)
 
 
-def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: BootstrapRequest) -> None:
+def _reboot_where_asked(
+    session: Session,
+    runs: Sequence[HostRun],
+    request: BootstrapRequest,
+    local: Mapping[str, tuple[LocalPackage, ...]],
+) -> None:
     """Reboot the hosts that need it (--reboot), wait for them, then redo phase 2 on them.
 
     pyinfra's server.reboot starts the reboot detached, then reconnects until the host's
@@ -455,9 +390,9 @@ def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: Boot
             run.report.error = f"after the reboot: {exc}"
             continue
         run.report.reboot_required = False
-        for name in PHASE_TWO:  # planned again from the host as it is after the reboot
-            run.plans.pop(name, None)
-            step = run.report.step(name)
+        for config_step in CONFIG:  # planned again from the host as it is after the reboot
+            run.plans.pop(config_step.name, None)
+            step = run.report.step(config_step.name)
             if step is not None:
                 run.report.steps.remove(step)
         rebooted.append(run)
@@ -465,8 +400,8 @@ def _reboot_where_asked(session: Session, runs: Sequence[HostRun], request: Boot
         return
     _read(session, rebooted)
     again = [run for run in rebooted if run.report.error is None]
-    _plan_phase(again, PHASE_TWO, _phase_two_planner, request)
-    _execute(session, again, PHASE_TWO, request)
+    _plan_phase(again, CONFIG, request, local)
+    _execute(session, again, CONFIG, request)
 
 
 # --------------------------------------------------------------------------------------

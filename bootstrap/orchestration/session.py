@@ -21,10 +21,12 @@ from pyinfra.api.inventory import Inventory
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_host_op
 from pyinfra.api.state import State
+from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.context import ctx_host, ctx_state
 
 from gpunode.bootstrap.core.host.facts import HostFacts, SnapshotError
 from gpunode.bootstrap.node.snapshot import HostSnapshot
+from gpunode.bootstrap.orchestration.host_keys import ensure_known_hosts_file, explain_connect_error, known_hosts_for
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,21 @@ class Session:
         """Connect every host; the value is the connection error, or None."""
 
         def connect_one(host: Host) -> str | None:
+            known = None
+            if host.connector_cls is SSHConnector:
+                known = known_hosts_for(host.name, host.data)
+                try:
+                    ensure_known_hosts_file(known)
+                except OSError as exc:
+                    return (
+                        f"cannot create the known-hosts file {known.path}: {exc.strerror}. "
+                        "Fix: pass --known-hosts with a file you can write."
+                    )
             try:
                 host.connect(raise_exceptions=True, show_errors=False)
             except ConnectError as exc:
-                return str(exc.args[0] if exc.args else exc)
+                message = str(exc.args[0] if exc.args else exc)
+                return explain_connect_error(message, known) if known is not None else message
             self.state.activate_host(host)
             return None
 

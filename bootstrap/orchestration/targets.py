@@ -19,6 +19,7 @@ def ssh_data(
     config_file: str | None,
     known_hosts: str | None,
     sudo: bool | None,
+    strict_host_keys: bool = False,
 ) -> dict[str, Any]:
     """pyinfra host data for the SSH flags that were given (flags override inventory data)."""
     data: dict[str, Any] = {}
@@ -38,6 +39,8 @@ def ssh_data(
         data["ssh_known_hosts_file"] = str(Path(known_hosts).expanduser())
     if sudo is not None:
         data["_sudo"] = sudo
+    if strict_host_keys:
+        data["ssh_strict_host_key_checking"] = "yes"
     return data
 
 

@@ -70,3 +70,75 @@ def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
     result = run(write_files_script([FileWrite(str(target), "new\n")], None))
     assert result.returncode != 0
     assert target.read_text() == "old\n"
+
+
+def mode_of(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_replaced_file_keeps_its_mode_and_owner(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("version = 2\n")
+    os.chmod(config, 0o600)
+    os.chown(config, 4321, 4322)
+    result = run(write_files_script([FileWrite(str(config), "version = 2\n# new\n")], str(tmp_path / "b" / "1")))
+    assert result.returncode == 0, result.stderr
+    assert config.read_text() == "version = 2\n# new\n"
+    assert mode_of(config) == 0o600 and (config.stat().st_uid, config.stat().st_gid) == (4321, 4322)
+
+
+def test_a_new_file_holding_content_of_a_tighter_file_gets_its_permissions(tmp_path: Path) -> None:
+    source = tmp_path / "config.toml"
+    source.write_text('[auth]\npassword = "s3cret"\n')
+    os.chmod(source, 0o600)
+    os.chown(source, 4321, 4322)
+    dropin = tmp_path / "conf.d" / "99-nvidia.toml"
+    plain = tmp_path / "conf.d" / "plain.toml"
+    files = [
+        FileWrite(str(dropin), 'password = "s3cret"\n', 0o644, mode_from=str(source)),
+        FileWrite(str(plain), "x\n"),
+    ]
+    result = run(write_files_script(files, None))
+    assert result.returncode == 0, result.stderr
+    assert mode_of(dropin) == 0o600 and (dropin.stat().st_uid, dropin.stat().st_gid) == (4321, 4322)
+    assert mode_of(plain) == 0o644
+
+
+def test_a_symlinked_file_is_edited_through_the_link_and_restored_there(tmp_path: Path) -> None:
+    real = tmp_path / "srv" / "containerd.toml"
+    real.parent.mkdir()
+    original = b"version = 2\n"
+    real.write_bytes(original)
+    os.chmod(real, 0o640)
+    link = tmp_path / "etc" / "config.toml"
+    link.parent.mkdir()
+    link.symlink_to("../srv/containerd.toml")
+    files = [FileWrite(str(link), "version = 2\n# edited\n")]
+    backup = tmp_path / "backups" / "1"
+
+    assert run(write_files_script(files, str(backup))).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == "../srv/containerd.toml", "the link is left as it was"
+    assert real.read_text() == "version = 2\n# edited\n" and mode_of(real) == 0o640
+    assert not list(tmp_path.rglob("*.gpunode-new"))
+
+    assert run(restore_files_script(files, str(backup))).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == "../srv/containerd.toml"
+    assert real.read_bytes() == original and mode_of(real) == 0o640
+
+
+def test_what_is_no_file_is_refused_before_any_file_changes(tmp_path: Path) -> None:
+    first = tmp_path / "first.toml"
+    first.write_text("old\n")
+    dangling = tmp_path / "dangling.toml"
+    dangling.symlink_to(tmp_path / "missing" / "x.toml")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    directory = tmp_path / "dir.toml"
+    directory.mkdir()
+    for bad, words in ((dangling, "dangling or looping"), (loop, "dangling or looping"), (directory, "not a regular")):
+        files = [FileWrite(str(first), "new\n"), FileWrite(str(bad), "new\n")]
+        result = run(write_files_script(files, str(tmp_path / "backups" / bad.name)))
+        assert result.returncode != 0 and words in result.stderr, result.stderr
+        assert first.read_text() == "old\n", "nothing written"
+    assert dangling.is_symlink() and not (tmp_path / "missing").exists()
+    assert loop.is_symlink() and directory.is_dir() and not list(directory.iterdir())

@@ -1,4 +1,5 @@
-"""Regenerate the device plugin API's Python modules from plugin/v1beta1/api.proto.
+"""Regenerate the Python modules of the kubelet APIs the plugin speaks: the device plugin
+API (plugin/v1beta1/api.proto) and the PodResources API (plugin/podresources/api.proto).
 
     .venv/bin/python tests/plugin/plugin_generate_api.py
 
@@ -19,6 +20,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 API_DIR = REPO_ROOT / "plugin" / "v1beta1"
+PODRESOURCES_DIR = REPO_ROOT / "plugin" / "podresources"
+# Each API's directory in the repository -> its package path under the include root.
+API_PACKAGES = {API_DIR: "gpunode/plugin/v1beta1", PODRESOURCES_DIR: "gpunode/plugin/podresources"}
 PINNED_TOOLS = {"grpcio-tools": "1.66.2", "mypy-protobuf": "3.6.0"}
 GENERATED_FILES = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py", "api_pb2_grpc.pyi")
 
@@ -32,8 +36,8 @@ def check_tool_versions() -> None:
         )
 
 
-def generate(out_dir: Path) -> None:
-    """Write the generated modules for api.proto into out_dir."""
+def generate(out_dir: Path, api_dir: Path = API_DIR) -> None:
+    """Write the generated modules for api_dir's api.proto into out_dir."""
     from grpc_tools import protoc
 
     check_tool_versions()
@@ -42,9 +46,10 @@ def generate(out_dir: Path) -> None:
         # The proto's path under the include root becomes the import path of the
         # generated modules: gpunode/plugin/v1beta1/api.proto -> gpunode.plugin.v1beta1.api_pb2.
         root = Path(tmp) / "src"
-        proto_dir = root / "gpunode" / "plugin" / "v1beta1"
+        package = API_PACKAGES[api_dir]
+        proto_dir = root / package
         proto_dir.mkdir(parents=True)
-        shutil.copy(API_DIR / "api.proto", proto_dir / "api.proto")
+        shutil.copy(api_dir / "api.proto", proto_dir / "api.proto")
         gen = Path(tmp) / "gen"
         gen.mkdir()
         args = [
@@ -56,15 +61,16 @@ def generate(out_dir: Path) -> None:
             f"--mypy_grpc_out={gen}",
             f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
-            "gpunode/plugin/v1beta1/api.proto",
+            f"{package}/api.proto",
         ]
         if protoc.main(args) != 0:
             raise SystemExit("generate_api: protoc failed")
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in GENERATED_FILES:
-            shutil.copy(gen / "gpunode" / "plugin" / "v1beta1" / name, out_dir / name)
+            shutil.copy(gen / package / name, out_dir / name)
 
 
 if __name__ == "__main__":
-    generate(API_DIR)
-    print(f"generated {', '.join(GENERATED_FILES)} in {API_DIR.relative_to(REPO_ROOT)}")
+    for directory in API_PACKAGES:
+        generate(directory, directory)
+        print(f"generated {', '.join(GENERATED_FILES)} in {directory.relative_to(REPO_ROOT)}")

@@ -15,11 +15,14 @@ import ctypes, json, pynvml
 lib = ctypes.CDLL("libnvidia-ml.so.1")
 lib.fakeNvmlStructSize.argtypes = [ctypes.c_char_p]
 ours = {name: lib.fakeNvmlStructSize(name.encode()) for name in
-        ("nvmlPciInfo_t", "nvmlMemory_t", "nvmlMemory_v2_t", "nvmlDeviceAttributes_t", "nvmlEventData_t")}
+        ("nvmlPciInfo_t", "nvmlMemory_t", "nvmlMemory_v2_t", "nvmlDeviceAttributes_t", "nvmlEventData_t",
+         "nvmlUtilization_t", "nvmlFieldValue_t")}
 theirs = {"nvmlPciInfo_t": ctypes.sizeof(pynvml.nvmlPciInfo_t), "nvmlMemory_t": ctypes.sizeof(pynvml.c_nvmlMemory_t),
           "nvmlMemory_v2_t": ctypes.sizeof(pynvml.c_nvmlMemory_v2_t),
           "nvmlDeviceAttributes_t": ctypes.sizeof(pynvml.c_nvmlDeviceAttributes),
-          "nvmlEventData_t": ctypes.sizeof(pynvml.c_nvmlEventData_t)}
+          "nvmlEventData_t": ctypes.sizeof(pynvml.c_nvmlEventData_t),
+          "nvmlUtilization_t": ctypes.sizeof(pynvml.c_nvmlUtilization_t),
+          "nvmlFieldValue_t": ctypes.sizeof(pynvml.c_nvmlFieldValue_t)}
 pynvml.nvmlInit()
 gpu = pynvml.nvmlDeviceGetHandleByIndex(0)
 mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0)
@@ -78,3 +81,69 @@ def test_driver_version_and_init_error_come_from_the_environment(tmp_path: Path,
     env["FAKE_NVML_INIT_ERROR"] = "LIB_RM_VERSION_MISMATCH"
     failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "NVMLError_LibRmVersionMismatch" in failed.stderr
+
+
+TELEMETRY_PROBE = r"""
+import json, pynvml, sys
+pynvml.nvmlInit()
+def read(i):
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    try:
+        u = pynvml.nvmlDeviceGetUtilizationRates(h)
+        return {
+            "util": [u.gpu, u.memory, pynvml.nvmlDeviceGetEncoderUtilization(h)[0],
+                     pynvml.nvmlDeviceGetDecoderUtilization(h)[0]],
+            "temp": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+            "mem_temp": pynvml.nvmlDeviceGetFieldValues(h, [pynvml.NVML_FI_DEV_MEMORY_TEMP])[0].value.uiVal,
+            "power": pynvml.nvmlDeviceGetPowerUsage(h),
+            "energy": pynvml.nvmlDeviceGetTotalEnergyConsumption(h),
+            "clocks": [pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                       pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)],
+            "replay": pynvml.nvmlDeviceGetPcieReplayCounter(h),
+            "ecc": [pynvml.nvmlDeviceGetTotalEccErrors(h, e, c) for e in (0, 1) for c in (0, 1)],
+            "remap": list(pynvml.nvmlDeviceGetRemappedRows(h)),
+            "throttle": pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+            "used_mib": pynvml.nvmlDeviceGetMemoryInfo(h).used >> 20,
+            "cc": list(pynvml.nvmlDeviceGetCudaComputeCapability(h)),
+        }
+    except pynvml.NVMLError as exc:
+        return {"error": str(exc)}
+for line in sys.stdin:
+    print(json.dumps([read(0), read(1)]), flush=True)
+"""
+
+
+def test_telemetry_follows_the_file_while_the_process_runs(tmp_path: Path, fake_nvml_lib: Path) -> None:
+    import json
+
+    config = FakeNvmlConfig(gpus=(FakeGpu(0, cc="9.0"), FakeGpu(1)))
+    nvml = FakeNvml(tmp_path, fake_nvml_lib, config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML_")} | nvml.env()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TELEMETRY_PROBE], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin and proc.stdout
+
+    def ask() -> list[dict[str, object]]:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    try:
+        first, second = ask()
+        assert first["temp"] == 35 and first["mem_temp"] == 40 and first["power"] == 60000
+        assert first["clocks"] == [1410, 1215] and first["cc"] == [9, 0] and second["cc"] == [8, 0]
+        nvml.set_telemetry(0, temp=95, util_gpu=80, util_mem=30, util_dec=5, fb_used_mib=2048, ecc_dbe_vol=2)
+        nvml.set_telemetry(0, remap_unc=3, remap_failure=1, throttle="0x40", pcie_replay=7, energy_mj=5)
+        nvml.set_telemetry("*", power_mw=120000)
+        nvml.set_telemetry(1, fail="UNKNOWN")
+        first, second = ask()
+        assert first["temp"] == 95 and first["util"] == [80, 30, 0, 5] and first["used_mib"] == 2048
+        assert first["ecc"] == [0, 0, 2, 0] and first["remap"] == [0, 3, 0, 1] and first["throttle"] == 0x40
+        assert first["replay"] == 7 and first["energy"] == 5 and first["power"] == 120000
+        assert second == {"error": "Unknown Error"}
+        nvml.set_telemetry(1, fail="none")
+        assert ask()[1]["power"] == 120000
+    finally:
+        proc.kill()
+        proc.wait()

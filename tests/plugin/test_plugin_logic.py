@@ -93,10 +93,21 @@ def test_health_policy_ignore_recover_fatal() -> None:
     clock.now += 1e6
     t.recover_due()
     assert t.health("GPU-1") == UNHEALTHY
-    text = metrics.render()
-    assert 'gpunode_plugin_devices{resource="nvidia.com/gpu",health="Healthy"} 1' in text
-    assert 'gpunode_plugin_xid_events_total{device="GPU-0",xid="8"} 2' in text
-    assert 'gpunode_plugin_xid_events_total{device="GPU-0",xid="13"} 1' in text
+    samples = parsed_samples(metrics.render())
+    assert samples[("gpunode_plugin_devices", (("health", "Healthy"), ("resource", "nvidia.com/gpu")))] == 1
+    assert samples[("gpunode_plugin_xid_events_total", (("device", "GPU-0"), ("xid", "8")))] == 2
+    assert samples[("gpunode_plugin_xid_events_total", (("device", "GPU-0"), ("xid", "13")))] == 1
+    assert metrics.xids.last("GPU-0") == 8 and metrics.xids.counts("GPU-1") == {79: 1}
+
+
+def parsed_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_zero_recovery_means_unhealthy_until_restart() -> None:

@@ -369,15 +369,22 @@ def test_metrics_endpoint(harness: PluginHarness) -> None:
         harness.kubelet.allocate(GPU, ["nope"])
     harness.nvml.inject_xid(1, 79)
     harness.kubelet.wait_devices(GPU, lambda ds: any(d.health == UNHEALTHY for d in ds))
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'gpunode_plugin_devices{resource="nvidia.com/gpu",health="Healthy"} 1' in text
-    assert 'gpunode_plugin_devices{resource="nvidia.com/gpu",health="Unhealthy"} 1' in text
-    assert f'gpunode_plugin_xid_events_total{{device="{uuid(1)}",xid="79"}} 1' in text
-    assert 'gpunode_plugin_registrations_total{resource="nvidia.com/gpu"} 1' in text
-    assert 'gpunode_plugin_allocate_requests_total{resource="nvidia.com/gpu",code="OK"} 1' in text
-    assert 'gpunode_plugin_allocate_requests_total{resource="nvidia.com/gpu",code="INVALID_ARGUMENT"} 1' in text
-    assert "gpunode_plugin_allocate_duration_seconds_count 2" in text
-    assert "gpunode_plugin_nvml_up 1" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("gpunode_plugin_devices", (("health", "Healthy"), ("resource", GPU)))] == 1
+    assert samples[("gpunode_plugin_devices", (("health", "Unhealthy"), ("resource", GPU)))] == 1
+    assert samples[("gpunode_plugin_xid_events_total", (("device", uuid(1)), ("xid", "79")))] == 1
+    assert samples[("gpunode_plugin_registrations_total", (("resource", GPU),))] == 1
+    assert samples[("gpunode_plugin_allocate_requests_total", (("code", "OK"), ("resource", GPU)))] == 1
+    assert samples[("gpunode_plugin_allocate_requests_total", (("code", "INVALID_ARGUMENT"), ("resource", GPU)))] == 1
+    assert samples[("gpunode_plugin_allocate_duration_seconds_count", ())] == 2
+    assert samples[("gpunode_plugin_nvml_up", ())] == 1
 
 
 def test_bad_flag_values_exit_2_naming_the_problem(harness: PluginHarness) -> None:

@@ -101,6 +101,12 @@ class RootfsRecipe:
 
 DEFAULT_RECIPE = RootfsRecipe()
 
+# A machine as a user gets it: Debian's base system (priorities required and important, as
+# the installer and debootstrap lay it down), python3, and sshd (how the tests reach a host;
+# any server has it). No containerd, no runc, no compiler, no curl, no ca-certificates, no
+# ~/.ssh for root (debian_host.py gives root an authorized key; a test removes ~/.ssh).
+PRISTINE_RECIPE = RootfsRecipe(variant="important", packages=("openssh-server", "python3"))
+
 
 def debian_host_cache(cache_dir: Path) -> Path:
     path = cache_dir / "debian-host"

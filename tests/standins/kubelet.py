@@ -415,6 +415,32 @@ class KubeletStandIn:
         stub.PreStartContainer(api_pb2.PreStartContainerRequest(devices_ids=ids), timeout=timeout)
 
 
+_GO_CODE_NAMES = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+}
+
+
+def admission_event(error: grpc.RpcError) -> tuple[str, str]:
+    """The (reason, message) of the pod event the kubelet writes when a plugin's Allocate
+    fails: its admission handler wraps the gRPC error (printed as Go's grpc-go prints a
+    status: `rpc error: code = <Code> desc = <details>`) as an unexpected admission error."""
+    code = _GO_CODE_NAMES.get(error.code(), str(error.code()))  # type: ignore[attr-defined]
+    details = error.details()  # type: ignore[attr-defined]
+    return (
+        "UnexpectedAdmissionError",
+        f"Allocate failed due to rpc error: code = {code} desc = {details}, which is unexpected",
+    )
+
+
 def plugin_sockets(device_plugins_dir: Path) -> list[str]:
     """Names of the sockets other than kubelet.sock in the directory."""
     return sorted(

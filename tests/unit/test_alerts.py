@@ -271,7 +271,7 @@ def test_promtool_checks_the_plain_rule_file(tmp_path: Path) -> None:
         [promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 12 rules found" in check.stdout
 
 
 def test_promtool_evaluates_every_rule_against_its_failure(tmp_path: Path) -> None:

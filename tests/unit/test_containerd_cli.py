@@ -225,3 +225,36 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
 def test_render_help_lists_the_containerd_subcommand() -> None:
     result = gpunode("render", "--help")
     assert result.returncode == 0 and "containerd" in result.stdout
+
+
+def gpunode_bounded(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """The command under a deadline: an input that never ends must fail the test, not hang it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpunode.bootstrap.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def test_config_that_is_no_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    """/dev/zero (endless), a FIFO (no writer: blocks), a link to a device: exit 2 naming what it is."""
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "config.toml"
+    link.symlink_to("/dev/zero")
+    for path, kind in (("/dev/zero", "character device"), (str(fifo), "FIFO"), (str(link), "character device")):
+        result = gpunode_bounded("render", "containerd", "--config", path, "--containerd-version", "1.7")
+        assert result.returncode == 2, (path, result.stderr)
+        assert kind in result.stderr and "regular file" in result.stderr and "Fix:" in result.stderr
+
+
+def test_config_far_larger_than_any_real_one_is_refused_unread(tmp_path: Path) -> None:
+    """A sparse 8 GiB file: refused by its size, so nothing near that is read into memory."""
+    huge = tmp_path / "config.toml"
+    with open(huge, "wb") as handle:
+        handle.truncate(8 * 1024**3)
+    result = gpunode_bounded("render", "containerd", "--config", str(huge), "--containerd-version", "1.7")
+    assert result.returncode == 2, result.stderr
+    assert "MiB at most" in result.stderr and "Fix:" in result.stderr

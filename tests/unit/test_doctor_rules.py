@@ -424,6 +424,29 @@ def test_f1_nvidias_plugin_under_plain_runc() -> None:
     assert "absent, not 0" in diagnosis.verdicts[1].cause
 
 
+NVIDIA_V017_UNDER_RUNC = (
+    "E0615 10:00:00.000000       1 factory.go:112] Incompatible strategy detected auto\n"
+    "E0615 10:00:00.000000       1 factory.go:113] If this is a GPU node, did you configure the NVIDIA Container "
+    "Toolkit?\n"
+    "E0615 10:00:00.000000       1 main.go:173] error starting plugins: error getting plugins: unable to create "
+    "plugins: failed to construct resource managers: invalid device discovery strategy\n"
+)
+
+
+def test_f1_incompatible_strategy_means_no_nvml_in_the_pod_not_mig() -> None:
+    """v0.16 to v0.19 say "Incompatible strategy detected auto" when neither NVML nor Tegra is
+    found (internal/plugin/factory.go): no library in the pod, F1; not F7 (issue 17.14)."""
+    daemonset = nvidia_helm_daemonset()
+    view = healthy_view(
+        daemonsets=(daemonset,),
+        node=gpu_node(allocatable=None, capacity=None),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, crashing()), logs=NVIDIA_V017_UNDER_RUNC),),
+    )
+    diagnosis = judge(case(host=None, view=view))
+    assert ids(diagnosis)[0] == "F1" and "F7" not in ids(diagnosis)
+    assert "Incompatible strategy detected auto" in " ".join(first(diagnosis).evidence)
+
+
 def test_f2_the_daemonset_mounts_the_so1_symlink() -> None:
     diagnosis = judge(case(view=plugin_view(crashing(), LIB_NOT_FOUND, lib_path=None, mode="runtime")))
     assert ids(diagnosis)[0] == "DP-RUNTIME-NO-INJECT"  # runtime mode without injection: its own verdict

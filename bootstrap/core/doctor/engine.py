@@ -39,7 +39,7 @@ LINKS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Finding:
     id: str
     cause: str  # one line
     evidence: tuple[str, ...]
@@ -78,7 +78,7 @@ class Findings:
     """What the rules of one case produce; `add` keeps one verdict per (id, cause)."""
 
     subject: str
-    verdicts: list[Verdict] = field(default_factory=list)
+    verdicts: list[Finding] = field(default_factory=list)
     not_checked: list[NotChecked] = field(default_factory=list)
 
     def add(
@@ -90,7 +90,7 @@ class Findings:
         severity: Severity,
         link: str,
         reboot_required: bool = False,
-    ) -> Verdict:
+    ) -> Finding:
         assert link in LINKS, link
         lines = tuple(line for line in evidence if line)
         if severity != "info":
@@ -100,7 +100,7 @@ class Findings:
         for index, existing in enumerate(self.verdicts):
             if existing.id == id and existing.cause == cause:
                 merged = existing.evidence + tuple(l for l in lines if l not in existing.evidence)
-                self.verdicts[index] = Verdict(
+                self.verdicts[index] = Finding(
                     id,
                     cause,
                     merged,
@@ -111,7 +111,7 @@ class Findings:
                     existing.reboot_required or reboot_required,
                 )
                 return self.verdicts[index]
-        verdict = Verdict(id, cause, lines, fix, severity, link, self.subject, reboot_required)
+        verdict = Finding(id, cause, lines, fix, severity, link, self.subject, reboot_required)
         self.verdicts.append(verdict)
         return verdict
 
@@ -121,7 +121,7 @@ class Findings:
     def has(self, *ids: str) -> bool:
         return any(v.id in ids for v in self.verdicts)
 
-    def below(self, link: str) -> list[Verdict]:
+    def below(self, link: str) -> list[Finding]:
         """Problems found on links lower than `link` (which would explain it)."""
         limit = LINKS.index(link)
         return [v for v in self.verdicts if LINKS.index(v.link) < limit and v.severity != "info"]
@@ -129,11 +129,11 @@ class Findings:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    verdicts: tuple[Verdict, ...]
+    verdicts: tuple[Finding, ...]
     not_checked: tuple[NotChecked, ...]
 
     @property
-    def problems(self) -> tuple[Verdict, ...]:
+    def problems(self) -> tuple[Finding, ...]:
         return tuple(v for v in self.verdicts if v.severity != "info")
 
     @property
@@ -157,7 +157,7 @@ class Diagnosis:
         return json.dumps(self.as_dict(), indent=2)
 
 
-def order(verdicts: Sequence[Verdict]) -> list[Verdict]:
+def order(verdicts: Sequence[Finding]) -> list[Finding]:
     """Lowest link first; within a link, critical before warning before info, then as found."""
     ranked = sorted(
         enumerate(verdicts), key=lambda item: (LINKS.index(item[1].link), SEVERITIES.index(item[1].severity), item[0])
@@ -178,7 +178,7 @@ def diagnose_case(case: DoctorCase) -> Findings:
 def diagnose(cases: Sequence[DoctorCase]) -> Diagnosis:
     """Every case judged; verdicts grouped by case (in the order given), each group ordered
     by the chain."""
-    verdicts: list[Verdict] = []
+    verdicts: list[Finding] = []
     skipped: list[NotChecked] = []
     for case in cases:
         findings = diagnose_case(case)

@@ -326,11 +326,11 @@ def _judge_plugin_pod(
                 "plugin",
             )
             break
-    if log.unhealthy:
+    if log.health_lines:
         findings.add(
             "GPU-UNHEALTHY",
             f"The device plugin {pod_ref} reports unhealthy GPUs: the kubelet does not count them in Allocatable.",
-            [summary, *(f"log: {l}" for l in log.unhealthy[-5:])],
+            [summary, *(f"log: {l}" for l in log.health_lines[-5:])],
             "Read the Xid on the host (`dmesg | grep -i xid`): 79 (fallen off the bus) and 48/63/64/94/95 "
             "(memory errors) need a reset or reboot; the plugin recovers the others by itself.",
             "warning",

@@ -7,7 +7,8 @@ The node-level rules read kube-state-metrics:
 - `kube_node_labels{label_<key>=...}`: the node's GPU label, so CPU nodes never fire (KSM
   exports node labels only when allowed: `--metric-labels-allowlist=nodes=[<key>,...]`);
 - `kube_daemonset_status_number_ready` / `..._desired_number_scheduled`.
-The plugin rules read the bundled plugin's own `/metrics` (gpunode_plugin_*).
+The plugin rules read the bundled plugin's own `/metrics` (gpunode_plugin_*); the GPU rules
+(gpu_alerts.py) its telemetry, in dcgm-exporter's names.
 
 `0` and absent are different failures (FIELD-NOTES F9): one rule for each.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from gpunode.bootstrap.core.kube.gpu_alerts import GpuAlertOptions, gpu_alert_rules
 from gpunode.bootstrap.errors import UserError
 
 # Node labels that mark a GPU node, as `key` (any value) or `key=value`.
@@ -52,6 +54,8 @@ class AlertOptions:
     # A registration in every `reregister_window` for `reregister_for`: it keeps rising.
     reregister_window: str = "10m"
     reregister_for: str = "30m"
+    # The GPUs' own rules (XID, temperature, ECC, row remapping, lost, plugin down).
+    gpu: GpuAlertOptions = field(default_factory=GpuAlertOptions)
 
 
 def ksm_label_name(key: str) -> str:
@@ -114,6 +118,12 @@ def alert_rules(options: AlertOptions) -> list[dict[str, Any]]:
     allocatable = 'kube_node_status_allocatable{resource="nvidia_com_gpu"}'
     ds = f"daemonset=~{promql_string(options.daemonset_regex)}"
     doctor = "Run `gpunode doctor --node {{ $labels.node }}` (add the host for the driver's side)."
+    return _node_and_plugin_rules(options, gpu_nodes, allocatable, ds, doctor) + gpu_alert_rules(options.gpu)
+
+
+def _node_and_plugin_rules(
+    options: AlertOptions, gpu_nodes: str, allocatable: str, ds: str, doctor: str
+) -> list[dict[str, Any]]:
     return [
         {
             "alert": "GpuNodeAdvertisesZeroGpus",

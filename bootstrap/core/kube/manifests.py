@@ -35,6 +35,9 @@ from gpunode.bootstrap.errors import UserError
 if TYPE_CHECKING:
     import jinja2
 
+    # Imported only to type: it brings the plugin's YAML parser, which most commands never need.
+    from gpunode.bootstrap.core.kube.plugin_config import PluginConfigs
+
 DRIVER_VERSION_LABEL = "gpunode.io/driver-version"
 MANAGED_BY_LABELS: Mapping[str, str] = {"app.kubernetes.io/managed-by": "gpunode"}
 NVML_LIBRARY_ANNOTATION = "gpunode.io/nvml-library"
@@ -63,6 +66,13 @@ MODES: tuple[str, ...] = ("mount", "runtime")
 MIG_STRATEGIES: tuple[str, ...] = ("none", "single", "mixed")
 DEVICE_ID_STRATEGIES: tuple[str, ...] = ("uuid", "index")
 DEVICE_LIST_STRATEGIES: tuple[str, ...] = ("envvar", "cdi")
+
+# Per-node config (plugin_config.py): one ConfigMap of named configs per namespace, mounted
+# by every device plugin DaemonSet there, and the account that may read the node's label.
+CONFIGMAP_NAME = "gpunode-device-plugin-configs"
+CONFIGS_DIR = "/available-configs"  # where NVIDIA's chart mounts them, for both plugins
+SERVICE_ACCOUNT = "gpunode-device-plugin"
+NODE_READER_ROLE = "gpunode-device-plugin-node-reader"
 
 _DAEMONSET_PREFIX = {"bundled": "gpunode-device-plugin", "nvidia": "gpunode-nvidia-device-plugin"}
 _TEMPLATE = {"bundled": "device-plugin-bundled.yaml.j2", "nvidia": "device-plugin-nvidia.yaml.j2"}
@@ -208,6 +218,8 @@ class PluginDeployment:
     # DaemonSet runs on. The name then carries a digest of what differs (`plugin_variant`)
     # and the DaemonSet selects only nodes labelled `gpunode.io/device-plugin=<its name>`.
     per_node_variant: bool = False
+    # NVIDIA's config file v1, as named configs chosen per node by nvidia.com/device-plugin.config.
+    plugin_configs: PluginConfigs | None = None
 
     def __post_init__(self) -> None:
         _check_choice("plugin", self.plugin, PLUGINS)
@@ -244,6 +256,11 @@ class PluginDeployment:
         self._check_health_and_metrics()
         if any(not isinstance(t, Toleration) for t in self.tolerations):
             raise TypeError("tolerations must be Toleration values")
+        if self.plugin_configs is not None and len(mps_roots(self.plugin_configs)) > 1:
+            raise UserError(
+                f"The device plugin configs name different MPS roots ({', '.join(sorted(mps_roots(self.plugin_configs)))}).",
+                "Give every MPS config the same flags.mpsRoot: the MPS control daemon has one.",
+            )
 
     @property
     def daemonset_name(self) -> str:
@@ -312,6 +329,10 @@ class PluginDeployment:
                     "NVIDIA's device plugin has no health recovery time and no metrics address.",
                     "Leave them out, or use --plugin bundled.",
                 )
+
+
+def mps_roots(configs: PluginConfigs) -> set[str]:
+    return {str(c.parsed.settings["mps_root"]) for c in configs.configs if c.parsed.sharing.strategy == "mps"}
 
 
 def plugin_variant(dep: PluginDeployment) -> str:
@@ -438,7 +459,72 @@ def _context(dep: PluginDeployment) -> dict[str, Any]:
         "library_dir": CONTAINER_LIBRARY_DIR,
         "library_path": CONTAINER_LIBRARY_PATH,
         "ignore_xids": ",".join(str(x) for x in dep.health_ignore_xids),
+        **_config_context(dep),
     }
+
+
+def _config_context(dep: PluginDeployment) -> dict[str, Any]:
+    configs = dep.plugin_configs
+    roots = sorted(mps_roots(configs)) if configs is not None else []
+    return {
+        "configs": configs,
+        "configs_dir": CONFIGS_DIR,
+        "configmap_name": CONFIGMAP_NAME,
+        "service_account": SERVICE_ACCOUNT,
+        "mps_root": roots[0] if roots else None,
+        "mps_shm": posixpath.join(roots[0], "shm") if roots else None,
+    }
+
+
+def config_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
+    """With per-node configs: the ConfigMap of named configs, and the service account (with
+    its ClusterRole and binding) that may read nodes, for the plugin's label watch."""
+    if dep.plugin_configs is None:
+        return []
+    labels = dict(MANAGED_BY_LABELS)
+    ns = dep.namespace
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": CONFIGMAP_NAME, "namespace": ns, "labels": labels},
+            "data": dep.plugin_configs.data(),
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": SERVICE_ACCOUNT, "namespace": ns, "labels": labels},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": NODE_READER_ROLE, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{NODE_READER_ROLE}-{ns}", "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_READER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": ns}],
+        },
+    ]
+
+
+def dump_yaml(obj: dict[str, Any]) -> str:
+    """One object as YAML; multi-line strings (a ConfigMap's configs) as literal blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value and value.endswith("\n") and not value[:1].isspace() else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    out: str = yaml.dump(obj, Dumper=Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return out
 
 
 def render_device_plugin(dep: PluginDeployment) -> str:
@@ -447,10 +533,10 @@ def render_device_plugin(dep: PluginDeployment) -> str:
 
 
 def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
-    """RuntimeClass then DaemonSet, as a multi-document YAML stream."""
-    runtimeclass = render_runtimeclass(handler)
-    daemonset = render_device_plugin(dep)
-    return f"---\n{runtimeclass.rstrip()}\n---\n{daemonset.rstrip()}\n"
+    """RuntimeClass, the per-node config objects if any, then the DaemonSet, as a
+    multi-document YAML stream."""
+    documents = [render_runtimeclass(handler), *(dump_yaml(o) for o in config_objects(dep)), render_device_plugin(dep)]
+    return "".join(f"---\n{doc.rstrip()}\n" for doc in documents)
 
 
 def manifest_objects(dep: PluginDeployment, handler: str = "nvidia") -> list[dict[str, Any]]:

@@ -32,92 +32,12 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
 )
 from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
 from gpunode.bootstrap.core.kube.view import quantity
+from gpunode.bootstrap.core.plugin_log import read_plugin_log
 
-VerdictKind = Literal["ok", "absent", "zero", "fewer", "more", "no-node"]
-VERDICTS: tuple[VerdictKind, ...] = ("ok", "absent", "zero", "fewer", "more", "no-node")
+ResultKind = Literal["ok", "absent", "zero", "fewer", "more", "no-node"]
+RESULT_KINDS: tuple[ResultKind, ...] = ("ok", "absent", "zero", "fewer", "more", "no-node")
 
 HOST_UNIT = "gpunode-device-plugin.service"
-
-
-# --------------------------------------------------------------------------------------
-# What the bundled plugin says about itself in its log
-
-
-@dataclass(frozen=True)
-class LoggedDevice:
-    id: str
-    uuid: str
-    pci: str  # normalised bus ID ("" when not logged)
-    name: str
-
-
-@dataclass(frozen=True)
-class PluginLog:
-    """The bundled plugin's events since its last start (`event key=value ...` lines)."""
-
-    devices: tuple[LoggedDevice, ...] = ()
-    unhealthy: Mapping[str, str] = field(default_factory=dict)  # device id -> why
-    init_failure: Mapping[str, str] | None = None  # the nvml_init_failed fields
-    registered: bool = False
-    driver: str | None = None
-
-    def device(self, device_id: str) -> LoggedDevice | None:
-        return next((d for d in self.devices if d.id == device_id), None)
-
-
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def parse_event_line(line: str) -> tuple[str, dict[str, str]] | None:
-    """`event k=v k2="v 2"` -> ("event", {...}); None for anything else."""
-    line = line.strip()
-    if not line or not re.match(r"^[a-z_]+(?: |$)", line):
-        return None
-    event, _, rest = line.partition(" ")
-    fields: dict[str, str] = {}
-    for key, value in _FIELD.findall(rest):
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
-        fields[key] = value
-    return event, fields
-
-
-def parse_plugin_log(text: str) -> PluginLog:
-    """Read the bundled plugin's log; only what follows its last `plugin_starting` counts."""
-    devices: dict[str, LoggedDevice] = {}
-    unhealthy: dict[str, str] = {}
-    init_failure: dict[str, str] | None = None
-    registered = False
-    driver: str | None = None
-    for line in text.splitlines():
-        parsed = parse_event_line(line)
-        if parsed is None:
-            continue
-        event, fields = parsed
-        if event == "plugin_starting":
-            devices, unhealthy, registered = {}, {}, False
-            init_failure = None
-            driver = fields.get("driver")
-        elif event == "device" and "id" in fields:
-            devices[fields["id"]] = LoggedDevice(
-                fields["id"],
-                fields.get("uuid", ""),
-                normalize_bus_id(fields["pci"]) if fields.get("pci") else "",
-                fields.get("name", ""),
-            )
-        elif event == "device_unhealthy" and "device" in fields:
-            why = f"XID {fields['xid']}" if fields.get("xid") not in (None, "", "None") else "unhealthy"
-            unhealthy[fields["device"]] = why + (" (fatal)" if fields.get("fatal") == "true" else "")
-        elif event == "gpu_lost":
-            for device_id in filter(None, fields.get("devices", "").split(",")):
-                unhealthy[device_id] = "fell off the bus (GPU lost)"
-        elif event == "device_recovered" and "device" in fields:
-            unhealthy.pop(fields["device"], None)
-        elif event == "registered":
-            registered = True
-        elif event == "nvml_init_failed":
-            init_failure = fields
-    return PluginLog(tuple(devices.values()), unhealthy, init_failure, registered, driver)
 
 
 # --------------------------------------------------------------------------------------
@@ -154,13 +74,9 @@ class PodState:
             parts.append(self.waiting_message)
         if self.last_exit_code is not None:
             parts.append(f"last exit code {self.last_exit_code}")
-        init = parse_plugin_log(self.log).init_failure if self.log else None
+        init = read_plugin_log(self.log).init_failure if self.log else None
         if init is not None:
-            parts.append(
-                "nvml_init_failed reason="
-                + init.get("reason", "?")
-                + (f" error={init['error']!r}" if init.get("error") else "")
-            )
+            parts.append(f"nvml_init_failed reason={init.reason}" + (f" error={init.error!r}" if init.error else ""))
         elif self.termination_message:
             parts.append(self.termination_message.strip().splitlines()[-1])
         if self.events:
@@ -236,9 +152,11 @@ def expectation(node: NodeObservation, expect: int | None) -> tuple[int | None, 
 
 
 @dataclass(frozen=True)
-class Verdict:
+class NodeResult:
+    """What `gpunode verify` found for one node (doctor's judgement is core.doctor's Finding)."""
+
     node: str
-    kind: VerdictKind
+    kind: ResultKind
     allocatable: int | None = None
     capacity: int | None = None
     expected: int | None = None
@@ -305,10 +223,10 @@ class Verdict:
         }
 
 
-def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
+def quick_result(node: NodeObservation, expect: int | None) -> NodeResult:
     """The verdict from the node alone (what is polled while waiting)."""
     if not node.found:
-        return Verdict(
+        return NodeResult(
             node.node,
             "no-node",
             fix="check the node name (kubectl get nodes): it is the name the kubelet registered, e.g. the host name",
@@ -317,7 +235,7 @@ def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
     allocatable, capacity = quantity(node.allocatable), quantity(node.capacity)
     common = {"allocatable": allocatable, "capacity": capacity, "expected": expected, "expected_from": source}
     if node.allocatable is None:
-        kind: VerdictKind = "ok" if expected == 0 else "absent"
+        kind: ResultKind = "ok" if expected == 0 else "absent"
         if kind == "ok":
             common["allocatable"] = 0
     elif allocatable is None:
@@ -332,7 +250,7 @@ def quick_verdict(node: NodeObservation, expect: int | None) -> Verdict:
         kind = "fewer"
     else:
         kind = "more"
-    return Verdict(node.node, kind, **common)  # type: ignore[arg-type]
+    return NodeResult(node.node, kind, **common)  # type: ignore[arg-type]
 
 
 def _rerun_fix(node: str) -> str:
@@ -342,12 +260,12 @@ def _rerun_fix(node: str) -> str:
 def _pod_cause(pod: PodState) -> tuple[str, str]:
     """Why the plugin pod does not serve the node, and what to do."""
     text = pod.describe()
-    log = parse_plugin_log(pod.log) if pod.log else PluginLog()
+    log = read_plugin_log(pod.log)
     init = log.init_failure
     event_text = " ".join(pod.events)
     if init is not None:
-        reason = init.get("reason", "")
-        fix = init.get("fix") or "see the plugin's log"
+        reason = init.reason
+        fix = init.fix or "see the plugin's log"
         if reason == "driver_library_mismatch":
             return text + " (F14)", "reboot the node onto the new driver, then run gpunode bootstrap again"
         if reason == "library_not_found":
@@ -375,7 +293,7 @@ def _pod_cause(pod: PodState) -> tuple[str, str]:
     )
 
 
-def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | None) -> Verdict:
+def explain(verdict: NodeResult, node: NodeObservation, plugin: PluginEvidence | None) -> NodeResult:
     """The verdict with its likely cause and fix, from the evidence about the plugin."""
     if verdict.kind in ("ok", "no-node"):
         return verdict
@@ -384,14 +302,14 @@ def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | No
     missing: tuple[str, ...] = ()
     unhealthy: tuple[str, ...] = ()
     pod = plugin.pod if plugin is not None else None
-    log = parse_plugin_log(pod.log) if pod is not None and pod.log else None
+    log = read_plugin_log(pod.log) if pod is not None and pod.log else None
 
     if log is not None and log.devices and verdict.kind in ("fewer", "zero"):
         seen = {d.pci for d in log.devices if d.pci}
         missing = tuple(b for b in node.recorded_gpus if seen and b not in seen)
         unhealthy = tuple(
             f"{device_id}" + (f" ({d.pci})" if (d := log.device(device_id)) and d.pci else "") + f": {why}"
-            for device_id, why in log.unhealthy.items()
+            for device_id, why in log.unhealthy_devices.items()
         )
 
     if plugin is None or plugin.kind == "unknown":
@@ -483,7 +401,7 @@ def explain(verdict: Verdict, node: NodeObservation, plugin: PluginEvidence | No
             + (f"; {cause}" if cause else "")
         )
         fix = "run gpunode bootstrap for the node again to record its GPUs, or give --expect"
-    return Verdict(
+    return NodeResult(
         verdict.node,
         verdict.kind,
         verdict.allocatable,

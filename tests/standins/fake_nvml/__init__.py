@@ -89,6 +89,7 @@ class FakeGpu:
     mig: str = "0"  # "unsupported", "0" (disabled) or "1" (enabled)
     events: bool = True  # False: the GPU cannot register for XID events
     mig_error: str | None = None  # NVML error its MIG device lookups answer (NO_PERMISSION: F7)
+    cc: str = "8.0"  # CUDA compute capability, MAJOR.MINOR
 
     def resolved_uuid(self) -> str:
         return self.uuid or f"GPU-{0xFA4E0000 + self.index:08x}-0000-4000-8000-{self.index:012x}"
@@ -105,6 +106,7 @@ class FakeGpu:
             f"minor={self.index if self.minor is None else self.minor}",
             f"memory_mib={self.memory_mib}",
             f"mig={self.mig}",
+            f"cc={self.cc}",
         ]
         if self.numa is not None:
             parts.append(f"numa={self.numa}")
@@ -200,8 +202,11 @@ class FakeNvml:
         self.library_dir = library_dir
         self.config_path = workdir / "fake-nvml.conf"
         self.events_path = workdir / "fake-nvml.events"
+        self.telemetry_path = workdir / "fake-nvml.telemetry"
+        self.telemetry: dict[str, dict[str, str]] = {}
         workdir.mkdir(parents=True, exist_ok=True)
         self.events_path.touch()
+        self._write_telemetry()
         self.configure(config)
 
     def configure(self, config: FakeNvmlConfig) -> None:
@@ -216,7 +221,22 @@ class FakeNvml:
             "LD_LIBRARY_PATH": str(self.library_dir),
             "FAKE_NVML_CONFIG": str(self.config_path),
             "FAKE_NVML_EVENTS": str(self.events_path),
+            "FAKE_NVML_TELEMETRY": str(self.telemetry_path),
         }
+
+    def set_telemetry(self, gpu: int | str, **values: int | str) -> None:
+        """Change what the telemetry queries answer for GPU `gpu` (index, UUID or "*"), from
+        the next query on, in running processes too: temp=95, ecc_dbe_vol=2, remap_failure=1,
+        fail="UNKNOWN" (every telemetry query on the GPU fails with it; "none" clears it) ...
+        (README.md lists the keys). Values not given keep what was set before."""
+        self.telemetry.setdefault(str(gpu), {}).update({k: str(v) for k, v in values.items()})
+        self._write_telemetry()
+
+    def _write_telemetry(self) -> None:
+        lines = [f"{gpu} " + " ".join(f"{k}={v}" for k, v in values.items()) for gpu, values in self.telemetry.items()]
+        tmp = self.telemetry_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.telemetry_path)
 
     def _append(self, line: str) -> None:
         with self.events_path.open("a") as events:

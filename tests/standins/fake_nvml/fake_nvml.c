@@ -105,6 +105,31 @@ typedef struct {
     unsigned int computeInstanceId;
 } nvmlEventData_t;
 
+typedef struct {
+    unsigned int gpu;
+    unsigned int memory;
+} nvmlUtilization_t;
+
+typedef union {
+    double dVal;
+    unsigned int uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    signed long long sllVal;
+    signed int siVal;
+    unsigned short usVal;
+} nvmlValue_t;
+
+typedef struct {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    int valueType;
+    nvmlReturn_t nvmlReturn;
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+
 /* The sizes nvml.h gives these structs on LP64; pynvml's ctypes mirrors must agree
  * (tests/plugin checks pynvml's side against fakeNvmlStructSize). */
 _Static_assert(sizeof(nvmlPciInfo_t) == 68, "nvmlPciInfo_t");
@@ -112,6 +137,11 @@ _Static_assert(sizeof(nvmlMemory_t) == 24, "nvmlMemory_t");
 _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t");
 _Static_assert(sizeof(nvmlDeviceAttributes_t) == 40, "nvmlDeviceAttributes_t");
 _Static_assert(sizeof(nvmlEventData_t) == 32, "nvmlEventData_t");
+_Static_assert(sizeof(nvmlUtilization_t) == 8, "nvmlUtilization_t");
+_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t");
+
+#define NVML_FI_DEV_MEMORY_TEMP 82
+#define NVML_VALUE_TYPE_UNSIGNED_INT 1
 
 #define nvmlEventTypeSingleBitEccError 0x1ULL
 #define nvmlEventTypeDoubleBitEccError 0x2ULL
@@ -156,6 +186,20 @@ struct fake_device {
     int nvlink_peer[NVML_NVLINK_LINKS]; /* GPU index at the other end of each active link */
     unsigned int nvlink_count;
     volatile int lost;             /* set by a `lost` event line: every query fails from then on */
+    int cc_major, cc_minor;        /* CUDA compute capability */
+    struct telemetry *t;           /* GPUs only: the values the telemetry queries answer */
+};
+
+/* What the telemetry queries answer, per GPU: defaults, overridden by the telemetry file
+ * (FAKE_NVML_TELEMETRY), which is read again whenever it changed, so a test can change a
+ * value (a temperature, an ECC counter) while the process under test runs. */
+struct telemetry {
+    unsigned int util_gpu, util_mem, util_enc, util_dec;
+    unsigned int temp, mem_temp, power_mw, sm_clock, mem_clock, pcie_replay;
+    unsigned long long energy_mj, throttle, fb_used_mib;
+    unsigned long long ecc[2][2];  /* [corrected, uncorrected][volatile, aggregate] */
+    unsigned int remap_corr, remap_unc, remap_pending, remap_failure;
+    int fail;                      /* NVML error every telemetry query answers (0: none) */
 };
 
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -165,6 +209,10 @@ static struct fake_device migs[MAX_GPUS * MAX_MIGS];
 static unsigned int gpu_count;
 static unsigned int mig_total;
 static int topology[MAX_GPUS][MAX_GPUS]; /* -1: derive from NUMA nodes */
+static struct telemetry telemetry[MAX_GPUS];
+static pthread_mutex_t telemetry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct stat telemetry_seen;
+static int telemetry_loaded;
 static char driver_version[80];
 static char nvml_version[96];
 static int cuda_version;
@@ -228,6 +276,9 @@ static void default_gpu(struct fake_device *g, unsigned int index) {
     g->memory_bytes = 40960ULL << 20;
     g->mig_mode = 0;
     g->events_supported = 1;
+    g->cc_major = 8;
+    g->cc_minor = 0;
+    g->t = &telemetry[index];
 }
 
 static int parse_bus_id(struct fake_device *g, const char *text) {
@@ -355,6 +406,12 @@ static int parse_config_line(char *line, int lineno, int *init_error) {
                 }
             }
             else if (strcmp(key, "pci_device_id") == 0) g->pci_device_id = (unsigned int)strtoul(value, NULL, 16);
+            else if (strcmp(key, "cc") == 0) {
+                if (sscanf(value, "%d.%d", &g->cc_major, &g->cc_minor) != 2) {
+                    complain("config %s: cc wants MAJOR.MINOR", where);
+                    return NVML_ERROR_UNKNOWN;
+                }
+            }
             else {
                 complain("config %s: unknown gpu key", where);
                 return NVML_ERROR_UNKNOWN;
@@ -478,6 +535,9 @@ static int load_state(void) {
     }
     for (unsigned int i = 0; i < gpu_count; i++)
         format_bus_id(&gpus[i]);
+    pthread_mutex_lock(&telemetry_lock);
+    telemetry_loaded = 0; /* read the telemetry file afresh */
+    pthread_mutex_unlock(&telemetry_lock);
 
     const char *version = getenv("FAKE_NVML_DRIVER_VERSION");
     if (version && *version)
@@ -493,6 +553,12 @@ static int load_state(void) {
         }
     }
     return init_error;
+}
+
+static long long now_ms_early(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- init, versions, errors ---- */
@@ -674,12 +740,32 @@ EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) 
 EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
 EXPORT nvmlReturn_t nvmlDeviceGetPciInfo(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
 
+static void telemetry_refresh(void);
+
+/* Memory in use: the telemetry's fb_used_mib on a full GPU (at most its total); none on a MIG device. */
+static unsigned long long used_bytes(const struct fake_device *d) {
+    if (d->is_mig)
+        return 0;
+    telemetry_refresh();
+    unsigned long long used = d->t->fb_used_mib << 20;
+    return used > d->memory_bytes ? d->memory_bytes : used;
+}
+
+/* The telemetry file's `fail` error for a full GPU (memory is telemetry too), or 0. */
+static nvmlReturn_t telemetry_failure(const struct fake_device *d) {
+    if (d->is_mig)
+        return NVML_SUCCESS;
+    telemetry_refresh();
+    return d->t->fail;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *memory) {
     CHECK(d);
     if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
+    if (telemetry_failure(d)) return telemetry_failure(d);
     memory->total = d->memory_bytes;
-    memory->used = 0;
-    memory->free = d->memory_bytes;
+    memory->used = used_bytes(d);
+    memory->free = d->memory_bytes - memory->used;
     return NVML_SUCCESS;
 }
 
@@ -688,10 +774,11 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *
     if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
     if (memory->version != (unsigned int)(sizeof(nvmlMemory_v2_t) | (2 << 24)))
         return 25; /* NVML_ERROR_ARGUMENT_VERSION_MISMATCH */
+    if (telemetry_failure(d)) return telemetry_failure(d);
     memory->total = d->memory_bytes;
     memory->reserved = 0;
-    memory->used = 0;
-    memory->free = d->memory_bytes;
+    memory->used = used_bytes(d);
+    memory->free = d->memory_bytes - memory->used;
     return NVML_SUCCESS;
 }
 
@@ -1024,6 +1111,219 @@ EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
     return NVML_SUCCESS;
 }
 
+/* ---- telemetry ----
+ * FAKE_NVML_TELEMETRY names a file of lines `GPU key=value ...` (GPU: index, UUID or `*`
+ * for every GPU); the file is the whole state: values it does not name keep their
+ * defaults. It is read again when its inode, size or mtime changed (write it by rename). */
+
+static void telemetry_defaults(struct telemetry *t) {
+    memset(t, 0, sizeof(*t));
+    t->temp = 35;
+    t->mem_temp = 40;
+    t->power_mw = 60000;
+    t->energy_mj = 1000000;
+    t->sm_clock = 1410;
+    t->mem_clock = 1215;
+}
+
+static int find_gpu(const char *token);
+
+static void telemetry_set(struct telemetry *t, const char *key, const char *value) {
+    unsigned long long v = strtoull(value, NULL, 10);
+    if (strcmp(key, "util_gpu") == 0) t->util_gpu = (unsigned int)v;
+    else if (strcmp(key, "util_mem") == 0) t->util_mem = (unsigned int)v;
+    else if (strcmp(key, "util_enc") == 0) t->util_enc = (unsigned int)v;
+    else if (strcmp(key, "util_dec") == 0) t->util_dec = (unsigned int)v;
+    else if (strcmp(key, "temp") == 0) t->temp = (unsigned int)v;
+    else if (strcmp(key, "mem_temp") == 0) t->mem_temp = (unsigned int)v;
+    else if (strcmp(key, "power_mw") == 0) t->power_mw = (unsigned int)v;
+    else if (strcmp(key, "energy_mj") == 0) t->energy_mj = v;
+    else if (strcmp(key, "sm_clock") == 0) t->sm_clock = (unsigned int)v;
+    else if (strcmp(key, "mem_clock") == 0) t->mem_clock = (unsigned int)v;
+    else if (strcmp(key, "pcie_replay") == 0) t->pcie_replay = (unsigned int)v;
+    else if (strcmp(key, "throttle") == 0) t->throttle = strtoull(value, NULL, 0);
+    else if (strcmp(key, "fb_used_mib") == 0) t->fb_used_mib = v;
+    else if (strcmp(key, "ecc_sbe_vol") == 0) t->ecc[0][0] = v;
+    else if (strcmp(key, "ecc_sbe_agg") == 0) t->ecc[0][1] = v;
+    else if (strcmp(key, "ecc_dbe_vol") == 0) t->ecc[1][0] = v;
+    else if (strcmp(key, "ecc_dbe_agg") == 0) t->ecc[1][1] = v;
+    else if (strcmp(key, "remap_corr") == 0) t->remap_corr = (unsigned int)v;
+    else if (strcmp(key, "remap_unc") == 0) t->remap_unc = (unsigned int)v;
+    else if (strcmp(key, "remap_pending") == 0) t->remap_pending = (unsigned int)v;
+    else if (strcmp(key, "remap_failure") == 0) t->remap_failure = (unsigned int)v;
+    else if (strcmp(key, "fail") == 0) t->fail = strcmp(value, "none") == 0 ? 0 : parse_error_code(value);
+    else complain("telemetry: unknown key %s", key);
+}
+
+static void telemetry_refresh(void) {
+    const char *path = getenv("FAKE_NVML_TELEMETRY");
+    struct stat st;
+    pthread_mutex_lock(&telemetry_lock);
+    if (!path || !*path || stat(path, &st) != 0)
+        memset(&st, 0, sizeof(st));
+    if (telemetry_loaded && telemetry_seen.st_ino == st.st_ino && telemetry_seen.st_size == st.st_size &&
+        telemetry_seen.st_mtim.tv_sec == st.st_mtim.tv_sec && telemetry_seen.st_mtim.tv_nsec == st.st_mtim.tv_nsec) {
+        pthread_mutex_unlock(&telemetry_lock);
+        return;
+    }
+    telemetry_seen = st;
+    telemetry_loaded = 1;
+    for (unsigned int i = 0; i < MAX_GPUS; i++)
+        telemetry_defaults(&telemetry[i]);
+    FILE *f = st.st_ino ? fopen(path, "r") : NULL;
+    if (f) {
+        char line[1024];
+        while (fgets(line, sizeof(line), f)) {
+            char *hash = strchr(line, '#');
+            if (hash)
+                *hash = '\0';
+            char *cursor = line, *gpu, *key, *value;
+            if (!next_pair(&cursor, &gpu, &value))
+                continue;
+            int all = strcmp(gpu, "*") == 0;
+            int index = all ? -1 : find_gpu(gpu);
+            if (!all && index < 0) {
+                complain("telemetry: no GPU %s", gpu);
+                continue;
+            }
+            while (next_pair(&cursor, &key, &value))
+                for (unsigned int i = 0; i < gpu_count; i++)
+                    if (all || (int)i == index)
+                        telemetry_set(&telemetry[i], key, value);
+        }
+        fclose(f);
+    }
+    pthread_mutex_unlock(&telemetry_lock);
+}
+
+/* A GPU's telemetry, or the error its queries answer. MIG handles answer for their parent. */
+static nvmlReturn_t telemetry_of(nvmlDevice_t d, struct telemetry **out) {
+    CHECK(d);
+    telemetry_refresh();
+    struct fake_device *g = d->is_mig ? d->parent : d;
+    if (g->t->fail)
+        return g->t->fail;
+    *out = g->t;
+    return NVML_SUCCESS;
+}
+
+#define TELEMETRY(d, t) struct telemetry *t = NULL; do { nvmlReturn_t rc_ = telemetry_of(d, &t); if (rc_) return rc_; } while (0)
+
+EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *util) {
+    if (!util) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    util->gpu = t->util_gpu;
+    util->memory = t->util_mem;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t codec_util(nvmlDevice_t d, unsigned int *util, unsigned int *period, int decoder) {
+    if (!util || !period) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *util = decoder ? t->util_dec : t->util_enc;
+    *period = 167000;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned int *util, unsigned int *period) {
+    return codec_util(d, util, period, 0);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned int *util, unsigned int *period) {
+    return codec_util(d, util, period, 1);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
+    if (!temp || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT; /* NVML_TEMPERATURE_GPU only */
+    TELEMETRY(d, t);
+    *temp = t->temp;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvmlFieldValue_t *values) {
+    if (!values || count < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    for (int i = 0; i < count; i++) {
+        values[i].timestamp = (long long)now_ms_early() * 1000;
+        values[i].latencyUsec = 0;
+        if (values[i].fieldId == NVML_FI_DEV_MEMORY_TEMP) {
+            values[i].valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            values[i].value.uiVal = t->mem_temp;
+            values[i].nvmlReturn = NVML_SUCCESS;
+        } else {
+            values[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts) {
+    if (!milliwatts) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *milliwatts = t->power_mw;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d, unsigned long long *millijoules) {
+    if (!millijoules) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *millijoules = t->energy_mj;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *clock) {
+    if (!clock) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    if (type == 1) *clock = t->sm_clock;        /* NVML_CLOCK_SM */
+    else if (type == 2) *clock = t->mem_clock;  /* NVML_CLOCK_MEM */
+    else if (type == 0) *clock = t->sm_clock;   /* NVML_CLOCK_GRAPHICS */
+    else return NVML_ERROR_INVALID_ARGUMENT;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t d, unsigned int *value) {
+    if (!value) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *value = t->pcie_replay;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int errorType, int counterType,
+                                                unsigned long long *count) {
+    if (!count || errorType < 0 || errorType > 1 || counterType < 0 || counterType > 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *count = t->ecc[errorType][counterType];
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corr, unsigned int *unc,
+                                              unsigned int *pending, unsigned int *failure) {
+    if (!corr || !unc || !pending || !failure) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *corr = t->remap_corr;
+    *unc = t->remap_unc;
+    *pending = t->remap_pending;
+    *failure = t->remap_failure;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d, unsigned long long *reasons) {
+    if (!reasons) return NVML_ERROR_INVALID_ARGUMENT;
+    TELEMETRY(d, t);
+    *reasons = t->throttle;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+    CHECK(d);
+    if (!major || !minor) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device *g = d->is_mig ? d->parent : d;
+    *major = g->cc_major;
+    *minor = g->cc_minor;
+    return NVML_SUCCESS;
+}
+
 /* ---- not NVML: lets the tests compare this library's struct sizes with pynvml's ---- */
 
 EXPORT unsigned int fakeNvmlStructSize(const char *name) {
@@ -1032,5 +1332,7 @@ EXPORT unsigned int fakeNvmlStructSize(const char *name) {
     if (strcmp(name, "nvmlMemory_v2_t") == 0) return sizeof(nvmlMemory_v2_t);
     if (strcmp(name, "nvmlDeviceAttributes_t") == 0) return sizeof(nvmlDeviceAttributes_t);
     if (strcmp(name, "nvmlEventData_t") == 0) return sizeof(nvmlEventData_t);
+    if (strcmp(name, "nvmlUtilization_t") == 0) return sizeof(nvmlUtilization_t);
+    if (strcmp(name, "nvmlFieldValue_t") == 0) return sizeof(nvmlFieldValue_t);
     return 0;
 }

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from importlib.metadata import requires, version
+from importlib.metadata import requires
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import Requirement
 
-from gpunode.bootstrap.core.host.facts import HostFacts
 from gpunode.bootstrap.core.host.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
-from gpunode.bootstrap.core.host.record import HostRecord
+from gpunode.bootstrap.core.host.record import STATE_PATH, parse_record
 from gpunode.bootstrap.core.packages.common import FileSpec, PackageSpec, apt_install_command
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError, UserError
-from gpunode.bootstrap.node.steps import StepPlan, UploadFiles, file_commands, file_diff
+from gpunode.bootstrap.node.steps.base import NodeFacts, NodeStep, StepPlan, UploadFiles, file_diff, write_files
 
 PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py")
 WHEEL_DIR = "/var/lib/gpunode/packages/plugin"
@@ -77,14 +76,15 @@ def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
     return commands
 
 
-def plan_plugin_service_step(
-    facts: HostFacts, settings: NodeSettings, driver_version: str | None, recorded: HostRecord | None
-) -> StepPlan:
+def plan_plugin_service_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
+    facts = node.host
+    driver_version = node.library.version if node.library else None
+    recorded = parse_record(facts.managed_file(STATE_PATH))
     plan = StepPlan("plugin-service")
     if settings.plugin_mode != "host":
         plan.skipped = "the plugin runs as a DaemonSet (plugin mode daemonset)"
         return plan
-    ours = version("gpunode")
+    ours = node.gpunode_version
     venv = facts.plugin_venv
     if venv.installed_version != ours:
         if venv.python3 is None:
@@ -107,7 +107,7 @@ def plan_plugin_service_step(
     current = facts.managed_file(UNIT_PATH)
     unit_changed = current != unit
     if unit_changed:
-        plan.commands += file_commands("plugin-service", [FileSpec(UNIT_PATH, unit)])
+        plan.commands += write_files(node, "plugin-service", [FileSpec(UNIT_PATH, unit)])
         plan.changes.append(f"write {UNIT_PATH}")
         plan.diff = file_diff(UNIT_PATH, current, unit)
     driver_changed = recorded is not None and recorded.driver_version not in (None, driver_version)
@@ -132,3 +132,6 @@ def plan_plugin_service_step(
         venv.unit_active or "written (no systemd on this host)"
     )
     return plan
+
+
+STEP = NodeStep("plugin-service", "config", plan_plugin_service_step, managed_paths=plugin_service_paths)
