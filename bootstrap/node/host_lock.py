@@ -89,11 +89,12 @@ class HostLock:
             status = channel.recv_exit_status()
             rest = first
             channel.close()
-        elif self.host.name == "@local" or hasattr(self.host.connector, "argv"):
+        elif self.host.name == "@local" or callable(getattr(self.host.connector, "argv", None)):
             # @local, or a connector that runs local processes in the host (@nsenter/PID).
-            argv = self.host.connector.argv(self._command()) if self.host.name != "@local" else None
+            wrap = getattr(self.host.connector, "argv", None)
+            argv: list[str] = wrap(self._command()) if callable(wrap) else ["sh", "-c", self._command()]
             process = subprocess.Popen(
-                argv or ["sh", "-c", self._command()],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )

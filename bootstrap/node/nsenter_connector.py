@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import shlex
 from tempfile import mkstemp
-from typing import Any
+from typing import Any, cast
 
 from pyinfra import local
-from pyinfra.api import QuoteString, StringCommand
+from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.exceptions import ConnectError, InventoryError, PyinfraError
 from pyinfra.api.util import get_file_io
 from pyinfra.connectors.chroot import ChrootConnector
@@ -49,7 +49,7 @@ def nsenter_argv(pid: int) -> list[str]:
     ]
 
 
-class NsenterConnector(ChrootConnector):  # type: ignore[misc]
+class NsenterConnector(ChrootConnector):
     """Runs through the local connector, each command wrapped in nsenter."""
 
     @staticmethod
@@ -79,7 +79,7 @@ class NsenterConnector(ChrootConnector):  # type: ignore[misc]
     def run_shell_command(
         self, command: Any, print_output: bool = False, print_input: bool = False, **arguments: Any
     ) -> Any:
-        local_arguments = extract_control_arguments(arguments)
+        local_arguments = extract_control_arguments(cast(Any, arguments))
         command = make_unix_command_for_host(self.state, self.host, command, **arguments)
         wrapped = StringCommand(self._prefix(), "sh", "-c", QuoteString(command))
         return self.local.run_shell_command(

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gpunode.bootstrap.core.doctor.engine import Verdict
+from gpunode.bootstrap.core.doctor.engine import Finding
 from gpunode.bootstrap.core.kube.agent_manifests import (
     AgentDeployment,
     agent_objects,
@@ -33,8 +33,8 @@ from gpunode.bootstrap.errors import UserError
 NOW = datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc)
 
 
-def verdict(id: str, link: str = "containerd", severity: str = "critical") -> Verdict:
-    return Verdict(id, f"cause of {id}.", (), f"fix {id}", severity, link)  # type: ignore[arg-type]
+def verdict(id: str, link: str = "containerd", severity: str = "critical") -> Finding:
+    return Finding(id, f"cause of {id}.", (), f"fix {id}", severity, link)  # type: ignore[arg-type]
 
 
 def node_with(condition: dict[str, Any] | None) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def test_no_problem_is_true_and_the_first_verdict_is_the_reason() -> None:
 
 
 def test_long_messages_are_cut_for_the_condition() -> None:
-    long = Verdict("F2", "x" * 5000, (), "y", "critical", "driver")
+    long = Finding("F2", "x" * 5000, (), "y", "critical", "driver")
     assert len(condition_from_verdicts([long]).message) == 1024
 
 

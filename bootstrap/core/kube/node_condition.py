@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from gpunode.bootstrap.core.doctor.engine import Verdict
+from gpunode.bootstrap.core.doctor.engine import Finding
 
 CONDITION_TYPE = "GPUNodeReady"
 REASON_READY = "GPUsAdvertised"
@@ -66,7 +66,7 @@ def _shorten(text: str) -> str:
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
 
 
-def condition_from_verdicts(problems: Sequence[Verdict], gpu_count: int | None = None) -> NodeCondition:
+def condition_from_verdicts(problems: Sequence[Finding], gpu_count: int | None = None) -> NodeCondition:
     """`problems`: doctor's verdicts that are problems (critical or warning), chain order.
 
     The first is the lowest broken link: it explains the ones above it, so it is the
