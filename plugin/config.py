@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpunode.plugin.sharing import NO_SHARING, ResourcePattern, Sharing
+from gpunode.plugin.xids import with_treatment
 
 MigStrategy = Literal["none", "single", "mixed"]
 DeviceIdStrategy = Literal["uuid", "index"]
@@ -17,12 +18,13 @@ AllocationPolicy = Literal["distributed", "packed"]
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
-# Application errors: the GPU itself is fine (NVIDIA's device plugin ignores the same set).
-DEFAULT_IGNORED_XIDS = frozenset({13, 31, 43, 45, 68, 109})
-# XIDs after which the GPU needs a reset or more (NVIDIA's XID catalogue: "reset GPU",
-# "node reboot", "fallen off the bus", uncorrectable ECC, GSP and NVLink fatal errors):
-# the device stays Unhealthy until the plugin restarts, whatever the recovery period.
-DEFAULT_FATAL_XIDS = frozenset({48, 61, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140})
+# From the XID table (plugin/xids.py, after NVIDIA's XID catalogue): application faults are
+# ignored (NVIDIA's device plugin ignores the same set); XIDs that need a GPU reset or a
+# reboot are fatal: the device stays Unhealthy until the plugin restarts, whatever the
+# recovery period. Everything else (94, a contained ECC error, among them) is Unhealthy for
+# the recovery period only.
+DEFAULT_IGNORED_XIDS = with_treatment("ignored")
+DEFAULT_FATAL_XIDS = with_treatment("fatal")
 DEFAULT_RECOVERY_SECONDS = 60.0
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

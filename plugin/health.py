@@ -1,13 +1,17 @@
 """Device health: XID events in, Healthy/Unhealthy out, with recovery.
 
 The policy, per device:
-- an XID in the ignore list (application errors, by default 13 31 43 45 68 109) is
+- an XID in the ignore list (application faults, by default 13 31 43 45 68 109) is
   counted and logged, and changes nothing;
-- a fatal XID (by default 48 61 62 63 64 74 79 92 94 95 119 120 140: the GPU needs a
-  reset or more) or a GPU that NVML reports lost makes the device Unhealthy for the
-  life of the process: a kubelet restart or a re-registration never forgets it;
-- any other XID makes the device Unhealthy until no further XID has hit it for the
+- a fatal XID (by default those NVIDIA's catalogue answers with a GPU reset or a reboot:
+  46 48 61 62 63 64 74 79 95 119 120 140) or a GPU that NVML reports lost makes the
+  device Unhealthy for the life of the process: a kubelet restart or a re-registration
+  never forgets it;
+- any other XID (94, a contained ECC error that only the application has to restart for,
+  among them) makes the device Unhealthy until no further XID has hit it for the
   recovery period (`--health-recovery-seconds`; 0 disables recovery), then Healthy again.
+
+The table behind the defaults, with NVIDIA's action for each XID: plugin/xids.py.
 
 An XID on a whole GPU concerns every device on it (the GPU, or all its MIG devices, and
 every replica of a shared GPU); an XID that names a GPU and compute instance concerns that

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,42 @@ def _start_telemetry(
         hostname=hostname,
         pod_resources=config.pod_resources_socket or "off",
     )
+
+
+MPS_WAIT_LOG_SECONDS = 60.0
+MPS_POLL_SECONDS = 1.0
+
+
+def mps_pipes_missing(config: PluginConfig, resources: list[Resource]) -> list[Path]:
+    """With MPS sharing: the control pipes of the MPS control daemons that are not there
+    (NVIDIA's layout: one daemon per resource, its pipe at <mpsRoot>/<resource>/pipe/control)."""
+    if config.sharing.strategy != "mps" or config.mps_root is None:
+        return []
+    pipes = [
+        config.mps_root / r.name / "pipe" / "control"
+        for r in resources
+        if any(d.replica is not None for d in r.devices)
+    ]
+    return [p for p in pipes if not p.exists()]
+
+
+def _wait_for_mps(config: PluginConfig, resources: list[Resource]) -> None:
+    """As NVIDIA's plugin: serve MPS replicas only once their control daemon runs (a client
+    pointed at a missing daemon fails); say so, again every minute, while waiting."""
+    last_log = -MPS_WAIT_LOG_SECONDS
+    started = time.monotonic()
+    while missing := mps_pipes_missing(config, resources):
+        if time.monotonic() - last_log >= MPS_WAIT_LOG_SECONDS:
+            log_event(
+                "mps_daemon_not_running",
+                pipes=",".join(str(p) for p in missing),
+                waited=f"{time.monotonic() - started:.0f}s",
+                fix="run NVIDIA's MPS control daemon DaemonSet on this node (gpunode render --sharing mps renders it)",
+            )
+            last_log = time.monotonic()
+        time.sleep(MPS_POLL_SECONDS)
+    if config.sharing.strategy == "mps":
+        log_event("mps_daemon_running", root=config.mps_root)
 
 
 def _start_node_labels(config: PluginConfig, in_force: dict[str, Any]) -> Any:
@@ -203,6 +240,7 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
         return _idle_after_init_failure(line)
     check_socket_paths(config.kubelet_dir, [resource.name for resource in resources])
     metrics.nvml_up(True)
+    _wait_for_mps(config, resources)
 
     # grpc is imported only now: a plugin that fails above stays small and quick.
     import pynvml
@@ -300,6 +338,12 @@ def _switch(
             inventory = discover(with_migs=True)
         resources = plan_resources(inventory, config)
         check_socket_paths(config.kubelet_dir, [resource.name for resource in resources])
+        missing = mps_pipes_missing(config, resources)
+        if missing:
+            raise ConfigError(
+                f"mps_daemon_not_running: no MPS control daemon at {', '.join(map(str, missing))}. "
+                "Fix: run NVIDIA's MPS control daemon on this node before choosing an MPS config"
+            )
     except (ConfigError, NvmlInitError) as exc:
         error = exc.line() if isinstance(exc, NvmlInitError) else str(exc)
         if state["rejected"] != (choice.name, choice.text):

@@ -15,6 +15,7 @@ import click
 from gpunode.bootstrap.cli.agent import agent
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.doctor import doctor
+from gpunode.bootstrap.cli.image import image
 from gpunode.bootstrap.cli.render import render
 from gpunode.bootstrap.cli.verify import verify
 from gpunode.bootstrap.errors import GpunodeError
@@ -38,13 +39,17 @@ cli.add_command(render)
 cli.add_command(doctor)
 cli.add_command(verify)
 cli.add_command(plugin_group)
+cli.add_command(image)
 cli.add_command(agent)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: expected failures become one paragraph and an exit code."""
     try:
-        cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a command that
+        # ended with click.exceptions.Exit (`plugin serve`, `plugin list`): pass it on, so
+        # the console script exits as `python -m gpunode.plugin` does.
+        code = cli.main(args=argv, prog_name="gpunode", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     except GpunodeError as exc:
         click.echo(f"gpunode: {exc}", err=True)
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def console_main() -> None:

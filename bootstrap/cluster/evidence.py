@@ -45,6 +45,20 @@ class ClusterSnapshot:
     runtime_classes: list[JSON]
     cluster_policies: list[JSON] | None
     gaps: list[str] = field(default_factory=list)
+    # The ConfigMaps of device plugin configs the DaemonSets mount (per-node config).
+    config_maps: list[JSON] = field(default_factory=list)
+
+
+def mounted_config_maps(daemonsets: Sequence[JSON]) -> list[tuple[str, str]]:
+    """(namespace, name) of every ConfigMap a device plugin DaemonSet mounts."""
+    found = []
+    for daemonset in daemonsets:
+        namespace = str(dig(daemonset, "metadata", "namespace") or "default")
+        for volume in dig(daemonset, "spec", "template", "spec", "volumes") or []:
+            name = dig(volume, "configMap", "name")
+            if isinstance(name, str) and (namespace, name) not in found:
+                found.append((namespace, name))
+    return found
 
 
 def gpu_nodes(nodes: Sequence[JSON]) -> list[str]:
@@ -103,13 +117,27 @@ class ClusterReader:
             policy_list = None
         else:
             policy_list = policies
+        plugin_daemonsets = [d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)]
         return ClusterSnapshot(
             nodes=nodes,
-            daemonsets=[d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)],
+            daemonsets=plugin_daemonsets,
             runtime_classes=runtime_classes if isinstance(runtime_classes, list) else [],
             cluster_policies=policy_list,
             gaps=gaps,
+            config_maps=self._config_maps(plugin_daemonsets, gaps),
         )
+
+    def _config_maps(self, daemonsets: Sequence[JSON], gaps: list[str]) -> list[JSON]:
+        found = []
+        for namespace, name in mounted_config_maps(daemonsets):
+            try:
+                config_map = self.kubectl.get("configmap", name, namespace=namespace)
+            except GpunodeError as exc:
+                gaps.append(f"ConfigMap {namespace}/{name} could not be read: {exc.problem}")
+                continue
+            if config_map is not None:
+                found.append(config_map)
+        return found
 
     def _optional_list(self, kind: str, **kwargs: Any) -> list[JSON] | str:
         try:
@@ -175,6 +203,7 @@ class ClusterReader:
             cluster_policies=None if snapshot.cluster_policies is None else tuple(snapshot.cluster_policies),
             other_pods=tuple(others),
             gaps=tuple(snapshot.gaps) + tuple(gaps),
+            config_maps=tuple(snapshot.config_maps),
         )
 
     def node_views(self, snapshot: ClusterSnapshot, node_names: Sequence[str]) -> dict[str, ClusterView]:

@@ -3,6 +3,7 @@ the plugin must run on exactly those."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,3 +49,16 @@ def test_plugin_imports_only_what_the_image_installs() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     outside = {name for name in result.stdout.split() if not name.startswith(NOT_PACKAGES)}
     assert outside <= IMAGE_PACKAGES, outside - IMAGE_PACKAGES
+
+
+def test_containerfile_base_is_a_build_arg_and_entry_point_matches_image_build() -> None:
+    # People with a registry build the Containerfile, with --build-arg BASE=<their mirror>;
+    # `gpunode image build` must give the image the same entry point.
+    from gpunode.bootstrap.core.image.oci import CMD, ENTRYPOINT
+
+    text = CONTAINERFILE.read_text()
+    assert re.search(r"^ARG BASE=python:3\.\d+-slim$", text, re.M)
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all(base == "${BASE}" for base in froms), froms
+    assert f"ENTRYPOINT {json.dumps(ENTRYPOINT)}" in text
+    assert f"CMD {json.dumps(CMD)}" in text

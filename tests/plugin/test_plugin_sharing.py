@@ -32,6 +32,15 @@ def replicas(gpus: int, count: int) -> list[str]:
     return [f"{uuid(g)}::{n}" for g in range(gpus) for n in range(count)]
 
 
+def mps_daemon(mps_root: Path, resource: str) -> Path:
+    """What NVIDIA's MPS control daemon leaves for its clients: its control pipe (a FIFO) in
+    <mpsRoot>/<resource>/pipe. (The daemon itself needs a GPU and CUDA: not here.)"""
+    pipe = mps_root / resource / "pipe"
+    pipe.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(pipe / "control")
+    return pipe
+
+
 def write(harness: PluginHarness, text: str, name: str = "config.yaml") -> Path:
     path = harness.root / name
     path.write_text(textwrap.dedent(text))
@@ -107,6 +116,8 @@ def test_nvidias_documented_configs_give_nvidias_device_lists(
 ) -> None:
     harness.configure(FakeNvmlConfig.uniform(8))
     mps_root = harness.root / "mps"
+    if "mps" in text:
+        mps_daemon(mps_root, resource)
     harness.serve("--config-file", str(write(harness, text)), "--mps-root", str(mps_root), resource=resource)
     assert sorted(ids(harness, resource)) == sorted(expected)
     assert harness.kubelet.healthy_count(resource) == len(expected) == (80 if "sharing" in text else 8)
@@ -329,3 +340,40 @@ def _list_env(harness: PluginHarness) -> dict[str, str]:
     env.pop("LD_LIBRARY_PATH", None)
     env.update(harness.nvml.env())
     return env
+
+
+def test_mps_waits_for_its_control_daemon_then_points_clients_at_it(harness: PluginHarness) -> None:
+    harness.configure(FakeNvmlConfig.uniform(2))
+    mps_root = harness.root / "mps"
+    config = write(
+        harness,
+        f"""\
+        version: v1
+        flags:
+          mpsRoot: {mps_root}
+        sharing:
+          mps:
+            resources:
+            - name: nvidia.com/gpu
+              replicas: 2
+        """,
+    )
+    process = harness.start("--config-file", str(config))
+    process.wait_log("mps_daemon_not_running", timeout=10)
+    assert not harness.kubelet.registrations
+    mps_daemon(mps_root, GPU)
+    harness.kubelet.wait_registered(GPU, timeout=10)
+    assert "mps_daemon_running" in process.log()
+    answer = harness.kubelet.allocate(GPU, [f"{uuid(1)}::1"]).container_responses[0]
+    assert dict(answer.envs) == {
+        "NVIDIA_VISIBLE_DEVICES": uuid(1),
+        "CUDA_MPS_PIPE_DIRECTORY": "/mps/nvidia.com/gpu/pipe",
+    }
+    assert [(m.container_path, m.host_path) for m in answer.mounts] == [
+        ("/mps/nvidia.com/gpu/pipe", str(mps_root / "nvidia.com/gpu/pipe")),
+        ("/dev/shm", str(mps_root / "shm")),
+    ]
+    # MPS refuses more than one replica per container unless the config says otherwise.
+    with pytest.raises(grpc.RpcError) as refused:
+        harness.kubelet.allocate(GPU, [f"{uuid(0)}::0", f"{uuid(0)}::1"])
+    assert "maximum request size for shared resources is 1; found 2" in refused.value.details()

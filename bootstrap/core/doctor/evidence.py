@@ -45,6 +45,8 @@ class ClusterView:
     other_pods: tuple[PodEvidence, ...] = ()
     # Partial gaps (a log that could not be read ...), in plain words.
     gaps: tuple[str, ...] = ()
+    # ConfigMaps of device plugin configs mounted by those DaemonSets (per-node config).
+    config_maps: tuple[JSON, ...] = ()
 
 
 @dataclass(frozen=True)

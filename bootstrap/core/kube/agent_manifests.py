@@ -16,7 +16,7 @@ RBAC, least privilege (each rule says who needs it):
 - nodes patch (apply mode): its labels (`gpunode.io/driver-version`), and cordon.
 - events create (its namespace): Events about its Node.
 - leases get, list, create, update (its namespace): the disruption budget.
-- configmaps get, resourceNames gpunode-agent: its settings.
+- configmaps get (its namespace): its settings, and the plugin's config ConfigMaps.
 - doctor's reads of the node's chain: pods list, pods/log get, events list, daemonsets
   list (apps), runtimeclasses list (node.k8s.io), clusterpolicies list (nvidia.com).
 - pods/eviction create (apply mode): drain before a disruptive step.
@@ -135,7 +135,9 @@ def namespace_rules() -> list[dict[str, Any]]:
     return [
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONFIGMAP_NAME], "verbs": ["get"]},
+        # Its own ConfigMap, and the plugin config ConfigMaps that doctor reads for the
+        # plugin DaemonSets of this namespace (the usual place for both).
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
     ]
 
 

@@ -472,6 +472,8 @@ def _config_context(dep: PluginDeployment) -> dict[str, Any]:
         "configmap_name": CONFIGMAP_NAME,
         "service_account": SERVICE_ACCOUNT,
         "mps_root": roots[0] if roots else None,
+        # NVIDIA's plugin looks at /mps; gpunode's at the configured root itself.
+        "mps_container_root": "/mps" if dep.plugin == "nvidia" else (roots[0] if roots else None),
         "mps_shm": posixpath.join(roots[0], "shm") if roots else None,
     }
 

@@ -1,0 +1,96 @@
+"""`gpunode image build`: the device plugin image as an archive, built without any registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from gpunode.bootstrap.core.kube.manifests import bundled_image
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpunode" / "image"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@click.group("image")
+def image() -> None:
+    """The device plugin image (what the DaemonSet runs in daemonset plugin mode)."""
+
+
+@image.command("build")
+@click.option(
+    "--output",
+    required=True,
+    metavar="FILE.tar",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the image archive (OCI image layout with docker's manifest.json).",
+)
+@click.option(
+    "--tag",
+    metavar="REF",
+    help="The image's name and tag. Default: the name the DaemonSet uses by default, "
+    "ghcr.io/gpunode/gpunode:<gpunode version>.",
+)
+@click.option(
+    "--wheels",
+    metavar="DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Use only these wheels (no package index): the gpunode wheel and the plugin's "
+    "dependencies for the image's python (3.11) and machine.",
+)
+@click.option(
+    "--source",
+    metavar="DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The gpunode checkout to build the wheel from. Default: the one gpunode runs from.",
+)
+@click.option(
+    "--cache-dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the Debian base is kept between builds. Default: ~/.cache/gpunode/image.",
+)
+def build(output: Path, tag: str | None, wheels: Path | None, source: Path | None, cache_dir: Path | None) -> None:
+    """Build the plugin image into FILE.tar, with no registry: a Debian 12 base made by
+    mmdebstrap (python3 from Debian), the gpunode wheel and only the plugin's dependencies.
+
+    \b
+    Load it where the plugin runs (every GPU node, or a registry of your own):
+      ctr -n k8s.io images import FILE.tar      (containerd, as the kubelet sees it)
+      podman load -i FILE.tar
+    then bootstrap with the image's name: it is the default name unless --tag was given
+    (`gpunode bootstrap ... --image REF` for another name).
+
+    Needs mmdebstrap (root, or unprivileged user namespaces) and, without --wheels, a
+    package index. The base is built once per recipe and cached (--cache-dir). Exit status
+    0 when written, 1 when the build failed, 2 on bad input.
+    """
+    from gpunode.bootstrap.image.build import BuildRequest, build_image
+
+    reference = tag or bundled_image()
+    report = build_image(
+        BuildRequest(
+            output=output,
+            reference=reference,
+            cache_dir=cache_dir or default_cache_dir(),
+            wheels=wheels,
+            source=source,
+        )
+    )
+    python3 = report.debian_packages.get("python3", "?")
+    click.echo(f"built {report.reference} into {report.output}")
+    click.echo(f"  archive:  {_mb(report.archive_bytes)} (ctr images import / podman load / docker load)")
+    click.echo(f"  unpacked: {_mb(report.unpacked_bytes)} in {len(report.layers)} layers")
+    click.echo(
+        f"  base:     Debian bookworm, {len(report.debian_packages)} packages, python3 {python3}"
+        f" ({'cached' if report.base_cached else 'built now'})"
+    )
+    click.echo("  python packages: " + ", ".join(f"{n} {v}" for n, v in report.python_packages.items()))
+    click.echo(f"  manifest: {report.manifest_digest}")
+    click.echo(f"  took:     {report.seconds:.1f} s")

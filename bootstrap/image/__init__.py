@@ -1,0 +1,1 @@
+"""Building the device plugin image (I/O: mmdebstrap, pip, the archive)."""

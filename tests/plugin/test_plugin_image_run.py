@@ -1,0 +1,256 @@
+"""The plugin image, built from this checkout with `gpunode image build` (no registry), run
+for real in containerd + runc from Debian, as the DaemonSet that `gpunode render` prints
+asks: its mounts, environment and security context are translated from the manifest
+(standins/pod_translation.py), so these tests prove the manifest as much as the image.
+
+The world around the container: the fake NVML as a host's versioned library file behind a
+symlink chain (the DaemonSet mounts the resolved file), the kubelet stand-in's
+device-plugins directory, /dev. The one thing added beside the manifest is the GPU itself:
+the fake library reads its GPUs and XID events from two files (where the real one talks to
+/dev/nvidia*), mounted read-only with their two variables.
+
+The Debian base is cached in the test cache, keyed by its recipe; the rest is built every
+session from the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import test_cache_dir
+from plugin_harness import GPU, fake_nvml_lib  # noqa: F401 (fixture)
+from standins.containerd_instance import ContainerdInstance
+from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig
+from standins.kubelet import HEALTHY, UNHEALTHY, KubeletStandIn
+from standins.pod_translation import translate
+
+pytestmark = pytest.mark.slow
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "gpunode"
+DRIVER = "535.261.03"
+PLUGIN_PACKAGES = {"gpunode", "click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client", "typing_extensions"}
+
+
+def uuid(index: int) -> str:
+    return FakeGpu(index=index).resolved_uuid()
+
+
+@pytest.fixture(scope="session")
+def image_build() -> Iterator[tuple[Path, str]]:
+    if os.geteuid() != 0:
+        pytest.fail("the image tests need root (mmdebstrap, containerd): run them as tests/run does")
+    out = Path(tempfile.mkdtemp(prefix="gpn-image-"))
+    archive = out / "gpunode-plugin.tar"
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "image", "build", "--output", str(archive)]
+        + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield archive, result.stdout
+    shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def containerd(image_build: tuple[Path, str]) -> Iterator[ContainerdInstance]:
+    workdir = Path(tempfile.mkdtemp(prefix="gpn-ctd-", dir="/tmp"))
+    instance = ContainerdInstance(workdir)
+    instance.start()
+    try:
+        instance.ctr("images", "import", str(image_build[0]))
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def host_library_chain(root: Path, library_dir: Path) -> Path:
+    """A Debian-like chain: libnvidia-ml.so.1 -> alternatives -> nvidia/current/... -> the versioned file."""
+    multiarch = root / "usr/lib/x86_64-linux-gnu"
+    current = multiarch / "nvidia/current"
+    current.mkdir(parents=True)
+    real = current / f"libnvidia-ml.so.{DRIVER}"
+    shutil.copyfile(library_dir / "libnvidia-ml.so.1", real)
+    (current / "libnvidia-ml.so.1").symlink_to(real.name)
+    alternatives = root / "etc/alternatives"
+    alternatives.mkdir(parents=True)
+    (alternatives / "nvidia--libnvidia-ml.so.1-x86_64-linux-gnu").symlink_to(current / "libnvidia-ml.so.1")
+    (multiarch / "libnvidia-ml.so.1").symlink_to(alternatives / "nvidia--libnvidia-ml.so.1-x86_64-linux-gnu")
+    return multiarch / "libnvidia-ml.so.1"
+
+
+def rendered_daemonset(lib_path: Path, kubelet_root: Path, *extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "render", "--lib-path", str(lib_path), "--kubelet-root", str(kubelet_root), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (daemonset,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "DaemonSet"]
+    return daemonset
+
+
+class ImageWorld:
+    """One test's node: the library chain, the fake GPUs, a kubelet stand-in, the manifest."""
+
+    def __init__(self, root: Path, library_dir: Path, containerd: ContainerdInstance) -> None:
+        self.root = root
+        self.containerd = containerd
+        self.link = host_library_chain(root / "host", library_dir)
+        self.nvml = FakeNvml(root / "gpu", library_dir, FakeNvmlConfig.uniform(2, driver_version=DRIVER))
+        self.kubelet = KubeletStandIn(root / "kubelet" / "device-plugins")
+        self.kubelet.start()
+        self.names: list[str] = []
+
+    def daemonset(self) -> dict[str, Any]:
+        # What bootstrap does on a node: resolve the chain to the real file, render with it.
+        return rendered_daemonset(self.link.resolve(), self.root / "kubelet")
+
+    def gpu_flags(self) -> list[str]:
+        return [
+            "--env",
+            f"FAKE_NVML_CONFIG={self.nvml.config_path}",
+            "--env",
+            f"FAKE_NVML_EVENTS={self.nvml.events_path}",
+            "--mount",
+            f"type=bind,src={self.nvml.workdir},dst={self.nvml.workdir},options=rbind:ro",
+        ]
+
+    def run(self, spec: dict[str, Any], name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        translated = translate(spec, self.root / "scratch")
+        log = self.root / f"{name}.log"
+        self.names.append(name)
+        proc = self.containerd.run(translated.image, name, translated.flags + self.gpu_flags(), translated.argv, log)
+        return proc, log
+
+    def close(self) -> None:
+        for name in self.names:
+            self.containerd.remove(name)
+        self.kubelet.stop()
+
+
+@pytest.fixture
+def world(containerd: ContainerdInstance, fake_nvml_lib: Path) -> Iterator[ImageWorld]:
+    root = Path(tempfile.mkdtemp(prefix="gpn-", dir="/tmp"))
+    node = ImageWorld(root, fake_nvml_lib, containerd)
+    yield node
+    node.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the container did not exit within {timeout} s:\n{log.read_text()}") from None
+
+
+def test_build_prints_size_and_only_the_plugin_dependencies(image_build: tuple[Path, str]) -> None:
+    archive, stdout = image_build
+    assert f"built ghcr.io/gpunode/gpunode:{_version()} into {archive}" in stdout
+    packages_line = next(line for line in stdout.splitlines() if "python packages:" in line)
+    names = {item.strip().rsplit(" ", 1)[0] for item in packages_line.split(":", 1)[1].split(",")}
+    assert names == PLUGIN_PACKAGES
+    size_mb = float(next(line for line in stdout.splitlines() if "archive:" in line).split()[1])
+    assert 10 < size_mb < 120
+    assert abs(archive.stat().st_size / 1e6 - size_mb) < 0.1
+    # The archive is an OCI layout with docker's manifest.json: what ctr, podman and docker load.
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names_in = set(tar.getnames())
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        docker = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert {"oci-layout", "index.json", "manifest.json"} <= names_in
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == f"ghcr.io/gpunode/gpunode:{_version()}"
+    assert docker[0]["RepoTags"] == [f"ghcr.io/gpunode/gpunode:{_version()}"]
+    assert all(layer in names_in for layer in docker[0]["Layers"])
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("gpunode")
+
+
+def test_image_holds_the_plugin_and_nothing_of_the_operator_side(
+    containerd: ContainerdInstance, tmp_path: Path
+) -> None:
+    probe = (
+        "import importlib.metadata as m, importlib.util as u, json; "
+        "print(json.dumps(sorted(d.metadata['Name'] for d in m.distributions()))); "
+        "print(json.dumps([n for n in ('pyinfra', 'gevent', 'jinja2', 'pip') if u.find_spec(n)]))"
+    )
+    log = tmp_path / "probe.log"
+    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{_version()}", "probe", [], ["python", "-c", probe], log)
+    assert wait_exit(proc, log) == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    assert set(json.loads(lines[0])) == PLUGIN_PACKAGES
+    assert lines[1] == "[]"
+    # No command given: the image's own ENTRYPOINT and CMD, the Containerfile's
+    # `python -m gpunode.plugin serve`. No NVML here: it fails on NVML and says so, exit 1.
+    default_log = tmp_path / "default.log"
+    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{_version()}", "default", [], [], default_log)
+    assert wait_exit(proc, default_log) == 1, default_log.read_text()
+    assert "nvml_init_failed reason=library_not_found" in default_log.read_text()
+
+
+def test_rendered_daemonset_runs_registers_allocates_and_survives(world: ImageWorld) -> None:
+    daemonset = world.daemonset()
+    spec = daemonset["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == f"ghcr.io/gpunode/gpunode:{_version()}"  # the image just imported
+    library = next(v for v in spec["volumes"] if v["name"] == "nvml-library")
+    assert library["hostPath"] == {"path": str(world.link.resolve()), "type": "File"}
+
+    started = time.monotonic()
+    proc, log = world.run(spec, "plugin")
+    try:
+        registration = world.kubelet.wait_registered(GPU, timeout=30)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\ncontainer log:\n{log.read_text()}") from exc
+    print(f"container start to Register: {registration.at - started:.2f} s")
+    assert registration.version == "v1beta1"
+    assert {d.id: d.health for d in world.kubelet.devices(GPU)} == {uuid(0): HEALTHY, uuid(1): HEALTHY}
+    assert f"driver={DRIVER}" in log.read_text()
+
+    response = world.kubelet.allocate(GPU, [uuid(1)])
+    assert response.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"] == uuid(1)
+
+    world.nvml.inject_xid(0, 79)  # GPU 0 fell off the bus: fatal
+    world.kubelet.wait_devices(GPU, lambda ds: {d.id: d.health for d in ds}.get(uuid(0)) == UNHEALTHY, timeout=10)
+
+    world.kubelet.restart()  # sockets wiped, kubelet.sock re-created
+    world.kubelet.wait_registered(GPU, timeout=15, after=1)
+    devices = world.kubelet.wait_devices(GPU, lambda ds: len(ds) == 2, timeout=10)
+    assert {d.id: d.health for d in devices} == {uuid(0): UNHEALTHY, uuid(1): HEALTHY}
+
+    world.containerd.kill("plugin", "SIGTERM")
+    assert wait_exit(proc, log) == 0, log.read_text()
+    assert "plugin_stopped" in log.read_text()
+    assert not list((world.root / "kubelet" / "device-plugins").glob("gpunode-*.sock"))
+
+
+def test_without_the_library_mount_the_container_fails_on_nvml(world: ImageWorld) -> None:
+    # The control: the library the plugin loads is the one the DaemonSet mounts, nothing of the image's.
+    spec = world.daemonset()["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "nvml-library"]
+    proc, log = world.run(spec, "no-library")
+    assert wait_exit(proc, log) == 1, log.read_text()
+    assert "nvml_init_failed reason=library_not_found" in log.read_text()
+    assert not world.kubelet.registered(GPU)
