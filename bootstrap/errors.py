@@ -35,6 +35,13 @@ class HostStateError(GpunodeError):
     exit_code = 1
 
 
+class CouldNotCheck(GpunodeError):
+    """A command could not look at what it was asked about (no cluster, no such node), and
+    changed nothing: exit status 2, like bad input."""
+
+    exit_code = 2
+
+
 class TransientError(GpunodeError):
     """Something that may well succeed when tried again (network, a busy lock)."""
 

@@ -3,21 +3,19 @@ converge the node through the host's namespaces, publish the Node condition GPUN
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import sys
 import threading
-from typing import Any
 
 import click
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome, output_option
 from gpunode.bootstrap.cli.kube_options import kube_options
 from gpunode.bootstrap.core.kube.agent_manifests import AGENT_MODES
 from gpunode.bootstrap.errors import UserError
 
 
-@click.command("agent")
+@click.command("agent", cls=ContractCommand, empty_body={"ticks": []})
 @click.option("--node-name", envvar="NODE_NAME", metavar="NAME", help="This node's name [env NODE_NAME].")
 @click.option(
     "--namespace",
@@ -62,7 +60,7 @@ from gpunode.bootstrap.errors import UserError
     help="The process whose namespaces are the host (1 in a hostPID pod).",
 )
 @click.option("--once", is_flag=True, help="One check, print it, exit (0 GPUNodeReady True, 1 False, 2 Unknown).")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 @kube_options
 def agent(
     node_name: str | None,
@@ -80,8 +78,20 @@ def agent(
     kube_context: str | None,
     kube_host: str | None,
     kubectl_path: str,
-) -> None:
-    """Check (or converge) this GPU node and publish the Node condition GPUNodeReady."""
+) -> Outcome:
+    """Check (or converge) this GPU node and publish the Node condition GPUNodeReady.
+
+    \b
+    Runs in the DaemonSet of `gpunode render agent` (hostPID, privileged): node commands run
+    inside the host's namespaces (nsenter into --host-pid). Each check ends in the Node's
+    condition GPUNodeReady: True, or False with the first verdict id of doctor's chain as
+    its reason and the cause and fix as its message; an Event on the Node when it changes.
+    Checks run on start, every --interval, and when the driver changes. With --mode apply,
+    disruptive steps wait for a slot of the Lease budget (--max-unavailable).
+
+    Each check is logged on standard error (`agent_tick node=... status=... reason=...`).
+    --once: one check; exit 0 when True, 1 when False, 2 when Unknown; --output json prints
+    it as `ticks`. Without --once it runs until SIGTERM (exit 143, as every command)."""
     from gpunode.bootstrap.cluster.kubectl import KubeAccess
     from gpunode.bootstrap.orchestration.agent import AgentRequest, TickOutcome, run_agent
 
@@ -109,24 +119,22 @@ def agent(
         progress=lambda text: click.echo(text, err=True),
     )
 
-    def show(outcome: TickOutcome) -> None:
-        if output == "json":
-            click.echo(json.dumps(outcome.as_dict(), sort_keys=True))
-        else:
-            c = outcome.condition
-            click.echo(f"{outcome.node}: GPUNodeReady={c.status} ({c.reason}) {c.message}")
-
     if once:
         from gpunode.bootstrap.orchestration.agent import Agent
 
         outcome = Agent(request).tick()
-        show(outcome)
-        sys.exit({"True": 0, "False": 1}.get(outcome.condition.status, 2))
-    stop = threading.Event()
+        c = outcome.condition
+        return Outcome(
+            {"True": EXIT_OK, "False": 1}.get(c.status, 2),
+            {"ticks": [outcome.as_dict()]},
+            f"{outcome.node}: GPUNodeReady={c.status} ({c.reason}) {c.message}\n",
+        )
+    last: list[TickOutcome] = []  # only the latest: the agent runs for months
 
-    def stop_on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+    def keep(outcome: TickOutcome) -> None:
+        last[:] = [outcome]
 
-    signal.signal(signal.SIGTERM, stop_on_signal)
-    signal.signal(signal.SIGINT, stop_on_signal)
-    run_agent(request, stop, show)
+    # Until SIGTERM: the contract turns it into an exception that ends the wait (exit 143);
+    # a disruptive step under way gives its Lease back on the way out.
+    run_agent(request, threading.Event(), keep)
+    return Outcome(EXIT_OK, {"ticks": [t.as_dict() for t in last]})

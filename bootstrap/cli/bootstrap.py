@@ -7,19 +7,21 @@ from typing import Any
 
 import click
 
+from gpunode.bootstrap.cli.contract import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ContractCommand,
+    Outcome,
+    output_option,
+    set_interrupt_report,
+)
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
-from gpunode.bootstrap.core.report import format_reports, reports_to_json
+from gpunode.bootstrap.core.report import format_reports
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
-
-
-def _progress(output_json: bool) -> Any:
-    def say(text: str) -> None:
-        click.echo(text, err=True)
-
-    return say
 
 
 def _confirm(plan: str) -> bool:
@@ -27,7 +29,7 @@ def _confirm(plan: str) -> bool:
     return click.confirm("Apply them?", default=False, err=True)
 
 
-@click.command("bootstrap")
+@click.command("bootstrap", cls=ContractCommand, empty_body={"hosts": []})
 @click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @click.option(
     "-i",
@@ -155,7 +157,7 @@ def _confirm(plan: str) -> bool:
 @toleration_option
 @click.option(
     "--rollout-timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=180,
     show_default=True,
     metavar="SECONDS",
@@ -163,7 +165,7 @@ def _confirm(plan: str) -> bool:
 )
 @click.option(
     "--verify-timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=120,
     show_default=True,
     metavar="SECONDS",
@@ -172,8 +174,11 @@ def _confirm(plan: str) -> bool:
 @click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts worked on at once.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
+@click.pass_context
 def bootstrap(
+    ctx: click.Context,
+    /,
     hosts: tuple[str, ...],
     inventory: str | None,
     ssh_user: str | None,
@@ -200,7 +205,7 @@ def bootstrap(
     parallel: int,
     output: str,
     **settings: Any,
-) -> None:
+) -> Outcome:
     """Bring HOSTs (or an inventory) to working Kubernetes GPU nodes, idempotently.
 
     \b
@@ -225,18 +230,20 @@ def bootstrap(
       gpunode bootstrap gpu01 gpu02 --kubeconfig ~/.kube/prod --context gpu
       gpunode bootstrap gpu01 --kube-host admin@cp1 --toleration dedicated=ml:NoSchedule
     """
+    from gpunode.bootstrap.cli.progress import BootstrapProgress
     from gpunode.bootstrap.orchestration.green import patch_for_pyinfra
 
     patch_for_pyinfra()
     from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, ClusterRequest, run_bootstrap
-    from gpunode.bootstrap.orchestration.targets import make_inventory, ssh_data
+    from gpunode.bootstrap.orchestration.targets import check_inventory, make_inventory, ssh_data
 
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UserError(
             "bootstrap changes hosts and this is not an interactive terminal.",
             fix="pass --yes to apply, or --dry-run to see the plan",
         )
-    # Flags are checked before any host is contacted: a bad flag is the user's, not a host's.
+    # Everything is checked before any host is contacted: flags, then every host's
+    # inventory data (named with its file and host), then files on this machine.
     resolve_settings("command line", {}, settings)
     cluster = None
     if not skip_cluster:
@@ -271,21 +278,26 @@ def bootstrap(
         strict_host_keys=strict_host_keys,
     )
     pyinfra_inventory = make_inventory(hosts, inventory, override)
+    check_inventory(pyinfra_inventory, settings, inventory or "command line")
+    progress = BootstrapProgress(executing=yes and not dry_run)
+    set_interrupt_report(ctx, progress.interrupt_report)
+
+    def confirm(plan: str) -> bool:
+        progress.executing = _confirm(plan)
+        return progress.executing
+
     request = BootstrapRequest(
         overrides=settings,
         dry_run=dry_run,
         parallel=parallel,
-        confirm=None if (yes or dry_run) else _confirm,
-        progress=_progress(output == "json"),
+        confirm=None if (yes or dry_run) else confirm,
+        progress=progress,
         cluster=cluster,
     )
     result = run_bootstrap(pyinfra_inventory, request)
     reports = result.reports
-    if output == "json":
-        click.echo(reports_to_json(reports))
-    else:
-        click.echo(format_reports(reports, dry_run=dry_run))
-        if dry_run and result.plan:
-            click.echo("\nThe plan, with file diffs:\n" + result.plan, nl=False)
-    if not all(report.ok for report in reports):
-        sys.exit(1)
+    text = format_reports(reports, dry_run=dry_run)
+    if dry_run and result.plan:
+        text += "\n\nThe plan, with file diffs:\n" + result.plan
+    code = EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+    return Outcome(code, {"hosts": [r.as_dict(dry_run) for r in reports]}, text)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from gpunode.bootstrap.errors import UserError
+from gpunode.bootstrap.cli.contract import EXIT_BAD_INPUT, ContractCommand, Outcome, output_option
+from gpunode.bootstrap.errors import GpunodeError, UserError
+from gpunode.bootstrap.local_paths import check_local_file
 
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@click.command("doctor")
+@click.command("doctor", cls=ContractCommand, empty_body={"healthy": False, "verdicts": [], "not_checked": []})
 @click.argument("hosts", nargs=-1, metavar="[HOST]...")
 @click.option("-i", "--inventory", metavar="FILE", help="A pyinfra inventory file instead of HOST arguments.")
 @click.option(
@@ -49,7 +49,7 @@ def _text(value: object) -> str | None:
 @click.option("--sudo/--no-sudo", default=None, help="Run the (read-only) commands through sudo on the hosts.")
 @click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts read at once.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 def doctor(
     hosts: tuple[str, ...],
     inventory: str | None,
@@ -69,7 +69,7 @@ def doctor(
     containerd_config: str | None,
     parallel: int,
     output: str,
-) -> None:
+) -> Outcome:
     """Walk the GPU chain of nodes and name the link that broke, its evidence and its fix.
 
     \b
@@ -98,6 +98,8 @@ def doctor(
 
     target_pod = None
     inventory_object = None
+    if kubeconfig is not None and not kube_host:
+        check_local_file("--kubeconfig", kubeconfig)
     if no_cluster and (kubeconfig or context or kube_host or pod):
         raise UserError(
             "--no-cluster leaves kubectl out, but --kubeconfig, --context, --kube-host or --pod need it.",
@@ -155,8 +157,13 @@ def doctor(
         parallel=parallel,
     )
     diagnosis = run_doctor(request)
-    if output == "json":
-        click.echo(diagnosis.to_json())
-    else:
-        click.echo(format_text(diagnosis))
-    sys.exit(diagnosis.exit_code)
+    body = diagnosis.as_dict()
+    body.pop("exit_code", None)  # the envelope's
+    error = None
+    if diagnosis.exit_code == EXIT_BAD_INPUT:
+        asked = [item for item in diagnosis.not_checked if item.asked]
+        error = GpunodeError(
+            "could not check " + "; ".join(f"{item.subject}: {item.what} ({item.why})" for item in asked),
+            fix="see what was not checked above; fix access (SSH, kubeconfig) or the names given, then run again",
+        )
+    return Outcome(diagnosis.exit_code, body, format_text(diagnosis), error)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gpunode.bootstrap.cli.contract import ContractGroup
 from gpunode.bootstrap.core.kube.manifests import bundled_image
 
 
@@ -18,7 +19,7 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-@click.group("image")
+@click.group("image", cls=ContractGroup)
 def image() -> None:
     """The device plugin image (what the DaemonSet runs in daemonset plugin mode)."""
 

@@ -11,6 +11,7 @@ import click
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, SshTarget
 from gpunode.bootstrap.core.kube.taints import Toleration, parse_toleration
 from gpunode.bootstrap.errors import UserError
+from gpunode.bootstrap.local_paths import check_local_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,9 +81,9 @@ def parse_kube_host(
         port = int(port_text)
     if not host or (user is not None and not user):
         raise UserError(f"--kube-host {text!r} is not a host.", fix="give [USER@]HOST[:PORT]")
-    for flag, path in (("--ssh-key", key), ("--ssh-config", config_file)):
-        if path is not None and not Path(path).expanduser().is_file():
-            raise UserError(f"{flag} {path} does not exist.", fix=f"give an existing file to {flag}")
+    for flag, path in (("--ssh-key", key), ("--ssh-config", config_file), ("--known-hosts", known_hosts)):
+        if path is not None:
+            check_local_file(flag, path, may_be_missing=flag == "--known-hosts")
     return SshTarget(
         host=host,
         user=user if user is not None else default_user,
@@ -109,11 +110,8 @@ def kube_access(
         if kube_host
         else None
     )
-    if control is None and kubeconfig is not None and not Path(kubeconfig).expanduser().is_file():
-        raise UserError(
-            f"--kubeconfig {kubeconfig} does not exist.",
-            fix="give the kubeconfig file kubectl should use (or leave it out for kubectl's own)",
-        )
+    if control is None and kubeconfig is not None:
+        check_local_file("--kubeconfig", kubeconfig)
     for what, value in (("--kubeconfig", kubeconfig), ("--context", kube_context), ("--kubectl", kubectl_path)):
         if value is not None and any(c in value for c in "\n\0"):
             raise UserError(f"{what} contains a newline or NUL byte.", fix=f"give {what} on one line")

@@ -7,9 +7,11 @@ from typing import cast
 import click
 from click.core import ParameterSource
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
+from gpunode.bootstrap.cli.kube_options import parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
 from gpunode.bootstrap.cli.render_agent import agent_command
-from gpunode.bootstrap.cli.render_alerts import alerts_command
+from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.core.kube.manifests import (
     MIG_STRATEGIES,
@@ -35,13 +37,14 @@ _MANIFEST_OPTIONS = (
     "mig_strategy",
     "kubelet_root",
     "fail_on_init_error",
+    "tolerations",
     "plugin_config",
     "sharing",
     "replicas",
 )
 
 
-@click.group("render", invoke_without_command=True)
+@click.group("render", cls=ContractGroup, invoke_without_command=True, empty_body={"documents": []})
 @click.option(
     "--lib-path",
     metavar="FILE",
@@ -100,6 +103,8 @@ _MANIFEST_OPTIONS = (
     help="Crash the plugin pod when NVML cannot start, so the failure shows instead of a Running pod with zero GPUs.",
 )
 @plugin_config_options
+@toleration_option
+@output_option
 @click.pass_context
 def render(
     ctx: click.Context,
@@ -115,7 +120,9 @@ def render(
     plugin_config: tuple[str, ...],
     sharing: str | None,
     replicas: int | None,
-) -> None:
+    tolerations: tuple[str, ...],
+    output: str,
+) -> Outcome | None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
 
     \b
@@ -130,7 +137,7 @@ def render(
     The options below apply to these manifests only. Other configuration (such as the
     containerd drop-in) is printed by the subcommands listed under Commands, each with
     its own --help. Exit status 0 when printed, 2 on bad input (the reason on stderr,
-    nothing on stdout).
+    nothing on stdout; with --output json the envelope with the error).
     """
     if ctx.invoked_subcommand is not None:
         given = [
@@ -143,7 +150,7 @@ def render(
                 f"`gpunode render {ctx.invoked_subcommand}`.",
                 f"Run `gpunode render {ctx.invoked_subcommand} --help` for its own options.",
             )
-        return
+        return None
     if lib_path is None and mode == "mount":
         raise UserError(
             "Mount mode needs the node's real NVML library file, and --lib-path was not given.",
@@ -168,9 +175,11 @@ def render(
         namespace=namespace,
         kubelet_root=kubelet_root,
         fail_on_init_error=fail_on_init_error,
+        tolerations=parse_tolerations(tolerations),
         plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
     )
-    click.echo(render_manifests(deployment), nl=False)
+    text = render_manifests(deployment)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)
 
 
 render.add_command(containerd_command)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome, output_option
 from gpunode.bootstrap.core.kube.agent_manifests import (
     AGENT_MODES,
     AgentDeployment,
@@ -18,7 +19,7 @@ from gpunode.bootstrap.core.kube.agent_settings import parse_agent_config
 from gpunode.bootstrap.errors import UserError
 
 
-@click.command("agent")
+@click.command("agent", cls=ContractCommand, empty_body={"documents": []})
 @click.option(
     "--mode",
     type=click.Choice(AGENT_MODES),
@@ -50,6 +51,7 @@ from gpunode.bootstrap.errors import UserError
     default=None,
     help="A settings.yaml for the ConfigMap (settings: ..., nodes: [{selector, settings}]).",
 )
+@output_option
 def agent_command(
     mode: str,
     interval: int,
@@ -58,7 +60,8 @@ def agent_command(
     image: str | None,
     node_selector: str | None,
     settings_file: Path | None,
-) -> None:
+    output: str,
+) -> Outcome:
     """Print the gpunode agent: a DaemonSet on GPU nodes that checks (or converges) its node
     and publishes the Node condition GPUNodeReady, with its ServiceAccount, RBAC and ConfigMap."""
     settings_yaml = ""
@@ -79,4 +82,7 @@ def agent_command(
         node_selector=parse_selector(node_selector) if node_selector else None,
         settings_yaml=settings_yaml,
     )
-    click.echo(render_agent(deployment), nl=False)
+    from gpunode.bootstrap.cli.render_alerts import yaml_documents
+
+    text = render_agent(deployment)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)

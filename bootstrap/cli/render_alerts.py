@@ -4,7 +4,9 @@ Prometheus rule file. Offline: nothing is read from a cluster."""
 from __future__ import annotations
 
 import click
+import yaml
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome, output_option
 from gpunode.bootstrap.core.kube.alerts import (
     DEFAULT_DAEMONSET_REGEX,
     DEFAULT_GPU_NODE_LABELS,
@@ -20,6 +22,11 @@ from gpunode.bootstrap.core.kube.gpu_alerts import (
 from gpunode.bootstrap.errors import UserError
 
 
+def yaml_documents(text: str) -> list[object]:
+    """A YAML stream gpunode rendered, as the JSON body's `documents`."""
+    return [document for document in yaml.safe_load_all(text) if document is not None]
+
+
 def _labels(values: tuple[str, ...]) -> dict[str, str]:
     labels: dict[str, str] = {}
     for value in values:
@@ -30,7 +37,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
-@click.command("alerts")
+@click.command("alerts", cls=ContractCommand, empty_body={"documents": []})
 @click.option(
     "--plain", is_flag=True, help="A plain Prometheus rule file (for rule_files:) instead of a PrometheusRule."
 )
@@ -49,7 +56,8 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     default=DEFAULT_DAEMONSET_REGEX,
     show_default=True,
     metavar="RE",
-    help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's).",
+    help="Which DaemonSets are device plugins (gpunode's, NVIDIA's Helm chart, the GPU Operator's). "
+    "RE2 syntax, as Prometheus matches it (no lookaround, no backreferences).",
 )
 @click.option(
     "--namespace", default="monitoring", show_default=True, metavar="NS", help="The PrometheusRule's namespace."
@@ -77,6 +85,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
     metavar="RE",
     help="The Prometheus job(s) scraping gpunode's plugin (a PodMonitor's job is <namespace>/<name>).",
 )
+@output_option
 def alerts_command(
     plain: bool,
     gpu_node_labels: tuple[str, ...],
@@ -85,7 +94,8 @@ def alerts_command(
     rule_labels: tuple[str, ...],
     temperature_threshold: int,
     plugin_job_regex: str,
-) -> None:
+    output: str,
+) -> Outcome:
     """Print the alert rules that catch a GPU node that stopped advertising its GPUs.
 
     \b
@@ -114,4 +124,5 @@ def alerts_command(
         rule_labels=_labels(rule_labels),
         gpu=GpuAlertOptions(temperature_threshold=temperature_threshold, plugin_job_regex=plugin_job_regex),
     )
-    click.echo(render_rule_file(options) if plain else render_prometheus_rule(options), nl=False)
+    text = render_rule_file(options) if plain else render_prometheus_rule(options)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)

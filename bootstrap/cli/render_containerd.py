@@ -6,10 +6,13 @@ writes a file; the node step does that (validated with `containerd config dump`)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome, output_option
+from gpunode.bootstrap.cli.messages import escape_controls
 from gpunode.bootstrap.core.containerd.plan import (
     DEFAULT_DROPIN_PATH,
     FileChange,
@@ -27,7 +30,12 @@ _ASSUMED_FOR_SCHEMA = {2: "1.7.0", 3: "2.0.0", 4: "2.3.0"}
 
 
 def _read_config(path: Path) -> str | None:
-    if not path.exists() and not path.is_symlink():
+    if not path.exists():
+        if os.path.lexists(path):
+            raise UserError(
+                f"{path} is a symlink that leads nowhere (its target is missing, or the links loop).",
+                fix="give the config file itself, or repair the link.",
+            )
         return None
     data = read_local_file(path, what="a containerd config file")
     try:
@@ -45,7 +53,7 @@ def _status(change: FileChange) -> str:
     return "changed" if change.changed else "unchanged"
 
 
-@click.command("containerd")
+@click.command("containerd", cls=ContractCommand, empty_body={"files": [], "notes": [], "diff": None})
 @click.option(
     "--config",
     "config_file",
@@ -83,6 +91,7 @@ def _status(change: FileChange) -> str:
     help="Where the drop-in goes on the node (the imports entry names it).",
 )
 @click.option("--k3s", is_flag=True, help="The node runs k3s, which renders containerd's config itself.")
+@output_option
 def containerd_command(
     config_file: Path,
     containerd_version: str | None,
@@ -92,7 +101,8 @@ def containerd_command(
     runtime_path: str,
     dropin_path: str,
     k3s: bool,
-) -> None:
+    output: str,
+) -> Outcome:
     """Add the containerd runtime "nvidia" to a config, and print what would be written.
 
     \b
@@ -101,8 +111,9 @@ def containerd_command(
     Exit status: 0 done, 2 bad input (the reason on standard error, nothing written).
     """
     text = _read_config(config_file)
+    notes: list[str] = []
     if text is None:
-        click.echo(f"note: {config_file} does not exist: starting from containerd's built-in defaults.", err=True)
+        notes.append(f"{config_file} does not exist: starting from containerd's built-in defaults.")
     version = containerd_version
     if version is None:
         schema = config_schema_version(text, str(config_file))
@@ -115,10 +126,9 @@ def containerd_command(
         version = _ASSUMED_FOR_SCHEMA.get(schema or 2, "1.7.0")
         if schema in _ASSUMED_FOR_SCHEMA:
             major = version.split(".")[0]
-            click.echo(
-                f"note: assuming containerd {major}.x from `version = {schema}` in {config_file}; "
-                "pass --containerd-version to be exact.",
-                err=True,
+            notes.append(
+                f"assuming containerd {major}.x from `version = {schema}` in {config_file}; "
+                "pass --containerd-version to be exact."
             )
     settings = RuntimeSettings(
         binary_name=runtime_path,
@@ -129,18 +139,25 @@ def containerd_command(
     plan = plan_runtime_merge(
         text, containerd_version=version, settings=settings, config_path=str(config_file), k3s=k3s
     )
-    for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
+    notes += plan.notes
+    if show_diff and not plan.changed:
+        notes.append("nothing to change.")
+    for note in notes:  # notes go to stderr, so that stdout stays the file (or diff) alone
+        click.echo(f"note: {escape_controls(note)}", err=True)
+    body = {
+        "files": [{"path": c.path, "status": _status(c), "content": c.new_text} for c in plan.files],
+        "notes": notes,
+        "diff": plan.diff,
+    }
     if show_diff:
-        click.echo(plan.diff, nl=False)
-        if not plan.changed:
-            click.echo("note: nothing to change.", err=True)
-        return
-    if in_place:
-        click.echo(plan.files[0].new_text, nl=False)
-        return
-    for change in plan.files:
-        click.echo(f"# ==> {change.path} ({_status(change)}) <==")
-        click.echo(change.new_text, nl=False)
-        if change.new_text and not change.new_text.endswith("\n"):
-            click.echo()
+        out = plan.diff
+    elif in_place:
+        out = plan.files[0].new_text
+    else:
+        out = "".join(
+            f"# ==> {c.path} ({_status(c)}) <==\n"
+            + c.new_text
+            + ("\n" if c.new_text and not c.new_text.endswith("\n") else "")
+            for c in plan.files
+        )
+    return Outcome(EXIT_OK, body, out)

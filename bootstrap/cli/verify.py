@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
+from gpunode.bootstrap.cli.contract import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    ContractCommand,
+    Outcome,
+    output_option,
+)
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
+from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE
 from gpunode.bootstrap.errors import GpunodeError, UserError
 
-EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
 
-
-@click.command("verify")
+@click.command("verify", cls=ContractCommand, empty_body={"nodes": []})
 @click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
 @click.option(
     "--expect",
@@ -25,7 +29,7 @@ EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, 3600),
+    type=FiniteFloatRange(0, 3600),
     default=60,
     show_default=True,
     metavar="SECONDS",
@@ -51,14 +55,14 @@ EXIT_OK, EXIT_NOT_OK, EXIT_COULD_NOT_CHECK = 0, 1, 2
 @click.option("--workload-namespace", default="default", show_default=True, metavar="NS")
 @click.option(
     "--workload-timeout",
-    type=click.FloatRange(1, 3600),
+    type=FiniteFloatRange(1, 3600),
     default=120,
     show_default=True,
     metavar="SECONDS",
     help="How long the workload pod may take to finish.",
 )
 @toleration_option
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option
 def verify(
     nodes: tuple[str, ...],
     expect: int | None,
@@ -76,7 +80,7 @@ def verify(
     workload_timeout: float,
     tolerations: tuple[str, ...],
     output: str,
-) -> None:
+) -> Outcome:
     """Check that each NODE's Allocatable nvidia.com/gpu equals its GPUs, waiting up to --timeout.
 
     \b
@@ -98,8 +102,11 @@ def verify(
     from gpunode.bootstrap.cluster.verify import VerifyRequest, verify_nodes
 
     for name in nodes:
-        if not name or len(name) > 253 or any(c in name for c in " \t\n\0/"):
-            raise UserError(f"{name!r} is not a node name.", fix="give node names as `kubectl get nodes` shows them")
+        if not name or len(name) > 253 or any(c in " /" or ord(c) < 32 or ord(c) == 127 for c in name):
+            raise UserError(
+                f"{name!r} is not a node name (at most 253 characters, no spaces or '/').",
+                fix="give node names as `kubectl get nodes` shows them",
+            )
     access = kube_access(
         kubeconfig=kubeconfig,
         kube_context=kube_context,
@@ -121,28 +128,26 @@ def verify(
     )
     try:
         checks = verify_nodes(Kubectl(access), request)
+    except UserError:
+        raise
     except GpunodeError as exc:
         # Could not check: no cluster, refused credentials, kubectl failing.
-        if output == "json":
-            click.echo(
-                json.dumps({"ok": False, "exit_code": EXIT_COULD_NOT_CHECK, "error": str(exc), "nodes": []}, indent=2)
-            )
-        click.echo(f"gpunode: could not check: {exc}", err=True)
-        sys.exit(EXIT_COULD_NOT_CHECK)
-    if not all(c.verdict.checked for c in checks):
-        code = EXIT_COULD_NOT_CHECK
+        return Outcome(EXIT_BAD_INPUT, {"nodes": []}, error=exc)
+    error = None
+    unchecked = [c for c in checks if not c.verdict.checked]
+    if unchecked:
+        code = EXIT_BAD_INPUT
+        error = GpunodeError(
+            "could not check " + "; ".join(f"{c.verdict.node}: {c.verdict.headline}" for c in unchecked),
+            fix=unchecked[0].verdict.fix,
+        )
     elif all(c.ok for c in checks):
         code = EXIT_OK
     else:
-        code = EXIT_NOT_OK
-    if output == "json":
-        click.echo(
-            json.dumps({"ok": code == EXIT_OK, "exit_code": code, "nodes": [c.as_dict() for c in checks]}, indent=2)
-        )
-    else:
-        for check in checks:
-            head, *rest = check.lines()
-            click.echo(f"{check.verdict.node}: {head}")
-            for line in rest:
-                click.echo(f"  {line}")
-    sys.exit(code)
+        code = EXIT_FAILED
+    lines = []
+    for check in checks:
+        head, *rest = check.lines()
+        lines.append(f"{check.verdict.node}: {head}")
+        lines += [f"  {line}" for line in rest]
+    return Outcome(code, {"nodes": [c.as_dict() for c in checks]}, "\n".join(lines), error)

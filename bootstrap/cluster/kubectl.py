@@ -43,6 +43,10 @@ def _without_klog(stderr: str) -> str:
     return "\n".join(kept or lines[-1:])
 
 
+_NO_CONTEXT = re.compile(
+    r'context was not found for specified context: (\S+)|context "([^"]+)" does not exist'
+    r'|no context exists with the name: "?([^"\s]+)'
+)
 _UNAUTHORIZED = re.compile(
     r"You must be logged in to the server|provide credentials|Unauthorized|"
     r"certificate signed by unknown authority|x509:",
@@ -169,6 +173,13 @@ class Kubectl:
             return ClusterUnreachable(
                 f"could not run kubectl on {self.access.control_host.host} over SSH: {message}",
                 fix="check --kube-host and the SSH options",
+            )
+        context = _NO_CONTEXT.search(message)
+        if context:
+            name = next(group for group in context.groups() if group)
+            return UserError(
+                f"the kubeconfig has no context {name!r} (`{command}`: {message}).",
+                fix="pass a --context that `kubectl config get-contexts` lists, or leave --context out",
             )
         if _UNAUTHORIZED.search(message):
             return ClusterAuthError(

@@ -15,6 +15,23 @@ class StepResult:
     name: str
     status: StepStatus
     detail: str = ""
+    # What the step wants the user to know besides its outcome (one sentence each).
+    notes: tuple[str, ...] = ()
+    # The unified diff of the files the step writes (or would write, in a dry run).
+    diff: str | None = None
+
+    def shown_status(self, dry_run: bool) -> str:
+        """In a dry run nothing changed: a step that would change says so."""
+        return "would change" if dry_run and self.status == "changed" else self.status
+
+    def as_dict(self, dry_run: bool = False) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "status": self.shown_status(dry_run),
+            "detail": self.detail,
+            "notes": list(self.notes),
+            "diff": self.diff,
+        }
 
 
 @dataclass
@@ -39,23 +56,30 @@ class HostReport:
                 return step
         return None
 
-    def record(self, name: str, status: StepStatus, detail: str = "") -> StepResult:
+    def record(
+        self, name: str, status: StepStatus, detail: str = "", notes: tuple[str, ...] = (), diff: str | None = None
+    ) -> StepResult:
         """Add a step, or update it in place when a later phase finishes what it began."""
+        if "\nnote: " in detail:  # a layer that folds its notes into the detail: unfold them
+            detail, *folded = detail.split("\nnote: ")
+            notes = (*notes, *folded)
         existing = self.step(name)
         if existing is None:
-            existing = StepResult(name, status, detail)
+            existing = StepResult(name, status, detail, tuple(notes), diff)
             self.steps.append(existing)
         else:
             existing.status = status
             existing.detail = detail
+            existing.notes = tuple(notes) or existing.notes
+            existing.diff = diff if diff is not None else existing.diff
         return existing
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self, dry_run: bool = False) -> dict[str, object]:
         return {
             "host": self.host,
             "ok": self.ok,
             "error": self.error,
-            "steps": [{"name": s.name, "status": s.status, "detail": s.detail} for s in self.steps],
+            "steps": [s.as_dict(dry_run) for s in self.steps],
             "driver_version": self.driver_version,
             "nvml_library": self.nvml_library,
             "gpu_count": self.gpu_count,
@@ -64,8 +88,8 @@ class HostReport:
         }
 
 
-def reports_to_json(reports: list[HostReport]) -> str:
-    return json.dumps({"hosts": [r.as_dict() for r in reports]}, indent=2)
+def reports_to_json(reports: list[HostReport], dry_run: bool = False) -> str:
+    return json.dumps({"hosts": [r.as_dict(dry_run) for r in reports]}, indent=2)
 
 
 def format_reports(reports: list[HostReport], *, dry_run: bool = False) -> str:
@@ -88,9 +112,8 @@ def format_reports(reports: list[HostReport], *, dry_run: bool = False) -> str:
             headline += ", REBOOT REQUIRED"
         lines.append(f"{report.host}: {headline}")
         for step in report.steps:
-            status = step.status
-            if dry_run and status == "changed":
-                status = "would change"  # type: ignore[assignment]
-            detail = step.detail.replace("\n", "\n" + " " * (width + 19))
+            status = step.shown_status(dry_run)
+            text = "\n".join([step.detail, *(f"note: {note}" for note in step.notes)]) if step.notes else step.detail
+            detail = text.replace("\n", "\n" + " " * (width + 19))
             lines.append(f"  {step.name:<{width}}  {status:<12}  {detail}".rstrip())
     return "\n".join(lines)

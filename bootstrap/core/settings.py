@@ -72,6 +72,10 @@ def _check(host: str, source: str, name: str, value: Any) -> Any:
         raise UserError(f"{host}: {source} = {value!r} must be a string.", fix=f"quote the value of {source}")
     if "\n" in value or "\0" in value:
         raise UserError(f"{host}: {source} contains a newline or NUL byte.", fix=f"give {source} on one line")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UserError(
+            f"{host}: {source} = {value!r} contains control characters.", fix=f"give {source} as plain text"
+        )
     if name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(
             f"{host}: {source} = {value!r} is not one of {', '.join(_CHOICES[name])}.",

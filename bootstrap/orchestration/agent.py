@@ -217,6 +217,10 @@ class Agent:
             status=outcome.condition.status,
             reason=outcome.condition.reason,
             written=outcome.written,
+            disruptive=",".join(outcome.disruptive),
+            slot=outcome.slot or "",
+            waited_for=",".join(outcome.waited_for),
+            failed=",".join(s.name for r in outcome.reports for s in r.steps if s.status == "failed"),
             seconds=f"{outcome.seconds:.2f}",
         )
         return outcome

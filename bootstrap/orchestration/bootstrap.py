@@ -33,7 +33,7 @@ from gpunode.bootstrap.core.nvml.library import NvmlLibrary
 from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
-from gpunode.bootstrap.errors import GpunodeError, UserError
+from gpunode.bootstrap.errors import CouldNotCheck, GpunodeError, UserError
 from gpunode.bootstrap.node.host_lock import HostLock
 from gpunode.bootstrap.node.local_packages import read_local_packages
 from gpunode.bootstrap.node.operations import converge
@@ -106,7 +106,7 @@ def _load_local_packages(runs: Sequence[HostRun]) -> dict[str, tuple[LocalPackag
 
 def _record(run: HostRun, plan: StepPlan, request: BootstrapRequest) -> None:
     status = plan.status
-    run.report.record(plan.name, status, _detail(plan))
+    run.report.record(plan.name, status, _detail(plan), tuple(plan.notes), plan.diff or None)
     run.report.reboot_required |= plan.reboot_required
     if plan.library is not None:
         # What a step decided for the run: the report shows it, later steps read it.
@@ -122,11 +122,10 @@ def _record(run: HostRun, plan: StepPlan, request: BootstrapRequest) -> None:
 
 
 def _detail(plan: StepPlan, output: str = "") -> str:
+    """The step's summary (and a failed command's output); its notes are kept apart."""
     text = plan.summary()
     if output:
         text += f"\n{output.strip()}"
-    if plan.notes:
-        text += "\n" + "\n".join(f"note: {note}" for note in plan.notes)
     return text
 
 
@@ -235,9 +234,8 @@ def check_cluster(access: KubeAccess) -> None:
     try:
         Kubectl(access).get("runtimeclass", "nvidia")
     except GpunodeError as exc:
-        exc.problem += " Nothing was changed on the hosts."
-        exc.fix = (exc.fix + "; " if exc.fix else "") + "or pass --skip-cluster to set up the nodes alone"
-        raise
+        fix = (exc.fix.rstrip(".") + "; or " if exc.fix else "") + "pass --skip-cluster to set up the nodes alone"
+        raise CouldNotCheck(exc.problem.rstrip(".") + ". Nothing was changed on the hosts.", fix=fix) from None
 
 
 def _run(session: Session, runs: list[HostRun], request: BootstrapRequest) -> list[HostReport]:

@@ -115,12 +115,9 @@ def _read_cluster(request: DoctorRequest) -> _Cluster:
     try:
         snapshot = reader.snapshot()
     except GpunodeError as exc:
-        return _Cluster(
-            problem=Unavailable(
-                f"could not read the cluster with {request.kube.describe()}: "
-                f"{exc.problem}" + (f" Fix: {exc.fix}" if exc.fix else "")
-            )
-        )
+        # The error names the cluster access already ("could not reach the cluster with ...").
+        said = exc.problem if request.kube.describe() in exc.problem else f"{request.kube.describe()}: {exc.problem}"
+        return _Cluster(problem=Unavailable(said.rstrip(".") + "." + (f" Fix: {exc.fix}" if exc.fix else "")))
     return _Cluster(reader=reader, snapshot=snapshot)
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hmac
 import importlib.metadata
+import io
 from typing import Any
+
+from gpunode.bootstrap.local_paths import append_private
 
 
 def patch_for_pyinfra() -> None:
@@ -35,6 +38,27 @@ def patch_for_pyinfra() -> None:
             importlib.metadata.entry_points = original
     # After patch_all: paramiko must see gevent's socket and threading.
     _compare_macs_in_c()
+    _hub_reports_to_a_file()
+
+
+class _HubReports(io.TextIOBase):
+    """gevent's hub prints every exception a greenlet dies of (paramiko's transport
+    threads when a host goes away, a Ctrl-C passing through) to stderr, with a bare
+    timestamp. gpunode reports per host and step instead; these go to a file for bug
+    reports, never to the user's terminal."""
+
+    def write(self, text: str) -> int:
+        append_private("greenlets.log", text)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+
+def _hub_reports_to_a_file() -> None:
+    import gevent
+
+    gevent.get_hub().exception_stream = _HubReports()
 
 
 def _compare_macs_in_c() -> None:

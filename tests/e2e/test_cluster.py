@@ -479,7 +479,7 @@ def test_a_dry_run_without_the_cluster_still_shows_the_node_plan(
         refused = gpunode(
             api, "bootstrap", "-i", str(inventory(workdir, hosts)), "--yes", "--kubeconfig", str(api.kubeconfig_path)
         )
-    assert refused.returncode == 1 and "Nothing was changed on the hosts" in refused.stderr
+    assert refused.returncode == 2 and "Nothing was changed on the hosts" in refused.stderr
 
 
 def test_runtime_mode_moves_the_fleet_to_a_runtimeclass_daemonset_and_back(

@@ -343,7 +343,8 @@ def test_custom_gpu_labels_are_named_as_kube_state_metrics_exports_them() -> Non
     "args, words",
     [
         (["--gpu-node-label", "not a label"], "not a Kubernetes label key"),
-        (["--daemonset-regex", "(unclosed"], "not a regular expression"),
+        (["--daemonset-regex", "(unclosed"], "not an RE2 regular expression"),
+        (["--daemonset-regex", "(?=dev).*"], "invalid perl operator"),
         (["--label", "novalue"], "KEY=VALUE"),
         (["--namespace", "Bad_NS"], "not a namespace name"),
     ],

@@ -163,7 +163,7 @@ def test_temperature_threshold_and_job_options() -> None:
     ("args", "words"),
     [
         (["--temperature-threshold", "500"], "is not a GPU temperature"),
-        (["--plugin-job-regex", "gpu-("], "is not a regular expression"),
+        (["--plugin-job-regex", "gpu-("], "is not an RE2 regular expression"),
     ],
 )
 def test_bad_gpu_alert_options_exit_2(args: list[str], words: str) -> None:

@@ -149,10 +149,15 @@ def _check_host_path(what: str, value: str, flag: str) -> None:
         raise UserError(
             f"The {what} {value!r} contains control characters.", f"Give {flag} as a plain path on the node."
         )
+    if ".." in value.split("/"):
+        # No suggestion: dropping `x/..` by hand is wrong when x is a symlink on the node.
+        raise UserError(
+            f"The {what} {value!r} contains '..', which Kubernetes refuses in a hostPath.",
+            f"Give {flag} as the node resolves it, without '..': `readlink -f PATH` on the node prints it.",
+        )
     if posixpath.normpath(value) != value or value.startswith("//"):
         raise UserError(
-            f"The {what} {value!r} is not in normal form (Kubernetes refuses '..' in hostPath, "
-            "and '.', '//' or a trailing '/' make two names for one path).",
+            f"The {what} {value!r} is not in normal form ('.', '//' or a trailing '/' make two names for one path).",
             f"Give {flag} as {posixpath.normpath(value)!r}.",
         )
 
