@@ -29,7 +29,15 @@ def test_render_agent_prints_the_envelope_with_its_documents(tmp_path: Path) -> 
     code, document = _json(["render", "agent", "--mode", "apply", "--settings", str(settings)])
     assert code == 0 and document["command"] == "render agent"
     kinds = [d["kind"] for d in document["documents"]]  # type: ignore[attr-defined]
-    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "DaemonSet"]
+    assert kinds == [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+    ]
     configmap = document["documents"][5]  # type: ignore[index]
     assert configmap["data"]["settings.yaml"] == "settings: {kernel_module: none}\n"
 
