@@ -60,6 +60,9 @@ class Outcome:
     text: str = ""
     # Why the exit code is not 0, when one sentence can say it (verify: "could not check").
     error: GpunodeError | None = None
+    # A report that quotes hosts and clusters (their output, their names) has its control
+    # characters escaped; a file the command prints for a pipe (render) goes out as it is.
+    verbatim: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ class _Run:
         if self.output == "json":
             click.echo(json.dumps(self.envelope(outcome.exit_code, outcome.body, error), indent=2))
         elif outcome.text:
-            click.echo(outcome.text, nl=not outcome.text.endswith("\n"))
+            text = outcome.text if outcome.verbatim else escape_controls(outcome.text, keep_newlines=True)
+            click.echo(text, nl=not text.endswith("\n"))
 
     def fail(
         self, exit_code: int, problem: str, fix: str | None, kind: str, extra: Mapping[str, Any] | None = None

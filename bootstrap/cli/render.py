@@ -179,7 +179,7 @@ def render(
         plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
     )
     text = render_manifests(deployment)
-    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text, verbatim=True)
 
 
 render.add_command(containerd_command)

@@ -97,6 +97,18 @@ sec apt_sources
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do b64file "$f"; done
 sec managed_files
 printf '%s\n' "$GPUNODE_MANAGED_FILES" | while IFS= read -r f; do [ -n "$f" ] && b64file "$f"; done
+# Paths gpunode may write that are no regular file: a symlink is followed when written, so
+# only a link that leads nowhere, a directory or a device needs saying.
+sec file_kinds
+printf '%s\n%s\n' "$GPUNODE_CONTAINERD_CONFIG" "$GPUNODE_MANAGED_FILES" | while IFS= read -r f; do
+  [ -n "$f" ] || continue
+  if [ -L "$f" ] && ! [ -e "$f" ]; then k=broken-link
+  elif [ -d "$f" ]; then k=directory
+  elif [ -L "$f" ]; then if [ -f "$f" ]; then k=link; else k=other; fi
+  elif [ -e "$f" ] && ! [ -f "$f" ]; then k=other
+  else continue; fi
+  printf '%s %s\n' "$k" "$f"
+done
 sec uploads
 if [ -d "$GPUNODE_UPLOAD_DIR" ]; then
   find "$GPUNODE_UPLOAD_DIR" -type f -exec sha256sum {} + 2>/dev/null

@@ -20,10 +20,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import jsonschema
 import pytest
 from click.testing import CliRunner
@@ -524,4 +524,18 @@ WITHOUT_JSON = {
 }
 
 
-CallableCase = Callable[[], None]
+def test_reports_escape_what_hosts_said_and_files_for_pipes_stay_verbatim() -> None:
+    from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome
+
+    said = "step output from a host: \x1b]0;owned\x07\ttab\nnext line"
+
+    @click.command("report", cls=ContractCommand)
+    @click.option("--verbatim", is_flag=True)
+    def report(verbatim: bool) -> Outcome:
+        return Outcome(EXIT_OK, {}, said, verbatim=verbatim)
+
+    escaped = CliRunner().invoke(report, [])
+    assert escaped.exit_code == 0 and "\x1b" not in escaped.stdout and "\x07" not in escaped.stdout
+    assert "\\x1b]0;owned\\x07\ttab\nnext line" in escaped.stdout
+    raw = CliRunner().invoke(report, ["--verbatim"])
+    assert raw.stdout == said + "\n"

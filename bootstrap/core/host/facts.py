@@ -114,6 +114,9 @@ class HostFacts:
     kubelet: KubeletFacts
     apt_sources: Mapping[str, str]
     managed_files: Mapping[str, str] = field(default_factory=dict)
+    # Paths gpunode may write that are not plain regular files: link, broken-link,
+    # directory, other (a device, a FIFO). A regular file or an absent path is not listed.
+    file_kinds: Mapping[str, str] = field(default_factory=dict)
     uploads: Mapping[str, str] = field(default_factory=dict)
     plugin_venv: PluginVenvFacts = field(default_factory=lambda: PluginVenvFacts())
     # What only `gpunode doctor` asks for (the snapshot taken with diagnostics); else None.
@@ -139,6 +142,27 @@ class HostFacts:
 
     def managed_file(self, path: str) -> str | None:
         return self.managed_files.get(path)
+
+    def not_a_file(self, path: str) -> str | None:
+        """Why `path` cannot be written as a file (with the fix), or None when it can.
+
+        A symlink to a regular file can: it is edited through the link.
+        """
+        kind = self.file_kinds.get(path)
+        if kind == "broken-link":
+            return (
+                f"{path} is a symlink that leads nowhere (its target is missing, or the links loop), "
+                f"so gpunode will not write through it. Fix: point {path} at the real file, or remove "
+                "the link, then run gpunode again"
+            )
+        if kind == "directory":
+            return f"{path} is a directory where a file should be. Fix: move it away, then run gpunode again"
+        if kind == "other":
+            return (
+                f"{path} is not a regular file (a device, a FIFO or a socket). Fix: put the config "
+                "file there, then run gpunode again"
+            )
+        return None
 
 
 class SnapshotError(ValueError):
@@ -288,6 +312,15 @@ def parse_packages(lines: list[str], arch: str) -> tuple[str | None, dict[str, s
     return None, {}
 
 
+def parse_file_kinds(lines: list[str]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for line in lines:
+        kind, _, path = line.partition(" ")
+        if path:
+            kinds[path] = kind
+    return kinds
+
+
 def parse_snapshot(output: str) -> HostFacts:
     sections = split_sections(output)
 
@@ -326,6 +359,7 @@ def parse_snapshot(output: str) -> HostFacts:
         kubelet=parse_kubelet(lines("kubelet"), lines("device_plugins")),
         apt_sources=decode_files(lines("apt_sources")),
         managed_files=decode_files(lines("managed_files")),
+        file_kinds=parse_file_kinds(lines("file_kinds")),
         uploads=parse_uploads(lines("uploads")),
         plugin_venv=parse_plugin_venv(lines("plugin_venv")),
         diagnostics=parse_diagnostics(sections),

@@ -518,6 +518,30 @@ def config_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
     ]
 
 
+MPS_DAEMONSET = "gpunode-mps-control-daemon"
+
+
+def mps_daemon_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
+    """NVIDIA's MPS control daemon DaemonSet, when a config shares GPUs with MPS."""
+    import yaml
+
+    configs = dep.plugin_configs
+    if configs is None or not configs.uses_mps:
+        return []
+    selector = {"app.kubernetes.io/name": MPS_DAEMONSET}
+    context = {
+        **_config_context(dep),
+        "dep": dep,
+        "name": MPS_DAEMONSET,
+        "selector": selector,
+        "labels": {**selector, **MANAGED_BY_LABELS},
+        "image": dep.image if dep.plugin == "nvidia" else NVIDIA_PLUGIN_IMAGE,
+        "driver_label": DRIVER_VERSION_LABEL,
+        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *dep.tolerations)],
+    }
+    return [yaml.safe_load(_render("mps-control-daemon.yaml.j2", context))]
+
+
 def dump_yaml(obj: dict[str, Any]) -> str:
     """One object as YAML; multi-line strings (a ConfigMap's configs) as literal blocks."""
     import yaml
@@ -542,7 +566,11 @@ def render_device_plugin(dep: PluginDeployment) -> str:
 def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
     """RuntimeClass, the per-node config objects if any, then the DaemonSet, as a
     multi-document YAML stream."""
-    documents = [render_runtimeclass(handler), *(dump_yaml(o) for o in config_objects(dep)), render_device_plugin(dep)]
+    documents = [
+        render_runtimeclass(handler),
+        *(dump_yaml(o) for o in config_objects(dep) + mps_daemon_objects(dep)),
+        render_device_plugin(dep),
+    ]
     return "".join(f"---\n{doc.rstrip()}\n" for doc in documents)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import errors, openapi, protobuf, resources, tables
+from . import disruption, errors, openapi, protobuf, resources, tables
 from .resources import ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import APPLY_PATCH, ListOptions, WatchEvent
@@ -168,8 +168,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _serve(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            body = self._read_chunked()  # kubectl sends a body read from stdin (-f -) this way
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         self.record = RequestRecord(
             method=self.command,
@@ -212,6 +215,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(errors.bad_request(str(err)))
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers, up to the empty line
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
 
     def _authorised(self, path: str) -> bool:
         auth = self.headers.get("Authorization")
@@ -328,6 +342,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if method == "GET":
             obj = store.get(rt, namespace, str(name))
             self._send_object(rt, obj)
+            return
+        if method == "POST" and sub == "eviction" and name is not None:
+            code, status = disruption.evict(store, namespace or "", name, self._decode(body), dry_run)
+            self._send_json(code, status)
             return
         if method == "POST" and name is None:
             if content_type == "application/vnd.kubernetes.protobuf":

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from . import errors
+from . import disruption, errors
 from .certs import tls_material
 from .controllers import Controllers
 from .kubectl import kubectl_binary
@@ -118,6 +118,7 @@ class KubeApiStandIn:
         self._kubectl = kubectl
         self.store = Store()
         self.controllers = Controllers(self.store)
+        self.store.controllers.append(lambda: disruption.sync_budgets(self.store))
         self.store.after_write.append(self._after_write)
         self._request_log: list[RequestRecord] = []
         self._log_lock = threading.Lock()
