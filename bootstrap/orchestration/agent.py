@@ -29,6 +29,7 @@ from typing import Any
 
 from pyinfra.api.inventory import Inventory
 
+from gpunode.bootstrap.cluster import drain
 from gpunode.bootstrap.cluster.evidence import ClusterReader
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.cluster.leases import DisruptionBudget
@@ -44,15 +45,16 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     metadata_patch,
     normalize_bus_id,
 )
-from gpunode.bootstrap.core.kube.lease_budget import disruptive_changes
 from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, NVML_LIBRARY_ANNOTATION
 from gpunode.bootstrap.core.kube.node_condition import (
+    REASON_DRAIN_BLOCKED,
     NodeCondition,
     NodeEventSpec,
     condition_from_verdicts,
     unknown_condition,
     waiting_condition,
 )
+from gpunode.bootstrap.core.kube.rollout_plan import CORDONED_BY_ANNOTATION, disruption_of, plan_drain
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import DATA_PREFIX, NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
@@ -79,6 +81,8 @@ class AgentRequest:
     heartbeat: float = 300.0
     lease_duration: int = 60
     driver_poll: float = 10.0
+    drain_timeout: float = 600.0
+    delete_emptydir_data: bool = False
     flags: Mapping[str, Any] = field(default_factory=dict)  # bootstrap settings given as agent flags
     progress: Callable[[str], None] | None = None
 
@@ -196,9 +200,12 @@ class Agent:
             settings = None
         if settings is not None:
             if mode == "apply":
+                self._resume_if_ours(node, outcome)
                 self._converge(settings, node, outcome)
-            if not outcome.waited_for:
+            if not outcome.waited_for and outcome.condition.reason != REASON_DRAIN_BLOCKED:
                 outcome.condition = self._judge(settings)
+            if mode == "apply":
+                self._bring_back(outcome)
         after, outcome.event = publish(
             self.kubectl,
             read_node(self.kubectl, self.request.node_name) if mode == "apply" else node,
@@ -217,7 +224,7 @@ class Agent:
             status=outcome.condition.status,
             reason=outcome.condition.reason,
             written=outcome.written,
-            disruptive=",".join(outcome.disruptive),
+            disruptive="; ".join(outcome.disruptive),
             slot=outcome.slot or "",
             waited_for=",".join(outcome.waited_for),
             failed=",".join(s.name for r in outcome.reports for s in r.steps if s.status == "failed"),
@@ -234,35 +241,76 @@ class Agent:
         return result.reports[0]
 
     def _converge(self, settings: NodeSettings, node: Mapping[str, Any], outcome: TickOutcome) -> None:
+        """Plan as bootstrap plans; a run that disrupts the node first takes a slot of the
+        budget, cordons and drains (the rollout's own cordon and drain), then runs."""
         planned = self._bootstrap(settings, dry_run=True)
         outcome.reports.append(planned)
         statuses = {step.name: step.status for step in planned.steps}
         if planned.error is not None or "changed" not in statuses.values():
             self._label(node)
             return
-        outcome.disruptive = disruptive_changes(statuses, planned.reboot_required)
-        if outcome.disruptive:
-            holding = self.budget.hold()
-            if holding.slot is None:
-                outcome.waited_for = holding.holders
-                outcome.condition = waiting_condition(
-                    holding.holders, self.request.max_unavailable, ", ".join(outcome.disruptive)
-                )
-                self._say(f"waiting for the disruption budget (held by {', '.join(holding.holders) or '?'})")
+        disruption = disruption_of(statuses, reboot=False)  # the agent never reboots its own host
+        if disruption.disrupts:
+            outcome.disruptive = disruption.reasons
+            if not self._take_slot(outcome):
                 return
-            outcome.slot = holding.slot
-        try:
-            if outcome.slot is not None:
-                log_event(
-                    "disruption_started", node=self.request.node_name, lease=outcome.slot, at=f"{time.time():.3f}"
+            problem = self._take_out(disruption.scope or "all")
+            if problem is not None:
+                outcome.condition = NodeCondition(
+                    "False",
+                    REASON_DRAIN_BLOCKED,
+                    f"{problem}. Fix: let the blocking pods move (or give --delete-emptydir-data), the agent tries "
+                    "again every interval; the node stays cordoned and keeps its disruption slot meanwhile.",
                 )
-            done = self._bootstrap(settings, dry_run=False)
-            outcome.reports.append(done)
-        finally:
-            if outcome.slot is not None:
-                log_event("disruption_ended", node=self.request.node_name, lease=outcome.slot, at=f"{time.time():.3f}")
-                self.budget.release()
+                return
+        outcome.reports.append(self._bootstrap(settings, dry_run=False))
         self._label(read_node(self.kubectl, self.request.node_name))
+
+    def _take_slot(self, outcome: TickOutcome) -> bool:
+        holding = self.budget.hold()
+        if holding.slot is None:
+            outcome.waited_for = holding.holders
+            outcome.condition = waiting_condition(
+                holding.holders, self.request.max_unavailable, "; ".join(outcome.disruptive)
+            )
+            self._say(f"waiting for the disruption budget (held by {', '.join(holding.holders) or '?'})")
+            return False
+        if outcome.slot is None:
+            log_event("disruption_started", node=self.request.node_name, lease=holding.slot, at=f"{time.time():.3f}")
+        outcome.slot = holding.slot
+        return True
+
+    def _take_out(self, scope: str) -> str | None:
+        """Cordon (as gpunode's: someone else's cordon is kept and never lifted) and drain
+        through the Eviction API; what stood in the way, or None."""
+        name = self.request.node_name
+        drain.cordon(self.kubectl, drain.read_node(self.kubectl, name))
+        plan = plan_drain(
+            name,
+            drain.pods_on(self.kubectl, name),
+            "gpu" if scope == "gpu" else "all",
+            delete_emptydir_data=self.request.delete_emptydir_data,
+        )
+        result = drain.drain(self.kubectl, plan, self.request.drain_timeout, self.request.progress)
+        return result.problem
+
+    def _resume_if_ours(self, node: Mapping[str, Any], outcome: TickOutcome) -> None:
+        """A node this agent cordoned (an earlier tick, or before a restart) is still in its
+        disruption: it keeps (or takes back) its slot until the node is proven."""
+        if self.budget.slot is None and CORDONED_BY_ANNOTATION not in _annotations(node):
+            return
+        holding = self.budget.hold()
+        outcome.slot = holding.slot
+
+    def _bring_back(self, outcome: TickOutcome) -> None:
+        """Proven (GPUNodeReady True): uncordon (only gpunode's cordon) and give the slot
+        back. Not proven: the node stays cordoned and the slot stays taken, so a change
+        that breaks nodes stops at the first one, as the rolling upgrade stops."""
+        if outcome.slot is None or not outcome.condition.healthy:
+            return
+        drain.uncordon(self.kubectl, self.request.node_name)
+        log_event("disruption_ended", node=self.request.node_name, lease=outcome.slot, at=f"{time.time():.3f}")
+        self.budget.release()
 
     def _label(self, node: Mapping[str, Any]) -> None:
         """The labels and annotations bootstrap's node-label step sets, from what it recorded
@@ -312,10 +360,15 @@ class Agent:
 
     def _judge(self, settings: NodeSettings) -> NodeCondition:
         diagnosis, host_problem = self.diagnose(settings)
-        if host_problem is not None and not diagnosis.problems:
+        problems = diagnosis.problems
+        if self.budget.slot is not None:
+            # The agent's own cordon during its disruption is not a finding about the node:
+            # it is lifted as soon as the rest of the chain holds.
+            problems = tuple(v for v in problems if v.id != "NODE-CORDONED")
+        if host_problem is not None and not problems:
             return unknown_condition(f"the host could not be read: {host_problem}")
         record = self._record()
-        return condition_from_verdicts(diagnosis.problems, record.gpu_count if record else None)
+        return condition_from_verdicts(problems, record.gpu_count if record else None)
 
 
 # --------------------------------------------------------------------------------------
@@ -343,3 +396,7 @@ def run_agent(request: AgentRequest, stop: threading.Event, on_tick: Callable[[T
                 log_event("driver_changed", node=request.node_name, was=fingerprint, now=now)
                 fingerprint = now
                 break
+
+
+def _annotations(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (node.get("metadata") or {}).get("annotations") or {}

@@ -240,7 +240,15 @@ def test_fresh_node_converged_then_broken_links_named(
         assert ready["reason"] == "GPUsAdvertised"
         first = agent.ticks[0]
         assert first["mode"] == "apply" and not first["failed"], agent.log
-        assert set(first["disruptive"].split(",")) == {"driver", "toolkit", "containerd"}
+        assert "driver" in first["disruptive"] and "containerd" in first["disruptive"], first
+        # Cordoned for the disruption (the rollout's cordon), uncordoned once proven.
+        node_patches = [
+            r.body for r in api.request_log if r.method == "PATCH" and r.path == f"/api/v1/nodes/{host.name}"
+        ]
+        assert any(b'"unschedulable":true' in b for b in node_patches), node_patches
+        assert any(b'"unschedulable":null' in b for b in node_patches), node_patches
+        node_spec = api.get("Node", host.name)["spec"]  # type: ignore[index]
+        assert not node_spec.get("unschedulable"), node_spec
         assert first["slot"] == "gpunode-disruption-0"
         assert api.allocatable(host.name) == "1"
         labels = api.get("Node", host.name)["metadata"]["labels"]  # type: ignore[index]

@@ -19,7 +19,8 @@ RBAC, least privilege (each rule says who needs it):
 - configmaps get (its namespace): its settings, and the plugin's config ConfigMaps.
 - doctor's reads of the node's chain: pods list, pods/log get, events list, daemonsets
   list (apps), runtimeclasses list (node.k8s.io), clusterpolicies list (nvidia.com).
-- pods/eviction create (apply mode): drain before a disruptive step.
+- pods/eviction create, poddisruptionbudgets list (apply mode): drain before a disruptive
+  step through the Eviction API (PodDisruptionBudgets hold), the rollout's own drain.
 Kubernetes RBAC cannot say "only your own Node"; the agent only ever names its own
 (NODE_NAME from the downward API), and the Node authorizer's NodeRestriction does not
 apply to service accounts. Say so rather than pretend otherwise.
@@ -128,6 +129,8 @@ def cluster_rules(mode: str) -> list[dict[str, Any]]:
     if mode == "apply":
         rules[0] = {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
         rules.append({"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]})
+        # Named in a drain's refusal: which budget said no, with its numbers.
+        rules.append({"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list"]})
     return rules
 
 

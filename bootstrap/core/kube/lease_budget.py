@@ -21,10 +21,6 @@ from typing import Any, Literal
 from gpunode.bootstrap.core.kube.manifests import MANAGED_BY_LABELS
 from gpunode.bootstrap.core.kube.node_condition import parse_rfc3339
 
-# Node steps whose change disrupts running GPU work: a driver package (the module under
-# running pods), the toolkit (its package scripts reload systemd: F18), a containerd restart,
-# the host plugin's restart. What they change is decided by the same planners as bootstrap.
-DISRUPTIVE_STEPS = ("driver", "toolkit", "containerd", "plugin-service")
 LEASE_PREFIX = "gpunode-disruption-"
 LEASE_LABEL = ("gpunode.io/lease", "disruption")
 LEASE_SELECTOR = f"{LEASE_LABEL[0]}={LEASE_LABEL[1]}"
@@ -175,9 +171,3 @@ def release_body(lease: Mapping[str, Any], me: str, now: datetime) -> dict[str, 
     return lease_body(
         slot.name, namespace, None, now, duration, resource_version=slot.resource_version, transitions=slot.transitions
     )
-
-
-def disruptive_changes(statuses: Mapping[str, str], reboot_required: bool) -> tuple[str, ...]:
-    """The steps of a planned run (step -> status) that need the budget; a needed reboot too."""
-    found = tuple(name for name in DISRUPTIVE_STEPS if statuses.get(name) == "changed")
-    return (*found, "reboot") if reboot_required else found

@@ -29,6 +29,7 @@ CONDITION_TYPE = "GPUNodeReady"
 REASON_READY = "GPUsAdvertised"
 REASON_WAITING = "WaitingForDisruptionBudget"
 REASON_UNKNOWN = "NotChecked"
+REASON_DRAIN_BLOCKED = "DrainBlocked"
 EVENT_SOURCE = "gpunode-agent"
 # Kubernetes keeps condition messages short in practice; a whole doctor paragraph is not a
 # condition message. The full text stays in the Event and in `gpunode doctor`.
