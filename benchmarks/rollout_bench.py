@@ -124,7 +124,12 @@ def main() -> None:
                 flag = ["--set-default-runtime"] if round_ % 2 == 0 else []
                 wall, doc = gpunode(api, [*base, "--max-unavailable", "1", *flag])
                 spans = 0.0
-                for node in doc["rollout"]["nodes"]:
+                rolled = [node for node in doc["rollout"]["nodes"] if node["batch"]]
+                if len(rolled) != len(hosts):
+                    raise SystemExit(
+                        f"round {round_ + 1} disrupted {len(rolled)} of {len(hosts)} nodes: {doc['rollout']}"
+                    )
+                for node in rolled:
                     by_name = {p["name"]: p for p in node["phases"]}
                     first, last = node["phases"][0], node["phases"][-1]
                     span = last["started"] + last["seconds"] - first["started"]

@@ -191,10 +191,11 @@ def _execute(session: Session, runs: Sequence[HostRun], steps: Sequence[NodeStep
         run = by_host[host]
         plan = run.plans[outcome.step]
         if outcome.succeeded:
-            run.report.record(outcome.step, "changed", _detail(plan))
+            # The notes again: what the step found while it ran (containerd_apply) is among them.
+            run.report.record(outcome.step, "changed", _detail(plan), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: changed")
         else:
-            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output))
+            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: FAILED")
 
     session.run(plans, on_outcome)

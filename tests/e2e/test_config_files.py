@@ -124,7 +124,7 @@ def test_a_rollback_restores_the_target_and_leaves_the_link(node: DebianHost, to
     # The service manager refuses to restart containerd: gpunode puts the old files back.
     run = bootstrap(node, "--containerd-restart-command", "exit 1", toolkit_dir=toolkit_dir)
     assert run.step("containerd")["status"] == "failed", run.explain()
-    assert "previous config is back" in run.step("containerd")["detail"], run.explain()
+    assert "previous config is back" in run.said("containerd"), run.explain()
     assert node.exec(f"readlink {CONFIG}").stdout.strip() == "/srv/containerd/config.toml"
     assert node.exec("cat /srv/containerd/config.toml").stdout == original
     assert stat(node, "/srv/containerd/config.toml") == "600 0:0 regular file"

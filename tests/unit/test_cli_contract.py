@@ -524,6 +524,14 @@ WITHOUT_JSON = {
 }
 
 
+@pytest.mark.parametrize("args", [[], ["plugin"], ["image"], ["render", "--bogus"]])
+def test_a_bare_group_shows_its_help_and_exits_2(args: list[str]) -> None:
+    outcome = CliRunner().invoke(cli, args, prog_name="gpunode")
+    assert outcome.exit_code == 2 and "Traceback" not in outcome.stderr
+    if args[-1:] != ["--bogus"]:
+        assert outcome.stderr.startswith("Usage: gpunode") and "\\n" not in outcome.stderr
+
+
 def test_reports_escape_what_hosts_said_and_files_for_pipes_stay_verbatim() -> None:
     from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome
 
