@@ -18,6 +18,7 @@ from gpunode.bootstrap.cli.contract import (
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.kube.rollout_plan import parse_max_unavailable
@@ -156,6 +157,7 @@ def _confirm(plan: str) -> bool:
     help="With --skip-cluster --reboot: at most N hosts rebooting at once (default: --parallel).",
 )
 @kube_options
+@telemetry_options
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
@@ -235,6 +237,8 @@ def bootstrap(
     tolerations: tuple[str, ...],
     rollout_timeout: float,
     verify_timeout: float,
+    metrics_addr: str,
+    node_labels: str,
     dry_run: bool,
     yes: bool,
     parallel: int,
@@ -300,6 +304,8 @@ def bootstrap(
             rollout_timeout=rollout_timeout,
             verify_timeout=verify_timeout,
             plugin_config_files=config_files.configs if config_files is not None else (),
+            metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+            node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
         access = kube_access(

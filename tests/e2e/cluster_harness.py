@@ -166,6 +166,8 @@ class SimulatedNode:
             return self.kubelet.dir
         if host_path == "/dev":
             return self.workdir / "dev"
+        if host_path.endswith("/pod-resources"):
+            return self.workdir / "pod-resources"
         if _LIBRARY.search(host_path):
             if not self.host_file_is_regular(host_path):
                 return self.workdir / "not-on-this-host" / host_path.lstrip("/")
@@ -202,7 +204,8 @@ class SimulatedNode:
                 f'failed to pull and unpack image "{image}": failed to resolve reference "{image}": {image}: not found'
             )
             raise ContainerStartError("ErrImagePull", message, event=f'Failed to pull image "{image}": {message}')
-        env: dict[str, str] = {}
+        # Pods here share this machine's network: no fixed metrics port for them.
+        env: dict[str, str] = {"GPUNODE_METRICS_ADDR": "off"}
         volumes = {v["name"]: v.get("hostPath", {}).get("path", "") for v in spec.get("volumes") or []}
         mounted = [
             volumes.get(m["name"], "")
