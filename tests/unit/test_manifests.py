@@ -1,4 +1,4 @@
-"""The RuntimeClass and device plugin DaemonSets gpunode applies (FIELD-NOTES F1-F7, F11, F15)."""
+"""The RuntimeClass and device plugin DaemonSets gpunode applies (docs/failure-modes.md: F1-F7, F11, F15)."""
 
 from __future__ import annotations
 

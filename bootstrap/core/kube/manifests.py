@@ -2,7 +2,7 @@
 
 One DaemonSet per driver version, named after it and node-selected on the node label
 `gpunode.io/driver-version`, so a fleet with mixed drivers gets, on every node, a plugin pod
-that mounts that node's library file. Two device access modes (FIELD-NOTES F1, F2, F5):
+that mounts that node's library file. Two device access modes (F1, F2, F5 in docs/failure-modes.md):
 
 - `mount`: the host's real `libnvidia-ml.so.<version>` (never the `.so.1` symlink, F2) as a
   hostPath of type File at `/usr/local/lib/libnvidia-ml.so.1`, `LD_LIBRARY_PATH=/usr/local/lib`
