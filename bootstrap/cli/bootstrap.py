@@ -18,6 +18,7 @@ from gpunode.bootstrap.cli.contract import (
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.kube.rollout_plan import parse_max_unavailable
@@ -126,6 +127,14 @@ def _confirm(plan: str) -> bool:
     default=None,
     help="Go on when the host has no NVIDIA GPU (testing, image building).",
 )
+@click.option(
+    "--install-containerd",
+    is_flag=True,
+    default=None,
+    help="A host without a container runtime gets the distribution's containerd (Debian, Ubuntu), "
+    "configured from `containerd config default` with runc's SystemdCgroup matching the init system, "
+    "as kubeadm's documentation says. Without it, such a host is refused before any change.",
+)
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
 @click.option(
@@ -156,6 +165,7 @@ def _confirm(plan: str) -> bool:
     help="With --skip-cluster --reboot: at most N hosts rebooting at once (default: --parallel).",
 )
 @kube_options
+@telemetry_options
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
@@ -235,6 +245,8 @@ def bootstrap(
     tolerations: tuple[str, ...],
     rollout_timeout: float,
     verify_timeout: float,
+    metrics_addr: str,
+    node_labels: str,
     dry_run: bool,
     yes: bool,
     parallel: int,
@@ -300,6 +312,8 @@ def bootstrap(
             rollout_timeout=rollout_timeout,
             verify_timeout=verify_timeout,
             plugin_config_files=config_files.configs if config_files is not None else (),
+            metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+            node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
         access = kube_access(

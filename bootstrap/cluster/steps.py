@@ -42,6 +42,7 @@ from gpunode.bootstrap.core.kube.manifests import (
     DRIVER_VERSION_LABEL,
     PluginDeployment,
     config_objects,
+    labeller_objects,
     mps_daemon_objects,
     render_device_plugin,
     render_runtimeclass,
@@ -249,11 +250,12 @@ class _PluginOutcome:
 
 
 def _plugin_configs(run: _Run, kubectl: Kubectl, deployment: PluginDeployment) -> str | None:
-    """Apply the ConfigMap of device plugin configs and the account that reads node labels
-    (before the DaemonSets that mount and use them), and NVIDIA's MPS control daemon when a
-    config uses MPS; a note of what changed, or None."""
+    """Apply the ConfigMap of device plugin configs and the account that reads node labels,
+    the bundled plugin's grant to label its own node (nodes get, patch), all before the
+    DaemonSets that mount and use them, and NVIDIA's MPS control daemon when a config uses
+    MPS; a note of what changed, or None."""
     changed = []
-    for obj in config_objects(deployment) + mps_daemon_objects(deployment):
+    for obj in config_objects(deployment) + labeller_objects(deployment) + mps_daemon_objects(deployment):
         meta = obj["metadata"]
         current = kubectl.get(str(obj["kind"]).lower(), str(meta["name"]), namespace=meta.get("namespace"))
         if current is not None and not is_managed_by_gpunode(current):
@@ -271,7 +273,7 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
     hosts = run.live()
     config_note = None
     planned = [h.plan.deployment for h in hosts if h.plan is not None and h.plan.deployment is not None]
-    if planned and settings.plugin_configs is not None:
+    if planned and (settings.plugin_configs is not None or labeller_objects(planned[0])):
         config_note = _plugin_configs(run, kubectl, planned[0])
     outcomes: dict[int, _PluginOutcome] = {}
     groups: dict[str, list[_Host]] = {}

@@ -34,6 +34,7 @@ NODE = "gpu-1"
 DRIVER = "535.261.03"
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
 DEVICE_PLUGINS = "/var/lib/kubelet/device-plugins"
+POD_RESOURCES = "/var/lib/kubelet/pod-resources"
 GPU = "nvidia.com/gpu"
 
 
@@ -47,11 +48,17 @@ class Cluster:
         self.runner = PodProcessRunner(
             api,
             workdir / "pods",
-            host_paths={LIBRARY: nvml.library_dir / "libnvidia-ml.so.1", DEVICE_PLUGINS: kubelet.dir},
+            host_paths={
+                LIBRARY: nvml.library_dir / "libnvidia-ml.so.1",
+                DEVICE_PLUGINS: kubelet.dir,
+                POD_RESOURCES: workdir / "pod-resources",
+            },
             extra_env={
                 "FAKE_NVML_CONFIG": str(nvml.config_path),
                 "FAKE_NVML_EVENTS": str(nvml.events_path),
                 "PYTHONPATH": str(REPO_ROOT / "tests"),
+                # Pods here share this machine's network: no fixed metrics port for them.
+                "GPUNODE_METRICS_ADDR": "off",
             },
             grace_seconds=1.0,
         )
@@ -137,8 +144,8 @@ def cluster(kube_api: KubeApiStandIn, short_tmp: Path, cache_dir: Path) -> Itera
     kube_api.add_node("cpu-1")
     with KubeletStandIn(short_tmp / "kubelet", on_update=publish) as kubelet:
         gpu_cluster = Cluster(kube_api, short_tmp, nvml, kubelet)
-        runtime_class = next(o for o in gpu_cluster.gpunode_objects() if o["kind"] == "RuntimeClass")
-        gpu_cluster.apply(runtime_class)
+        # Everything the rendered stream has before the DaemonSet: RuntimeClass, the plugin's account.
+        gpu_cluster.apply(*(o for o in gpu_cluster.gpunode_objects() if o["kind"] != "DaemonSet"))
         try:
             yield gpu_cluster
         finally:

@@ -1,4 +1,4 @@
-"""Choosing the real NVML library file (FIELD-NOTES F1, F2, F14; DESIGN step 5).
+"""Choosing the real NVML library file (docs/failure-modes.md: F1, F2, F14).
 
 Every case builds a host tree under a temporary directory with real shared objects, real
 symlinks (Debian's alternatives made by the real `update-alternatives --root`), a real

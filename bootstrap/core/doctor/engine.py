@@ -3,7 +3,7 @@
 The chain (docs/failure-modes.md) is walked from the bottom: driver -> container toolkit ->
 containerd runtime -> RuntimeClass -> device plugin deployment -> device plugin (NVML)
 -> kubelet registration -> Allocatable -> the workload pod. The lowest broken link comes
-first, since it explains the ones above it. A verdict for a failure mode of the field notes
+first, since it explains the ones above it. A verdict for one of the well-known failure modes (docs/failure-modes.md)
 carries its id (F1 ... F17); anything else has an id of its own.
 
 Every verdict id, its link, severity and fix live in the catalogue (catalogue.py); the rules

@@ -67,6 +67,8 @@ class ClusterSettings:
     # The ConfigMap's configs for this run (node_configs() fills it from the files and the
     # nodes' sharing choices); None: no per-node config.
     plugin_configs: PluginConfigs | None = None
+    metrics_addr: str | None = None  # the bundled plugin's /metrics; None: the default, "off": none
+    node_labels: str = "node"  # GFD's labels from the bundled plugin: node, nfd or off
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
             tolerations=settings.tolerations,
             per_node_variant=True,
             plugin_configs=settings.plugin_configs,
+            metrics_addr=settings.metrics_addr,
+            node_labels=settings.node_labels,
         )
         serves = deployment.daemonset_name
     labels = {DRIVER_VERSION_LABEL: target.driver_version, DEVICE_PLUGIN_LABEL: serves}
@@ -281,4 +285,6 @@ def validate_cluster_settings(settings: ClusterSettings) -> None:
         namespace=settings.namespace,
         runtime_class=settings.runtime_handler,
         tolerations=settings.tolerations,
+        metrics_addr=settings.metrics_addr,
+        node_labels=settings.node_labels,
     )

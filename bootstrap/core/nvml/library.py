@@ -1,4 +1,4 @@
-"""Which `libnvidia-ml.so.<version>` file a device plugin pod must mount (FIELD-NOTES F1, F2, F14).
+"""Which `libnvidia-ml.so.<version>` file a device plugin pod must mount (F1, F2, F14 in docs/failure-modes.md).
 
 The host's `libnvidia-ml.so.1` is almost never the file itself: it is a symlink, on Debian a
 chain of three (`/usr/lib/<triplet>/libnvidia-ml.so.1` -> `/etc/alternatives/...` ->

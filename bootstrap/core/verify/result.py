@@ -1,7 +1,7 @@
 """Is a node advertising its GPUs? The verdict rules of `gpunode verify` (pure; no kubectl).
 
 The kubelet publishes `status.allocatable["nvidia.com/gpu"]` from what device plugins
-report: the count of Healthy devices. What that value means (FIELD-NOTES F8, F9):
+report: the count of Healthy devices. What that value means (F8, F9 in docs/failure-modes.md):
 
 - key absent: no device plugin has ever registered the resource since the kubelet started;
 - `0`: a plugin registered once and is gone (the kubelet keeps the key), or every device it
