@@ -6,7 +6,7 @@ Measures, with the real CLI over real SSH (tests/standins/debian_host.py hosts w
 GPUs on their PCI bus, kernel module mode none, the toolkit from a local package dir):
 - a first bootstrap of a fresh host, and where the time goes (each progress line the CLI
   prints is time-stamped as it arrives: connect, read, every step, the second read);
-- a no-change re-run against that host (median of 7), the figure ANCHORS.md sets at 1.5 s;
+- a no-change re-run against that host (median of 7), the figure the project's target sets at 1.5 s;
 - the same no-change run against N hosts at once (an inventory file), against one host.
 --record writes the figures into benchmarks/RESULTS.md (section "Bootstrap").
 """
@@ -215,7 +215,7 @@ def record(body: str, load_start: float, load_end: float) -> None:
                 "restarted by a command (no systemd there). The test hosts run on this machine's own "
                 "two cores: with N hosts, their side of every command competes with gpunode's.",
                 load_note(load_start, load_end),
-                "Targets (issue 4): no-change re-run under 3 s (ANCHORS.md: 1.5 s or less; Ansible "
+                "Targets (issue 4): no-change re-run under 3 s (target 1.5 s or less; Ansible "
                 "14.6 s, plain pyinfra 3.2 s); 10 hosts no-change under 2x one host.",
                 body,
             ]

@@ -303,7 +303,7 @@ def record(figures: dict[str, str], load_start: float, load_end: float) -> None:
                 measured_on("benchmarks/plugin_bench.py --record")
                 + " The plugin as a real process (`python -m gpunode.plugin serve`, 8 fake GPUs in NVLink "
                 "pairs), the kubelet stand-in as client, the fake libnvidia-ml.so.1 behind the real pynvml. "
-                "NVIDIA's figures are ANCHORS.md's (k8s-device-plugin v0.20.0, measured the same way). The "
+                "NVIDIA's figures are those of k8s-device-plugin v0.20.0 measured the same way on the same kind of machine. The "
                 "do-nothing gRPC server beside the Allocate figures shows what this machine's Python gRPC "
                 "costs by itself.",
                 load_note(load_start, load_end),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+from gpunode.bootstrap.masking import mask_secrets
+
 _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
 
 logger = logging.getLogger("gpunode")
@@ -14,7 +16,7 @@ def format_event(event: str, **fields: object) -> str:
     """`event k=v k2="v 2"`: values with spaces, quotes or newlines are quoted."""
     parts = [event]
     for key, value in fields.items():
-        text = "" if value is None else str(value)
+        text = "" if value is None else mask_secrets(str(value))
         if not _BARE.match(text):
             text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
         parts.append(f"{key}={text}")

@@ -17,8 +17,12 @@ from gpunode.bootstrap.cli.contract import (
 )
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.params import FiniteFloatRange
+from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
+from gpunode.bootstrap.core.kube.rollout_plan import parse_max_unavailable
+from gpunode.bootstrap.core.kube.rollout_text import format_rollout
 from gpunode.bootstrap.core.report import format_reports
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import UserError
@@ -123,9 +127,45 @@ def _confirm(plan: str) -> bool:
     default=None,
     help="Go on when the host has no NVIDIA GPU (testing, image building).",
 )
+@click.option(
+    "--install-containerd",
+    is_flag=True,
+    default=None,
+    help="A host without a container runtime gets the distribution's containerd (Debian, Ubuntu), "
+    "configured from `containerd config default` with runc's SystemdCgroup matching the init system, "
+    "as kubeadm's documentation says. Without it, such a host is refused before any change.",
+)
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
+@click.option(
+    "--max-unavailable",
+    default="1",
+    show_default=True,
+    metavar="N|P%",
+    help="Nodes a disruptive run (driver, containerd restart, reboot, plugin replaced) takes out of "
+    "service at once: cordoned, drained, upgraded, proven, uncordoned before the next batch.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0, 86400),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a node's drain may take (evictions a PodDisruptionBudget refuses are retried).",
+)
+@click.option(
+    "--delete-emptydir-data",
+    is_flag=True,
+    help="Drain pods with emptyDir volumes too (their emptyDir data is lost).",
+)
+@click.option(
+    "--max-parallel-reboots",
+    type=click.IntRange(1, 500),
+    metavar="N",
+    help="With --skip-cluster --reboot: at most N hosts rebooting at once (default: --parallel).",
+)
 @kube_options
+@telemetry_options
 @click.option(
     "--plugin",
     type=click.Choice(PLUGINS),
@@ -171,6 +211,7 @@ def _confirm(plan: str) -> bool:
     metavar="SECONDS",
     help="How long Allocatable nvidia.com/gpu may take to reach the GPU count.",
 )
+@plugin_config_options
 @click.option("--dry-run", is_flag=True, help="Show the plan and file diffs; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Apply without asking.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts worked on at once.")
@@ -189,6 +230,10 @@ def bootstrap(
     strict_host_keys: bool,
     sudo: bool | None,
     skip_cluster: bool,
+    max_unavailable: str,
+    drain_timeout: float,
+    delete_emptydir_data: bool,
+    max_parallel_reboots: int | None,
     kubeconfig: str | None,
     kube_context: str | None,
     kube_host: str | None,
@@ -200,6 +245,8 @@ def bootstrap(
     tolerations: tuple[str, ...],
     rollout_timeout: float,
     verify_timeout: float,
+    metrics_addr: str,
+    node_labels: str,
     dry_run: bool,
     yes: bool,
     parallel: int,
@@ -237,11 +284,20 @@ def bootstrap(
     from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, ClusterRequest, run_bootstrap
     from gpunode.bootstrap.orchestration.targets import check_inventory, make_inventory, ssh_data
 
+    if not skip_cluster and max_parallel_reboots is not None:
+        raise UserError(
+            "--max-parallel-reboots is for --skip-cluster runs.",
+            fix="with the cluster, --max-unavailable decides how many nodes are out (and rebooting) at once",
+        )
+    budget = parse_max_unavailable(max_unavailable)
     if not dry_run and not yes and not sys.stdin.isatty():
         raise UserError(
             "bootstrap changes hosts and this is not an interactive terminal.",
             fix="pass --yes to apply, or --dry-run to see the plan",
         )
+    # --plugin-config names files for the cluster's ConfigMap; a host's own choice of config
+    # is inventory data (gpunode_plugin_config, or gpunode_sharing with gpunode_replicas).
+    config_files = plugin_configs_from(settings.pop("plugin_config"), None, None)
     # Everything is checked before any host is contacted: flags, then every host's
     # inventory data (named with its file and host), then files on this machine.
     resolve_settings("command line", {}, settings)
@@ -255,6 +311,9 @@ def bootstrap(
             tolerations=parse_tolerations(tolerations),
             rollout_timeout=rollout_timeout,
             verify_timeout=verify_timeout,
+            plugin_config_files=config_files.configs if config_files is not None else (),
+            metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+            node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
         from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
@@ -298,11 +357,40 @@ def bootstrap(
         confirm=None if (yes or dry_run) else confirm,
         progress=progress,
         cluster=cluster,
+        max_parallel_reboots=max_parallel_reboots,
     )
-    result = run_bootstrap(pyinfra_inventory, request)
-    reports = result.reports
+    if cluster is None:
+        result = run_bootstrap(pyinfra_inventory, request)
+        return _outcome(result.reports, result.plan, None, dry_run=dry_run)
+    from gpunode.bootstrap.orchestration.rollout import RolloutRequest, run_rollout
+
+    rollout = run_rollout(
+        pyinfra_inventory,
+        RolloutRequest(
+            bootstrap=request,
+            max_unavailable=budget,
+            drain_timeout=drain_timeout,
+            delete_emptydir_data=delete_emptydir_data,
+            confirm_nowhere=None if yes else _confirm_nowhere,
+        ),
+    )
+    return _outcome(rollout.reports, rollout.plan, rollout.as_dict(), dry_run=dry_run, stopped=rollout.stopped)
+
+
+def _outcome(
+    reports: list[Any], plan: str, rollout: dict[str, Any] | None, *, dry_run: bool, stopped: str | None = None
+) -> Outcome:
     text = format_reports(reports, dry_run=dry_run)
-    if dry_run and result.plan:
-        text += "\n\nThe plan, with file diffs:\n" + result.plan
-    code = EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
-    return Outcome(code, {"hosts": [r.as_dict(dry_run) for r in reports]}, text)
+    body: dict[str, Any] = {"hosts": [r.as_dict(dry_run) for r in reports]}
+    if rollout is not None:
+        body["rollout"] = rollout
+        # Before the hosts' steps, so that a host's last step (verify) still ends the text.
+        text = format_rollout(rollout, dry_run=dry_run).lstrip("\n") + "\n\n" + text
+    if dry_run and plan:
+        text += "\n\nThe plan, with file diffs:\n" + plan
+    ok = stopped is None and all(report.ok for report in reports)
+    return Outcome(EXIT_OK if ok else EXIT_FAILED, body, text)
+
+
+def _confirm_nowhere(question: str) -> bool:
+    return click.confirm(question + " Drain it anyway?", default=False, err=True)

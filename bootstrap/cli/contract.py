@@ -60,6 +60,9 @@ class Outcome:
     text: str = ""
     # Why the exit code is not 0, when one sentence can say it (verify: "could not check").
     error: GpunodeError | None = None
+    # A report that quotes hosts and clusters (their output, their names) has its control
+    # characters escaped; a file the command prints for a pipe (render) goes out as it is.
+    verbatim: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ class _Run:
         if self.output == "json":
             click.echo(json.dumps(self.envelope(outcome.exit_code, outcome.body, error), indent=2))
         elif outcome.text:
-            click.echo(outcome.text, nl=not outcome.text.endswith("\n"))
+            text = outcome.text if outcome.verbatim else escape_controls(outcome.text, keep_newlines=True)
+            click.echo(text, nl=not text.endswith("\n"))
 
     def fail(
         self, exit_code: int, problem: str, fix: str | None, kind: str, extra: Mapping[str, Any] | None = None
@@ -264,6 +268,7 @@ def _guard(ctx: click.Context, empty_body: Mapping[str, Any], invoke: Callable[[
         else:
             raise
     except click.ClickException as exc:
+        _help_for_no_args(exc)
         problem = escape_controls(exc.format_message())
         if not problem.endswith("."):
             problem += "."
@@ -290,7 +295,17 @@ def _guard(ctx: click.Context, empty_body: Mapping[str, Any], invoke: Callable[[
     raise click.exceptions.Exit(code)
 
 
+def _help_for_no_args(exc: click.ClickException) -> None:
+    """`gpunode` or `gpunode plugin` alone: the help, as click shows it, is the answer (exit 2)."""
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", None)
+    if no_args is not None and isinstance(exc, no_args):
+        context = getattr(exc, "ctx", None)
+        click.echo(context.get_help() if context is not None else exc.format_message(), err=True)
+        raise click.exceptions.Exit(EXIT_BAD_INPUT)
+
+
 def _usage_error(command: click.Command, info_name: str | None, args: Sequence[str], parent: Any, exc: Any) -> None:
+    _help_for_no_args(exc)
     path = " ".join(p for p in ((parent.command_path if parent else ""), info_name or command.name or "") if p)
     run = _Run(
         command=_command_name(path),

@@ -76,9 +76,10 @@ def doctor(
     The chain, bottom up: driver -> container toolkit -> containerd runtime "nvidia"
     -> RuntimeClass -> device plugin (DaemonSet, NVML) -> kubelet registration
     -> Allocatable nvidia.com/gpu -> the GPU pod. The lowest broken link is listed
-    first for each node: it explains the rest. Ids F1..F17 are the failure modes of
-    the field notes; other ids are gpunode's own. Works on nodes gpunode never saw
-    (by hand, NVIDIA's Helm chart, the GPU Operator). Everything it runs only reads.
+    first for each node: it explains the rest. Ids F1..F17 are the well-known failure
+    modes; other ids are gpunode's own (docs/failure-modes.md lists them all). Works
+    on nodes gpunode never saw (by hand, NVIDIA's Helm chart, the GPU Operator).
+    Everything it runs only reads.
 
     \b
     HOSTs are read over SSH (driver, NVML, toolkit, containerd, kubelet sockets);

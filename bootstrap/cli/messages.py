@@ -16,10 +16,11 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 
 def escape_controls(text: str, *, keep_newlines: bool = False) -> str:
     """`text` with every control character (C0, DEL, C1, and the bidi/format controls
-    that reorder what a terminal shows) written as a visible escape."""
+    that reorder what a terminal shows) written as a visible escape. `keep_newlines` keeps
+    line breaks and tabs (a report of several lines)."""
     out: list[str] = []
     for char in text:
-        if keep_newlines and char == "\n":
+        if keep_newlines and char in "\n\t":
             out.append(char)
         elif char in _ESCAPES:
             out.append(_ESCAPES[char])

@@ -10,8 +10,11 @@ from click.core import ParameterSource
 from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
 from gpunode.bootstrap.cli.kube_options import parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.render_agent import agent_command
 from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
+from gpunode.bootstrap.cli.render_dashboard import dashboard_command
+from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.manifests import (
     MIG_STRATEGIES,
     MODES,
@@ -21,9 +24,11 @@ from gpunode.bootstrap.core.kube.manifests import (
     Mode,
     Plugin,
     PluginDeployment,
+    dump_yaml,
     library_file_version,
     render_manifests,
 )
+from gpunode.bootstrap.core.kube.telemetry import pod_monitor
 from gpunode.bootstrap.errors import UserError
 
 _MANIFEST_OPTIONS = (
@@ -40,6 +45,9 @@ _MANIFEST_OPTIONS = (
     "plugin_config",
     "sharing",
     "replicas",
+    "metrics_addr",
+    "node_labels",
+    "prometheus_operator",
 )
 
 
@@ -103,6 +111,12 @@ _MANIFEST_OPTIONS = (
 )
 @plugin_config_options
 @toleration_option
+@telemetry_options
+@click.option(
+    "--prometheus-operator",
+    is_flag=True,
+    help="Also a PodMonitor (monitoring.coreos.com/v1) that scrapes the bundled plugin's metrics port.",
+)
 @output_option
 @click.pass_context
 def render(
@@ -120,6 +134,9 @@ def render(
     sharing: str | None,
     replicas: int | None,
     tolerations: tuple[str, ...],
+    metrics_addr: str,
+    node_labels: str,
+    prometheus_operator: bool,
     output: str,
 ) -> Outcome | None:
     """Print the RuntimeClass and device plugin DaemonSet as a multi-document YAML stream.
@@ -176,10 +193,16 @@ def render(
         fail_on_init_error=fail_on_init_error,
         tolerations=parse_tolerations(tolerations),
         plugin_configs=plugin_configs_from(plugin_config, sharing, replicas),
+        metrics_addr=metrics_addr if plugin == "bundled" or metrics_addr == "off" else None,
+        node_labels=node_labels,
     )
     text = render_manifests(deployment)
-    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)
+    if prometheus_operator:
+        text += f"---\n{dump_yaml(pod_monitor(deployment)).rstrip()}\n"
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text, verbatim=True)
 
 
 render.add_command(containerd_command)
 render.add_command(alerts_command)
+render.add_command(dashboard_command)
+render.add_command(agent_command)

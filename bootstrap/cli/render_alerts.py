@@ -125,4 +125,4 @@ def alerts_command(
         gpu=GpuAlertOptions(temperature_threshold=temperature_threshold, plugin_job_regex=plugin_job_regex),
     )
     text = render_rule_file(options) if plain else render_prometheus_rule(options)
-    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text)
+    return Outcome(EXIT_OK, {"documents": yaml_documents(text)}, text, verbatim=True)

@@ -160,4 +160,4 @@ def containerd_command(
             + ("\n" if c.new_text and not c.new_text.endswith("\n") else "")
             for c in plan.files
         )
-    return Outcome(EXIT_OK, body, out)
+    return Outcome(EXIT_OK, body, out, verbatim=True)

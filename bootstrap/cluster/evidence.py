@@ -23,6 +23,7 @@ from gpunode.bootstrap.core.kube.view import (
     containers_of,
     controlled_by,
     dig,
+    events_about,
     gpu_node_labels,
     is_gpu_device_plugin,
     name_of,
@@ -92,6 +93,15 @@ class ClusterReader:
         """Raises ClusterUnreachable / ClusterAuthError / UserError when the cluster cannot be
         read at all; everything after the first answer degrades to gaps."""
         nodes = self.kubectl.list("nodes")  # the first call: unreachable/unauthorized raise here
+        return self._snapshot({name_of(n): n for n in nodes})
+
+    def node_snapshot(self, node_name: str) -> ClusterSnapshot:
+        """What one node's view needs, without listing every node: the agent on each of a
+        thousand nodes reads its own Node, not the whole fleet's."""
+        node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
+        return self._snapshot({node_name: node} if node is not None else {})
+
+    def _snapshot(self, nodes: dict[str, JSON]) -> ClusterSnapshot:
         with ThreadPoolExecutor(max_workers=3) as pool:
             daemonsets_job = pool.submit(self._optional_list, "daemonsets", all_namespaces=True)
             classes_job = pool.submit(self._optional_list, "runtimeclasses.node.k8s.io")
@@ -110,7 +120,7 @@ class ClusterReader:
             policy_list = policies
         plugin_daemonsets = [d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)]
         return ClusterSnapshot(
-            nodes={name_of(n): n for n in nodes},
+            nodes=nodes,
             daemonsets=plugin_daemonsets,
             runtime_classes=runtime_classes if isinstance(runtime_classes, list) else [],
             cluster_policies=policy_list,
@@ -160,7 +170,7 @@ class ClusterReader:
                 self._optional_list, "pods", all_namespaces=True, field_selector=f"spec.nodeName={node_name}"
             )
             events_job = pool.submit(self._events, None, "Node", node_name)
-            pods_or_error, node_events = pods_job.result(), events_job.result()
+            pods_or_error, node_events = pods_job.result(), events_about(events_job.result(), node)
         gaps = [f"pods on {node_name} could not be listed: {pods_or_error}"] if isinstance(pods_or_error, str) else []
         pods = pods_or_error if isinstance(pods_or_error, list) else []
         plugin_pods, others = self._split(snapshot, pods)
@@ -228,7 +238,9 @@ class ClusterReader:
                 snapshot,
                 name,
                 snapshot.nodes.get(name),
-                [e for e in node_events if dig(e, "involvedObject", "name") == name],
+                events_about(
+                    [e for e in node_events if dig(e, "involvedObject", "name") == name], snapshot.nodes.get(name)
+                ),
                 [evidence[id(p)] for p in plugin],
                 [evidence[id(p)] for p in others],
                 gaps,
@@ -258,7 +270,7 @@ class ClusterReader:
             events_job = pool.submit(self._events, namespace, "Pod", name)
             logs_job = pool.submit(self._logs, namespace, name, container, False)
             previous_job = pool.submit(self._logs, namespace, name, container, True) if restarted else None
-            events = events_job.result()
+            events = events_about(events_job.result(), pod)
             logs, problem = logs_job.result()
             previous, previous_problem = previous_job.result() if previous_job else (None, None)
         if restarted:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl
+from gpunode.bootstrap.core.kube.view import events_about
 from gpunode.bootstrap.core.verify.result import PodState
 
 LOG_LINES = 200
@@ -20,12 +21,16 @@ def pod_node(pod: Mapping[str, Any]) -> str:
     return str((pod.get("spec") or {}).get("nodeName") or "")
 
 
-def events_of(kubectl: Kubectl, namespace: str, kind: str, name: str) -> tuple[str, ...]:
+def events_of(
+    kubectl: Kubectl, namespace: str, kind: str, name: str, obj: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
     """The object's events as "Reason: message", oldest first, warnings after normal ones
-    of the same moment (so the last one is the one to show)."""
+    of the same moment (so the last one is the one to show). With `obj`, only the events
+    about that object (its UID), not an earlier one of the same name."""
     items = kubectl.list(
         "events", namespace=namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}"
     )
+    items = events_about(items, dict(obj) if obj is not None else None)
 
     def when(event: Mapping[str, Any]) -> tuple[str, int]:
         stamp = str(
@@ -75,6 +80,6 @@ def pod_state(kubectl: Kubectl, pod: Mapping[str, Any], *, with_log: bool = True
         restarts=restarts,
         last_exit_code=terminated.get("exitCode") if terminated else None,
         termination_message=terminated.get("message") or None,
-        events=events_of(kubectl, namespace, "Pod", name) if name else (),
+        events=events_of(kubectl, namespace, "Pod", name, pod) if name else (),
         log=log,
     )

@@ -29,8 +29,10 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     NodePlan,
     NodeTarget,
     daemonset_node_selector,
+    expected_gpus,
     is_managed_by_gpunode,
     metadata_patch,
+    node_configs,
     plan_node,
     selector_matches,
     unused_daemonsets,
@@ -38,6 +40,10 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
 from gpunode.bootstrap.core.kube.manifests import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
+    PluginDeployment,
+    config_objects,
+    labeller_objects,
+    mps_daemon_objects,
     render_device_plugin,
     render_runtimeclass,
 )
@@ -99,6 +105,7 @@ def run_cluster_steps(
     run = _Run(targets, progress, dry_run)
     step = "runtimeclass"
     try:
+        settings = node_configs(settings, targets)
         _plan(run, settings)
         _runtimeclass(run, kubectl, settings)
         step = "node-label"
@@ -242,8 +249,32 @@ class _PluginOutcome:
     notes: list[str] = field(default_factory=list)
 
 
+def _plugin_configs(run: _Run, kubectl: Kubectl, deployment: PluginDeployment) -> str | None:
+    """Apply the ConfigMap of device plugin configs and the account that reads node labels,
+    the bundled plugin's grant to label its own node (nodes get, patch), all before the
+    DaemonSets that mount and use them, and NVIDIA's MPS control daemon when a config uses
+    MPS; a note of what changed, or None."""
+    changed = []
+    for obj in config_objects(deployment) + labeller_objects(deployment) + mps_daemon_objects(deployment):
+        meta = obj["metadata"]
+        current = kubectl.get(str(obj["kind"]).lower(), str(meta["name"]), namespace=meta.get("namespace"))
+        if current is not None and not is_managed_by_gpunode(current):
+            raise GpunodeError(
+                f"{describe(obj)} exists and is not gpunode's (no app.kubernetes.io/managed-by: gpunode).",
+                "delete or rename it, or use --namespace",
+            )
+        applied = apply_object(kubectl, obj, current, dry_run=run.dry_run)
+        if applied.created or applied.changed:
+            changed.append(f"{'create' if applied.created else 'update'} {describe(obj)}")
+    return "; ".join(changed) or None
+
+
 def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> None:
     hosts = run.live()
+    config_note = None
+    planned = [h.plan.deployment for h in hosts if h.plan is not None and h.plan.deployment is not None]
+    if planned and (settings.plugin_configs is not None or labeller_objects(planned[0])):
+        config_note = _plugin_configs(run, kubectl, planned[0])
     outcomes: dict[int, _PluginOutcome] = {}
     groups: dict[str, list[_Host]] = {}
     for host in hosts:
@@ -327,6 +358,10 @@ def _device_plugins(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> N
                 outcome.status, outcome.detail = "failed", result.detail
     for host in hosts:
         outcome = outcomes[id(host)]
+        if config_note and host.plan is not None and host.plan.deployment is not None:
+            outcome.notes.append(config_note)
+            if outcome.status == "unchanged":
+                outcome.status = "changed"
         detail = outcome.detail + "".join(f"\nnote: {n}" for n in outcome.notes)
         run.record(host, "device-plugin", outcome.status, detail)
 
@@ -414,9 +449,11 @@ def _verify(run: _Run, kubectl: Kubectl, settings: ClusterSettings) -> None:
             checked.append(host)
     if not checked:
         return
+    expected = {h.target.node: expected_gpus(h.target, settings) for h in checked}
     request = VerifyRequest(
         nodes=tuple(h.target.node for h in checked),
-        expects={h.target.node: h.target.gpu_count for h in checked},
+        expects={node: count for node, (_, count) in expected.items()},
+        resources={node: resource for node, (resource, _) in expected.items()},
         timeout=settings.verify_timeout,
         poll=0.5,
     )

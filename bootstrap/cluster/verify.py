@@ -17,6 +17,7 @@ from typing import Any
 from gpunode.bootstrap.cluster.kubectl import Kubectl
 from gpunode.bootstrap.cluster.pods import log_of, pod_state
 from gpunode.bootstrap.cluster.rollout import INSTANCE_LABEL, placement_blockers
+from gpunode.bootstrap.core.kube.cluster_plan import RESOURCE
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, render_verify_pod
 from gpunode.bootstrap.core.kube.taints import Toleration
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
@@ -38,6 +39,8 @@ class VerifyRequest:
     expect: int | None = None
     # Per node, overriding `expect` (bootstrap knows each host's count itself).
     expects: Mapping[str, int] = field(default_factory=dict)
+    # Per node, the resource to judge (a shared config may advertise nvidia.com/gpu.shared).
+    resources: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 60.0
     poll: float = 1.0
     workload: bool = False
@@ -46,6 +49,9 @@ class VerifyRequest:
     workload_timeout: float = 120.0
     tolerations: tuple[Toleration, ...] = ()
     runtime_class: str = "nvidia"
+
+    def resource(self, node: str) -> str:
+        return self.resources.get(node, RESOURCE)
 
 
 @dataclass
@@ -125,7 +131,8 @@ def verify_nodes(
             if name in done:
                 continue
             verdict = quick_result(
-                NodeObservation.from_node(name, objects[name]), request.expects.get(name, request.expect)
+                NodeObservation.from_node(name, objects[name], request.resource(name)),
+                request.expects.get(name, request.expect),
             )
             if verdict.ok or not verdict.checked:
                 done[name] = (verdict, clock() - started)
@@ -139,7 +146,7 @@ def verify_nodes(
         if name in done:
             verdict, seconds = done[name]
         else:
-            observation = NodeObservation.from_node(name, objects[name])
+            observation = NodeObservation.from_node(name, objects[name], request.resource(name))
             verdict = quick_result(observation, request.expects.get(name, request.expect))
             node_obj = objects[name]
             if not verdict.ok and verdict.checked and node_obj is not None:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gpunode.bootstrap.masking import mask_secrets
+
 StepStatus = Literal["changed", "unchanged", "failed", "skipped"]
 STEP_STATUSES: tuple[StepStatus, ...] = ("changed", "unchanged", "failed", "skipped")
 
@@ -64,6 +66,10 @@ class HostReport:
             detail, *folded = detail.split("\nnote: ")
             notes = (*notes, *folded)
         existing = self.step(name)
+        # What is shown is masked: secret values of configs never reach a report.
+        detail = mask_secrets(detail)
+        notes = tuple(mask_secrets(note) for note in notes)
+        diff = mask_secrets(diff) if diff is not None else None
         if existing is None:
             existing = StepResult(name, status, detail, tuple(notes), diff)
             self.steps.append(existing)
@@ -78,7 +84,7 @@ class HostReport:
         return {
             "host": self.host,
             "ok": self.ok,
-            "error": self.error,
+            "error": mask_secrets(self.error) if self.error is not None else None,
             "steps": [s.as_dict(dry_run) for s in self.steps],
             "driver_version": self.driver_version,
             "nvml_library": self.nvml_library,
@@ -99,7 +105,7 @@ def format_reports(reports: list[HostReport], *, dry_run: bool = False) -> str:
     for report in reports:
         counts = {status: sum(1 for s in report.steps if s.status == status) for status in STEP_STATUSES}
         if report.error is not None:
-            headline = f"FAILED: {report.error}"
+            headline = f"FAILED: {mask_secrets(report.error)}"
         else:
             verb = "would change" if dry_run else "changed"
             headline = ("ok" if report.ok else "FAILED") + (

@@ -40,13 +40,30 @@ class NodeSettings:
     plugin_package: str | None = None
     plugin_wheels: str | None = None
     allow_no_gpu: bool = False
+    # A bare host without a container runtime gets the distribution's containerd.
+    install_containerd: bool = False
     reboot: bool = False
+    # The device plugin config this node uses (nvidia.com/device-plugin.config): the name of
+    # a --plugin-config, or a sharing shortcut (time-slicing or mps, with replicas).
+    plugin_config: str | None = None
+    sharing: str | None = None
+    replicas: str | None = None
+
+    @property
+    def plugin_config_name(self) -> str | None:
+        """The config this node is labelled with: plugin_config, else <sharing>-<replicas>."""
+        if self.plugin_config:
+            return self.plugin_config
+        if self.sharing and self.replicas:
+            return f"{self.sharing}-{self.replicas}"
+        return None
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "kernel_module": get_args(KernelModule),
     "driver_flavour": get_args(DriverFlavour),
     "plugin_mode": get_args(PluginMode),
+    "sharing": ("time-slicing", "mps"),
 }
 _BOOLEANS = {f.name for f in fields(NodeSettings) if f.type in ("bool", bool)}
 _ABSOLUTE_PATHS = ("containerd_config", "runtime_path")
@@ -68,6 +85,8 @@ def _check(host: str, source: str, name: str, value: Any) -> Any:
         return None
     if name in _BOOLEANS:
         return _as_bool(host, source, value)
+    if name == "replicas" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
     if not isinstance(value, str):
         raise UserError(f"{host}: {source} = {value!r} must be a string.", fix=f"quote the value of {source}")
     if "\n" in value or "\0" in value:
@@ -89,6 +108,16 @@ def _check(host: str, source: str, name: str, value: Any) -> Any:
         raise UserError(
             f"{host}: {source} = {value!r} is not a package version.",
             fix=f"give {source} as the distro prints it, e.g. 535.261.03 or 1.17.8-1",
+        )
+    if name == "replicas" and not (value.isdigit() and int(value) >= 2):
+        raise UserError(
+            f"{host}: {source} = {value!r} is not a number of replicas.",
+            fix=f"give {source} as 2 or more (how many pods share each GPU)",
+        )
+    if name == "plugin_config" and not re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", value):
+        raise UserError(
+            f"{host}: {source} = {value!r} cannot name a device plugin config.",
+            fix="use the NAME of a --plugin-config NAME=FILE (letters, digits, '-', '_', '.')",
         )
     if name in _ABSOLUTE_PATHS and not value.startswith("/"):
         raise UserError(
@@ -117,6 +146,11 @@ def resolve_settings(host: str, data: Mapping[str, Any], overrides: Mapping[str,
         if value is not None:
             values[name] = _check(host, f"option --{name.replace('_', '-')}", name, value)
     settings = replace(NodeSettings(), **{k: v for k, v in values.items() if v is not None})
+    if (settings.sharing is None) != (settings.replicas is None):
+        raise UserError(
+            f"{host}: sharing and replicas go together (one is set, the other is not).",
+            fix="set both (--sharing time-slicing --replicas 4, or gpunode_sharing and gpunode_replicas), or neither",
+        )
     if (
         settings.driver_branch
         and settings.driver_version

@@ -15,6 +15,7 @@ from pyinfra.api.facts import FactBase
 
 from gpunode.bootstrap.core.host.diagnostics import NVML_CHECK_SOURCE
 from gpunode.bootstrap.core.host.facts import HostFacts, parse_snapshot
+from gpunode.bootstrap.core.host.snapshot_contract import Parameter, Placeholder, check_script, fill
 from gpunode.bootstrap.core.nvml.library import PROBE_COMMAND, probe_command
 from gpunode.bootstrap.core.packages.common import DPKG_QUERY_COMMAND, RPM_QUERY_COMMAND
 
@@ -25,7 +26,9 @@ UPLOAD_DIR = "/var/lib/gpunode/packages"
 
 @lru_cache(maxsize=1)
 def _script_template() -> str:
-    return files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
+    script = files("gpunode.bootstrap.node").joinpath("snapshot_script.sh").read_text()
+    check_script(script)
+    return script
 
 
 @lru_cache(maxsize=4)
@@ -43,24 +46,27 @@ def snapshot_command(
 ) -> str:
     """The one command that reads a host; `diagnostics` adds what only doctor needs
     (`driver_root`: where a containerised driver's root would be mounted)."""
-    script = (
-        _script_template()
-        .replace("GPUNODE_NVML_PROBE_DRIVER_ROOT", _driver_root_probe(driver_root))
-        .replace("GPUNODE_NVML_PROBE", PROBE_COMMAND)
-        .replace("GPUNODE_DPKG_QUERY", DPKG_QUERY_COMMAND)
-        .replace("GPUNODE_RPM_QUERY", RPM_QUERY_COMMAND)
+    script = fill(
+        _script_template(),
+        {
+            Placeholder.NVML_PROBE: PROBE_COMMAND,
+            Placeholder.NVML_PROBE_DRIVER_ROOT: _driver_root_probe(driver_root),
+            Placeholder.DPKG_QUERY: DPKG_QUERY_COMMAND,
+            Placeholder.RPM_QUERY: RPM_QUERY_COMMAND,
+        },
     )
-    assignments = (
-        f"GPUNODE_CONTAINERD_CONFIG={shlex.quote(containerd_config)}\n"
-        f"GPUNODE_MANAGED_FILES={shlex.quote(chr(10).join(managed_files))}\n"
-        f"GPUNODE_UPLOAD_DIR={shlex.quote(UPLOAD_DIR)}\n"
-    )
+    parameters = {
+        Parameter.CONTAINERD_CONFIG: containerd_config,
+        Parameter.MANAGED_FILES: "\n".join(managed_files),
+        Parameter.UPLOAD_DIR: UPLOAD_DIR,
+    }
     if diagnostics:
-        assignments += (
-            f"GPUNODE_DIAGNOSE=1\n"
-            f"GPUNODE_NVML_CHECK={shlex.quote(NVML_CHECK_SOURCE)}\n"
-            f"GPUNODE_DRIVER_ROOT={shlex.quote(driver_root)}\n"
-        )
+        parameters |= {
+            Parameter.DIAGNOSE: "1",
+            Parameter.NVML_CHECK: NVML_CHECK_SOURCE,
+            Parameter.DRIVER_ROOT: driver_root,
+        }
+    assignments = "".join(f"{name.value}={shlex.quote(value)}\n" for name, value in parameters.items())
     # pyinfra runs commands through `sh -c`; a subshell keeps the variables local.
     return "sh -c " + shlex.quote(assignments + script)
 

@@ -1,9 +1,9 @@
 # gpunode host snapshot: everything bootstrap, verify and doctor need to know about a host,
 # read in one round trip. It only reads. POSIX sh; every section starts with a line
 # "@@<name>"; file contents are base64 so that no content can forge a section line.
-# Parameters arrive as shell variables set before this script: GPUNODE_MANAGED_FILES
-# (newline-separated paths), GPUNODE_CONTAINERD_CONFIG, GPUNODE_UPLOAD_DIR; for doctor also
-# GPUNODE_DIAGNOSE=1, GPUNODE_NVML_CHECK (python source), GPUNODE_DRIVER_ROOT.
+# The sections, the @GPUNODE_<NAME>@ placeholders and the GPUNODE_* parameters (shell
+# variables set before this script) are those of bootstrap/core/host/snapshot_contract.py,
+# which checks this script against them.
 PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin"
 sec() { printf '@@%s\n' "$1"; }
 # One line of base64 from stdin. GNU base64 -w0 saves a `tr` per file (this script runs on
@@ -44,10 +44,10 @@ grep -ls '^[[:space:]]*blacklist[[:space:]]\+nouveau' /etc/modprobe.d/*.conf /us
 sec initramfs
 for t in update-initramfs dracut; do command -v "$t" >/dev/null 2>&1 && echo "$t"; done
 sec nvml
-GPUNODE_NVML_PROBE
+@GPUNODE_NVML_PROBE@
 sec packages
-if command -v dpkg-query >/dev/null 2>&1; then echo dpkg; GPUNODE_DPKG_QUERY
-elif command -v rpm >/dev/null 2>&1; then echo rpm; GPUNODE_RPM_QUERY; fi
+if command -v dpkg-query >/dev/null 2>&1; then echo dpkg; @GPUNODE_DPKG_QUERY@
+elif command -v rpm >/dev/null 2>&1; then echo rpm; @GPUNODE_RPM_QUERY@; fi
 sec toolkit_runtime; command -v nvidia-container-runtime 2>/dev/null
 sec containerd
 if command -v containerd >/dev/null 2>&1; then
@@ -97,6 +97,18 @@ sec apt_sources
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do b64file "$f"; done
 sec managed_files
 printf '%s\n' "$GPUNODE_MANAGED_FILES" | while IFS= read -r f; do [ -n "$f" ] && b64file "$f"; done
+# Paths gpunode may write that are no regular file: a symlink is followed when written, so
+# only a link that leads nowhere, a directory or a device needs saying.
+sec file_kinds
+printf '%s\n%s\n' "$GPUNODE_CONTAINERD_CONFIG" "$GPUNODE_MANAGED_FILES" | while IFS= read -r f; do
+  [ -n "$f" ] || continue
+  if [ -L "$f" ] && ! [ -e "$f" ]; then k=broken-link
+  elif [ -d "$f" ]; then k=directory
+  elif [ -L "$f" ]; then if [ -f "$f" ]; then k=link; else k=other; fi
+  elif [ -e "$f" ] && ! [ -f "$f" ]; then k=other
+  else continue; fi
+  printf '%s %s\n' "$k" "$f"
+done
 sec uploads
 if [ -d "$GPUNODE_UPLOAD_DIR" ]; then
   find "$GPUNODE_UPLOAD_DIR" -type f -exec sha256sum {} + 2>/dev/null
@@ -129,7 +141,7 @@ if [ -d "$GPUNODE_DRIVER_ROOT/usr" ]; then
       driver_lib=$(readlink -f "$GPUNODE_DRIVER_ROOT/$d/libnvidia-ml.so.1"); break
     fi
   done
-  GPUNODE_NVML_PROBE_DRIVER_ROOT
+  @GPUNODE_NVML_PROBE_DRIVER_ROOT@
 fi
 sec diag_nvml
 if command -v python3 >/dev/null 2>&1; then

@@ -34,6 +34,7 @@ from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import NodeSettings, resolve_settings
 from gpunode.bootstrap.errors import CouldNotCheck, GpunodeError, UserError
+from gpunode.bootstrap.masking import mask_secrets
 from gpunode.bootstrap.node.host_lock import HostLock
 from gpunode.bootstrap.node.local_packages import read_local_packages
 from gpunode.bootstrap.node.operations import converge
@@ -63,6 +64,8 @@ class BootstrapRequest:
     cluster: ClusterRequest | None = None
     # How long to wait for a rebooted host to answer again (--reboot).
     reboot_timeout: int = 600
+    # At most this many hosts rebooting at once (--max-parallel-reboots); None: up to --parallel.
+    max_parallel_reboots: int | None = None
 
 
 @dataclass
@@ -188,10 +191,11 @@ def _execute(session: Session, runs: Sequence[HostRun], steps: Sequence[NodeStep
         run = by_host[host]
         plan = run.plans[outcome.step]
         if outcome.succeeded:
-            run.report.record(outcome.step, "changed", _detail(plan))
+            # The notes again: what the step found while it ran (containerd_apply) is among them.
+            run.report.record(outcome.step, "changed", _detail(plan), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: changed")
         else:
-            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output))
+            run.report.record(outcome.step, "failed", "failed: " + _detail(plan, outcome.output), tuple(plan.notes))
             _say(request, f"[{run.report.host}] {outcome.step}: FAILED")
 
     session.run(plans, on_outcome)
@@ -366,7 +370,13 @@ def _reboot_where_asked(
     _say(request, f"rebooting {len(plans)} host(s) and waiting for them")
     rebooted: list[HostRun] = []
     by_host = {run.host: run for run in chosen}
-    for host, outcomes in session.run(plans).items():
+    outcomes_by_host: dict[Host, list[OpOutcome]] = {}
+    waves = list(plans.items())
+    size = request.max_parallel_reboots or len(waves)
+    for start in range(0, len(waves), size):
+        # A wave is back (or given up on) before the next one goes down.
+        outcomes_by_host.update(session.run(dict(waves[start : start + size])))
+    for host, outcomes in outcomes_by_host.items():
         run = by_host[host]
         outcome = outcomes[-1] if outcomes else None
         if outcome is None or not outcome.succeeded:
@@ -426,6 +436,7 @@ def _cluster_target(run: HostRun) -> NodeTarget | str:
         kubelet_root=run.facts.kubelet.root_dir,
         gpu_bus_ids=tuple(gpu.bus_id for gpu in run.facts.gpus),
         plugin_mode=run.settings.plugin_mode,
+        plugin_config=run.settings.plugin_config_name,
     )
 
 
@@ -488,7 +499,7 @@ def plan_text(runs: Sequence[HostRun]) -> str:
             continue
         lines.append(f"{run.report.host}:")
         for name, plan in changes:
-            lines.append(f"  {name}: {plan.summary()}")
+            lines.append(f"  {name}: {mask_secrets(plan.summary())}")
             if plan.diff:
-                lines += ["    " + line for line in plan.diff.rstrip("\n").splitlines()]
+                lines += ["    " + line for line in mask_secrets(plan.diff).rstrip("\n").splitlines()]
     return "\n".join(lines) + "\n" if lines else ""

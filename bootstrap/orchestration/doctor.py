@@ -218,12 +218,8 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
             findings = Findings("cluster")
             findings.add(
                 "NO-GPU-NODE",
-                "No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
-                [f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
-                "Run `gpunode doctor HOST` against the machine that should be a GPU node, or "
-                "`gpunode bootstrap HOST` to make it one.",
-                "warning",
-                "host",
+                cause="No node in the cluster carries a GPU label or advertises nvidia.com/gpu.",
+                evidence=[f"nodes: {', '.join(sorted(cluster.snapshot.nodes)) or 'none'}"],
             )
             extra.append(findings)
     for node in wanted:

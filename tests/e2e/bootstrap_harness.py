@@ -41,6 +41,11 @@ class Run:
                 return step  # type: ignore[no-any-return]
         raise AssertionError(f"no step {name}: {self.host['steps']}")
 
+    def said(self, name: str) -> str:
+        """A step's detail with its notes (what it found while it ran is among the notes)."""
+        step = self.step(name)
+        return " ".join([step["detail"], *step.get("notes", [])])
+
     def statuses(self) -> dict[str, str]:
         return {step["name"]: step["status"] for step in self.host["steps"]}
 

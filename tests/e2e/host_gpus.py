@@ -50,6 +50,12 @@ def _config_space(function: FakePciFunction) -> bytes:
 
 def set_pci_functions(host: DebianHost, functions: list[FakePciFunction]) -> None:
     """Replace what the host sees under /sys/bus/pci/devices (repeatable)."""
+    host.exec(f"sh -c {shlex.quote(pci_script(functions))}")
+
+
+def pci_script(functions: list[FakePciFunction]) -> str:
+    """The shell script that shows these functions in the host (a reboot's boot script runs
+    it again: the tmpfs goes with the host's mounts)."""
     lines = [
         "set -e",
         "if mountpoint -q /sys/bus/pci/devices; then umount /sys/bus/pci/devices; fi",
@@ -65,5 +71,4 @@ def set_pci_functions(host: DebianHost, functions: list[FakePciFunction]) -> Non
             f"printf '0x%06x\\n' {function.pci_class} > {d}/class",
             f"printf '{config}' > {d}/config",
         ]
-    script = textwrap.dedent("\n".join(lines))
-    host.exec(f"sh -c {shlex.quote(script)}")
+    return textwrap.dedent("\n".join(lines)) + "\n"

@@ -82,7 +82,7 @@ def test_first_run_sets_up_every_link(node: DebianHost, first_run) -> None:  # t
     dump = node.ssh("containerd config dump").stdout
     runtime = tomlkit.parse(dump)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["nvidia"]
     assert runtime["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
-    assert "containerd restarted and answering" in first_run.step("containerd")["detail"]
+    assert "containerd restarted and answering" in first_run.said("containerd")
     assert node.ssh("readlink -f /lib/x86_64-linux-gnu/libnvidia-ml.so.1").stdout.strip() == LIBRARY
 
 
@@ -203,7 +203,7 @@ def test_config_that_fails_validation_is_rolled_back(cd_node: DebianHost, toolki
     assert run.result.returncode == 1, run.explain()
     step = run.step("containerd")
     assert step["status"] == "failed"
-    assert "did not validate" in step["detail"] and "/usr/sbin/runc" in step["detail"]
+    assert "did not validate" in run.said("containerd") and "/usr/sbin/runc" in run.said("containerd")
     assert files_of(cd_node) == before, "the previous files are back"
     assert cd_node.containerd_pid() == pid, "containerd was not restarted onto a config that failed validation"
 
@@ -219,7 +219,8 @@ def test_failed_restart_restores_the_config_and_containerd_runs_again(cd_node: D
     )
     run = bootstrap(cd_node, "--containerd-restart-command", flaky, toolkit_dir=toolkit_dir)
     assert run.result.returncode == 1, run.explain()
-    detail = run.step("containerd")["detail"]
+    step = run.step("containerd")
+    detail = " ".join([step["detail"], *step.get("notes", [])])  # what it found while running is in its notes
     assert "restarting containerd failed" in detail and "containerd is running on it again" in detail, detail
     assert files_of(cd_node) == before
     assert cd_node.ssh("ctr --connect-timeout 2s version", check=False).returncode == 0

@@ -162,11 +162,14 @@ def node(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     LIBRARY: host.root / LIBRARY.lstrip("/"),
                     SO1: host.root / SO1.lstrip("/"),
                     DEVICE_PLUGINS: host.root / DEVICE_PLUGINS.lstrip("/"),
+                    "/var/lib/kubelet/pod-resources": short / "pod-resources",
                 },
                 extra_env={
                     "FAKE_NVML_CONFIG": str(nvml.config_path),
                     "FAKE_NVML_EVENTS": str(nvml.events_path),
                     "PYTHONPATH": str(REPO_ROOT / "tests"),
+                    # Pods here share this machine's network: no fixed metrics port for them.
+                    "GPUNODE_METRICS_ADDR": "off",
                 },
                 grace_seconds=1.0,
             )

@@ -35,7 +35,16 @@ from standins.kubelet import HEALTHY, UNHEALTHY
 pytestmark = pytest.mark.slow
 
 EPOCH = "1765000000"  # SOURCE_DATE_EPOCH: two builds of one checkout give one image
-PLUGIN_PACKAGES = {"gpunode", "click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client", "typing_extensions"}
+PLUGIN_PACKAGES = {
+    "gpunode",
+    "click",
+    "grpcio",
+    "protobuf",
+    "nvidia-ml-py",
+    "prometheus_client",
+    "PyYAML",  # its metadata name
+    "typing_extensions",
+}
 
 
 def uuid(index: int) -> str:

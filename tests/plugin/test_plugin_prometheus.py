@@ -11,6 +11,7 @@ the CLI uses); the test checks that everything else equals what `render alerts` 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from test_plugin_telemetry import free_port
 
 from gpunode.bootstrap.core.kube.alerts import AlertOptions, render_rule_file
 from gpunode.bootstrap.core.kube.gpu_alerts import GpuAlertOptions
+from gpunode.bootstrap.core.kube.telemetry import grafana_dashboard
 
 JOB = "gpunode-device-plugin"
 FAST = AlertOptions(gpu=GpuAlertOptions(temperature_for="1s", lost_for="1s", plugin_down_for="2s"))
@@ -151,6 +153,10 @@ def test_prometheus_scrapes_the_plugin_and_the_gpu_alerts_fire(harness: PluginHa
         assert [(a["gpu"], a["UUID"]) for a in hot] == [("0", FakeGpu(0).resolved_uuid())]
         unhealthy = prometheus.api("query", query='gpunode_plugin_devices{health="Unhealthy"}')["result"]
         assert [s["value"][1] for s in unhealthy] == ["1"]
+        # Every panel of `render dashboard` shows data from the running plugin.
+        for panel in grafana_dashboard()["panels"]:
+            query = re.sub(r"\$\w+", ".*", panel["targets"][0]["expr"])
+            assert prometheus.api("query", query=query)["result"], panel["title"]
 
         plugin.terminate()
         down = eventually(lambda: prometheus.firing("GpuDevicePluginDown"), timeout=30, what="GpuDevicePluginDown")

@@ -37,7 +37,7 @@ import textwrap
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -52,6 +52,32 @@ _START_SCRIPT = _HERE / "debian_host_init.sh"
 # same moment do not pick the same one (other processes are caught by the retry).
 _ports_in_use: set[int] = set()
 _ports_lock = threading.Lock()
+
+
+# Shows an nvidia kernel module of version $1 as loaded, inside the host only (see
+# DebianHost.set_loaded_nvidia_module); also run at boot by a host's /etc/rc.local.
+LOAD_MODULE_SCRIPT = textwrap.dedent("""
+            set -e
+            base=/run/gpunode-testbed/kmod
+            for m in /proc/modules /proc/driver /sys/module; do
+                if mountpoint -q "$m"; then umount "$m"; fi
+            done
+            rm -rf "$base"
+            [ -n "$1" ] || exit 0
+            mkdir -p "$base/upper" "$base/work"
+            mount -t overlay gpunode-kmod -o "lowerdir=/sys/module,upperdir=$base/upper,workdir=$base/work" /sys/module
+            mkdir /sys/module/nvidia
+            printf '%s\\n' "$1" > /sys/module/nvidia/version
+            echo live > /sys/module/nvidia/initstate
+            echo 0 > /sys/module/nvidia/refcnt
+            if [ -e /proc/modules ]; then
+                { cat /proc/modules; echo "nvidia 56913920 0 - Live 0x0000000000000000 (POE)"; } > "$base/modules"
+                mount --bind "$base/modules" /proc/modules
+            fi
+            mount -t tmpfs -o mode=0555,size=64k gpunode-driver /proc/driver
+            mkdir /proc/driver/nvidia
+            printf 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  %s  Thu Jan  1 00:00:00 UTC 2025\\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14+deb12u1)\\n' "$1" > /proc/driver/nvidia/version
+        """)
 
 
 class HostCommandError(subprocess.CalledProcessError):
@@ -90,6 +116,12 @@ class DebianHost:
         self.known_hosts_path = workdir / "known_hosts"
         self._init_pid = init_pid
         self._pid_namespace = pid_namespace
+        self._process = process
+        self._lower = Path("/")  # set by _launch: the root filesystem it boots from
+        self._apt_pool = apt_pool
+        self._stopping = False
+        self.reboots = 0
+        self.reboot_errors: list[str] = []  # a boot after a reboot that failed (the host stays down)
         self._finalizer = weakref.finalize(
             self, _stop_host, process, init_pid, pid_namespace, workdir, apt_pool, ssh_port
         )
@@ -258,29 +290,61 @@ class DebianHost:
         """
         if version is not None and not re.fullmatch(r"[0-9]+(\.[0-9]+)+", version):
             raise ValueError(f"{version!r} is not a driver version like 535.309.01")
-        script = """
-            set -e
-            base=/run/gpunode-testbed/kmod
-            for m in /proc/modules /proc/driver /sys/module; do
-                if mountpoint -q "$m"; then umount "$m"; fi
-            done
-            rm -rf "$base"
-            [ -n "$1" ] || exit 0
-            mkdir -p "$base/upper" "$base/work"
-            mount -t overlay gpunode-kmod -o "lowerdir=/sys/module,upperdir=$base/upper,workdir=$base/work" /sys/module
-            mkdir /sys/module/nvidia
-            printf '%s\\n' "$1" > /sys/module/nvidia/version
-            echo live > /sys/module/nvidia/initstate
-            echo 0 > /sys/module/nvidia/refcnt
-            if [ -e /proc/modules ]; then
-                { cat /proc/modules; echo "nvidia 56913920 0 - Live 0x0000000000000000 (POE)"; } > "$base/modules"
-                mount --bind "$base/modules" /proc/modules
-            fi
-            mount -t tmpfs -o mode=0555,size=64k gpunode-driver /proc/driver
-            mkdir /proc/driver/nvidia
-            printf 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  %s  Thu Jan  1 00:00:00 UTC 2025\\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14+deb12u1)\\n' "$1" > /proc/driver/nvidia/version
+        self.exec(f"sh -c {shlex.quote(LOAD_MODULE_SCRIPT)} sh {shlex.quote(version or '')}")
+
+    # --- reboots ---------------------------------------------------------------------
+
+    def allow_reboots(
+        self,
+        on_down: Callable[[DebianHost], None] | None = None,
+        on_up: Callable[[DebianHost], None] | None = None,
+    ) -> None:
+        """Make `reboot` in the host work as a reboot looks from outside: the host goes
+        away (its PID 1 ends, every process and mount with it, /run emptied), then boots
+        again from the same disk (its overlay upper layer), same address, port and keys,
+        with an uptime that starts at zero, running /etc/rc.local (if executable) before
+        sshd answers. `on_down`/`on_up` are called around it (the cluster side's kubelet).
+
+        Call it from a thread that outlives the host (as for start_debian_host): the
+        rebooted host is tied to a watcher thread started here.
         """
-        self.exec(f"sh -c {shlex.quote(textwrap.dedent(script))} sh {shlex.quote(version or '')}")
+        self.put_file(
+            "/usr/local/sbin/reboot",
+            "#!/bin/sh\n# a test host's reboot: PID 1 (sshd) ends; the test harness boots the host again\n"
+            "kill -TERM 1\n",
+            mode=0o755,
+        )
+        self.reboots = 0
+        threading.Thread(
+            target=self._reboot_loop, args=(on_down, on_up), name=f"{self.name}-reboots", daemon=True
+        ).start()
+
+    def _reboot_loop(
+        self, on_down: Callable[[DebianHost], None] | None, on_up: Callable[[DebianHost], None] | None
+    ) -> None:
+        while True:
+            self._process.wait()
+            if self._stopping or not self._finalizer.alive:
+                return
+            if on_down is not None:
+                on_down(self)
+            # unshare exits only after the init did, and every process of the namespace died
+            # with the init: nothing to wait for (its namespace number may be reused by now).
+            try:
+                process, init_pid, pid_ns = _boot(
+                    self.name, self._lower, self.workdir, self.ssh_port, 60, boot_clock=True
+                )
+            except Exception as exc:
+                self.reboot_errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(
+                self, _stop_host, process, init_pid, pid_ns, self.workdir, self._apt_pool, self.ssh_port
+            )
+            self._process, self._init_pid, self._pid_namespace = process, init_pid, pid_ns
+            self.reboots += 1
+            if on_up is not None:
+                on_up(self)
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -290,6 +354,7 @@ class DebianHost:
 
     def stop(self) -> None:
         """Kill everything in the host and remove its directory. Safe to call twice."""
+        self._stopping = True
         self._finalizer()
 
     def __enter__(self) -> DebianHost:
@@ -436,10 +501,41 @@ def _launch(
     for part in (str(lower), str(workdir)):
         if any(c in part for c in ",:\n"):  # overlay mount options cannot quote these
             raise HostStartError(f"the test cache path {part!r} may not contain ',' or ':'")
-    process: subprocess.Popen[bytes] | None = None
     try:
         _prepare_workdir(workdir, name, port, lower, apt_pool if seed_apt_cache else None)
-        log = open(workdir / "host.log", "wb")
+        process, init_pid, pid_ns = _boot(name, lower, workdir, port, ready_timeout)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    host = DebianHost(
+        name=name,
+        workdir=workdir,
+        ssh_port=port,
+        process=process,
+        init_pid=init_pid,
+        pid_namespace=pid_ns,
+        apt_pool=apt_pool,
+    )
+    host._lower = lower
+    host._process = process
+    return host
+
+
+def _boot(
+    name: str, lower: Path, workdir: Path, port: int, ready_timeout: float, boot_clock: bool = False
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """Start the host's init on its directory (first start, or again after a reboot).
+
+    `boot_clock`: a time namespace whose boot clock starts at zero, so that the host's
+    /proc/uptime says it booted just now, as a rebooted machine's does.
+    """
+    process: subprocess.Popen[bytes] | None = None
+    clock: list[str] = []
+    if boot_clock:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        clock = ["--time", "--boottime", str(-int(uptime))]
+    try:
+        log = open(workdir / "host.log", "ab")
         with log:
             process = subprocess.Popen(
                 [
@@ -452,6 +548,7 @@ def _launch(
                     "--pid",
                     "--uts",
                     "--ipc",
+                    *clock,
                     "--fork",
                     "--kill-child=SIGKILL",
                     "--propagation",
@@ -474,17 +571,8 @@ def _launch(
     except BaseException:
         if process is not None:
             _kill_host(process, None, None)
-        shutil.rmtree(workdir, ignore_errors=True)
         raise
-    return DebianHost(
-        name=name,
-        workdir=workdir,
-        ssh_port=port,
-        process=process,
-        init_pid=init_pid,
-        pid_namespace=pid_ns,
-        apt_pool=apt_pool,
-    )
+    return process, init_pid, pid_ns
 
 
 def _prepare_workdir(workdir: Path, name: str, port: int, lower: Path, apt_pool: Path | None) -> None:
@@ -672,6 +760,11 @@ def processes_in_namespace(namespace: str, kind: str = "pid") -> list[int]:
 def _kill_host(process: subprocess.Popen[bytes] | None, init_pid: int | None, pid_ns: str | None) -> None:
     # SIGKILL to a PID namespace's init kills every process in it; the mount namespace,
     # and with it every mount of the host, goes with the last of them.
+    if process is not None and process.poll() is not None:
+        # unshare had exited already: its init, and every process of its namespace, died
+        # before (a host that went down on its own); the PID and the namespace number may be
+        # another host's by now.
+        init_pid = pid_ns = None
     if init_pid is not None and pid_ns is not None and _same_process(init_pid, pid_ns):
         try:
             os.kill(init_pid, signal.SIGKILL)

@@ -71,4 +71,8 @@ cd "$r"
 pivot_root . .
 umount -l .
 cd /
+# What a boot runs before the host answers (a reboot test's module load, containerd).
+if [ -x /etc/rc.local ]; then
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /etc/rc.local || echo "rc.local failed: $?"
+fi
 exec /usr/sbin/sshd -D -e

@@ -1,5 +1,5 @@
 """A device plugin that registers once and never looks again: how device plugins behaved
-before they watched kubelet.sock (FIELD-NOTES F12). After a kubelet restart wipes the
+before they watched kubelet.sock (F12, docs/failure-modes.md). After a kubelet restart wipes the
 device-plugins directory it keeps running, unregistered, its pod still Running.
 
 It speaks the real device plugin API (v1beta1 over gRPC on unix sockets) and logs like

@@ -20,10 +20,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import jsonschema
 import pytest
 from click.testing import CliRunner
@@ -434,6 +434,7 @@ def test_every_offline_command_prints_the_envelope_on_success(tmp_path: Path) ->
         ["render", "--mode", "runtime", "--driver-version", "535.261.03", "--toleration", "dedicated=ml:NoSchedule"],
         ["render", "alerts"],
         ["render", "alerts", "--plain"],
+        ["render", "dashboard"],
         ["render", "containerd", "--config", str(config)],
         ["render", "containerd", "--config", str(config), "--diff"],
     ):
@@ -523,4 +524,63 @@ WITHOUT_JSON = {
 }
 
 
-CallableCase = Callable[[], None]
+@pytest.mark.parametrize("args", [[], ["plugin"], ["image"], ["render", "--bogus"]])
+def test_a_bare_group_shows_its_help_and_exits_2(args: list[str]) -> None:
+    outcome = CliRunner().invoke(cli, args, prog_name="gpunode")
+    assert outcome.exit_code == 2 and "Traceback" not in outcome.stderr
+    if args[-1:] != ["--bogus"]:
+        assert outcome.stderr.startswith("Usage: gpunode") and "\\n" not in outcome.stderr
+
+
+def test_reports_escape_what_hosts_said_and_files_for_pipes_stay_verbatim() -> None:
+    from gpunode.bootstrap.cli.contract import EXIT_OK, ContractCommand, Outcome
+
+    said = "step output from a host: \x1b]0;owned\x07\ttab\nnext line"
+
+    @click.command("report", cls=ContractCommand)
+    @click.option("--verbatim", is_flag=True)
+    def report(verbatim: bool) -> Outcome:
+        return Outcome(EXIT_OK, {}, said, verbatim=verbatim)
+
+    escaped = CliRunner().invoke(report, [])
+    assert escaped.exit_code == 0 and "\x1b" not in escaped.stdout and "\x07" not in escaped.stdout
+    assert "\\x1b]0;owned\\x07\ttab\nnext line" in escaped.stdout
+    raw = CliRunner().invoke(report, ["--verbatim"])
+    assert raw.stdout == said + "\n"
+
+
+def _setting_names() -> list[str]:
+    from dataclasses import fields
+
+    from gpunode.bootstrap.core.settings import NodeSettings
+
+    return [f.name for f in fields(NodeSettings)]
+
+
+@pytest.mark.parametrize("source", ["flag", "inventory data"])
+@pytest.mark.parametrize("name", _setting_names())
+def test_every_setting_from_every_source_refuses_a_hostile_value(name: str, source: str) -> None:
+    """Every node setting, from the command line and from inventory data, refuses a value
+    carrying a terminal escape, names its source, and shows the value escaped. (The table
+    above runs representatives of these through the whole command; this covers all.)"""
+    from pyinfra.api.inventory import Inventory
+
+    from gpunode.bootstrap.errors import UserError
+    from gpunode.bootstrap.orchestration.targets import check_inventory
+
+    hostile = "/x" + OSC_TITLE + "; touch /tmp/pwned"
+    if source == "flag":
+        inventory = Inventory(([("h1.example", {})], {}))
+        overrides = {name: hostile}
+        where = "command line: host h1.example"
+    else:
+        inventory = Inventory(([("h1.example", {f"gpunode_{name}": hostile})], {}))
+        overrides = {}
+        where = "fleet.py: host h1.example"
+    with pytest.raises(UserError) as raised:
+        check_inventory(inventory, overrides, "fleet.py" if source != "flag" else "command line")
+    from gpunode.bootstrap.cli.messages import one_paragraph, problem_and_fix
+
+    shown = one_paragraph(*problem_and_fix(raised.value))
+    assert where in shown and name in shown.replace("-", "_"), shown
+    assert "\x1b" not in shown and "\x07" not in shown, shown

@@ -1,4 +1,4 @@
-"""The RuntimeClass and device plugin DaemonSets gpunode applies (FIELD-NOTES F1-F7, F11, F15)."""
+"""The RuntimeClass and device plugin DaemonSets gpunode applies (docs/failure-modes.md: F1-F7, F11, F15)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,11 @@ def env(ds: dict[str, Any]) -> dict[str, str]:
     pairs = container(ds)["env"]
     names = [pair["name"] for pair in pairs]
     assert len(names) == len(set(names)), names
-    return {pair["name"]: pair["value"] for pair in pairs}
+    # A value taken from the pod (valueFrom) shows as "<fieldRef path>".
+    return {
+        pair["name"]: pair["value"] if "value" in pair else f"<{pair['valueFrom']['fieldRef']['fieldPath']}>"
+        for pair in pairs
+    }
 
 
 def volumes(ds: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -68,8 +72,15 @@ ALL_COMBINATIONS = list(itertools.product(PLUGINS, MODES, MIG_STRATEGIES))
 
 def test_stream_is_runtimeclass_then_daemonset_all_managed_by_gpunode() -> None:
     objects = manifest_objects(deployment())
-    assert [o["kind"] for o in objects] == ["RuntimeClass", "DaemonSet"]
-    runtimeclass, ds = objects
+    # The bundled plugin labels its node: its account and the least grant for it come first.
+    assert [o["kind"] for o in objects] == [
+        "RuntimeClass",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+    ]
+    runtimeclass, ds = objects[0], objects[-1]
     assert runtimeclass["metadata"]["name"] == "nvidia"
     assert runtimeclass["handler"] == "nvidia"
     for obj in (runtimeclass, ds):
@@ -154,8 +165,9 @@ def test_no_system_library_directory_is_ever_mounted(plugin: str, mode: str, mig
         "/usr/local/lib",
     }
     assert not (host_paths | container_paths) & system_dirs
-    # Everything mounted is the library file, /dev or the kubelet's device-plugins dir.
-    assert host_paths <= {DEBIAN_LIB, "/dev", "/var/lib/kubelet/device-plugins"}
+    # Everything mounted is the library file, /dev, the kubelet's device-plugins dir, or (the
+    # bundled plugin's telemetry) the kubelet's pod-resources dir.
+    assert host_paths <= {DEBIAN_LIB, "/dev", "/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"}
 
 
 # --- runtime mode (F4, F6) --------------------------------------------------------------------
@@ -166,7 +178,7 @@ def test_runtime_mode_uses_the_runtimeclass_and_only_sys_admin(plugin: str) -> N
     ds = daemonset(deployment(plugin=plugin, mode="runtime", lib_path=None))
     pod = ds["spec"]["template"]["spec"]
     assert pod["runtimeClassName"] == "nvidia"
-    assert set(volumes(ds)) == {"device-plugins"}
+    assert set(volumes(ds)) == {"device-plugins", *(["pod-resources"] if plugin == "bundled" else [])}
     security = container(ds)["securityContext"]
     assert security == {"capabilities": {"add": ["SYS_ADMIN"]}}
     variables = env(ds)
@@ -178,7 +190,7 @@ def test_runtime_mode_uses_the_runtimeclass_and_only_sys_admin(plugin: str) -> N
 
 def test_runtime_mode_may_keep_the_library_for_its_version_but_does_not_mount_it() -> None:
     ds = daemonset(deployment(mode="runtime"))
-    assert set(volumes(ds)) == {"device-plugins"}
+    assert set(volumes(ds)) == {"device-plugins", "pod-resources"}
 
 
 # --- shared by both modes (F7, F11, F15) ---------------------------------------------------------
@@ -250,6 +262,8 @@ def test_bundled_plugin_runs_gpunode_plugin_serve_with_its_settings() -> None:
         "GPUNODE_HEALTH_IGNORE_XIDS": "13,31",
         "GPUNODE_HEALTH_RECOVERY_SECONDS": "300",
         "GPUNODE_METRICS_ADDR": ":9400",
+        "GPUNODE_NODE_NAME": "<spec.nodeName>",
+        "GPUNODE_NODE_LABELS": "node",
         "LD_LIBRARY_PATH": "/usr/local/lib",
     }
 

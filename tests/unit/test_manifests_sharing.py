@@ -52,7 +52,8 @@ def render(*args: str) -> tuple[int, list[dict[str, Any]], str]:
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    return next(d for d in docs if d["kind"] == kind)
+    """The first object of a kind; for DaemonSets, the device plugin's (not the MPS daemon's)."""
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] != "gpunode-mps-control-daemon")
 
 
 def container(daemonset: dict[str, Any], name: str) -> dict[str, Any]:
@@ -176,3 +177,31 @@ def test_two_configs_of_one_name_are_refused() -> None:
     with pytest.raises(UserError, match="named alike"):
         PluginConfigs((one, one), default=one.name)
     assert sharing_config_text("time-slicing", 2).startswith("version: v1\n")
+
+
+@pytest.mark.parametrize("plugin", ["bundled", "nvidia"])
+def test_mps_renders_nvidias_control_daemon_beside_either_plugin(plugin: str) -> None:
+    code, docs, err = render("--plugin", plugin, "--sharing", "mps", "--replicas", "4")
+    assert code == 0, err
+    daemonsets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "DaemonSet"}
+    mps = daemonsets.pop("gpunode-mps-control-daemon")
+    pod = mps["spec"]["template"]["spec"]
+    daemon = container(mps, "mps-control-daemon-ctr")
+    assert daemon["command"] == ["mps-control-daemon"] and daemon["image"].startswith(
+        "nvcr.io/nvidia/k8s-device-plugin:"
+    )
+    assert env(daemon)["CONFIG_FILE"] == "/config/config.yaml"
+    assert pod["runtimeClassName"] == "nvidia" and pod["hostPID"] is True
+    assert env(container(mps, "mps-control-daemon-sidecar"))["PROCESS_TO_SIGNAL"] == "/usr/bin/mps-control-daemon"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["mps-root"]["hostPath"]["path"] == "/run/nvidia/mps"
+    (plugin_daemonset,) = daemonsets.values()
+    plugin_volumes = {v["name"]: v for v in plugin_daemonset["spec"]["template"]["spec"]["volumes"]}
+    # The plugin and the daemon meet in the same host directory.
+    assert plugin_volumes["mps-root"]["hostPath"]["path"] == "/run/nvidia/mps"
+    for obj in docs:
+        kubernetes_validate.validate(obj, latest_version(), strict=True)
+    # Without MPS, no daemon.
+    _, docs, _ = render("--plugin", plugin, "--sharing", "time-slicing", "--replicas", "4")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "DaemonSet"][0] != "gpunode-mps-control-daemon"
+    assert sum(d["kind"] == "DaemonSet" for d in docs) == 1

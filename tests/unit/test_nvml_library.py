@@ -1,4 +1,4 @@
-"""Choosing the real NVML library file (FIELD-NOTES F1, F2, F14; DESIGN step 5).
+"""Choosing the real NVML library file (docs/failure-modes.md: F1, F2, F14).
 
 Every case builds a host tree under a temporary directory with real shared objects, real
 symlinks (Debian's alternatives made by the real `update-alternatives --root`), a real
@@ -659,3 +659,24 @@ def test_the_probe_through_pyinfras_command_fact() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     direct = subprocess.run(["sh", "-c", PROBE_COMMAND], capture_output=True, text=True, check=True)
     assert parse_probe(result.stdout) == parse_probe(direct.stdout)
+
+
+def test_a_dangling_chain_after_ldconfig_is_f2_whatever_the_cache_says(host: Host) -> None:
+    """The versioned file gone (a half-removed driver), its links left, ldconfig run again: the
+    cache drops the library, but the chain on disk is still there and dangles. That is F2
+    (fix the chain), not NVML-MISSING (install a library) (issue 17.12)."""
+    debian_12(host, i386=False)
+    host.module("535.261.03")
+    host.path(DEBIAN_FILE).unlink()
+    host.ldconfig(*DEBIAN_LD_DIRS)
+    evidence = host.probe()
+    assert "libnvidia-ml.so.1" not in evidence.ldconfig
+    problem = choose_problem(evidence)
+    assert problem.verdict_id == "F2", str(problem)
+    assert "dangling" in problem.problem and DEBIAN_FILE in problem.problem
+
+
+def choose_problem(evidence: LibraryEvidence) -> LibraryProblem:
+    with pytest.raises(LibraryProblem) as caught:
+        choose_nvml_library(evidence)
+    return caught.value

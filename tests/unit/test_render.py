@@ -28,8 +28,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_render_prints_runtimeclass_and_daemonset(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--lib-path", DEBIAN_LIB)
     assert (code, err) == (0, "")
-    runtimeclass, daemonset = yaml.safe_load_all(out)
+    runtimeclass, *rbac, daemonset = yaml.safe_load_all(out)
     assert runtimeclass["kind"] == "RuntimeClass" and runtimeclass["handler"] == "nvidia"
+    assert [o["kind"] for o in rbac] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
     assert daemonset["kind"] == "DaemonSet"
     # The driver version comes from the file name when not given.
     assert daemonset["metadata"]["name"] == "gpunode-device-plugin-535-261-03"

@@ -3,7 +3,7 @@
 The dump is the merged config containerd would run with (main file, imports, built-in
 defaults); 1.x prints it in schema 2, 2.x in schema 3 whatever the file's schema was. These
 readers are what the node step validates a new config with before a restart, what the
-verify suite checks, and what `gpunode doctor` judges a node by (FIELD-NOTES F17).
+verify suite checks, and what `gpunode doctor` judges a node by (docs/failure-modes.md, F17).
 """
 
 from __future__ import annotations

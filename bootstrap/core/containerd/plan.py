@@ -409,7 +409,7 @@ def _runtime_notes(
 def _default_runtime_note(name: str, *, already: bool, leading: bool = True) -> str:
     head = f'makes "{name}" the default runtime, as asked. ' if leading and not already else ""
     return head + (
-        "That alone gives pods no GPUs (FIELD-NOTES F4): a default runtime only wraps every "
+        "That alone gives pods no GPUs (F4, docs/failure-modes.md): a default runtime only wraps every "
         "container in the NVIDIA hook; a pod sees GPUs only when it requests nvidia.com/gpu, so "
         "that the device plugin picks the devices, and it should name the runtime explicitly "
         f"(RuntimeClass {name}, runtimeClassName: {name}) so it keeps working whatever the "

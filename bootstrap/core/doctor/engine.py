@@ -1,13 +1,14 @@
 """`gpunode doctor`'s judgement: evidence in, verdicts out, ordered by the chain. Pure.
 
-The chain (FIELD-NOTES.md) is walked from the bottom: driver -> container toolkit ->
+The chain (docs/failure-modes.md) is walked from the bottom: driver -> container toolkit ->
 containerd runtime -> RuntimeClass -> device plugin deployment -> device plugin (NVML)
 -> kubelet registration -> Allocatable -> the workload pod. The lowest broken link comes
-first, since it explains the ones above it. A verdict for a failure mode of the field notes
+first, since it explains the ones above it. A verdict for one of the well-known failure modes (docs/failure-modes.md)
 carries its id (F1 ... F17); anything else has an id of its own.
 
-The rules live in diagnosis_host (what the host says) and diagnosis_cluster (what the
-cluster says); this module holds the verdict type, the ordering, what could not be
+Every verdict id, its link, severity and fix live in the catalogue (catalogue.py); the rules
+live in rules_host (what the host says), rules_cluster, rules_plugin and rules_workload (what
+the cluster says). This module holds the finding type, the ordering, what could not be
 checked, the exit status and the two renderings (text, JSON).
 """
 
@@ -16,26 +17,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
+from gpunode.bootstrap.core.doctor.catalogue import LINKS, SEVERITIES, Severity, entry
 from gpunode.bootstrap.core.doctor.evidence import DoctorCase
 
-Severity = Literal["critical", "warning", "info"]
-SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
-
-# The chain, bottom up. Every verdict sits on one link.
-LINKS: tuple[str, ...] = (
-    "host",  # the machine itself: GPUs on the bus
-    "driver",  # kernel module + libnvidia-ml
-    "toolkit",  # NVIDIA container toolkit
-    "containerd",  # containerd and its nvidia runtime
-    "runtimeclass",  # RuntimeClass nvidia -> containerd runtime
-    "deployment",  # a device plugin DaemonSet (or host service) that reaches the node
-    "plugin",  # the plugin process: NVML, devices, its configuration
-    "registration",  # kubelet, its device-plugins socket, Register
-    "allocatable",  # the node's Allocatable nvidia.com/gpu
-    "workload",  # the pod that asks for a GPU
-)
+__all__ = ["LINKS", "SEVERITIES", "Diagnosis", "Finding", "Findings", "NotChecked", "Severity", "diagnose", "order"]
 
 
 @dataclass(frozen=True)
@@ -84,14 +70,22 @@ class Findings:
     def add(
         self,
         id: str,
+        *,
         cause: str,
-        evidence: Iterable[str],
-        fix: str,
-        severity: Severity,
-        link: str,
+        evidence: Iterable[str] = (),
+        fix: str | None = None,
+        severity: Severity | None = None,
+        link: str | None = None,
         reboot_required: bool = False,
     ) -> Finding:
-        assert link in LINKS, link
+        """A verdict of the catalogue, as found here. `fix` defaults to the catalogue's; `link`
+        must be one the catalogue gives the id; `severity` overrides its default (a note)."""
+        known = entry(id)
+        link = link or known.link
+        if link not in known.links:
+            raise ValueError(f"verdict {id} sits on {', '.join(known.links)} (core/doctor/catalogue.py), not {link}")
+        severity = severity or known.severity
+        fix = fix or known.fix
         lines = tuple(line for line in evidence if line)
         if severity != "info":
             # A note (say, "the default runtime is nvidia") gives way to the verdict that

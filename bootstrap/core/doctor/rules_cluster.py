@@ -19,6 +19,7 @@ from gpunode.bootstrap.core.doctor.rules_plugin import (
     plugin_rules,
 )
 from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
+from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
 from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, daemonset_name
 from gpunode.bootstrap.core.kube.view import (
@@ -79,6 +80,7 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
     plugin = _deployment_rules(case, view, node, findings)
     plugin_rules(case, view, node, plugin, findings)
     sharing_rules(view, node, findings)
+    telemetry_rules(view, node, findings)
     _registration_rules(case, view, node, plugin, findings)
     _allocatable_rules(case, view, node, plugin, findings)
     workload_rules(case, view, node, findings)
@@ -93,21 +95,18 @@ def _node_rules(node: JSON, findings: Findings) -> None:
     if ready is not None and ready.get("status") != "True":
         findings.add(
             "NODE-NOT-READY",
-            f"Node {name_of(node)} is not Ready: its kubelet is not reporting, so "
+            cause=f"Node {name_of(node)} is not Ready: its kubelet is not reporting, so "
             "nothing it publishes (Allocatable included) is current.",
-            [f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()],
-            "Look at the kubelet on the node (`systemctl status kubelet`, its log) and the container runtime.",
-            "critical",
-            "registration",
+            evidence=[
+                f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()
+            ],
         )
     if dig(node, "spec", "unschedulable") is True:
         findings.add(
             "NODE-CORDONED",
-            f"Node {name_of(node)} is cordoned: new pods are not scheduled there (DaemonSet pods still are).",
-            ["spec.unschedulable: true"],
-            f"`kubectl uncordon {name_of(node)}` when it should take work again.",
-            "info",
-            "workload",
+            cause=f"Node {name_of(node)} is cordoned: new pods are not scheduled there (DaemonSet pods still are).",
+            evidence=["spec.unschedulable: true"],
+            fix=f"`kubectl uncordon {name_of(node)}` when it should take work again.",
         )
 
 
@@ -142,13 +141,12 @@ def _runtimeclass_rules(case: DoctorCase, view: ClusterView, findings: Findings)
     handlers = ", ".join(f"{name_of(rc)} -> {rc.get('handler')}" for rc in view.runtime_classes) or "none"
     findings.add(
         "RUNTIMECLASS-MISSING",
-        "There is no RuntimeClass nvidia: GPU pods cannot ask for the NVIDIA "
+        cause="There is no RuntimeClass nvidia: GPU pods cannot ask for the NVIDIA "
         "runtime (runtimeClassName: nvidia is refused).",
-        [f"RuntimeClasses: {handlers}", *references],
-        "Create it (apiVersion node.k8s.io/v1, kind RuntimeClass, name nvidia, handler nvidia); "
+        evidence=[f"RuntimeClasses: {handlers}", *references],
+        fix="Create it (apiVersion node.k8s.io/v1, kind RuntimeClass, name nvidia, handler nvidia); "
         "`gpunode render` prints it and `gpunode bootstrap` applies it.",
-        "critical" if references else "warning",
-        "runtimeclass",
+        severity="critical" if references else "warning",
     )
 
 
@@ -183,12 +181,9 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
         if unit not in (None, "active"):
             findings.add(
                 "HOST-PLUGIN-DOWN",
-                f"The device plugin runs as a service on the host (host mode), and "
+                cause=f"The device plugin runs as a service on the host (host mode), and "
                 f"gpunode-device-plugin.service is {unit}.",
-                [f"systemctl is-active: {unit}"],
-                "`systemctl restart gpunode-device-plugin` and read `journalctl -u gpunode-device-plugin`.",
-                "critical",
-                "deployment",
+                evidence=[f"systemctl is-active: {unit}"],
             )
         return situation
     gpu = is_gpu_node(case, node)
@@ -198,19 +193,17 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
             status = daemonset.get("status") or {}
             findings.add(
                 "F15",
-                f"Node {node_name} is tainted {', '.join(taint_text(t) for t in taints)} and the device "
+                cause=f"Node {node_name} is tainted {', '.join(taint_text(t) for t in taints)} and the device "
                 f"plugin DaemonSet {ref(daemonset)} does not tolerate it, so no plugin pod runs there.",
-                [
+                evidence=[
                     f"node {node_name} taints: " + ", ".join(taint_text(t) for t in taints),
                     f"DaemonSet {ref(daemonset)} ({owner_of(daemonset)}) tolerations: "
                     + (", ".join(toleration_text(t) for t in tolerations) or "none"),
                     f"DaemonSet {ref(daemonset)}: desired {status.get('desiredNumberScheduled', '?')}, "
                     f"ready {status.get('numberReady', '?')} (the node is not counted)",
                 ],
-                "Add to the DaemonSet's pod template: tolerations: [{key: "
+                fix="Add to the DaemonSet's pod template: tolerations: [{key: "
                 f"{taints[0].get('key')}, operator: Exists}}] (gpunode's manifests carry it for nvidia.com/gpu).",
-                "critical",
-                "deployment",
             )
         return situation
     if unselected and gpu:
@@ -228,11 +221,9 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
                 pass
         findings.add(
             "DP-NOT-SELECTED",
-            f"No device plugin DaemonSet selects node {node_name}, so no plugin pod runs there.",
-            lines,
-            fix,
-            "critical",
-            "deployment",
+            cause=f"No device plugin DaemonSet selects node {node_name}, so no plugin pod runs there.",
+            evidence=lines,
+            fix=fix,
         )
         return situation
     if not gpu:
@@ -248,20 +239,18 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
         state = dig(policy, "status", "state") or "unknown"
         findings.add(
             "F8",
-            f"The GPU Operator's ClusterPolicy {name_of(policy)} says '{state}', but its device plugin "
+            cause=f"The GPU Operator's ClusterPolicy {name_of(policy)} says '{state}', but its device plugin "
             "DaemonSet is gone: nothing advertises the GPUs.",
-            [
+            evidence=[
                 f"ClusterPolicy {name_of(policy)}: status.state={state}, spec.devicePlugin.enabled="
                 f"{dig(policy, 'spec', 'devicePlugin', 'enabled')}",
                 nothing,
                 alloc_line,
             ],
-            "Do not trust the status field: make the operator reconcile (`kubectl -n "
+            fix="Do not trust the status field: make the operator reconcile (`kubectl -n "
             f"{dig(policy, 'status', 'namespace') or 'gpu-operator'} rollout restart deployment gpu-operator`, or "
             "re-apply its Helm release), then check `kubectl get ds -A | grep device-plugin` and the node's "
             "Allocatable; find what removed it (GitOps prune, helm upgrade).",
-            "critical",
-            "deployment",
         )
         return situation
     labels = labels_of(node)
@@ -276,20 +265,18 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
                 expected = ""
         findings.add(
             "F8",
-            f"gpunode's device plugin DaemonSet for node {node_name}"
+            cause=f"gpunode's device plugin DaemonSet for node {node_name}"
             + (f" ({expected})" if expected else "")
             + " is gone: nothing advertises the GPUs.",
-            [
+            evidence=[
                 f"node {node_name}: {DRIVER_VERSION_LABEL}={version}"
                 if version
                 else "gpunode's record: plugin mode daemonset",
                 nothing,
                 alloc_line,
             ],
-            "Re-apply it: `gpunode bootstrap HOST` (or `gpunode render --lib-path <the node's library> | "
+            fix="Re-apply it: `gpunode bootstrap HOST` (or `gpunode render --lib-path <the node's library> | "
             "kubectl apply --server-side -f -`), and find what deleted it (GitOps prune, helm upgrade).",
-            "critical",
-            "deployment",
         )
         return situation
     situation.none = True
@@ -297,12 +284,8 @@ def _deployment_rules(case: DoctorCase, view: ClusterView, node: JSON, findings:
         return situation  # the plugin was here and left: the F9 verdict says so, with the evidence
     findings.add(
         "DP-NONE",
-        f"No NVIDIA device plugin serves node {node_name}: {nothing}.",
-        [nothing, alloc_line, *(f"node label {label}" for label in gpu_node_labels(node))],
-        "Deploy one: `gpunode bootstrap HOST` (gpunode's plugin, per driver version), NVIDIA's Helm "
-        "chart, or the GPU Operator.",
-        "critical",
-        "deployment",
+        cause=f"No NVIDIA device plugin serves node {node_name}: {nothing}.",
+        evidence=[nothing, alloc_line, *(f"node label {label}" for label in gpu_node_labels(node))],
     )
     return situation
 
@@ -368,24 +351,20 @@ def _registration_rules(
         if restarted_after and lost and not log.kubelet_restart_seen:
             findings.add(
                 "F12",
-                f"The kubelet restarted after the device plugin pod {pod_ref} started and wiped its "
+                cause=f"The kubelet restarted after the device plugin pod {pod_ref} started and wiped its "
                 "device-plugins directory; the plugin never noticed and never registered again.",
-                lines,
-                f"Now: restart the plugin pod (`kubectl delete pod -n {dig(pod, 'metadata', 'namespace')} "
+                evidence=lines,
+                fix=f"Now: restart the plugin pod (`kubectl delete pod -n {dig(pod, 'metadata', 'namespace')} "
                 f"{name_of(pod)}`). For good: a plugin that watches kubelet.sock and re-registers (gpunode's "
                 "bundled plugin does within a second).",
-                "critical",
-                "registration",
             )
         elif no_socket or (allocatable is None and not log.registered and not log.empty):
             findings.add(
                 "DP-NOT-REGISTERED",
-                f"The device plugin pod {pod_ref} runs but is not registered with the kubelet.",
-                lines + kubelet_dir_lines(case, pod_spec_of(pod), plugin_container(pod_spec_of(pod))),
-                "Check that it mounts the kubelet's own device-plugins directory (the kubelet's --root-dir) "
+                cause=f"The device plugin pod {pod_ref} runs but is not registered with the kubelet.",
+                evidence=lines + kubelet_dir_lines(case, pod_spec_of(pod), plugin_container(pod_spec_of(pod))),
+                fix="Check that it mounts the kubelet's own device-plugins directory (the kubelet's --root-dir) "
                 "and read its log; restarting the pod makes it register again.",
-                "critical",
-                "registration",
             )
 
 
@@ -419,23 +398,19 @@ def _host_only_registration(case: DoctorCase, findings: Findings) -> None:
     if older:
         findings.add(
             "F12",
-            "The kubelet restarted after the device plugin process started and wiped its "
+            cause="The kubelet restarted after the device plugin process started and wiped its "
             "device-plugins directory; the plugin never registered again (no plugin socket).",
-            lines,
-            "Restart the plugin now (its pod, or `systemctl restart gpunode-device-plugin`); for good, a "
+            evidence=lines,
+            fix="Restart the plugin now (its pod, or `systemctl restart gpunode-device-plugin`); for good, a "
             "plugin that watches kubelet.sock (gpunode's bundled plugin re-registers within a second).",
-            "critical",
-            "registration",
         )
     else:
         findings.add(
             "DP-NOT-REGISTERED",
-            "No device plugin is registered with the kubelet on this host: only "
+            cause="No device plugin is registered with the kubelet on this host: only "
             "kubelet.sock is in its device-plugins directory.",
-            lines or ["device-plugins: kubelet.sock only"],
-            "Deploy or start a device plugin (gpunode bootstrap does), then check its log.",
-            "critical",
-            "registration",
+            evidence=lines or ["device-plugins: kubelet.sock only"],
+            fix="Deploy or start a device plugin (gpunode bootstrap does), then check its log.",
         )
 
 
@@ -464,13 +439,11 @@ def _allocatable_rules(
     if allocatable is None:
         findings.add(
             "ALLOCATABLE-ABSENT",
-            f"Node {node_name}'s Allocatable has no nvidia.com/gpu at all: no device "
+            cause=f"Node {node_name}'s Allocatable has no nvidia.com/gpu at all: no device "
             f"plugin has registered since the kubelet started (absent, not 0){after}.",
-            lines,
-            "Fix the link named first; `gpunode verify` or `kubectl get node "
+            evidence=lines,
+            fix="Fix the link named first; `gpunode verify` or `kubectl get node "
             f"{node_name} -o jsonpath='{{.status.allocatable}}'` shows it come back.",
-            "critical",
-            "allocatable",
         )
     elif allocatable == "0":
         if situation.none:
@@ -495,16 +468,17 @@ def _allocatable_rules(
             )
         if situation.none:
             lines.append("no device plugin DaemonSet in the cluster serves this node")
-        findings.add("F9", cause, lines, fix, "critical", "allocatable")
+        findings.add(
+            "F9",
+            cause=cause,
+            evidence=lines,
+            fix=fix,
+        )
     elif expected is not None and (quantity := _int(allocatable)) is not None and quantity < expected:
         findings.add(
             "ALLOCATABLE-SHORT",
-            f"Node {node_name} advertises {quantity} of its {expected} GPUs.",
-            lines,
-            "The missing ones are unhealthy or unseen: see the plugin's device lines and the host's Xid "
-            "errors (`dmesg | grep -i xid`).",
-            "warning",
-            "allocatable",
+            cause=f"Node {node_name} advertises {quantity} of its {expected} GPUs.",
+            evidence=lines,
         )
 
 

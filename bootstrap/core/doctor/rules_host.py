@@ -87,11 +87,8 @@ def host_rules(case: DoctorCase, findings: Findings) -> None:
     if not facts.gpus:
         findings.add(
             "NO-GPU",
-            f"{facts.hostname} has no NVIDIA GPU on its PCI bus, so there is nothing to advertise.",
-            ["/sys/bus/pci/devices: no function with vendor 0x10de and a display or 3D class"],
-            "Check that the GPU is seated and enabled (BIOS, VM passthrough), or run doctor on a GPU host.",
-            "critical",
-            "host",
+            cause=f"{facts.hostname} has no NVIDIA GPU on its PCI bus, so there is nothing to advertise.",
+            evidence=["/sys/bus/pci/devices: no function with vendor 0x10de and a display or 3D class"],
         )
         return
     _driver_rules(facts, findings)
@@ -205,11 +202,9 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             )
         findings.add(
             "F13",
-            "nouveau is loaded, so the NVIDIA driver cannot initialise the GPU.",
-            evidence,
-            fix,
-            "critical",
-            "driver",
+            cause="nouveau is loaded, so the NVIDIA driver cannot initialise the GPU.",
+            evidence=evidence,
+            fix=fix,
             reboot_required=True,
         )
         explained = True
@@ -222,15 +217,13 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             evidence.append(f"module file {diag.module_file}: signer {diag.module_signer or 'none (unsigned)'}")
         findings.add(
             "F13",
-            "Secure Boot rejects the nvidia kernel module: it is not signed with a key the "
+            cause="Secure Boot rejects the nvidia kernel module: it is not signed with a key the "
             "firmware trusts, so the driver never loads.",
-            evidence,
-            "Use the distribution's signed precompiled modules (`gpunode bootstrap --kernel-module "
+            evidence=evidence,
+            fix="Use the distribution's signed precompiled modules (`gpunode bootstrap --kernel-module "
             "precompiled`), or sign the DKMS module and enroll its key (`mokutil --import "
             "/var/lib/dkms/mok.pub`, then confirm in the MOK manager at the next boot), or turn "
             "Secure Boot off. A reboot is required.",
-            "critical",
-            "driver",
             reboot_required=True,
         )
         explained = True
@@ -252,13 +245,11 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             evidence.append(f"installed driver: {version} (branch {branch})")
         findings.add(
             "F13",
-            f"The driver branch{' ' + str(branch) if branch else ''} is too new for this GPU: "
+            cause=f"The driver branch{' ' + str(branch) if branch else ''} is too new for this GPU: "
             "the module does not drive it, so NVML finds no device.",
-            evidence,
-            f"Install a branch that supports the GPU (Kepler: the {_LAST_KEPLER_BRANCH} legacy branch; "
+            evidence=evidence,
+            fix=f"Install a branch that supports the GPU (Kepler: the {_LAST_KEPLER_BRANCH} legacy branch; "
             "Debian: nvidia-tesla-470-driver, Ubuntu: nvidia-driver-470-server), pinned, then reboot.",
-            "critical",
-            "driver",
             reboot_required=True,
         )
         explained = True
@@ -286,56 +277,47 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             )
             findings.add(
                 "F13",
-                "The nvidia kernel module is not loaded: the driver does not initialise, "
+                cause="The nvidia kernel module is not loaded: the driver does not initialise, "
                 "so NVML cannot start and nvidia-smi fails.",
-                evidence,
-                fix,
-                "critical",
-                "driver",
+                evidence=evidence,
+                fix=fix,
                 reboot_required=not no_module,
             )
         else:
             findings.add(
                 "DRIVER-MISSING",
-                f"No NVIDIA driver is installed on {facts.hostname}.",
-                [module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
-                "Install it: `gpunode bootstrap HOST` (the distribution's packages for a "
-                "supported branch, pinned), then reboot if it says so.",
-                "critical",
-                "driver",
+                cause=f"No NVIDIA driver is installed on {facts.hostname}.",
+                evidence=[module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
             )
             return
         explained = True
 
     if problem is not None and problem.verdict_id == "F14":
-        found = re.search(r"module is (\S+) but .* is (\S+?); NVML", problem.problem)
         cause = (
             (
-                f"Driver/library version mismatch: the loaded nvidia kernel module is {found.group(1)}, the NVML "
-                f"library {found.group(2)}"
+                f"Driver/library version mismatch: the loaded nvidia kernel module is {problem.module_version}, "
+                f"the NVML library {problem.library_version}"
                 + ("; the driver was upgraded and the host not rebooted." if problem.reboot_required else ".")
             )
-            if found
+            if problem.module_version and problem.library_version
             else _first_sentence(problem.problem)
         )
         findings.add(
             "F14",
-            cause,
-            [*root_lines, *problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
-            problem.fix or "",
-            "critical",
-            "driver",
+            cause=cause,
+            evidence=[*root_lines, *problem.evidence, *_kernel_lines(diag, _API_MISMATCH)],
+            fix=problem.fix or "",
             reboot_required=problem.reboot_required,
         )
         explained = True
     elif problem is not None and (loaded or installed or problem.verdict_id != "NVML-MISSING"):
         findings.add(
             problem.verdict_id,
-            _first_sentence(problem.problem),
-            [*root_lines, *problem.evidence],
-            problem.fix or "",
-            "critical",
-            "driver",
+            cause=_first_sentence(problem.problem),
+            evidence=[*root_lines, *problem.evidence],
+            fix=problem.fix or "",
+            severity="critical",
+            link="driver",
             reboot_required=problem.reboot_required,
         )
         explained = True
@@ -355,36 +337,30 @@ def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings
         if "version mismatch" in smi.output:
             findings.add(
                 "F14",
-                "nvidia-smi on the host says Driver/library version mismatch.",
-                [f"nvidia-smi -L: {text}"],
-                "Reboot so that the loaded module matches the library.",
-                "critical",
-                "driver",
+                cause="nvidia-smi on the host says Driver/library version mismatch.",
+                evidence=[f"nvidia-smi -L: {text}"],
+                fix="Reboot so that the loaded module matches the library.",
                 reboot_required=True,
             )
         elif not smi.ok or listed == 0:
             findings.add(
                 "F13",
-                "nvidia-smi on the host cannot use the driver: it does not initialise the GPU.",
-                [
+                cause="nvidia-smi on the host cannot use the driver: it does not initialise the GPU.",
+                evidence=[
                     f"nvidia-smi -L (exit {smi.status}): {text}",
                     *_gpu_lines(facts),
                     *_kernel_lines(diag, re.compile("NVRM|Xid")),
                 ],
-                "Read `dmesg | grep -i -e nvrm -e xid` on the host: an unsupported branch, a GPU that "
+                fix="Read `dmesg | grep -i -e nvrm -e xid` on the host: an unsupported branch, a GPU that "
                 "fell off the bus (Xid 79) or a failed module load; fix that and reboot.",
-                "critical",
-                "driver",
             )
         elif listed < len(facts.gpus):
             findings.add(
                 "GPU-MISSING",
-                f"nvidia-smi lists {listed} of the {len(facts.gpus)} GPUs on the PCI bus.",
-                [f"nvidia-smi -L: {text}", *_gpu_lines(facts)],
-                "Find the missing GPU in `dmesg` (Xid 79: fallen off the bus; power, seating); "
+                cause=f"nvidia-smi lists {listed} of the {len(facts.gpus)} GPUs on the PCI bus.",
+                evidence=[f"nvidia-smi -L: {text}", *_gpu_lines(facts)],
+                fix="Find the missing GPU in `dmesg` (Xid 79: fallen off the bus; power, seating); "
                 "a reboot or reseat brings it back.",
-                "warning",
-                "driver",
             )
         return
     if check is None:
@@ -400,51 +376,40 @@ def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings
     elif check.load_error:
         findings.add(
             "NVML-MISSING",
-            "libnvidia-ml.so.1 cannot be loaded on the host.",
-            [line],
-            "Reinstall the driver's NVML package (Debian: libnvidia-ml1) and run ldconfig.",
-            "critical",
-            "driver",
+            cause="libnvidia-ml.so.1 cannot be loaded on the host.",
+            evidence=[line],
         )
     elif "mismatch" in error.lower():
         findings.add(
             "F14",
-            "The host's own NVML says Driver/library version mismatch.",
-            [line],
-            "Reboot so that the kernel module matches the library, then run gpunode bootstrap "
+            cause="The host's own NVML says Driver/library version mismatch.",
+            evidence=[line],
+            fix="Reboot so that the kernel module matches the library, then run gpunode bootstrap "
             "so the device plugin mounts the new library.",
-            "critical",
-            "driver",
             reboot_required=True,
         )
     elif error:
         findings.add(
             "F13",
-            f"NVML does not start on the host itself ({error}): the driver is not working.",
-            [line, *_kernel_lines(diag, re.compile("NVRM|Xid"))],
-            "Read `dmesg | grep -i -e nvrm -e xid`; reload the module or reboot.",
-            "critical",
-            "driver",
+            cause=f"NVML does not start on the host itself ({error}): the driver is not working.",
+            evidence=[line, *_kernel_lines(diag, re.compile("NVRM|Xid"))],
+            fix="Read `dmesg | grep -i -e nvrm -e xid`; reload the module or reboot.",
         )
     elif check.count == 0:
         findings.add(
             "F13",
-            "The driver is loaded but drives no GPU: NVML finds none (a branch too new for "
+            cause="The driver is loaded but drives no GPU: NVML finds none (a branch too new for "
             "the GPU, or a GPU that fell off the bus).",
-            [line, *_gpu_lines(facts), *_kernel_lines(diag, re.compile("NVRM|Xid"))],
-            "Read `dmesg | grep -i -e nvrm -e xid`: install a branch that supports the GPU, or "
+            evidence=[line, *_gpu_lines(facts), *_kernel_lines(diag, re.compile("NVRM|Xid"))],
+            fix="Read `dmesg | grep -i -e nvrm -e xid`: install a branch that supports the GPU, or "
             "reseat/reboot after an Xid 79.",
-            "critical",
-            "driver",
         )
     elif check.count is not None and check.count < len(facts.gpus):
         findings.add(
             "GPU-MISSING",
-            f"NVML sees {check.count} of the {len(facts.gpus)} GPUs on the PCI bus.",
-            [line, *_gpu_lines(facts), *_kernel_lines(diag, re.compile("Xid"))],
-            "Find the missing GPU in `dmesg` (Xid 79: fallen off the bus); a reboot or reseat brings it back.",
-            "warning",
-            "driver",
+            cause=f"NVML sees {check.count} of the {len(facts.gpus)} GPUs on the PCI bus.",
+            evidence=[line, *_gpu_lines(facts), *_kernel_lines(diag, re.compile("Xid"))],
+            fix="Find the missing GPU in `dmesg` (Xid 79: fallen off the bus); a reboot or reseat brings it back.",
         )
 
 
@@ -504,13 +469,12 @@ def _toolkit_rules(case: DoctorCase, facts: HostFacts, findings: Findings) -> No
     if binary and binary.startswith("/") and diag is not None and diag.runtime_binaries.get(binary) is False:
         findings.add(
             "F17",
-            f"containerd's {runtime_name_for(case)} runtime runs {binary}, which does not exist "
+            cause=f"containerd's {runtime_name_for(case)} runtime runs {binary}, which does not exist "
             "on this host: pods with runtimeClassName nvidia cannot start.",
-            [f"BinaryName = {binary!r}: missing", *(f"installed: {p}" for p in packages)],
-            "Install the NVIDIA container toolkit (`gpunode bootstrap HOST`, or nvidia-container-toolkit "
+            evidence=[f"BinaryName = {binary!r}: missing", *(f"installed: {p}" for p in packages)],
+            fix="Install the NVIDIA container toolkit (`gpunode bootstrap HOST`, or nvidia-container-toolkit "
             "from NVIDIA's repository) or point BinaryName at its nvidia-container-runtime.",
-            "critical",
-            "toolkit",
+            link="toolkit",
         )
         return
     installed = (
@@ -521,13 +485,12 @@ def _toolkit_rules(case: DoctorCase, facts: HostFacts, findings: Findings) -> No
     if not installed:
         findings.add(
             "F17",
-            "The NVIDIA container toolkit is not installed: there is no "
+            cause="The NVIDIA container toolkit is not installed: there is no "
             "nvidia-container-runtime for containerd to run GPU containers with.",
-            ["`command -v nvidia-container-runtime`: nothing", "no nvidia-container-toolkit package"],
-            "Install it: `gpunode bootstrap HOST` (NVIDIA's repository, or --toolkit-packages DIR "
+            evidence=["`command -v nvidia-container-runtime`: nothing", "no nvidia-container-toolkit package"],
+            fix="Install it: `gpunode bootstrap HOST` (NVIDIA's repository, or --toolkit-packages DIR "
             "on an air-gapped host).",
-            "critical",
-            "toolkit",
+            link="toolkit",
         )
 
 
@@ -550,26 +513,21 @@ def _containerd_rules(case: DoctorCase, facts: HostFacts, findings: Findings) ->
         if containerd.binary is None:
             findings.add(
                 "CONTAINERD-MISSING",
-                "containerd is not installed on this host.",
-                ["`command -v containerd`: nothing"],
-                "Install containerd (Debian: `apt-get install containerd`) and point the kubelet at it.",
-                "critical",
-                "containerd",
+                cause="containerd is not installed on this host.",
+                evidence=["`command -v containerd`: nothing"],
             )
             return
         if containerd.dump_error is not None:
             first = containerd.dump_error.strip().splitlines()[0] if containerd.dump_error.strip() else ""
             findings.add(
                 "CONTAINERD-CONFIG",
-                f"containerd cannot load its config {containerd.config_path}: "
+                cause=f"containerd cannot load its config {containerd.config_path}: "
                 "`containerd config dump` fails, so a restart would fail too.",
-                [f"containerd config dump: {line}" for line in containerd.dump_error.strip().splitlines()[:4]]
+                evidence=[f"containerd config dump: {line}" for line in containerd.dump_error.strip().splitlines()[:4]]
                 or [first],
-                f"Fix {containerd.config_path} where the error points (or restore the last good copy "
+                fix=f"Fix {containerd.config_path} where the error points (or restore the last good copy "
                 "from /var/lib/gpunode/backups); `gpunode render containerd --config FILE` shows a "
                 "correct merge.",
-                "critical",
-                "containerd",
             )
             return
         if text is None:
@@ -582,11 +540,9 @@ def _containerd_rules(case: DoctorCase, facts: HostFacts, findings: Findings) ->
     except HostStateError as exc:
         findings.add(
             "CONTAINERD-CONFIG",
-            f"containerd's effective config cannot be read: {exc.problem}",
-            [source],
-            exc.fix or "",
-            "critical",
-            "containerd",
+            cause=f"containerd's effective config cannot be read: {exc.problem}",
+            evidence=[source],
+            fix=exc.fix or "",
         )
         return
     names = ", ".join(sorted(found)) or "none"
@@ -595,66 +551,54 @@ def _containerd_rules(case: DoctorCase, facts: HostFacts, findings: Findings) ->
             if name != "nvidia" and "nvidia" in found:
                 findings.add(
                     "F17",
-                    f"RuntimeClass nvidia's handler is \"{name}\", but containerd's NVIDIA runtime "
+                    cause=f"RuntimeClass nvidia's handler is \"{name}\", but containerd's NVIDIA runtime "
                     'is named "nvidia": pods with runtimeClassName nvidia fail with `no runtime for '
                     f'"{name}" is configured`.',
-                    [f"{source}: runtimes {names}", f"RuntimeClass nvidia: handler {name}"],
-                    "Set the RuntimeClass handler to the containerd runtime's name: `kubectl patch "
+                    evidence=[f"{source}: runtimes {names}", f"RuntimeClass nvidia: handler {name}"],
+                    fix="Set the RuntimeClass handler to the containerd runtime's name: `kubectl patch "
                     "runtimeclass nvidia ...` cannot change a handler, so delete and re-create it with "
                     "handler: nvidia (`gpunode render` prints it).",
-                    "critical",
-                    "runtimeclass",
+                    link="runtimeclass",
                 )
             else:
                 findings.add(
                     "F17",
-                    f'containerd has no runtime "{name}": pods with runtimeClassName nvidia fail '
+                    cause=f'containerd has no runtime "{name}": pods with runtimeClassName nvidia fail '
                     f'with `no runtime for "{name}" is configured`.',
-                    [f"{source}: runtimes {names}"],
-                    "Add the runtime and restart containerd: `gpunode bootstrap HOST` (validated, "
+                    evidence=[f"{source}: runtimes {names}"],
+                    fix="Add the runtime and restart containerd: `gpunode bootstrap HOST` (validated, "
                     "restarts only on change), or see `gpunode render containerd --config FILE`.",
-                    "critical",
-                    "containerd",
                 )
         elif "SystemdCgroup" in problem:
             findings.add(
                 "RUNTIME-CGROUP",
-                problem,
-                [f"{source}: runtime {name}"],
-                "Copy SystemdCgroup from the runc runtime's options into the nvidia runtime's "
-                "(gpunode bootstrap inherits it).",
-                "warning",
-                "containerd",
+                cause=problem,
+                evidence=[f"{source}: runtime {name}"],
             )
         elif "runtime_type" in problem:
             findings.add(
                 "RUNTIME-TYPE",
-                problem,
-                [f"{source}: runtime {name}"],
-                'Set runtime_type = "io.containerd.runc.v2" for the nvidia runtime.',
-                "critical",
-                "containerd",
+                cause=problem,
+                evidence=[f"{source}: runtime {name}"],
             )
         else:
             findings.add(
                 "F17",
-                f'containerd\'s "{name}" runtime does not run the NVIDIA container runtime, so '
+                cause=f'containerd\'s "{name}" runtime does not run the NVIDIA container runtime, so '
                 "containers get no NVIDIA devices or libraries.",
-                [problem],
-                "Set its BinaryName to the toolkit's nvidia-container-runtime (gpunode bootstrap does).",
-                "critical",
-                "containerd",
+                evidence=[problem],
+                fix="Set its BinaryName to the toolkit's nvidia-container-runtime (gpunode bootstrap does).",
             )
     if default == name and name in found:
         findings.add(
             "F4",
-            f'containerd\'s default runtime is "{name}": pods without a RuntimeClass are trusted '
+            cause=f'containerd\'s default runtime is "{name}": pods without a RuntimeClass are trusted '
             "to get GPUs from it, which does not hold for every pod created through CRI.",
-            [f"{source}: default_runtime_name = {default!r}"],
-            "Be explicit instead: runtimeClassName: nvidia on GPU pods, and the library mount (or "
+            evidence=[f"{source}: default_runtime_name = {default!r}"],
+            fix="Be explicit instead: runtimeClassName: nvidia on GPU pods, and the library mount (or "
             "runtimeClassName) on the device plugin; keep runc the default.",
-            "info",
-            "containerd",
+            severity="info",
+            link="containerd",
         )
 
 
@@ -665,37 +609,27 @@ def _kubelet_host_rules(case: DoctorCase, facts: HostFacts, findings: Findings) 
         if node_known:
             findings.add(
                 "KUBELET-DOWN",
-                f"No kubelet process runs on {facts.hostname}, yet the cluster has "
+                cause=f"No kubelet process runs on {facts.hostname}, yet the cluster has "
                 "its node: nothing can register devices.",
-                ["no kubelet, k3s or k3s-agent process"],
-                "Start the kubelet (`systemctl restart kubelet`, or k3s/k3s-agent) and read its log.",
-                "critical",
-                "registration",
+                evidence=["no kubelet, k3s or k3s-agent process"],
             )
         else:
             findings.add(
                 "KUBELET-MISSING",
-                f"No kubelet runs on {facts.hostname}: it is not (yet) a Kubernetes "
+                cause=f"No kubelet runs on {facts.hostname}: it is not (yet) a Kubernetes "
                 "node, and a device plugin has nothing to register with.",
-                ["no kubelet, k3s or k3s-agent process"],
-                "Join the host to the cluster (kubeadm join, k3s agent), then run doctor again.",
-                "warning",
-                "registration",
+                evidence=["no kubelet, k3s or k3s-agent process"],
             )
         return
     socket = f"{kubelet.root_dir}/device-plugins/{KUBELET_SOCKET}"
     if socket not in kubelet.device_plugin_sockets:
         findings.add(
             "KUBELET-SOCKET",
-            f"The kubelet runs but serves no {socket}: device plugins cannot register.",
-            [
+            cause=f"The kubelet runs but serves no {socket}: device plugins cannot register.",
+            evidence=[
                 f"kubelet {kubelet.process} --root-dir {kubelet.root_dir}",
                 "device-plugins: " + (", ".join(kubelet.device_plugin_sockets) or "no sockets"),
             ],
-            "Check the kubelet's --root-dir and its log (the device manager starts with the kubelet); "
-            "mount that directory's device-plugins into the plugin.",
-            "critical",
-            "registration",
         )
 
 

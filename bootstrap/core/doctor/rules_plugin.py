@@ -75,23 +75,18 @@ def add_runtime_findings(
     if missing_runtime:
         findings.add(
             "F17",
-            f'containerd on {node} has no runtime "{missing_runtime.group(1)}": {pod} '
+            cause=f'containerd on {node} has no runtime "{missing_runtime.group(1)}": {pod} '
             f"(runtimeClassName {runtime_class}) cannot start.",
-            [summary, *(t for t in texts if NO_RUNTIME.search(t))],
-            "Install the toolkit and add the runtime (`gpunode bootstrap HOST`), or make the RuntimeClass "
+            evidence=[summary, *(t for t in texts if NO_RUNTIME.search(t))],
+            fix="Install the toolkit and add the runtime (`gpunode bootstrap HOST`), or make the RuntimeClass "
             "handler name the runtime containerd has.",
-            "critical",
-            "containerd",
         )
     missing_class = NO_RUNTIMECLASS.search(searched)
     if missing_class:
         findings.add(
             "RUNTIMECLASS-MISSING",
-            f'RuntimeClass "{missing_class.group(1)}" does not exist: {pod} cannot be created.',
-            [summary, *texts[:3]],
-            "Create RuntimeClass nvidia (handler nvidia): `gpunode render` prints it.",
-            "critical",
-            "runtimeclass",
+            cause=f'RuntimeClass "{missing_class.group(1)}" does not exist: {pod} cannot be created.',
+            evidence=[summary, *texts[:3]],
         )
 
 
@@ -151,12 +146,10 @@ def plugin_rules(
             )
         findings.add(
             "DP-NO-POD",
-            f"The device plugin DaemonSet selects node {node_name} but has no pod there.",
-            lines,
-            f"`kubectl describe ds -n {dig(situation.daemonsets[0], 'metadata', 'namespace')} "
+            cause=f"The device plugin DaemonSet selects node {node_name} but has no pod there.",
+            evidence=lines,
+            fix=f"`kubectl describe ds -n {dig(situation.daemonsets[0], 'metadata', 'namespace')} "
             f"{name_of(situation.daemonsets[0])}` (its events say why), and check the node is Ready.",
-            "critical",
-            "deployment",
         )
         return
     for evidence in situation.pods:
@@ -192,13 +185,11 @@ def _one_plugin_pod(
             )
         findings.add(
             "DP-POD-NOT-RUNNING",
-            f"The device plugin pod {pod_ref} is not running.",
-            lines,
-            f"`kubectl describe pod -n {dig(pod, 'metadata', 'namespace')} {name_of(pod)}`; with the GPU "
+            cause=f"The device plugin pod {pod_ref} is not running.",
+            evidence=lines,
+            fix=f"`kubectl describe pod -n {dig(pod, 'metadata', 'namespace')} {name_of(pod)}`; with the GPU "
             "Operator, its validator pods' logs name the driver or toolkit step that is not ready "
             "(`gpunode doctor HOST` judges those on the node).",
-            "critical",
-            "plugin",
         )
 
 
@@ -237,16 +228,19 @@ def _judge_plugin_pod(
                 continue
             if posixpath.basename(mount.host_path).startswith("libnvidia-ml"):
                 failed = _library_mount_failed(case, pod_ref, mount.host_path, text, summary)
-                findings.add(failed.id, failed.cause, failed.evidence, failed.fix, "critical", failed.link)
+                findings.add(
+                    failed.id,
+                    cause=failed.cause,
+                    evidence=failed.evidence,
+                    fix=failed.fix,
+                    severity="critical",
+                    link=failed.link,
+                )
             else:
                 findings.add(
                     "DP-MOUNT",
-                    f"The device plugin pod {pod_ref} cannot mount {mount.host_path}.",
-                    [summary, event_text(event)],
-                    "Make the hostPath exist on the node with the type the DaemonSet asks for, or fix "
-                    "the DaemonSet's volume.",
-                    "critical",
-                    "plugin",
+                    cause=f"The device plugin pod {pod_ref} cannot mount {mount.host_path}.",
+                    evidence=[summary, event_text(event)],
                 )
     for state in container_states(pod):
         if state.reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
@@ -254,11 +248,9 @@ def _judge_plugin_pod(
             pull_cause, pull_fix = _image_pull_failure(image)
             findings.add(
                 "DP-IMAGE",
-                f"The device plugin pod {pod_ref} {pull_cause}",
-                [summary, *messages[:3]],
-                pull_fix,
-                "critical",
-                "plugin",
+                cause=f"The device plugin pod {pod_ref} {pull_cause}",
+                evidence=[summary, *messages[:3]],
+                fix=pull_fix,
             )
     add_runtime_findings(
         findings,
@@ -278,14 +270,13 @@ def _judge_plugin_pod(
                 exec_lines.append(f"log: {log.init_failure.line}")
             findings.add(
                 "F3",
-                f"The device plugin pod {pod_ref} mounts the host's {mount.host_path} over the "
+                cause=f"The device plugin pod {pod_ref} mounts the host's {mount.host_path} over the "
                 f"container's {mount.mount_path}: the host's libc replaces the image's.",
-                [summary, f"volume {mount.volume}: hostPath {mount.host_path} -> {mount.mount_path}", *exec_lines],
-                "Never mount a system library directory: mount only the real libnvidia-ml.so.<version> "
-                "(hostPath type File) at /usr/local/lib/libnvidia-ml.so.1 with "
-                "LD_LIBRARY_PATH=/usr/local/lib (`gpunode render` does).",
-                "critical",
-                "plugin",
+                evidence=[
+                    summary,
+                    f"volume {mount.volume}: hostPath {mount.host_path} -> {mount.mount_path}",
+                    *exec_lines,
+                ],
             )
 
     failure = log.init_failure
@@ -293,24 +284,26 @@ def _judge_plugin_pod(
         cause = _init_failure_cause(case, pod_ref, spec, container, failure)
         hidden = is_up(pod)
         lines = [summary, f"log: {failure.line.strip()}", *cause.evidence]
+        # The failure is a verdict of its own, whatever hides it: a consumer of --output json
+        # sees F1 (or F5, F14, ...) at its own link, first, and F11 says it was hidden.
+        findings.add(
+            cause.id,
+            cause=cause.cause,
+            evidence=lines,
+            fix=cause.fix,
+            link=cause.link,
+            reboot_required=cause.reboot_required,
+        )
         if hidden:
             env = container_env(container)
             flags = [f"{k}={v}" for k, v in env.items() if k in ("FAIL_ON_INIT_ERROR", "GPUNODE_FAIL_ON_INIT_ERROR")]
             hide = ("with " + ", ".join(flags)) if flags else "because it ignores init errors"
-            if cause.link in ("driver", "toolkit", "containerd"):
-                findings.add(cause.id, cause.cause, lines, cause.fix, "critical", cause.link, cause.reboot_required)
             findings.add(
                 "F11",
-                f"The device plugin pod {pod_ref} is Running but advertises nothing: NVML failed to start "
-                f"({failure.reason}; {cause.id}: {cause.cause.rstrip('.')}) and the plugin keeps running {hide}.",
-                [*lines, *(f"env {flag}" for flag in flags)],
-                "Make init errors fatal (FAIL_ON_INIT_ERROR=true, GPUNODE_FAIL_ON_INIT_ERROR=true, Helm "
-                "failOnInitError: true) so the failure shows as a crash, and fix the cause: " + cause.fix,
-                "critical",
-                "plugin",
+                cause=f"The device plugin pod {pod_ref} is Running but advertises nothing: it hides its NVML "
+                f"failure ({failure.reason}, {cause.id} above) and keeps running {hide}.",
+                evidence=[summary, f"log: {failure.line.strip()}", *(f"env {flag}" for flag in flags)],
             )
-        else:
-            findings.add(cause.id, cause.cause, lines, cause.fix, "critical", cause.link, cause.reboot_required)
         return
 
     for state in container_states(pod):
@@ -321,32 +314,26 @@ def _judge_plugin_pod(
             exec_lines = [m for m in messages if _EXEC_FAILED.search(m)]
             findings.add(
                 "DP-CRASH",
-                f"The device plugin pod {pod_ref} keeps crashing, and its log names no NVML failure gpunode knows.",
-                [summary, *exec_lines, *messages[:3], *tail],
-                f"Read `kubectl logs -n {dig(pod, 'metadata', 'namespace')} {name_of(pod)} --previous`.",
-                "critical",
-                "plugin",
+                cause=f"The device plugin pod {pod_ref} keeps crashing, and its log names no NVML failure gpunode knows.",
+                evidence=[summary, *exec_lines, *messages[:3], *tail],
+                fix=f"Read `kubectl logs -n {dig(pod, 'metadata', 'namespace')} {name_of(pod)} --previous`.",
             )
             break
     if log.health_lines:
         findings.add(
             "GPU-UNHEALTHY",
-            f"The device plugin {pod_ref} reports unhealthy GPUs: the kubelet does not count them in Allocatable.",
-            [summary, *(f"log: {l}" for l in log.health_lines[-5:])],
-            "Read the Xid on the host (`dmesg | grep -i xid`): 79 (fallen off the bus) and 48/63/64/94/95 "
-            "(memory errors) need a reset or reboot; the plugin recovers the others by itself.",
-            "warning",
-            "driver",
+            cause=f"The device plugin {pod_ref} reports unhealthy GPUs: the kubelet does not count them in Allocatable.",
+            evidence=[summary, *(f"log: {l}" for l in log.health_lines[-5:])],
         )
     if log.register_failures and not log.registered:
         findings.add(
             "DP-REGISTER-FAILED",
-            f"The device plugin {pod_ref} cannot register with the kubelet.",
-            [summary, *(f"log: {l}" for l in log.register_failures[-3:]), *kubelet_dir_lines(case, spec, container)],
-            "Mount the kubelet's real device-plugins directory (its --root-dir + /device-plugins) into "
-            "the plugin, and check the kubelet runs.",
-            "critical",
-            "registration",
+            cause=f"The device plugin {pod_ref} cannot register with the kubelet.",
+            evidence=[
+                summary,
+                *(f"log: {l}" for l in log.register_failures[-3:]),
+                *kubelet_dir_lines(case, spec, container),
+            ],
         )
 
 
@@ -375,21 +362,21 @@ def _library_mount_failed(case: DoctorCase, pod_ref: str, host_path: str, text: 
             if mounted and mounted != library.version:
                 return _Cause(
                     "DP-LIB-STALE",
-                    f"The device plugin pod {pod_ref} mounts the library of driver "
+                    cause=f"The device plugin pod {pod_ref} mounts the library of driver "
                     f"{mounted}, but the node now has driver {library.version}: the mount fails.",
-                    "Re-render the DaemonSet for the new driver: `gpunode bootstrap HOST` (labels the "
+                    fix="Re-render the DaemonSet for the new driver: `gpunode bootstrap HOST` (labels the "
                     "node and applies the DaemonSet that mounts the new file).",
-                    "plugin",
-                    tuple(evidence),
+                    link="plugin",
+                    evidence=tuple(evidence),
                 )
     return _Cause(
         "F2",
-        f"The device plugin pod {pod_ref} cannot mount its NVML library {host_path}: it is not a file on the node.",
-        "On the node, resolve the symlink chain (`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1`) "
+        cause=f"The device plugin pod {pod_ref} cannot mount its NVML library {host_path}: it is not a file on the node.",
+        fix="On the node, resolve the symlink chain (`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1`) "
         "and mount that real file (hostPath type File) at /usr/local/lib/libnvidia-ml.so.1 with "
         "LD_LIBRARY_PATH=/usr/local/lib; `gpunode bootstrap` renders it so.",
-        "plugin",
-        tuple(evidence),
+        link="plugin",
+        evidence=tuple(evidence),
     )
 
 
@@ -421,196 +408,196 @@ def _init_failure_cause(case: DoctorCase, pod_ref: str, spec: JSON, container: J
             if posixpath.basename(mount.host_path) == "libnvidia-ml.so.1" or mount.host_path in links:
                 return _Cause(
                     "F2",
-                    f"The device plugin pod {pod_ref} mounts {mount.host_path}, a symlink on the "
+                    cause=f"The device plugin pod {pod_ref} mounts {mount.host_path}, a symlink on the "
                     "host: a hostPath of a symlink mounts nothing useful, so NVML is not found.",
-                    mount_fix,
-                    "plugin",
-                    (spec_line,),
+                    fix=mount_fix,
+                    link="plugin",
+                    evidence=(spec_line,),
                 )
             if mount_dir not in ld_dirs and mount_dir not in _DEFAULT_LOADER_DIRS:
                 return _Cause(
                     "F2",
-                    f"The device plugin pod {pod_ref} mounts the library at {mount.mount_path}, "
+                    cause=f"The device plugin pod {pod_ref} mounts the library at {mount.mount_path}, "
                     f"where the loader does not look (LD_LIBRARY_PATH={env.get('LD_LIBRARY_PATH', '')!r}).",
-                    mount_fix,
-                    "plugin",
-                    (spec_line,),
+                    fix=mount_fix,
+                    link="plugin",
+                    evidence=(spec_line,),
                 )
             if posixpath.basename(mount.mount_path) != "libnvidia-ml.so.1":
                 return _Cause(
                     "F2",
-                    f"The device plugin pod {pod_ref} mounts the library as {mount.mount_path}, "
+                    cause=f"The device plugin pod {pod_ref} mounts the library as {mount.mount_path}, "
                     "but NVML is opened as libnvidia-ml.so.1.",
-                    mount_fix,
-                    "plugin",
-                    (spec_line,),
+                    fix=mount_fix,
+                    link="plugin",
+                    evidence=(spec_line,),
                 )
             return _Cause(
                 "F2",
-                f"The NVML library mounted into {pod_ref} ({mount.host_path}) cannot be loaded.",
-                mount_fix,
-                "plugin",
-                (spec_line,),
+                cause=f"The NVML library mounted into {pod_ref} ({mount.host_path}) cannot be loaded.",
+                fix=mount_fix,
+                link="plugin",
+                evidence=(spec_line,),
             )
         if runtime_class:
             return _Cause(
                 "DP-RUNTIME-NO-INJECT",
-                f"The device plugin pod {pod_ref} runs with runtimeClassName "
+                cause=f"The device plugin pod {pod_ref} runs with runtimeClassName "
                 f"{runtime_class}, yet no libnvidia-ml was injected.",
-                "Check that the RuntimeClass handler's containerd runtime runs nvidia-container-runtime "
+                fix="Check that the RuntimeClass handler's containerd runtime runs nvidia-container-runtime "
                 "(gpunode doctor HOST shows it) and that the pod sets NVIDIA_VISIBLE_DEVICES=all and "
                 "NVIDIA_DRIVER_CAPABILITIES=utility.",
-                "plugin",
-                (spec_line,),
+                link="plugin",
+                evidence=(spec_line,),
             )
         default = default_runtime(case)
         if default is not None and default == runtime_name_for(case):
             return _Cause(
                 "F4",
-                f"The device plugin pod {pod_ref} relies on containerd's default runtime "
+                cause=f"The device plugin pod {pod_ref} relies on containerd's default runtime "
                 f"'{default}' to give it NVML, and it did not: pods created through CRI get no "
                 "NVIDIA libraries from it.",
-                mount_fix,
-                "plugin",
-                (spec_line, f"host: containerd default_runtime_name = {default!r}"),
+                fix=mount_fix,
+                link="plugin",
+                evidence=(spec_line, f"host: containerd default_runtime_name = {default!r}"),
             )
         return _Cause(
             "F1",
-            f"The device plugin pod {pod_ref} runs under plain runc with no NVIDIA libraries: "
+            cause=f"The device plugin pod {pod_ref} runs under plain runc with no NVIDIA libraries: "
             "nothing mounts libnvidia-ml and it names no RuntimeClass, so NVML cannot be loaded.",
-            mount_fix,
-            "plugin",
-            (spec_line,) + ((f"host: containerd default runtime {default!r}",) if default else ()),
+            fix=mount_fix,
+            link="plugin",
+            evidence=(spec_line,) + ((f"host: containerd default runtime {default!r}",) if default else ()),
         )
     if reason == "library_unusable":
         text = failure.error + " " + failure.line
         if re.search(r"ELFCLASS32|wrong ELF class|i386", text):
             return _Cause(
                 "DP-LIB-ARCH",
-                f"The library mounted into {pod_ref} is built for another architecture (the 32-bit i386 copy?).",
-                "Mount the copy of the node's architecture: `readlink -f` "
+                cause=f"The library mounted into {pod_ref} is built for another architecture (the 32-bit i386 copy?).",
+                fix="Mount the copy of the node's architecture: `readlink -f` "
                 "of the x86_64 libnvidia-ml.so.1 (never the i386 one).",
-                "plugin",
-                (spec_line,),
+                link="plugin",
+                evidence=(spec_line,),
             )
         if re.search(r"GLIBC|no such file", text, re.IGNORECASE):
             return _Cause(
                 "F3",
-                f"The device plugin pod {pod_ref} loads the host's system libraries over its own: "
+                cause=f"The device plugin pod {pod_ref} loads the host's system libraries over its own: "
                 "glibc symbols do not match.",
-                "Never mount a system library directory: mount only the "
+                fix="Never mount a system library directory: mount only the "
                 "real libnvidia-ml.so.<version> at /usr/local/lib/libnvidia-ml.so.1.",
-                "plugin",
-                (spec_line,),
+                link="plugin",
+                evidence=(spec_line,),
             )
         return _Cause(
             "DP-LIB-UNUSABLE",
-            f"The NVML library in {pod_ref} cannot be loaded: {failure.error}",
-            mount_fix,
-            "plugin",
-            (spec_line,),
+            cause=f"The NVML library in {pod_ref} cannot be loaded: {failure.error}",
+            fix=mount_fix,
+            link="plugin",
+            evidence=(spec_line,),
         )
     if reason == "library_too_old":
         return _Cause(
             "DP-LIB-OLD",
-            f"The NVML library in {pod_ref} is older than the plugin needs.",
-            "Mount the driver's current libnvidia-ml.so.<version>; after a driver upgrade re-run "
+            cause=f"The NVML library in {pod_ref} is older than the plugin needs.",
+            fix="Mount the driver's current libnvidia-ml.so.<version>; after a driver upgrade re-run "
             "`gpunode bootstrap` so the mount follows.",
-            "plugin",
-            (spec_line,),
+            link="plugin",
+            evidence=(spec_line,),
         )
     if reason == "driver_not_loaded":
         return _Cause(
             "F13",
-            f"NVML {where} says the NVIDIA driver is not loaded on the node: the driver does "
+            cause=f"NVML {where} says the NVIDIA driver is not loaded on the node: the driver does "
             "not initialise (nouveau, Secure Boot, a failed module build).",
-            "Run `gpunode doctor HOST` on the node for the exact cause; load or fix the module "
+            fix="Run `gpunode doctor HOST` on the node for the exact cause; load or fix the module "
             "(`modprobe nvidia`, blacklist nouveau) and reboot if it says so.",
-            "driver",
+            link="driver",
         )
     if reason == "driver_library_mismatch":
         return _Cause(
             "F14",
-            f"NVML {where} fails with Driver/library version mismatch: the driver was upgraded "
+            cause=f"NVML {where} fails with Driver/library version mismatch: the driver was upgraded "
             "and the node not rebooted.",
-            "Reboot the node so the module matches the library, then "
+            fix="Reboot the node so the module matches the library, then "
             "run `gpunode bootstrap` so the plugin mounts the new library.",
-            "driver",
+            link="driver",
             reboot_required=True,
         )
     if reason == "no_permission":
         if not runtime_class and not privileged:
             return _Cause(
                 "F5",
-                f"The device plugin pod {pod_ref} sees /dev/nvidia* but its device cgroup "
+                cause=f"The device plugin pod {pod_ref} sees /dev/nvidia* but its device cgroup "
                 "refuses them: NVML says Insufficient Permissions.",
-                "The mount approach needs `securityContext: privileged: true`; or use runtimeClassName "
+                fix="The mount approach needs `securityContext: privileged: true`; or use runtimeClassName "
                 "nvidia and let the NVIDIA runtime add the devices.",
-                "plugin",
-                (spec_line,),
+                link="plugin",
+                evidence=(spec_line,),
             )
         return _Cause(
             "DP-PERMISSION",
-            f"NVML {where} is refused the GPUs (Insufficient Permissions) although "
+            cause=f"NVML {where} is refused the GPUs (Insufficient Permissions) although "
             "the pod is privileged or uses the NVIDIA runtime.",
-            "Check /dev/nvidia* ownership and modes on the host and SELinux/AppArmor denials "
+            fix="Check /dev/nvidia* ownership and modes on the host and SELinux/AppArmor denials "
             "(`ausearch -m avc`, `dmesg | grep -i denied`).",
-            "plugin",
-            (spec_line,),
+            link="plugin",
+            evidence=(spec_line,),
         )
     if reason == "nvml_unknown_error":
         if not runtime_class and not dev_mounted and not privileged:
             return _Cause(
                 "DP-NO-DEVICES",
-                f"The device plugin pod {pod_ref} has the library but no GPU device nodes: NVML answers Unknown Error.",
-                "Mount /dev with `privileged: true`, or use runtimeClassName nvidia so the runtime adds /dev/nvidia*.",
-                "plugin",
-                (spec_line,),
+                cause=f"The device plugin pod {pod_ref} has the library but no GPU device nodes: NVML answers Unknown Error.",
+                fix="Mount /dev with `privileged: true`, or use runtimeClassName nvidia so the runtime adds /dev/nvidia*.",
+                link="plugin",
+                evidence=(spec_line,),
             )
         if dev_mounted and not privileged and not runtime_class:
             return _Cause(
                 "F5",
-                f"The device plugin pod {pod_ref} sees /dev/nvidia* through a /dev mount but its "
+                cause=f"The device plugin pod {pod_ref} sees /dev/nvidia* through a /dev mount but its "
                 "device cgroup denies them.",
-                "Add `securityContext: privileged: true` (the mount "
+                fix="Add `securityContext: privileged: true` (the mount "
                 "approach needs it), or use runtimeClassName nvidia.",
-                "plugin",
-                (spec_line,),
+                link="plugin",
+                evidence=(spec_line,),
             )
         return _Cause(
             "DRIVER-ERROR",
-            f"NVML {where} answers Unknown Error although the pod has the devices: "
+            cause=f"NVML {where} answers Unknown Error although the pod has the devices: "
             "the driver is in a bad state on the node.",
-            "Check the node itself: `gpunode doctor HOST`, "
+            fix="Check the node itself: `gpunode doctor HOST`, "
             "`dmesg | grep -i -e nvrm -e xid`; a reboot clears most of these.",
-            "driver",
-            (spec_line,),
+            link="driver",
+            evidence=(spec_line,),
         )
     if reason in ("mig_no_permission", "mig_strategy_mismatch"):
         return _Cause(
             "F7",
-            f"The device plugin {pod_ref} cannot read the MIG configuration ({failure.error}).",
-            "Give it MIG monitoring: NVIDIA_MIG_MONITOR_DEVICES=all and capability SYS_ADMIN, and use "
+            cause=f"The device plugin {pod_ref} cannot read the MIG configuration ({failure.error}).",
+            fix="Give it MIG monitoring: NVIDIA_MIG_MONITOR_DEVICES=all and capability SYS_ADMIN, and use "
             "MIG strategy mixed where MIG and non-MIG GPUs are mixed (`gpunode render --mig-strategy "
             "mixed`).",
-            "plugin",
-            (spec_line,),
+            link="plugin",
+            evidence=(spec_line,),
         )
     if reason == "no_devices":
         return _Cause(
             "F13",
-            f"NVML {where} starts but finds no GPU: the driver does not drive the node's GPUs "
+            cause=f"NVML {where} starts but finds no GPU: the driver does not drive the node's GPUs "
             "(a branch too new for the GPU, nouveau, a GPU off the bus).",
-            "Run `gpunode doctor HOST` on the node; `dmesg | grep -i nvrm` names the reason.",
-            "driver",
-            (spec_line,),
+            fix="Run `gpunode doctor HOST` on the node; `dmesg | grep -i nvrm` names the reason.",
+            link="driver",
+            evidence=(spec_line,),
         )
     return _Cause(
         "DP-NVML-ERROR",
-        f"NVML {where} fails: {failure.error}",
-        "Run `gpunode doctor HOST` on the node and compare with the host's own NVML check.",
-        "plugin",
-        (spec_line,),
+        cause=f"NVML {where} fails: {failure.error}",
+        fix="Run `gpunode doctor HOST` on the node and compare with the host's own NVML check.",
+        link="plugin",
+        evidence=(spec_line,),
     )
 
 
@@ -626,7 +613,7 @@ def default_runtime(case: DoctorCase) -> str | None:
         return None
 
 
-def _image_pull_failure(image: str) -> tuple[str, str]:
+def _image_pull_failure(image: str) -> tuple[str, str | None]:
     """(cause, fix) for a plugin image the node cannot pull. gpunode's own image exists in
     its registry only once a release has pushed it; until then (or on an air-gapped node)
     it has to be built and imported, or replaced."""
@@ -638,7 +625,4 @@ def _image_pull_failure(image: str) -> tuple[str, str]:
             "(`ctr -n k8s.io images import plugin.tar`), or push it to your registry and re-run bootstrap "
             "with `--image REF`; for a single node, `--plugin-mode host` needs no image.",
         )
-    return (
-        f"cannot pull its image {image}.",
-        "Check the image name and tag, the registry's reachability from the node, and imagePullSecrets.",
-    )
+    return f"cannot pull its image {image}.", None  # the catalogue's fix

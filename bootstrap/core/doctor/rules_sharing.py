@@ -56,17 +56,15 @@ def _config_rules(view: ClusterView, node: JSON, findings: Findings) -> None:
         have = sorted({key for m in maps for key in m["data"]})
         findings.add(
             "SHARING-CONFIG-MISSING",
-            f"Node {name_of(node)} is labelled {CONFIG_LABEL}={label}, and no device plugin ConfigMap has a config "
+            cause=f"Node {name_of(node)} is labelled {CONFIG_LABEL}={label}, and no device plugin ConfigMap has a config "
             "of that name: the plugin keeps the config it had (or, starting, refuses to start).",
-            [
+            evidence=[
                 f"node label {CONFIG_LABEL}={label}",
                 *(f"ConfigMap {ref(m)} has: {', '.join(sorted(m['data'])) or 'nothing'}" for m in maps),
             ],
-            f"Label the node with one of {', '.join(have) or 'the configs'} "
+            fix=f"Label the node with one of {', '.join(have) or 'the configs'} "
             f"(kubectl label node {name_of(node)} {CONFIG_LABEL}=<name> --overwrite), add the config to the "
             "ConfigMap (gpunode bootstrap/render --plugin-config NAME=FILE), or remove the label.",
-            "critical",
-            "plugin",
         )
     for pod, line in _log_lines(view.plugin_pods):
         fields = _events(line, "config_rejected")
@@ -76,44 +74,35 @@ def _config_rules(view: ClusterView, node: JSON, findings: Findings) -> None:
             if fields.get("reason") == "missing":
                 findings.add(
                     "SHARING-CONFIG-MISSING",
-                    f"The node's {CONFIG_LABEL} label names config {fields.get('config')}, which the plugin's "
+                    cause=f"The node's {CONFIG_LABEL} label names config {fields.get('config')}, which the plugin's "
                     f"ConfigMap does not have; {'config ' + kept + ' stays in force' if kept else 'the plugin did not start'}.",
-                    [f"{pod_ref}: {line}"],
-                    "Label the node with a config the ConfigMap has, or add the config to the ConfigMap.",
-                    "critical" if not kept else "warning",
-                    "plugin",
+                    evidence=[f"{pod_ref}: {line}"],
+                    severity="critical" if not kept else "warning",
                 )
             else:
                 findings.add(
                     "SHARING-CONFIG-INVALID",
-                    f"Device plugin config {fields.get('config')} was refused: {fields.get('error', 'see the log')}; "
+                    cause=f"Device plugin config {fields.get('config')} was refused: {fields.get('error', 'see the log')}; "
                     f"{'config ' + kept + ' stays in force' if kept else 'the plugin did not start'}.",
-                    [f"{pod_ref}: {line}"],
-                    "Correct the config in the ConfigMap (the error names the key and line); gpunode render "
+                    evidence=[f"{pod_ref}: {line}"],
+                    fix="Correct the config in the ConfigMap (the error names the key and line); gpunode render "
                     "--plugin-config FILE checks a config before it reaches the cluster.",
-                    "critical" if not kept else "warning",
-                    "plugin",
+                    severity="critical" if not kept else "warning",
                 )
             continue
         missing = _NVIDIA_CONFIG_MISSING.search(line)
         if missing:
             findings.add(
                 "SHARING-CONFIG-MISSING",
-                f"NVIDIA's config-manager found no config {missing.group(1)} (the node's {CONFIG_LABEL} label "
+                cause=f"NVIDIA's config-manager found no config {missing.group(1)} (the node's {CONFIG_LABEL} label "
                 "or the default names it): the plugin pod does not start.",
-                [f"{pod_ref}: {line}"],
-                "Label the node with a config the ConfigMap has, or add the config to the ConfigMap.",
-                "critical",
-                "plugin",
+                evidence=[f"{pod_ref}: {line}"],
             )
         elif _NVIDIA_CONFIG_FAILED.search(line):
             findings.add(
                 "SHARING-CONFIG-INVALID",
-                "NVIDIA's device plugin could not load its config file: it does not start.",
-                [f"{pod_ref}: {line}"],
-                "Correct the config (gpunode render --plugin-config FILE names the key and line of what is wrong).",
-                "critical",
-                "plugin",
+                cause="NVIDIA's device plugin could not load its config file: it does not start.",
+                evidence=[f"{pod_ref}: {line}"],
             )
 
 
@@ -125,13 +114,9 @@ def _mps_rules(view: ClusterView, findings: Findings) -> None:
         where = f" (no control pipe at {fields['pipes']})" if fields and "pipes" in fields else ""
         findings.add(
             "MPS-DAEMON-DOWN",
-            f"The device plugin shares GPUs with MPS, but no MPS control daemon runs on the node{where}: "
+            cause=f"The device plugin shares GPUs with MPS, but no MPS control daemon runs on the node{where}: "
             "the MPS replicas are not advertised.",
-            [f"device plugin pod {ref(pod.pod)}: {line}"],
-            "Run NVIDIA's MPS control daemon on the node (its DaemonSet, with the same config and mpsRoot), "
-            "or choose a time-slicing config for the node.",
-            "critical",
-            "plugin",
+            evidence=[f"device plugin pod {ref(pod.pod)}: {line}"],
         )
 
 
@@ -147,13 +132,9 @@ def _admission_rules(view: ClusterView, findings: Findings) -> None:
         asked = re.search(r"found (\d+)", str(refused[-1].get("message", "")))
         findings.add(
             "SHARING-REQUEST-TOO-LARGE",
-            f"Pod {namespace_of(pod.pod)}/{name_of(pod.pod)} asks for {asked.group(1) if asked else 'more than one'} "
+            cause=f"Pod {namespace_of(pod.pod)}/{name_of(pod.pod)} asks for {asked.group(1) if asked else 'more than one'} "
             "shared GPU replicas in one container, and the device plugin's failRequestsGreaterThanOne refuses "
             "that: the pod failed admission and stays Failed.",
-            [f"pod {ref(pod.pod)}: {event_text(e)}" for e in refused[-2:]]
+            evidence=[f"pod {ref(pod.pod)}: {event_text(e)}" for e in refused[-2:]]
             + [f"pod phase {dig(pod.pod, 'status', 'phase')}"],
-            "Ask for nvidia.com/gpu: 1 per container (a replica is access to a shared GPU, not a share of it), "
-            "then delete and recreate the pod; or set failRequestsGreaterThanOne: false in the config.",
-            "critical",
-            "workload",
         )

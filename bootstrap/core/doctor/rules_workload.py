@@ -74,19 +74,15 @@ def workload_rules(case: DoctorCase, view: ClusterView | None, node: JSON | None
         )
         findings.add(
             "F16",
-            f"Pod {pod_ref} asks for no nvidia.com/gpu limit: the scheduler places it anywhere and "
+            cause=f"Pod {pod_ref} asks for no nvidia.com/gpu limit: the scheduler places it anywhere and "
             f"it gets no GPU.{extra}",
-            [
+            evidence=[
                 summary,
                 "containers: "
                 + ", ".join(
                     f"{c.get('name')} limits {dig(c, 'resources', 'limits') or {}}" for c in containers_of(spec)
                 ),
             ],
-            "Add `resources: limits: nvidia.com/gpu: 1` to the container that needs the GPU (and "
-            "runtimeClassName: nvidia).",
-            "critical",
-            "workload",
         )
 
     for event in events:
@@ -95,31 +91,27 @@ def workload_rules(case: DoctorCase, view: ClusterView | None, node: JSON | None
             tolerations = spec.get("tolerations") or []
             findings.add(
                 "F15",
-                f"Pod {pod_ref} does not tolerate the GPU nodes' taint, so it is not scheduled.",
-                [
+                cause=f"Pod {pod_ref} does not tolerate the GPU nodes' taint, so it is not scheduled.",
+                evidence=[
                     summary,
                     event_text(event),
                     "pod tolerations: " + (", ".join(toleration_text(t) for t in tolerations) or "none"),
                 ],
-                "Add `tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]` to the "
+                fix="Add `tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]` to the "
                 "pod (the taint's key, if another).",
-                "critical",
-                "workload",
+                link="workload",
             )
         elif event.get("reason") == "FailedScheduling" and f"Insufficient {GPU_RESOURCE}" in message:
             explained = bool(findings.below("workload"))
             findings.add(
                 "POD-UNSCHEDULABLE",
-                f"Pod {pod_ref} is Pending: no node has a free nvidia.com/gpu"
+                cause=f"Pod {pod_ref} is Pending: no node has a free nvidia.com/gpu"
                 + (
                     " (the node problems above are why)."
                     if explained
                     else "; every GPU node's GPUs are in use or none advertises any."
                 ),
-                [summary, event_text(event)],
-                "Fix the node links above; or free GPUs / add GPU nodes.",
-                "critical",
-                "workload",
+                evidence=[summary, event_text(event)],
             )
 
     add_runtime_findings(
@@ -136,22 +128,16 @@ def workload_rules(case: DoctorCase, view: ClusterView | None, node: JSON | None
         if _MIG_ADMISSION.search(status_message):
             findings.add(
                 "F7",
-                f"Pod {pod_ref} was refused at admission: the device plugin could not answer for "
+                cause=f"Pod {pod_ref} was refused at admission: the device plugin could not answer for "
                 "its GPUs (MIG capabilities unreadable).",
-                [summary, f"status: {status_reason}: {status_message}"],
-                "Give the plugin MIG monitoring: NVIDIA_MIG_MONITOR_DEVICES=all and capability SYS_ADMIN, "
-                "MIG strategy mixed where MIG and non-MIG GPUs are mixed.",
-                "critical",
-                "workload",
+                evidence=[summary, f"status: {status_reason}: {status_message}"],
+                link="workload",
             )
         else:
             findings.add(
                 "POD-ADMISSION",
-                f"Pod {pod_ref} was refused at admission on its node.",
-                [summary, f"status: {status_reason}: {status_message}"],
-                "Read the message: it is the device plugin's Allocate error.",
-                "critical",
-                "workload",
+                cause=f"Pod {pod_ref} was refused at admission on its node.",
+                evidence=[summary, f"status: {status_reason}: {status_message}"],
             )
 
     if limit > 0 and not spec.get("runtimeClassName") and not _uses_cdi(view):
@@ -163,33 +149,29 @@ def workload_rules(case: DoctorCase, view: ClusterView | None, node: JSON | None
         if default is not None and default == runtime_name_for(case) and (symptom or exited_127):
             findings.add(
                 "F4",
-                f"Pod {pod_ref} relies on containerd's default runtime '{default}' for its GPU, and "
+                cause=f"Pod {pod_ref} relies on containerd's default runtime '{default}' for its GPU, and "
                 "got no NVIDIA libraries or devices.",
-                [summary, *symptom[:3], f"host: default_runtime_name = {default!r}"],
-                "Set runtimeClassName: nvidia on GPU pods; do not trust the default runtime.",
-                "critical",
-                "workload",
+                evidence=[summary, *symptom[:3], f"host: default_runtime_name = {default!r}"],
+                fix="Set runtimeClassName: nvidia on GPU pods; do not trust the default runtime.",
+                link="workload",
             )
         elif symptom or exited_127:
             findings.add(
                 "F6",
-                f"Pod {pod_ref} got a GPU from the device plugin but runs under plain runc: no "
+                cause=f"Pod {pod_ref} got a GPU from the device plugin but runs under plain runc: no "
                 "NVIDIA libraries or /dev/nvidia* in it.",
-                [summary, "pod spec: no runtimeClassName", *symptom[:3]]
+                evidence=[summary, "pod spec: no runtimeClassName", *symptom[:3]]
                 + (["a container exited 127 (command not found)"] if exited_127 else []),
-                "Add `runtimeClassName: nvidia` to the pod (or use the plugin's CDI device list strategy).",
-                "critical",
-                "workload",
+                fix="Add `runtimeClassName: nvidia` to the pod (or use the plugin's CDI device list strategy).",
             )
         elif default is not None and default != runtime_name_for(case):
             findings.add(
                 "F6",
-                f"Pod {pod_ref} asks for a GPU but names no RuntimeClass: under the default runtime "
+                cause=f"Pod {pod_ref} asks for a GPU but names no RuntimeClass: under the default runtime "
                 f"'{default}' it gets no NVIDIA libraries or devices.",
-                [summary, "pod spec: no runtimeClassName", f"host: default_runtime_name = {default!r}"],
-                "Add `runtimeClassName: nvidia` to the pod.",
-                "warning",
-                "workload",
+                evidence=[summary, "pod spec: no runtimeClassName", f"host: default_runtime_name = {default!r}"],
+                fix="Add `runtimeClassName: nvidia` to the pod.",
+                severity="warning",
             )
     _debug_pod_rule(case, evidence, findings)
 
@@ -245,11 +227,7 @@ def _debug_pod_rule(case: DoctorCase, evidence: PodEvidence, findings: Findings)
         judged = "run `gpunode doctor HOST` to judge it"
     findings.add(
         "F10",
-        f"Pod {ref(pod)} ran nvidia-smi without GPU device nodes: its 'Failed to initialize NVML: "
+        cause=f"Pod {ref(pod)} ran nvidia-smi without GPU device nodes: its 'Failed to initialize NVML: "
         f"Unknown Error' says nothing about the driver ({judged}).",
-        evidence_lines,
-        "Judge the driver from the host (`gpunode doctor HOST`, or nvidia-smi over SSH) or from a pod with "
-        "runtimeClassName: nvidia and nvidia.com/gpu: 1; a debug pod gets no GPU device nodes.",
-        "info",
-        "workload",
+        evidence=evidence_lines,
     )

@@ -14,6 +14,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
+from gpunode.bootstrap.core.host.snapshot_contract import Section
 from gpunode.bootstrap.core.nvml.library import LibraryEvidence, LibraryProblem, parse_probe
 
 # Runs on the host with its own python3 (any 3.x: ctypes only, no f-strings), the way a
@@ -182,12 +183,12 @@ def _int(text: str) -> int | None:
 
 def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
     """The doctor sections of a snapshot, or None when the snapshot was taken without them."""
-    if "diag_now" not in sections:
+    if Section.DIAG_NOW not in sections:
         return None
-    now = _int((sections.get("diag_now") or [""])[0])
+    now = _int((sections.get(Section.DIAG_NOW) or [""])[0])
     nvml: NvmlCheck | None = None
     smi: CommandRun | None = None
-    for line in sections.get("diag_nvml", []):
+    for line in sections.get(Section.DIAG_NVML, []):
         parsed = _command_line(line)
         if parsed is None:
             continue
@@ -197,17 +198,17 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
         elif name == "nvidia-smi":
             smi = CommandRun(status, text)
     kernel: tuple[str, ...] = ()
-    for line in sections.get("diag_kernel_log", []):
+    for line in sections.get(Section.DIAG_KERNEL_LOG, []):
         parsed = _command_line(line)
         if parsed is not None and parsed[0] == "lines":
             kernel = tuple(l for l in parsed[2].splitlines() if l.strip())
     modinfo: dict[str, str] = {}
-    for line in sections.get("diag_modinfo", []):
+    for line in sections.get(Section.DIAG_MODINFO, []):
         key, _, value = line.partition(" ")
         modinfo[key] = value.strip()
     kubelet_age = None
     mtimes: dict[str, int] = {}
-    for line in sections.get("diag_kubelet", []):
+    for line in sections.get(Section.DIAG_KUBELET, []):
         key, _, rest = line.partition(" ")
         if key == "age":
             kubelet_age = _int(rest)
@@ -216,14 +217,14 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
             if _int(stamp) is not None and path:
                 mtimes[path] = int(stamp)
     processes: list[HostProcess] = []
-    for line in sections.get("diag_plugin_processes", []):
+    for line in sections.get(Section.DIAG_PLUGIN_PROCESSES, []):
         parts = line.split(" ", 4)
         # Without procps the age is empty: `process <pid>  <state> <comm>` still splits in 5.
         if len(parts) == 5 and parts[0] == "process" and parts[1].isdigit():
             processes.append(HostProcess(int(parts[1]), _int(parts[2]), parts[3], parts[4]))
     driver_root: str | None = None
     driver_root_nvml: LibraryEvidence | None = None
-    root_lines = sections.get("diag_driver_root", [])
+    root_lines = sections.get(Section.DIAG_DRIVER_ROOT, [])
     if root_lines and root_lines[0].startswith("root "):
         driver_root = root_lines[0].split(" ", 1)[1].strip()
         try:
@@ -231,7 +232,7 @@ def parse_diagnostics(sections: dict[str, list[str]]) -> HostDiagnostics | None:
         except LibraryProblem:
             driver_root_nvml = None
     binaries: dict[str, bool] = {}
-    for line in sections.get("diag_runtime_binaries", []):
+    for line in sections.get(Section.DIAG_RUNTIME_BINARIES, []):
         key, _, path = line.strip().partition(" ")
         if key in ("present", "missing") and path:
             binaries[path] = key == "present"

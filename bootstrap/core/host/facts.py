@@ -1,7 +1,8 @@
 """What one snapshot of a host says, parsed. Pure: the text in, a HostFacts out.
 
-The snapshot script (gpunode.bootstrap.node, `snapshot_script.sh`) prints sections that
-start with `@@<name>`; file contents arrive base64-encoded, prefixed with their path.
+The snapshot script (gpunode.bootstrap.node, `snapshot_script.sh`) prints the sections of
+core/host/snapshot_contract.py, each starting with `@@<name>`; file contents arrive
+base64-encoded, prefixed with their path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 
 from gpunode.bootstrap.core.host.diagnostics import HostDiagnostics, parse_diagnostics
 from gpunode.bootstrap.core.host.os_release import OsRelease, parse_os_release
+from gpunode.bootstrap.core.host.snapshot_contract import Section
+from gpunode.bootstrap.core.host.snapshot_contract import split_sections as sections_of
 from gpunode.bootstrap.core.nvml.library import LibraryEvidence, parse_probe
 from gpunode.bootstrap.core.packages.common import DPKG_ARCH, parse_dpkg_query, parse_rpm_query
 
@@ -114,6 +117,9 @@ class HostFacts:
     kubelet: KubeletFacts
     apt_sources: Mapping[str, str]
     managed_files: Mapping[str, str] = field(default_factory=dict)
+    # Paths gpunode may write that are not plain regular files: link, broken-link,
+    # directory, other (a device, a FIFO). A regular file or an absent path is not listed.
+    file_kinds: Mapping[str, str] = field(default_factory=dict)
     uploads: Mapping[str, str] = field(default_factory=dict)
     plugin_venv: PluginVenvFacts = field(default_factory=lambda: PluginVenvFacts())
     # What only `gpunode doctor` asks for (the snapshot taken with diagnostics); else None.
@@ -140,20 +146,35 @@ class HostFacts:
     def managed_file(self, path: str) -> str | None:
         return self.managed_files.get(path)
 
+    def not_a_file(self, path: str) -> str | None:
+        """Why `path` cannot be written as a file (with the fix), or None when it can.
+
+        A symlink to a regular file can: it is edited through the link.
+        """
+        kind = self.file_kinds.get(path)
+        if kind == "broken-link":
+            return (
+                f"{path} is a symlink that leads nowhere (its target is missing, or the links loop), "
+                f"so gpunode will not write through it. Fix: point {path} at the real file, or remove "
+                "the link, then run gpunode again"
+            )
+        if kind == "directory":
+            return f"{path} is a directory where a file should be. Fix: move it away, then run gpunode again"
+        if kind == "other":
+            return (
+                f"{path} is not a regular file (a device, a FIFO or a socket). Fix: put the config "
+                "file there, then run gpunode again"
+            )
+        return None
+
 
 class SnapshotError(ValueError):
     """The snapshot output is not what the script prints: a broken or foreign shell."""
 
 
 def split_sections(output: str) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in output.splitlines():
-        if line.startswith("@@"):
-            current = sections.setdefault(line[2:].strip(), [])
-        elif current is not None:
-            current.append(line)
-    if "end" not in sections:
+    sections = sections_of(output)
+    if Section.END not in sections:
         raise SnapshotError("the host snapshot ended early (no @@end section)")
     return sections
 
@@ -288,45 +309,55 @@ def parse_packages(lines: list[str], arch: str) -> tuple[str | None, dict[str, s
     return None, {}
 
 
+def parse_file_kinds(lines: list[str]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for line in lines:
+        kind, _, path = line.partition(" ")
+        if path:
+            kinds[path] = kind
+    return kinds
+
+
 def parse_snapshot(output: str) -> HostFacts:
     sections = split_sections(output)
 
     def lines(name: str) -> list[str]:
         return sections.get(name, [])
 
-    containerd_config_path = (lines("containerd_config_path") or [""])[0].strip()
+    containerd_config_path = (lines(Section.CONTAINERD_CONFIG_PATH) or [""])[0].strip()
 
-    uname = lines("uname") + ["", ""]
-    package_manager, packages = parse_packages(lines("packages"), uname[1].strip())
-    os_files = decode_files(lines("os_release"))
+    uname = lines(Section.UNAME) + ["", ""]
+    package_manager, packages = parse_packages(lines(Section.PACKAGES), uname[1].strip())
+    os_files = decode_files(lines(Section.OS_RELEASE))
     os_text = next(iter(os_files.values()), "")
     return HostFacts(
-        hostname=(lines("hostname") or [""])[0].strip(),
+        hostname=(lines(Section.HOSTNAME) or [""])[0].strip(),
         kernel_release=uname[0].strip(),
         arch=uname[1].strip(),
         os=parse_os_release(os_text),
-        init_system=(lines("init") or ["none"])[0].strip(),
-        gpus=parse_gpus(lines("pci"), lines("lspci")),
-        loaded_modules=frozenset(line.strip() for line in lines("modules") if line.strip()),
-        secure_boot=parse_secure_boot(lines("secure_boot")),
-        nouveau_blacklisted_by=tuple(line.strip() for line in lines("modprobe_nouveau") if line.strip()),
-        initramfs_tools=tuple(line.strip() for line in lines("initramfs") if line.strip()),
-        nvml=parse_probe("\n".join(lines("nvml"))),
+        init_system=(lines(Section.INIT) or ["none"])[0].strip(),
+        gpus=parse_gpus(lines(Section.PCI), lines(Section.LSPCI)),
+        loaded_modules=frozenset(line.strip() for line in lines(Section.MODULES) if line.strip()),
+        secure_boot=parse_secure_boot(lines(Section.SECURE_BOOT)),
+        nouveau_blacklisted_by=tuple(line.strip() for line in lines(Section.MODPROBE_NOUVEAU) if line.strip()),
+        initramfs_tools=tuple(line.strip() for line in lines(Section.INITRAMFS) if line.strip()),
+        nvml=parse_probe("\n".join(lines(Section.NVML))),
         package_manager=package_manager,
         packages=packages,
-        toolkit_runtime=((lines("toolkit_runtime") or [""])[0].strip() or None),
+        toolkit_runtime=((lines(Section.TOOLKIT_RUNTIME) or [""])[0].strip() or None),
         containerd=parse_containerd(
-            lines("containerd"),
+            lines(Section.CONTAINERD),
             containerd_config_path,
-            decode_files(lines("containerd_config")),
-            lines("containerd_dump"),
+            decode_files(lines(Section.CONTAINERD_CONFIG)),
+            lines(Section.CONTAINERD_DUMP),
         ),
-        k3s_binary=next((l.strip() for l in lines("k3s") if l.strip() and not l.endswith(".tmpl")), None),
-        k3s_templates=tuple(l.strip() for l in lines("k3s") if l.strip().endswith(".tmpl")),
-        kubelet=parse_kubelet(lines("kubelet"), lines("device_plugins")),
-        apt_sources=decode_files(lines("apt_sources")),
-        managed_files=decode_files(lines("managed_files")),
-        uploads=parse_uploads(lines("uploads")),
-        plugin_venv=parse_plugin_venv(lines("plugin_venv")),
+        k3s_binary=next((l.strip() for l in lines(Section.K3S) if l.strip() and not l.endswith(".tmpl")), None),
+        k3s_templates=tuple(l.strip() for l in lines(Section.K3S) if l.strip().endswith(".tmpl")),
+        kubelet=parse_kubelet(lines(Section.KUBELET), lines(Section.DEVICE_PLUGINS)),
+        apt_sources=decode_files(lines(Section.APT_SOURCES)),
+        managed_files=decode_files(lines(Section.MANAGED_FILES)),
+        file_kinds=parse_file_kinds(lines(Section.FILE_KINDS)),
+        uploads=parse_uploads(lines(Section.UPLOADS)),
+        plugin_venv=parse_plugin_venv(lines(Section.PLUGIN_VENV)),
         diagnostics=parse_diagnostics(sections),
     )

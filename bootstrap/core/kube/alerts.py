@@ -1,4 +1,4 @@
-"""The alert rules that would have caught the field notes' silent failures, as a Prometheus
+"""The alert rules that would have caught the silent failures of docs/failure-modes.md, as a Prometheus
 Operator PrometheusRule or a plain Prometheus rule file. Pure: options in, YAML text out.
 
 The node-level rules read kube-state-metrics:
@@ -10,7 +10,7 @@ The node-level rules read kube-state-metrics:
 The plugin rules read the bundled plugin's own `/metrics` (gpunode_plugin_*); the GPU rules
 (gpu_alerts.py) its telemetry, in dcgm-exporter's names.
 
-`0` and absent are different failures (FIELD-NOTES F9): one rule for each.
+`0` and absent are different failures (F9, docs/failure-modes.md): one rule for each.
 """
 
 from __future__ import annotations

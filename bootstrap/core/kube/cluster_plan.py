@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpunode.bootstrap.core.kube.manifests import (
@@ -30,7 +30,16 @@ from gpunode.bootstrap.core.kube.manifests import (
     Plugin,
     PluginDeployment,
 )
+from gpunode.bootstrap.core.kube.plugin_config import (
+    CONFIG_LABEL,
+    NamedConfig,
+    PluginConfigs,
+    expected_allocatable,
+    named_config,
+    sharing_config,
+)
 from gpunode.bootstrap.core.kube.taints import Toleration
+from gpunode.bootstrap.errors import UserError
 
 GPU_COUNT_ANNOTATION = "gpunode.io/gpu-count"
 GPUS_ANNOTATION = "gpunode.io/gpus"  # the GPUs' PCI bus IDs, comma-separated
@@ -53,6 +62,13 @@ class ClusterSettings:
     runtime_handler: str = "nvidia"
     rollout_timeout: float = 180.0
     verify_timeout: float = 120.0
+    # --plugin-config files (NVIDIA's config v1), in the order given: the first is the default.
+    plugin_config_files: tuple[NamedConfig, ...] = ()
+    # The ConfigMap's configs for this run (node_configs() fills it from the files and the
+    # nodes' sharing choices); None: no per-node config.
+    plugin_configs: PluginConfigs | None = None
+    metrics_addr: str | None = None  # the bundled plugin's /metrics; None: the default, "off": none
+    node_labels: str = "node"  # GFD's labels from the bundled plugin: node, nfd or off
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,7 @@ class NodeTarget:
     kubelet_root: str
     gpu_bus_ids: tuple[str, ...]
     plugin_mode: str = "daemonset"  # daemonset | host
+    plugin_config: str | None = None  # the device plugin config this node is labelled with
 
     @property
     def gpu_count(self) -> int:
@@ -84,6 +101,48 @@ class NodePlan:
     def serves(self) -> str:
         """What the device-plugin label says: a DaemonSet name, `host` or `none`."""
         return self.labels[DEVICE_PLUGIN_LABEL]
+
+
+WHOLE_GPUS = "whole-gpus"
+_SHORTCUT = re.compile(r"^(time-slicing|mps)-(\d+)$")
+
+
+def node_configs(settings: ClusterSettings, targets: Iterable[NodeTarget]) -> ClusterSettings:
+    """The run's ConfigMap of configs: the --plugin-config files, and a config for every
+    sharing shortcut a node chose (`time-slicing-4`: NVIDIA's example, 4 replicas). Without
+    files the default is `whole-gpus` (no sharing), for the nodes that chose nothing.
+    Raises UserError for a node naming a config that is neither."""
+    files = list(settings.plugin_config_files)
+    configs = list(files)
+    for target in targets:
+        name = target.plugin_config
+        if name is None or any(c.name == name for c in configs):
+            continue
+        shortcut = _SHORTCUT.match(name)
+        if shortcut is None:
+            given = ", ".join(c.name for c in files) or "none"
+            raise UserError(
+                f"{target.host}: device plugin config {name!r} is not among the --plugin-config files ({given}).",
+                "Give it with --plugin-config NAME=FILE, or use gpunode_sharing and gpunode_replicas for the host.",
+            )
+        configs.append(sharing_config(shortcut.group(1), int(shortcut.group(2))))
+    if not configs:
+        return settings
+    if not files:
+        configs.insert(0, named_config(WHOLE_GPUS, "version: v1\n", WHOLE_GPUS))
+    return replace(settings, plugin_configs=PluginConfigs(tuple(configs), default=configs[0].name))
+
+
+def expected_gpus(target: NodeTarget, settings: ClusterSettings) -> tuple[str, int]:
+    """The resource and count the node's Allocatable must show under its config."""
+    configs = settings.plugin_configs
+    parsed = None
+    if configs is not None:
+        parsed = configs.get(target.plugin_config or configs.default).parsed
+    expected = expected_allocatable(parsed, target.gpu_count)
+    # A partly shared node shows two resources; the shared one is the one to wait for.
+    name = next((n for n in expected if n != RESOURCE), RESOURCE)
+    return name, expected[name]
 
 
 def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
@@ -107,9 +166,14 @@ def plan_node(target: NodeTarget, settings: ClusterSettings) -> NodePlan:
             runtime_class=settings.runtime_handler,
             tolerations=settings.tolerations,
             per_node_variant=True,
+            plugin_configs=settings.plugin_configs,
+            metrics_addr=settings.metrics_addr,
+            node_labels=settings.node_labels,
         )
         serves = deployment.daemonset_name
     labels = {DRIVER_VERSION_LABEL: target.driver_version, DEVICE_PLUGIN_LABEL: serves}
+    if target.plugin_config is not None:
+        labels[CONFIG_LABEL] = target.plugin_config
     annotations: dict[str, str | None] = {
         GPU_COUNT_ANNOTATION: str(target.gpu_count),
         GPUS_ANNOTATION: ",".join(normalize_bus_id(b) for b in target.gpu_bus_ids),
@@ -221,4 +285,6 @@ def validate_cluster_settings(settings: ClusterSettings) -> None:
         namespace=settings.namespace,
         runtime_class=settings.runtime_handler,
         tolerations=settings.tolerations,
+        metrics_addr=settings.metrics_addr,
+        node_labels=settings.node_labels,
     )

@@ -2,7 +2,7 @@
 
 One DaemonSet per driver version, named after it and node-selected on the node label
 `gpunode.io/driver-version`, so a fleet with mixed drivers gets, on every node, a plugin pod
-that mounts that node's library file. Two device access modes (FIELD-NOTES F1, F2, F5):
+that mounts that node's library file. Two device access modes (F1, F2, F5 in docs/failure-modes.md):
 
 - `mount`: the host's real `libnvidia-ml.so.<version>` (never the `.so.1` symlink, F2) as a
   hostPath of type File at `/usr/local/lib/libnvidia-ml.so.1`, `LD_LIBRARY_PATH=/usr/local/lib`
@@ -73,6 +73,13 @@ CONFIGMAP_NAME = "gpunode-device-plugin-configs"
 CONFIGS_DIR = "/available-configs"  # where NVIDIA's chart mounts them, for both plugins
 SERVICE_ACCOUNT = "gpunode-device-plugin"
 NODE_READER_ROLE = "gpunode-device-plugin-node-reader"
+
+# The bundled plugin's /metrics, on the pod's IP: dcgm-exporter's port, so scrape configs
+# written for it find the same series here.
+DEFAULT_METRICS_ADDR = ":9400"
+NODE_LABEL_MODES: tuple[str, ...] = ("node", "nfd", "off")
+NFD_FEATURES_DIR = "/etc/kubernetes/node-feature-discovery/features.d"
+CONTAINER_POD_RESOURCES_DIR = "/var/lib/kubelet/pod-resources"
 
 _DAEMONSET_PREFIX = {"bundled": "gpunode-device-plugin", "nvidia": "gpunode-nvidia-device-plugin"}
 _TEMPLATE = {"bundled": "device-plugin-bundled.yaml.j2", "nvidia": "device-plugin-nvidia.yaml.j2"}
@@ -213,7 +220,12 @@ class PluginDeployment:
     health_checks: bool = True
     health_ignore_xids: tuple[int, ...] = field(default=())
     health_recovery_seconds: int | None = None  # bundled plugin only
-    metrics_addr: str | None = None  # bundled plugin only, e.g. ":9400"
+    # Bundled plugin only: where it serves /metrics (GPU telemetry, its counters); None: the
+    # default (DEFAULT_METRICS_ADDR), "off": no metrics.
+    metrics_addr: str | None = None
+    # Bundled plugin only: GFD's node labels by "node" (a patch of its own node: RBAC nodes
+    # get, patch), "nfd" (NFD's feature file on the host) or "off".
+    node_labels: str = "node"
     image_pull_policy: str = "IfNotPresent"
     # Tolerated on top of nvidia.com/gpu (F15): a site's own taints on its GPU nodes.
     tolerations: tuple[Toleration, ...] = ()
@@ -321,7 +333,8 @@ class PluginDeployment:
                 f"The health recovery time {self.health_recovery_seconds!r} is not a positive number of seconds.",
                 "Give a whole number of seconds, e.g. 300.",
             )
-        if self.metrics_addr is not None and not _METRICS_ADDR.match(self.metrics_addr):
+        _check_choice("node labels mode", self.node_labels, NODE_LABEL_MODES)
+        if self.metrics_addr not in (None, "off") and not _METRICS_ADDR.match(str(self.metrics_addr)):
             raise UserError(f"{self.metrics_addr!r} is not a listen address.", "Give host:port or :port, e.g. :9400.")
         if self.plugin == "nvidia":
             if self.device_list_strategy != "envvar":
@@ -329,11 +342,18 @@ class PluginDeployment:
                     "gpunode renders NVIDIA's plugin with the envvar device list strategy only.",
                     "Use --plugin bundled for CDI, or NVIDIA's Helm chart for its CDI modes.",
                 )
-            if self.health_recovery_seconds is not None or self.metrics_addr is not None:
+            if self.health_recovery_seconds is not None or self.metrics_addr not in (None, "off"):
                 raise UserError(
                     "NVIDIA's device plugin has no health recovery time and no metrics address.",
                     "Leave them out, or use --plugin bundled.",
                 )
+
+    @property
+    def effective_metrics_addr(self) -> str | None:
+        """The bundled plugin's metrics address (None: none served)."""
+        if self.plugin != "bundled" or self.metrics_addr == "off":
+            return None
+        return self.metrics_addr or DEFAULT_METRICS_ADDR
 
 
 def mps_roots(configs: PluginConfigs) -> set[str]:
@@ -465,6 +485,26 @@ def _context(dep: PluginDeployment) -> dict[str, Any]:
         "library_path": CONTAINER_LIBRARY_PATH,
         "ignore_xids": ",".join(str(x) for x in dep.health_ignore_xids),
         **_config_context(dep),
+        **_telemetry_context(dep),
+    }
+
+
+def _telemetry_context(dep: PluginDeployment) -> dict[str, Any]:
+    addr = dep.effective_metrics_addr
+    port = int(addr.rsplit(":", 1)[1]) if addr else None
+    return {
+        "metrics_addr": addr,
+        "metrics_port": port,
+        # The scrape annotations Prometheus's kubernetes-pods example job (and many charts) read.
+        "pod_annotations": (
+            {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+            if port
+            else {}
+        ),
+        "labels_node": dep.plugin == "bundled" and dep.node_labels == "node",
+        "pod_resources_host_dir": posixpath.join(dep.kubelet_root, "pod-resources"),
+        "pod_resources_container_dir": CONTAINER_POD_RESOURCES_DIR,
+        "nfd_features_dir": NFD_FEATURES_DIR,
     }
 
 
@@ -518,6 +558,70 @@ def config_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
     ]
 
 
+MPS_DAEMONSET = "gpunode-mps-control-daemon"
+
+
+def mps_daemon_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
+    """NVIDIA's MPS control daemon DaemonSet, when a config shares GPUs with MPS."""
+    import yaml
+
+    configs = dep.plugin_configs
+    if configs is None or not configs.uses_mps:
+        return []
+    selector = {"app.kubernetes.io/name": MPS_DAEMONSET}
+    context = {
+        **_config_context(dep),
+        "dep": dep,
+        "name": MPS_DAEMONSET,
+        "selector": selector,
+        "labels": {**selector, **MANAGED_BY_LABELS},
+        "image": dep.image if dep.plugin == "nvidia" else NVIDIA_PLUGIN_IMAGE,
+        "driver_label": DRIVER_VERSION_LABEL,
+        "tolerations": [t.as_api() for t in (GPU_TOLERATION, *dep.tolerations)],
+    }
+    return [yaml.safe_load(_render("mps-control-daemon.yaml.j2", context))]
+
+
+NODE_LABELLER_ROLE = "gpunode-device-plugin-node-labeller"
+
+
+def labeller_objects(dep: PluginDeployment) -> list[dict[str, Any]]:
+    """For the bundled plugin labelling its own node: the service account (unless the
+    per-node config objects bring it) and the least grant that allows it: nodes get, patch.
+    The plugin itself checks that it writes only its own node, only keys it owns."""
+    if dep.plugin != "bundled" or dep.node_labels != "node":
+        return []
+    labels = dict(MANAGED_BY_LABELS)
+    ns = dep.namespace
+    account = (
+        []
+        if dep.plugin_configs is not None
+        else [
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": SERVICE_ACCOUNT, "namespace": ns, "labels": labels},
+            }
+        ]
+    )
+    return [
+        *account,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": NODE_LABELLER_ROLE, "labels": labels},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{NODE_LABELLER_ROLE}-{ns}", "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_LABELLER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": ns}],
+        },
+    ]
+
+
 def dump_yaml(obj: dict[str, Any]) -> str:
     """One object as YAML; multi-line strings (a ConfigMap's configs) as literal blocks."""
     import yaml
@@ -542,7 +646,11 @@ def render_device_plugin(dep: PluginDeployment) -> str:
 def render_manifests(dep: PluginDeployment, handler: str = "nvidia") -> str:
     """RuntimeClass, the per-node config objects if any, then the DaemonSet, as a
     multi-document YAML stream."""
-    documents = [render_runtimeclass(handler), *(dump_yaml(o) for o in config_objects(dep)), render_device_plugin(dep)]
+    documents = [
+        render_runtimeclass(handler),
+        *(dump_yaml(o) for o in config_objects(dep) + labeller_objects(dep) + mps_daemon_objects(dep)),
+        render_device_plugin(dep),
+    ]
     return "".join(f"---\n{doc.rstrip()}\n" for doc in documents)
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gpunode.bootstrap.errors import UserError
 from gpunode.plugin.config import ConfigError
-from gpunode.plugin.nvidia_config import FileConfig, parse_config_text
+
+if TYPE_CHECKING:  # the parser brings PyYAML, imported when a config is first read
+    from gpunode.plugin.nvidia_config import FileConfig
 
 SharingChoice = Literal["time-slicing", "mps"]
 SHARING_CHOICES: tuple[str, ...] = ("time-slicing", "mps")
@@ -81,6 +83,8 @@ def check_config_name(name: str) -> str:
 
 def named_config(name: str, text: str, source: str) -> NamedConfig:
     """A config checked with the plugin's own parser; UserError names the key and line."""
+    from gpunode.plugin.nvidia_config import parse_config_text
+
     check_config_name(name)
     try:
         parsed = parse_config_text(text, source)

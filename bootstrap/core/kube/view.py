@@ -356,6 +356,16 @@ def started_at(pod: JSON) -> datetime | None:
     return min(times) if times else None
 
 
+def events_about(events: Sequence[JSON], obj: JSON | None) -> list[JSON]:
+    """The events about this very object: matched by its UID, not its name, since a name
+    comes back (a StatefulSet's pod, a node re-joined) and the old object's events stay for
+    an hour. An event that names no UID is kept (it cannot be told apart)."""
+    uid = str(dig(obj, "metadata", "uid") or "") if obj is not None else ""
+    if not uid:
+        return list(events)
+    return [event for event in events if str(dig(event, "involvedObject", "uid") or "") in ("", uid)]
+
+
 def event_text(event: JSON) -> str:
     count = event.get("count")
     repeated = f" (x{count})" if isinstance(count, int) and count > 1 else ""

@@ -1,4 +1,4 @@
-"""Which `libnvidia-ml.so.<version>` file a device plugin pod must mount (FIELD-NOTES F1, F2, F14).
+"""Which `libnvidia-ml.so.<version>` file a device plugin pod must mount (F1, F2, F14 in docs/failure-modes.md).
 
 The host's `libnvidia-ml.so.1` is almost never the file itself: it is a symlink, on Debian a
 chain of three (`/usr/lib/<triplet>/libnvidia-ml.so.1` -> `/etc/alternatives/...` ->
@@ -154,11 +154,16 @@ class LibraryProblem(HostStateError):
         fix: str,
         evidence: Sequence[str] = (),
         reboot_required: bool = False,
+        module_version: str | None = None,
+        library_version: str | None = None,
     ) -> None:
         super().__init__(problem, fix)
         self.verdict_id = verdict_id
         self.evidence = tuple(evidence)
         self.reboot_required = reboot_required
+        # F14: the two versions that disagree, for whoever reports it (never read back from the text).
+        self.module_version = module_version
+        self.library_version = library_version
 
     def __str__(self) -> str:
         text = f"[{self.verdict_id}] {super().__str__()}"
@@ -613,7 +618,19 @@ def _leftovers(arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, alre
     return notes
 
 
+def _of_arch(path: str, arch: _Arch) -> bool:
+    """A path where this architecture's library (or a link to it) lives."""
+    return arch.debian_triplet in path or any(path.startswith(d.rstrip("/") + "/") for d in arch.lib_dirs)
+
+
 def _raise_missing(arch: _Arch, evidence: LibraryEvidence, resolve: _ResolveFn, evidence_lines: list[str]) -> NoReturn:
+    # ldconfig drops a library whose file is gone, but the links to it stay on disk: a chain
+    # that dangles is a broken chain (F2), whatever the cache says, not a missing library.
+    for path in evidence.listed:
+        resolution = resolve(path)
+        if SONAME in posixpath.basename(path) and _of_arch(path, arch) and not resolution.looped:
+            if resolution.final not in evidence.files and resolution.final != path:
+                _check_chain(resolution, arch, evidence, evidence_lines)
     others = []
     for path in evidence.listed:
         resolution = resolve(path)
@@ -677,4 +694,12 @@ def _raise_mismatch(
             f"packages of version {module} so libnvidia-ml.so.1 leads to "
             f"libnvidia-ml.so.{module}, or reboot if {version} is the driver you want."
         )
-    raise LibraryProblem("F14", problem, fix, evidence=evidence_lines, reboot_required=library_newer)
+    raise LibraryProblem(
+        "F14",
+        problem,
+        fix,
+        evidence=evidence_lines,
+        reboot_required=library_newer,
+        module_version=module,
+        library_version=version,
+    )

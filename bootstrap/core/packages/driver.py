@@ -1,6 +1,6 @@
 """Which NVIDIA driver packages a host needs, per distribution, kernel module mode and
 request, pinned so that an unattended upgrade cannot move the library away from the
-loaded kernel module (FIELD-NOTES F14).
+loaded kernel module (F14, docs/failure-modes.md).
 
 Facts about the distributions this encodes (see README "Driver and toolkit packages"):
 

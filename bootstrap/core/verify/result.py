@@ -1,7 +1,7 @@
 """Is a node advertising its GPUs? The verdict rules of `gpunode verify` (pure; no kubectl).
 
 The kubelet publishes `status.allocatable["nvidia.com/gpu"]` from what device plugins
-report: the count of Healthy devices. What that value means (FIELD-NOTES F8, F9):
+report: the count of Healthy devices. What that value means (F8, F9 in docs/failure-modes.md):
 
 - key absent: no device plugin has ever registered the resource since the kubelet started;
 - `0`: a plugin registered once and is gone (the kubelet keeps the key), or every device it
@@ -108,9 +108,11 @@ class NodeObservation:
     capacity: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    resource: str = RESOURCE  # the one judged (a shared config may rename nvidia.com/gpu)
 
     @classmethod
-    def from_node(cls, name: str, node: Mapping[str, Any] | None) -> NodeObservation:
+    def from_node(cls, name: str, node: Mapping[str, Any] | None, resource: str = RESOURCE) -> NodeObservation:
+        """`resource`: the one to judge (a shared config may rename nvidia.com/gpu)."""
         if node is None:
             return cls(name, False)
         meta = node.get("metadata") or {}
@@ -118,10 +120,11 @@ class NodeObservation:
         return cls(
             name,
             True,
-            (status.get("allocatable") or {}).get(RESOURCE),
-            (status.get("capacity") or {}).get(RESOURCE),
+            (status.get("allocatable") or {}).get(resource),
+            (status.get("capacity") or {}).get(resource),
             dict(meta.get("labels") or {}),
             dict(meta.get("annotations") or {}),
+            resource,
         )
 
     @property
@@ -165,6 +168,7 @@ class NodeResult:
     unhealthy: tuple[str, ...] = ()
     cause: str | None = None
     fix: str | None = None
+    resource: str = RESOURCE
 
     @property
     def ok(self) -> bool:
@@ -176,7 +180,7 @@ class NodeResult:
 
     @property
     def headline(self) -> str:
-        value = f"Allocatable {RESOURCE} = {self.allocatable}"
+        value = f"Allocatable {self.resource} = {self.allocatable}"
         expected = f" (expected {self.expected})" if self.expected is not None else ""
         if self.kind == "ok":
             return f"{value}: OK"
@@ -184,8 +188,8 @@ class NodeResult:
             return f"node {self.node} is not in the cluster: could not check"
         if self.kind == "absent":
             return (
-                f"Allocatable {RESOURCE} absent{expected}: no device plugin has registered "
-                f"{RESOURCE} on this node since its kubelet started"
+                f"Allocatable {self.resource} absent{expected}: no device plugin has registered "
+                f"{self.resource} on this node since its kubelet started"
             )
         if self.kind == "zero":
             return f"{value}{expected}: the device plugin is gone or every GPU is unhealthy (F9)"
@@ -233,7 +237,13 @@ def quick_result(node: NodeObservation, expect: int | None) -> NodeResult:
         )
     expected, source = expectation(node, expect)
     allocatable, capacity = quantity(node.allocatable), quantity(node.capacity)
-    common = {"allocatable": allocatable, "capacity": capacity, "expected": expected, "expected_from": source}
+    common = {
+        "allocatable": allocatable,
+        "capacity": capacity,
+        "expected": expected,
+        "expected_from": source,
+        "resource": node.resource,
+    }
     if node.allocatable is None:
         kind: ResultKind = "ok" if expected == 0 else "absent"
         if kind == "ok":
@@ -412,6 +422,7 @@ def explain(verdict: NodeResult, node: NodeObservation, plugin: PluginEvidence |
         unhealthy,
         cause,
         fix,
+        verdict.resource,
     )
 
 

@@ -41,6 +41,19 @@ def plan_containerd_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
     if facts.is_k3s:
         return _plan_k3s(node, wanted, plan)
     containerd = facts.containerd
+    for path in (containerd.config_path, wanted.dropin_path):
+        problem = facts.not_a_file(path)
+        if problem is not None:
+            plan.failed = problem + ". Nothing was written"
+            return plan
+    if containerd.binary is None and settings.install_containerd:
+        # A dry run: the container-runtime step installs it first; a run plans this step
+        # from the host as it is afterwards.
+        plan.changes.append(
+            f'add runtime "{wanted.runtime_name}" -> {wanted.binary_name} to the config the '
+            "container-runtime step writes (the files are planned once containerd is installed)"
+        )
+        return plan
     if containerd.binary is None or containerd.version_text is None:
         plan.failed = (
             "containerd is not installed on this host; gpunode configures the containerd "
@@ -82,7 +95,18 @@ def plan_containerd_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
                 + " Fix: look for another file in `imports` that overrides the runtime"
             )
         return plan
-    writes = tuple(FileWrite(change.path, change.new_text) for change in merge.files if change.changed)
+    # A drop-in carries tables taken from config.toml (containerd 1.x replaces a plugin table
+    # from an import wholesale, registry credentials included): it is no more readable than
+    # config.toml. config.toml itself keeps its own mode and owner (remote_files).
+    writes = tuple(
+        FileWrite(
+            change.path,
+            change.new_text,
+            mode_from=None if change.path == containerd.config_path else containerd.config_path,
+        )
+        for change in merge.files
+        if change.changed
+    )
     plan.diff = merge.diff
     plan.changes.append(
         f'add runtime "{wanted.runtime_name}" -> {wanted.binary_name}: write ' + ", ".join(w.path for w in writes)

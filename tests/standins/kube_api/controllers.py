@@ -1,7 +1,7 @@
 """The cluster's moving parts that gpunode's checks read the results of.
 
 - DaemonSet controller: which nodes a DaemonSet should run on (node selector, required
-  node affinity, NoSchedule/NoExecute taints against tolerations: FIELD-NOTES F15), one
+  node affinity, NoSchedule/NoExecute taints against tolerations: F15 in docs/failure-modes.md), one
   pod per such node, RollingUpdate (maxUnavailable) or OnDelete replacement when the
   template changes, and the status `kubectl rollout status` reads.
 - Scheduler: binds pods that have no node (a DaemonSet's pods, a verify workload pod) to a

@@ -45,7 +45,6 @@ def v3_group_version(types: list[ResourceType], gv_path: str) -> JSON | None:
                 "requestBody": {
                     "content": {
                         "application/apply-patch+yaml": {"schema": {"type": "object"}},
-                        "application/json-patch+json": {"schema": {"type": "object"}},
                         "application/merge-patch+json": {"schema": {"type": "object"}},
                         "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
                     }

@@ -1,4 +1,6 @@
-"""The three client patch formats kubectl sends: strategic merge, JSON merge, JSON patch.
+"""The client patch formats gpunode's tests send through kubectl: strategic merge (`kubectl
+cordon`, `kubectl patch` without --type) and JSON merge (gpunode's own `kubectl patch
+--type=merge`); no JSON patch, which nothing here sends.
 
 Strategic merge follows each field's `x-kubernetes-patch-merge-key` and
 `x-kubernetes-patch-strategy` from the schema (k8s_schema): lists of maps with a merge
@@ -131,117 +133,6 @@ def json_merge_patch(original: Any, patch: Any) -> Any:
         else:
             result[key] = json_merge_patch(result.get(key), value)
     return result
-
-
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise PatchError(f"JSON pointer must start with '/': {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _parent(doc: Any, parts: list[str], op: str) -> Any:
-    cur = doc
-    for part in parts[:-1]:
-        if isinstance(cur, dict):
-            if part not in cur:
-                raise PatchError(f'doc is missing path: "/{"/".join(parts)}": missing value')
-            cur = cur[part]
-        elif isinstance(cur, list):
-            try:
-                cur = cur[int(part)]
-            except (ValueError, IndexError) as exc:
-                raise PatchError(f"unable to access invalid index: {part}") from exc
-        else:
-            raise PatchError(f"{op} operation does not apply: doc is missing path")
-    return cur
-
-
-def _json_get(doc: Any, parts: list[str]) -> Any:
-    cur = doc
-    for part in parts:
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            raise PatchError(f'doc is missing path: "/{"/".join(parts)}": missing value')
-    return cur
-
-
-def _json_add(doc: Any, parts: list[str], value: Any, replace: bool) -> Any:
-    if not parts:
-        return copy.deepcopy(value)
-    parent = _parent(doc, parts, "add")
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if replace and last not in parent:
-            raise PatchError(f"replace operation does not apply: doc is missing key: /{'/'.join(parts)}: missing value")
-        parent[last] = copy.deepcopy(value)
-    elif isinstance(parent, list):
-        if last == "-" and not replace:
-            parent.append(copy.deepcopy(value))
-        else:
-            try:
-                idx = int(last)
-            except ValueError as exc:
-                raise PatchError(f"unable to access invalid index: {last}") from exc
-            if replace:
-                if idx >= len(parent):
-                    raise PatchError(
-                        f"replace operation does not apply: doc is missing key: /{'/'.join(parts)}: missing value"
-                    )
-                parent[idx] = copy.deepcopy(value)
-            else:
-                if idx > len(parent):
-                    raise PatchError(f"add operation does not apply: index out of range: {idx}")
-                parent.insert(idx, copy.deepcopy(value))
-    else:
-        raise PatchError("add operation does not apply: doc is missing path")
-    return doc
-
-
-def _json_remove(doc: Any, parts: list[str]) -> Any:
-    parent = _parent(doc, parts, "remove")
-    last = parts[-1] if parts else ""
-    if isinstance(parent, dict) and last in parent:
-        del parent[last]
-    elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-        del parent[int(last)]
-    else:
-        raise PatchError(f'remove operation does not apply: doc is missing path: "/{"/".join(parts)}"')
-    return doc
-
-
-def json_patch(original: Any, operations: Any) -> Any:
-    """RFC 6902."""
-    if not isinstance(operations, list):
-        raise PatchError("json patch must be a list of operations")
-    doc = copy.deepcopy(original)
-    for op in operations:
-        if not isinstance(op, dict) or "op" not in op:
-            raise PatchError(f"invalid json patch operation: {op!r}")
-        kind = op["op"]
-        parts = _pointer(op.get("path", ""))
-        if kind == "add":
-            doc = _json_add(doc, parts, op.get("value"), replace=False)
-        elif kind == "replace":
-            doc = _json_add(doc, parts, op.get("value"), replace=True)
-        elif kind == "remove":
-            doc = _json_remove(doc, parts)
-        elif kind in ("move", "copy"):
-            source = _pointer(op.get("from", ""))
-            value = copy.deepcopy(_json_get(doc, source))
-            if kind == "move":
-                doc = _json_remove(doc, source)
-            doc = _json_add(doc, parts, value, replace=False)
-        elif kind == "test":
-            if _json_get(doc, parts) != op.get("value"):
-                raise PatchError(f"testing value /{'/'.join(parts)} failed: test failed")
-        else:
-            raise PatchError(f"Unexpected kind: {kind}")
-    return doc
 
 
 def decode_json(body: bytes) -> Any:

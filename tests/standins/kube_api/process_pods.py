@@ -17,7 +17,7 @@ volumeMount is a symlink at its mountPath to the volume's host path, or to what
 absolute paths at, under or above a mountPath are translated into that root (so
 LD_LIBRARY_PATH=/usr/local/lib finds the mounted libnvidia-ml.so.1). A hostPath whose
 `type` (File, Directory, Socket...) does not match what is there fails like the kubelet:
-the pod stays ContainerCreating with a FailedMount event (FIELD-NOTES F2).
+the pod stays ContainerCreating with a FailedMount event (F2, docs/failure-modes.md).
 
 Two hooks let a test play a node's container runtime in more detail (both optional):
 `resolve_host_path(pod, host_path)` maps a hostPath per pod (None: `host_paths`, then the

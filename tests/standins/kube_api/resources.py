@@ -86,7 +86,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
         verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
     ),
     _core("Node", "nodes", False, short_names=("no",), subresources=("status",)),
-    _core("Pod", "pods", True, short_names=("po",), categories=("all",), subresources=("status", "log")),
+    _core("Pod", "pods", True, short_names=("po",), categories=("all",), subresources=("status", "log", "eviction")),
     _core("Event", "events", True, short_names=("ev",)),
     _core("ConfigMap", "configmaps", True, short_names=("cm",)),
     _core("ServiceAccount", "serviceaccounts", True, short_names=("sa",)),
@@ -105,6 +105,18 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
         tracks_generation=True,
     ),
     ResourceType("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", False),
+    # gpunode's rollout reads budgets and evicts through them (disruption.py).
+    ResourceType(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        True,
+        short_names=("pdb",),
+        subresources=("status",),
+        tracks_generation=True,
+    ),
     ResourceType("events.k8s.io", "v1", "Event", "events", "event", True, short_names=("ev",), storage=("", "events")),
     ResourceType(
         "scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", False, short_names=("pc",)
@@ -233,18 +245,29 @@ def legacy_resource_list(types: list[ResourceType], group: str, version: str) ->
             entry["categories"] = list(rt.categories)
         resources.append(entry)
         for sub in rt.subresources:
-            verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
+            sub_group, sub_version, sub_kind, verbs = _subresource(rt, sub)
             resources.append(
                 {
                     "name": f"{rt.plural}/{sub}",
                     "singularName": "",
                     "namespaced": rt.namespaced,
-                    "kind": rt.kind,
-                    "verbs": verbs,
+                    "kind": sub_kind,
+                    "verbs": list(verbs),
                 }
             )
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+
+# Subresources whose kind is not their parent's: (group, version, kind, verbs).
+_SUBRESOURCE_KINDS = {
+    "log": ("", "v1", "Pod", ("get",)),
+    "eviction": ("policy", "v1", "Eviction", ("create",)),
+}
+
+
+def _subresource(rt: ResourceType, sub: str) -> tuple[str, str, str, tuple[str, ...]]:
+    return _SUBRESOURCE_KINDS.get(sub, (rt.group, rt.version, rt.kind, ("get", "patch", "update")))
 
 
 def aggregated_discovery(types: list[ResourceType], legacy: bool) -> JSON:
@@ -275,16 +298,12 @@ def aggregated_discovery(types: list[ResourceType], legacy: bool) -> JSON:
                     entry["categories"] = list(rt.categories)
                 subs = []
                 for sub in rt.subresources:
-                    kind = "Pod" if sub == "log" else rt.kind
+                    sub_group, sub_version, sub_kind, verbs = _subresource(rt, sub)
                     subs.append(
                         {
                             "subresource": sub,
-                            "responseKind": {
-                                "group": "" if sub == "log" else group,
-                                "version": "v1" if sub == "log" else version,
-                                "kind": kind,
-                            },
-                            "verbs": ["get"] if sub == "log" else ["get", "patch", "update"],
+                            "responseKind": {"group": sub_group, "version": sub_version, "kind": sub_kind},
+                            "verbs": list(verbs),
                         }
                     )
                 if subs:

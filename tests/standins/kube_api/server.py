@@ -3,7 +3,7 @@
 It speaks the Kubernetes REST protocol as kubectl uses it over HTTP/1.1 + TLS:
 discovery (aggregated apidiscovery.k8s.io/v2 when asked for, else the legacy documents),
 OpenAPI v3 (only what kubectl's field-validation probe reads), CRUD and PATCH on resource
-paths, watch as a chunked stream of JSON events, pods/log, server-side Table printing.
+paths, watch as a chunked stream of JSON events, pods/log.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import errors, openapi, protobuf, resources, tables
+from . import disruption, errors, openapi, resources
 from .resources import ResourceType
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import APPLY_PATCH, ListOptions, WatchEvent
@@ -168,8 +168,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _serve(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            body = self._read_chunked()  # kubectl sends a body read from stdin (-f -) this way
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         self.record = RequestRecord(
             method=self.command,
@@ -212,6 +215,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_error(errors.bad_request(str(err)))
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
+
+    def _read_chunked(self) -> bytes:
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers, up to the empty line
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after each chunk
 
     def _authorised(self, path: str) -> bool:
         auth = self.headers.get("Authorization")
@@ -329,9 +343,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             obj = store.get(rt, namespace, str(name))
             self._send_object(rt, obj)
             return
+        if method == "POST" and sub == "eviction" and name is not None:
+            code, status = disruption.evict(store, namespace or "", name, self._decode(body), dry_run)
+            self._send_json(code, status)
+            return
         if method == "POST" and name is None:
             if content_type == "application/vnd.kubernetes.protobuf":
-                body = self._protobuf_to_json(rt, body)
+                # Not served: gpunode sends JSON only (module docstring of standin.py).
+                raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
             created = store.create(rt, namespace, self._decode(body), manager, dry_run)
             self._send_json(201, created)
             return
@@ -381,22 +400,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raise errors.method_not_allowed()
 
     @staticmethod
-    def _protobuf_to_json(rt: ResourceType, body: bytes) -> bytes:
-        supported = ("SelfSubjectAccessReview", "Namespace", "ServiceAccount", "ConfigMap", "Secret")
-        if rt.kind not in supported or rt.custom:
-            raise errors.unsupported_media_type(
-                "application/vnd.kubernetes.protobuf", ["application/json", "application/yaml"]
-            )
-        try:
-            if rt.kind == "SelfSubjectAccessReview":
-                doc = {"metadata": {}, "spec": protobuf.decode_access_review(body)}
-            else:
-                doc = protobuf.decode_object(rt.kind, body)
-        except ValueError as exc:
-            raise errors.bad_request(f"unable to decode protobuf body: {exc}") from exc
-        return json.dumps({"apiVersion": rt.api_version, "kind": rt.kind, **doc}).encode()
-
-    @staticmethod
     def _decode(body: bytes) -> Any:
         try:
             return json.loads(body or b"{}")
@@ -413,42 +416,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fields = self.standin.store.normalise_fields(rt, parse_field_selector(query.get("fieldSelector")))
         return ListOptions(namespace, labels, fields)
 
-    def _wants_table(self) -> bool:
-        return "as=Table" in self.headers.get("Accept", "")
-
     def _send_object(self, rt: ResourceType, obj: JSON) -> None:
-        if self._wants_table():
-            table = tables.to_table(
-                rt,
-                [obj],
-                {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
-                self._include(),
-                self._core_views(rt, [obj]),
-            )
-            self._send_json(200, table, "application/json;as=Table;v=v1;g=meta.k8s.io")
-            return
         self._send_json(200, obj)
-
-    def _include(self) -> str:
-        query = parse_qs(urlsplit(self.path).query)
-        return (query.get("includeObject") or ["Metadata"])[-1]
-
-    def _core_views(self, rt: ResourceType, objs: list[JSON]) -> list[JSON] | None:
-        if rt.group != "events.k8s.io":
-            return None
-        from .events import from_events_v1
-
-        return [from_events_v1(o) for o in objs]
 
     def _list(self, rt: ResourceType, opts: ListOptions, query: dict[str, str]) -> None:
         limit = int(query.get("limit") or 0)
         doc = self.standin.store.list(rt, opts, limit, query.get("continue", ""))
-        if self._wants_table():
-            table = tables.to_table(
-                rt, doc["items"], doc["metadata"], self._include(), self._core_views(rt, doc["items"])
-            )
-            self._send_json(200, table, "application/json;as=Table;v=v1;g=meta.k8s.io")
-            return
         self._send_json(200, doc)
 
     def _delete_collection(

@@ -5,8 +5,26 @@
         subprocess.run(["kubectl", "--kubeconfig", str(api.kubeconfig_path), "get", "nodes"])
 
 Writes made here (add_node, create, set_pod_phase...) go through the same admission,
-controllers and watch streams as kubectl's, so a `kubectl rollout status` or
-`kubectl wait` running meanwhile sees them.
+controllers and watch streams as kubectl's, so a `kubectl wait` running meanwhile sees them.
+
+What it serves is what gpunode sends (`kubectl get -o json` with label and field
+selectors, `api-resources`, `apply --server-side`, `patch --type=merge`, `create -f -`,
+`create --raw` for evictions, `delete`, `logs --tail/--previous`) and the plugin's node
+GET, PATCH and watch. Kept beyond that, each for a reason:
+
+- strategic merge patch: `kubectl cordon`, which the rollout tests run as an operator
+  would, sends one;
+- watch streams on every list: the plugin watches its node, and the tests wait with
+  `kubectl wait` and `rollout status` instead of polling;
+- the controllers (DaemonSet, scheduler, disruption, garbage collection) and admission
+  defaults: what gpunode reads back (DaemonSet status, events, pods bound or Pending,
+  PodDisruptionBudgets) only exists because a real cluster's controllers write it;
+- OpenAPI v3 documents and discovery: kubectl refuses to apply without them;
+- `events.k8s.io/v1`: kubectl describe reads events through it.
+
+Not served, since nothing here sends them: server-side Table printing (`kubectl get`
+without `-o` shows kubectl's own NAME/AGE columns), JSON patch (`--type=json`, answered
+415) and protobuf bodies (`kubectl create namespace|serviceaccount`, `auth can-i`).
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from . import errors
+from . import disruption, errors
 from .certs import tls_material
 from .controllers import Controllers
 from .kubectl import kubectl_binary
@@ -118,6 +136,7 @@ class KubeApiStandIn:
         self._kubectl = kubectl
         self.store = Store()
         self.controllers = Controllers(self.store)
+        self.store.controllers.append(lambda: disruption.sync_budgets(self.store))
         self.store.after_write.append(self._after_write)
         self._request_log: list[RequestRecord] = []
         self._log_lock = threading.Lock()

@@ -40,7 +40,6 @@ JSON = dict[str, Any]
 APPLY_PATCH = "application/apply-patch+yaml"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 
 GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 HISTORY_LIMIT = 20000
@@ -491,26 +490,21 @@ class Store:
                 return self._apply(rt, namespace, name, old, body, manager, force, subresource, dry_run)
             if old is None:
                 raise errors.not_found(rt, name)
-            accepted = [JSON_PATCH, MERGE_PATCH, APPLY_PATCH]
+            # No JSON patch (RFC 6902): gpunode never sends one (standin.py's docstring).
+            accepted = [MERGE_PATCH, APPLY_PATCH]
             if not srt.custom:
-                accepted.insert(2, STRATEGIC_PATCH)
+                accepted.insert(1, STRATEGIC_PATCH)
             if content_type not in accepted:
                 raise errors.unsupported_media_type(content_type, accepted)
             current = self._view(rt, old)
             try:
                 doc = patches.decode_json(body)
-                if content_type == JSON_PATCH:
-                    new = patches.json_patch(current, doc)
-                elif content_type == MERGE_PATCH:
+                if content_type == MERGE_PATCH:
                     new = patches.json_merge_patch(current, doc)
                 else:
                     new = patches.strategic_merge(current, doc, self.schema_root(srt))
             except patches.PatchError as exc:
-                raise errors.ApiError(
-                    422 if content_type == JSON_PATCH else 400,
-                    "Invalid" if content_type == JSON_PATCH else "BadRequest",
-                    str(exc),
-                ) from exc
+                raise errors.ApiError(400, "BadRequest", str(exc)) from exc
             if not isinstance(new, dict):
                 raise errors.bad_request("patch did not produce an object")
             new = self._incoming(rt, new, namespace)
