@@ -295,6 +295,9 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     tracker = new_tracker(resources)
     monitor = _start_health(config, inventory, tracker)
 
+    from gpunode.plugin.gpu_conditions import ConditionWatch
+
+    ConditionWatch(inventory, config.node_labels_interval).start()
     labels_in_force = {"config": config, "inventory": inventory}
     labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:

@@ -127,6 +127,14 @@ def _confirm(plan: str) -> bool:
     default=None,
     help="Go on when the host has no NVIDIA GPU (testing, image building).",
 )
+@click.option(
+    "--install-containerd",
+    is_flag=True,
+    default=None,
+    help="A host without a container runtime gets the distribution's containerd (Debian, Ubuntu), "
+    "configured from `containerd config default` with runc's SystemdCgroup matching the init system, "
+    "as kubeadm's documentation says. Without it, such a host is refused before any change.",
+)
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
 @click.option(
