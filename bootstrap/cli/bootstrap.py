@@ -379,7 +379,8 @@ def _outcome(
     body: dict[str, Any] = {"hosts": [r.as_dict(dry_run) for r in reports]}
     if rollout is not None:
         body["rollout"] = rollout
-        text += "\n" + format_rollout(rollout, dry_run=dry_run)
+        # Before the hosts' steps, so that a host's last step (verify) still ends the text.
+        text = format_rollout(rollout, dry_run=dry_run).lstrip("\n") + "\n\n" + text
     if dry_run and plan:
         text += "\n\nThe plan, with file diffs:\n" + plan
     ok = stopped is None and all(report.ok for report in reports)
