@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conftest import test_cache_dir  # noqa: E402
 from image_world import CONSOLE_SCRIPT, ImageWorld, wait_exit  # noqa: E402
-from results import load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
 from standins.containerd_instance import ContainerdInstance  # noqa: E402
 from standins.fake_nvml import build_fake_nvml  # noqa: E402
 
@@ -82,7 +82,8 @@ def process_registers(library: Path) -> list[float]:
         nvml = FakeNvml(root / "gpu", library, FakeNvmlConfig.uniform(2))
         kubelet = KubeletStandIn(root / "dp")
         kubelet.start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
+        # As installed: with bytecode (the image's packages come compiled too).
+        env = {k: v for k, v in installed_cli_env().items() if not k.startswith(("GPUNODE_", "FAKE_NVML_"))}
         env.update(nvml.env())
         started = time.monotonic()
         proc = subprocess.Popen(
