@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from gpunode.bootstrap.core.containerd.effective import default_runtime_name
 from gpunode.bootstrap.core.doctor.evidence import JSON, DoctorCase
-from gpunode.bootstrap.core.doctor.rules_host import effective_config, library_evidence, runtime_name_for
+from gpunode.bootstrap.core.doctor.rules_host import library_evidence
+from gpunode.bootstrap.core.doctor.rules_runtime import effective_config, runtime_name_for
 from gpunode.bootstrap.core.kube.view import HostPathMount, container_env, host_path_mounts, is_privileged
 from gpunode.bootstrap.core.nvml.library import LibraryProblem, choose_nvml_library, driver_version_of
 from gpunode.bootstrap.core.plugin_log import InitFailure
