@@ -186,6 +186,68 @@ def _config_for(base: PluginConfig, choice: Choice, directory: Path, explicit: f
     return apply_file(base, file, explicit)
 
 
+def _initial_node_config(
+    base: PluginConfig, node_configs: NodeConfigs, explicit: frozenset[str], holder: list[Callable[[Choice], None]]
+) -> tuple[Any, Choice, PluginConfig]:
+    """Per-node config at start: the watcher (not started yet; it calls holder[0] once the
+    plugin is up), the config the node's label chooses, and the settings with it. A choice
+    that cannot be used stops the plugin (ConfigError), logged as config_rejected."""
+    from gpunode.plugin.config_source import NodeConfigWatcher
+    from gpunode.plugin.kube_client import KubeClient, find_credentials
+
+    watcher = NodeConfigWatcher(
+        KubeClient(find_credentials()),
+        node_configs.node_name,
+        node_configs.label,
+        node_configs.directory,
+        node_configs.default,
+        lambda c: holder[0](c) if holder else None,
+    )
+    choice = watcher.initial()
+    if choice.problem is not None:
+        log_event("config_rejected", config=choice.label, reason="missing", error=choice.problem)
+        raise ConfigError(f"{choice.problem}. Fix: label the node with a config the ConfigMap has, or remove the label")
+    try:
+        config = _config_for(base, choice, node_configs.directory, explicit)
+    except ConfigError as exc:
+        log_event("config_rejected", config=choice.name, reason="invalid", error=str(exc))
+        raise
+    log_event("config_selected", config=choice.name or "none", label=choice.label, node=node_configs.node_name)
+    return watcher, choice, config
+
+
+def _start_health(config: PluginConfig, inventory: Inventory, tracker: Any) -> Any:
+    """The XID watch feeding `tracker`; None when health checks are off or NVML has no events."""
+    import pynvml
+
+    from gpunode.plugin.health import HealthMonitor
+    from gpunode.plugin.nvml import XidEventSet
+
+    if not config.health_checks:
+        log_event("health_checks", enabled="false")
+        return None
+    gpu_uuids = list(dict.fromkeys(gpu.uuid for gpu in inventory.gpus))
+    # Registered before the kubelet hears of us: no XID after registration is missed.
+    try:
+        events = XidEventSet(gpu_uuids)
+    except pynvml.NVMLError as exc:
+        # Devices work without XID events (some virtualised GPUs have none): serve them,
+        # and say loudly that their health is not watched.
+        log_event("health_checks", enabled="false", reason="nvml_events_unavailable", error=str(exc))
+        return None
+    log_event(
+        "health_checks",
+        watched=len(events.watched),
+        unsupported=",".join(events.unsupported) or None,
+        ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
+        fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
+        recovery_seconds=f"{config.health_recovery_seconds:g}",
+    )
+    monitor = HealthMonitor(tracker, events)
+    monitor.start()
+    return monitor
+
+
 def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explicit: frozenset[str] = frozenset()) -> int:
     """Run the plugin; returns the process exit code."""
     metrics = Metrics()
@@ -200,34 +262,11 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
                 "choose a free --metrics-addr, or leave it empty"
             ) from exc
     base = config
-    watcher = None
+    watcher: Any = None
     choice: Choice | None = None
+    holder: list[Callable[[Choice], None]] = []
     if node_configs is not None:
-        from gpunode.plugin.config_source import NodeConfigWatcher
-        from gpunode.plugin.kube_client import KubeClient, find_credentials
-
-        client = KubeClient(find_credentials())
-        holder: list[Callable[[Choice], None]] = []
-        watcher = NodeConfigWatcher(
-            client,
-            node_configs.node_name,
-            node_configs.label,
-            node_configs.directory,
-            node_configs.default,
-            lambda c: holder[0](c) if holder else None,
-        )
-        choice = watcher.initial()
-        if choice.problem is not None:
-            log_event("config_rejected", config=choice.label, reason="missing", error=choice.problem)
-            raise ConfigError(
-                f"{choice.problem}. Fix: label the node with a config the ConfigMap has, or remove the label"
-            )
-        try:
-            config = _config_for(base, choice, node_configs.directory, explicit)
-        except ConfigError as exc:
-            log_event("config_rejected", config=choice.name, reason="invalid", error=str(exc))
-            raise
-        log_event("config_selected", config=choice.name or "none", label=choice.label, node=node_configs.node_name)
+        watcher, choice, config = _initial_node_config(base, node_configs, explicit, holder)
     try:
         inventory, resources = load_devices(config)
     except NvmlInitError as exc:
@@ -243,10 +282,7 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     _wait_for_mps(config, resources)
 
     # grpc is imported only now: a plugin that fails above stays small and quick.
-    import pynvml
-
-    from gpunode.plugin.health import HealthMonitor, HealthTracker
-    from gpunode.plugin.nvml import XidEventSet
+    from gpunode.plugin.health import HealthTracker
     from gpunode.plugin.server import PluginManager
 
     _log_start(config, inventory, resources)
@@ -257,30 +293,11 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
         )
 
     tracker = new_tracker(resources)
-    monitor = None
-    if config.health_checks:
-        gpu_uuids = list(dict.fromkeys(gpu.uuid for gpu in inventory.gpus))
-        # Registered before the kubelet hears of us: no XID after registration is missed.
-        try:
-            events = XidEventSet(gpu_uuids)
-        except pynvml.NVMLError as exc:
-            # Devices work without XID events (some virtualised GPUs have none): serve them,
-            # and say loudly that their health is not watched.
-            log_event("health_checks", enabled="false", reason="nvml_events_unavailable", error=str(exc))
-        else:
-            log_event(
-                "health_checks",
-                watched=len(events.watched),
-                unsupported=",".join(events.unsupported) or None,
-                ignored_xids=",".join(map(str, sorted(config.health_ignore_xids))) or None,
-                fatal_xids=",".join(map(str, sorted(config.health_fatal_xids))) or None,
-                recovery_seconds=f"{config.health_recovery_seconds:g}",
-            )
-            monitor = HealthMonitor(tracker, events)
-            monitor.start()
-    else:
-        log_event("health_checks", enabled="false")
+    monitor = _start_health(config, inventory, tracker)
 
+    from gpunode.plugin.gpu_conditions import ConditionWatch
+
+    ConditionWatch(inventory, config.node_labels_interval).start()
     labels_in_force = {"config": config, "inventory": inventory}
     labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:

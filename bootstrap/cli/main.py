@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from gpunode.bootstrap.cli.agent import agent
 from gpunode.bootstrap.cli.bootstrap import bootstrap
 from gpunode.bootstrap.cli.contract import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractGroup
 from gpunode.bootstrap.cli.doctor import doctor
@@ -46,6 +47,7 @@ cli.add_command(doctor)
 cli.add_command(verify)
 cli.add_command(plugin_group)
 cli.add_command(image)
+cli.add_command(agent)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from click.core import ParameterSource
 from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
 from gpunode.bootstrap.cli.kube_options import parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.render_agent import agent_command
 from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.cli.render_dashboard import dashboard_command
@@ -204,3 +205,4 @@ def render(
 render.add_command(containerd_command)
 render.add_command(alerts_command)
 render.add_command(dashboard_command)
+render.add_command(agent_command)

@@ -93,6 +93,15 @@ class ClusterReader:
         """Raises ClusterUnreachable / ClusterAuthError / UserError when the cluster cannot be
         read at all; everything after the first answer degrades to gaps."""
         nodes = self.kubectl.list("nodes")  # the first call: unreachable/unauthorized raise here
+        return self._snapshot({name_of(n): n for n in nodes})
+
+    def node_snapshot(self, node_name: str) -> ClusterSnapshot:
+        """What one node's view needs, without listing every node: the agent on each of a
+        thousand nodes reads its own Node, not the whole fleet's."""
+        node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
+        return self._snapshot({node_name: node} if node is not None else {})
+
+    def _snapshot(self, nodes: dict[str, JSON]) -> ClusterSnapshot:
         with ThreadPoolExecutor(max_workers=3) as pool:
             daemonsets_job = pool.submit(self._optional_list, "daemonsets", all_namespaces=True)
             classes_job = pool.submit(self._optional_list, "runtimeclasses.node.k8s.io")
@@ -111,7 +120,7 @@ class ClusterReader:
             policy_list = policies
         plugin_daemonsets = [d for d in (daemonsets if isinstance(daemonsets, list) else []) if is_gpu_device_plugin(d)]
         return ClusterSnapshot(
-            nodes={name_of(n): n for n in nodes},
+            nodes=nodes,
             daemonsets=plugin_daemonsets,
             runtime_classes=runtime_classes if isinstance(runtime_classes, list) else [],
             cluster_policies=policy_list,

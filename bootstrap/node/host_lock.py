@@ -89,9 +89,12 @@ class HostLock:
             status = channel.recv_exit_status()
             rest = first
             channel.close()
-        elif self.host.name == "@local":
+        elif self.host.name == "@local" or callable(getattr(self.host.connector, "argv", None)):
+            # @local, or a connector that runs local processes in the host (@nsenter/PID).
+            wrap = getattr(self.host.connector, "argv", None)
+            argv: list[str] = wrap(self._command()) if callable(wrap) else ["sh", "-c", self._command()]
             process = subprocess.Popen(
-                ["sh", "-c", self._command()],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -104,8 +107,8 @@ class HostLock:
             rest = first
         else:
             raise HostStateError(
-                f"{self.host.name}: gpunode can lock only SSH and @local hosts.",
-                fix="use an SSH target (user@host) or @local",
+                f"{self.host.name}: gpunode can lock only SSH, @local and @nsenter hosts.",
+                fix="use an SSH target (user@host), @local or @nsenter/PID",
             )
         if status == LOCKED_ELSEWHERE:
             raise TransientError(

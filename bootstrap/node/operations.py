@@ -18,8 +18,9 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from gpunode.bootstrap.node.containerd_apply import apply_runtime_change
+from gpunode.bootstrap.node.containerd_install import install_containerd
 from gpunode.bootstrap.node.remote_files import sh, write_files_script
-from gpunode.bootstrap.node.steps.base import RuntimeChange, UploadFiles, WriteFiles
+from gpunode.bootstrap.node.steps.base import InstallContainerd, RuntimeChange, UploadFiles, WriteFiles
 
 
 def _expand(command: Any) -> Generator[Any, None, None]:
@@ -46,6 +47,8 @@ def _expand(command: Any) -> Generator[Any, None, None]:
                 "messages": command.messages,
             },
         )
+    elif isinstance(command, InstallContainerd):
+        yield FunctionCommand(install_containerd, (), {"change": command})
     else:
         yield command
 

@@ -93,8 +93,16 @@ def gpus_for(bus_ids: list[str], name: str = "NVIDIA A100 80GB PCIe") -> tuple[F
 
 class SimulatedNode:
     def __init__(
-        self, api: KubeApiStandIn, host: DebianHost, workdir: Path, nvml_lib_dir: Path, gpus: tuple[FakeGpu, ...]
+        self,
+        api: KubeApiStandIn,
+        host: DebianHost,
+        workdir: Path,
+        nvml_lib_dir: Path,
+        gpus: tuple[FakeGpu, ...],
+        kubelet_dir: Path | None = None,
     ) -> None:
+        """`kubelet_dir`: where the kubelet stand-in serves its sockets; the host's own
+        device-plugins directory (through `host.root`) for tests that judge the host too."""
         self.api = api
         self.host = host
         self.node = host.name
@@ -103,7 +111,7 @@ class SimulatedNode:
         (workdir / "dev").mkdir(exist_ok=True)
         self.smi_dir = nvidia_smi_dir(workdir)
         self.nvml = FakeNvml(workdir / "nvml", nvml_lib_dir, FakeNvmlConfig(gpus=gpus))
-        self.kubelet = KubeletStandIn(workdir / "dp", on_update=self._publish)
+        self.kubelet = KubeletStandIn(kubelet_dir or workdir / "dp", on_update=self._publish)
         self.kubelet.start()
         self.mounted_libraries: list[str] = []  # library host paths that plugin pods mounted
         self._registrations_at_start: dict[str, int] = {}

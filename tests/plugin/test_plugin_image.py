@@ -13,7 +13,7 @@ from plugin_generate_api import REPO_ROOT
 
 CONTAINERFILE = REPO_ROOT / "Containerfile"
 # The four requirements' import names, and typing_extensions, which grpcio itself requires.
-IMAGE_PACKAGES = {"gpunode", "click", "grpc", "google", "pynvml", "typing_extensions", "prometheus_client"}
+IMAGE_PACKAGES = {"gpunode", "click", "grpc", "google", "pynvml", "typing_extensions", "prometheus_client", "yaml"}
 # Present here but not needed: grpc imports grpc_tools only if it happens to be installed
 # (here: the test extra); Cython's runtime modules and the venv's editable-install hooks.
 NOT_PACKAGES = ("grpc_tools", "cython_runtime", "_cython_", "__main__", "__editable__", "_distutils_hack")
@@ -32,7 +32,7 @@ def test_containerfile_selects_the_plugin_requirements_from_pyproject(tmp_path: 
     )
     assert result.returncode == 0, result.stderr
     names = [re.split(r"[<>=]", line)[0] for line in result.stdout.split()]
-    assert sorted(names) == ["click", "grpcio", "nvidia-ml-py", "prometheus_client", "protobuf"]
+    assert sorted(names) == ["click", "grpcio", "nvidia-ml-py", "prometheus_client", "protobuf", "pyyaml"]
     assert 'ENTRYPOINT ["python", "-m", "gpunode.plugin"]' in text and 'CMD ["serve"]' in text
     for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         assert (REPO_ROOT / source).exists(), source
@@ -42,7 +42,8 @@ def test_plugin_imports_only_what_the_image_installs() -> None:
     probe = (
         "import sys\n"
         "import gpunode.plugin.cli, gpunode.plugin.serve, gpunode.plugin.server, gpunode.plugin.health, "
-        "gpunode.plugin.inventory_view, gpunode.plugin.telemetry, gpunode.plugin.pod_attribution\n"
+        "gpunode.plugin.inventory_view, gpunode.plugin.telemetry, gpunode.plugin.pod_attribution, "
+        "gpunode.plugin.nvidia_config, gpunode.plugin.config_source, gpunode.plugin.kube_client\n"
         "outside = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - set(sys.builtin_module_names))\n"
         "print(' '.join(outside))\n"
     )

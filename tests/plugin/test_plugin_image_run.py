@@ -39,7 +39,16 @@ pytestmark = pytest.mark.slow
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "gpunode"
 DRIVER = "535.261.03"
-PLUGIN_PACKAGES = {"gpunode", "click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client", "typing_extensions"}
+PLUGIN_PACKAGES = {
+    "gpunode",
+    "click",
+    "grpcio",
+    "protobuf",
+    "nvidia-ml-py",
+    "prometheus_client",
+    "PyYAML",  # its metadata name
+    "typing_extensions",
+}
 
 
 def uuid(index: int) -> str:

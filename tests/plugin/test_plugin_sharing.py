@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir  # noqa: F401 (fixtures)
-from standins.fake_nvml import FakeGpu, FakeNvmlConfig
+from standins.fake_nvml import FakeGpu, FakeMig, FakeNvmlConfig
 from standins.kubelet import HEALTHY, UNHEALTHY, admission_event
 
 SHARED = "nvidia.com/gpu.shared"
@@ -377,3 +377,38 @@ def test_mps_waits_for_its_control_daemon_then_points_clients_at_it(harness: Plu
     with pytest.raises(grpc.RpcError) as refused:
         harness.kubelet.allocate(GPU, [f"{uuid(0)}::0", f"{uuid(0)}::1"])
     assert "maximum request size for shared resources is 1; found 2" in refused.value.details()
+
+
+def test_mig_devices_are_time_sliced_under_the_mixed_strategy(harness: PluginHarness) -> None:
+    harness.configure(
+        FakeNvmlConfig(
+            gpus=(FakeGpu(0, mig="1"), FakeGpu(1)),
+            migs=(FakeMig(0, gi=1, gi_slices=1, memory_mib=4864), FakeMig(0, gi=2, gi_slices=1, memory_mib=4864)),
+        )
+    )
+    config = write(
+        harness,
+        """\
+        version: v1
+        flags:
+          migStrategy: mixed
+        sharing:
+          timeSlicing:
+            resources:
+            - name: nvidia.com/mig-1g.5gb
+              replicas: 3
+        """,
+    )
+    harness.serve("--config-file", str(config), resource="nvidia.com/mig-1g.5gb")
+    harness.kubelet.wait_registered(GPU)
+    migs = [FakeMig(0, gi=g).resolved_uuid() for g in (1, 2)]
+    assert ids(harness, "nvidia.com/mig-1g.5gb") == [f"{m}::{n}" for m in migs for n in range(3)]
+    assert ids(harness) == [uuid(1)]  # the full GPU is not shared: the config names only the MIG resource
+    answer = harness.kubelet.allocate("nvidia.com/mig-1g.5gb", [f"{migs[1]}::2"]).container_responses[0]
+    assert dict(answer.envs) == {"NVIDIA_VISIBLE_DEVICES": migs[1]}
+    # An XID on one GPU instance takes that MIG device's replicas out, not the other's.
+    harness.nvml.inject_xid(0, 8, gi=2, ci=0)
+    devices = harness.kubelet.wait_devices(
+        "nvidia.com/mig-1g.5gb", lambda ds: sum(d.health == UNHEALTHY for d in ds) == 3, timeout=5
+    )
+    assert {d.id for d in devices if d.health == UNHEALTHY} == {f"{migs[1]}::{n}" for n in range(3)}

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 from packaging.requirements import Requirement
 
 # The plugin's own runtime dependencies, as named in gpunode's metadata: never the operator
-# side (pyinfra, gevent, jinja2 ...). The Containerfile selects the same five.
-PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client")
+# side (pyinfra, gevent, jinja2 ...). The Containerfile selects the same six (pyyaml reads
+# NVIDIA's device plugin config file, --config-file and --config-dir).
+PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client", "pyyaml")
 
 # Bump when the way a base is produced changes in a way the recipe does not show.
 _FORMAT = 1

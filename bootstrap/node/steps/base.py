@@ -90,6 +90,22 @@ class RuntimeChange:
     messages: list[str] = field(compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class InstallContainerd:
+    """Install the distribution's containerd and give it kubeadm's config (--install-containerd).
+
+    Run by node.containerd_install at execute time: the config comes from the installed
+    binary's `containerd config default`, which exists only then.
+    """
+
+    install_commands: tuple[str, ...]
+    config_path: str
+    backup: str
+    has_systemd: bool
+    restart_command: str | None
+    messages: list[str] = field(compare=False, repr=False)
+
+
 @dataclass
 class StepPlan:
     name: str
