@@ -109,12 +109,6 @@ def test_the_host_is_pristine(pristine_host: DebianHost) -> None:
     assert pristine_host.exec("python3 --version").stdout.startswith("Python 3.11")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README's first command has no --install-containerd: on a host without a container runtime "
-    "preflight refuses (issue 17 item 3), so the dry run exits 1. Add the flag to README's first line, "
-    "then remove this mark (it fails as XPASS until then)",
-)
 def test_readme_first_command_exits_0_on_a_pristine_debian_12(pristine_host: DebianHost) -> None:
     command = readme_first_command()
     assert "gpunode bootstrap @local" in command, command
