@@ -8,7 +8,6 @@ imported here; NVML and gRPC come in with the command that needs them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +20,6 @@ from gpunode.plugin.config import (
     DEFAULT_KUBELET_DIR,
     DEFAULT_RECOVERY_SECONDS,
     DEFAULT_RESOURCE_NAME,
-    SERVICE_ACCOUNT_DIR,
     ConfigError,
     PluginConfig,
     parse_metrics_addr,
@@ -342,8 +340,6 @@ def serve_command(
         node_labels_interval=node_labels_interval,
         nfd_features_dir=nfd_features_dir,
         machine_type_file=machine_type_file,
-        # Not a flag: the pod's mount point; tests point it elsewhere.
-        service_account_dir=Path(os.environ.get("GPUNODE_SERVICE_ACCOUNT_DIR", str(SERVICE_ACCOUNT_DIR))),
     )
     try:
         if config_file is not None:

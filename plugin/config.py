@@ -26,7 +26,6 @@ DEFAULT_RESOURCE_NAME = "nvidia.com/gpu"
 DEFAULT_IGNORED_XIDS = with_treatment("ignored")
 DEFAULT_FATAL_XIDS = with_treatment("fatal")
 DEFAULT_RECOVERY_SECONDS = 60.0
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 # A unix socket path must fit sockaddr_un.sun_path (108 bytes with the trailing NUL).
 MAX_SOCKET_PATH = 107
@@ -75,7 +74,6 @@ class PluginConfig:
     node_labels: NodeLabelsMode = "auto"
     node_labels_interval: float = 60.0
     nfd_features_dir: Path = Path("/etc/kubernetes/node-feature-discovery/features.d")
-    service_account_dir: Path = SERVICE_ACCOUNT_DIR
     machine_type_file: Path = Path("/sys/class/dmi/id/product_name")
 
     @property

@@ -3,9 +3,9 @@
 Two ways, chosen at start:
 - NFD runs on the node (its local feature directory exists): write NFD's feature file
   there (atomically); NFD's worker labels the node and removes what the file stops saying.
-- otherwise: patch this plugin's own Node through the API server with the pod's service
-  account (in-cluster config: KUBERNETES_SERVICE_HOST/PORT, the mounted token and CA),
-  which needs only `get` and `patch` on nodes. The client can only address its own node
+- otherwise: patch this plugin's own Node through the API server, with the credentials
+  kube_client finds as client-go does (KUBECONFIG, else the pod's service account), which
+  need only `get` and `patch` on nodes. The client can only address its own node
   (the name is fixed at start), and every key it writes or removes is checked against the
   closed list of keys it owns; labels it set before and no longer wants are removed (the
   list is kept in the gpunode.io/feature-labels annotation, as NFD keeps its own).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import ssl
 import threading
 import urllib.parse
@@ -29,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from gpunode.plugin.feature_labels import nfd_features_file, node_patch
+from gpunode.plugin.kube_client import KubeApiError as KubeUnreachable
+from gpunode.plugin.kube_client import KubeCredentials
 from gpunode.plugin.log import log_event
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 NFD_FEATURES_DIR = Path("/etc/kubernetes/node-feature-discovery/features.d")
 NFD_FILE_NAME = "gpunode"
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -51,26 +51,23 @@ class KubeApiError(Exception):
 class OwnNodeClient:
     """GET and JSON merge PATCH of one Node, the plugin's own, over HTTPS with a bearer token."""
 
-    def __init__(self, node_name: str, host: str, port: int, token_file: Path, ca_file: Path) -> None:
+    def __init__(self, node_name: str, credentials: KubeCredentials) -> None:
         if not node_name:
             raise ValueError("the node name is needed to label the node (GPUNODE_NODE_NAME from spec.nodeName)")
+        # The one path this client can address: its own node's.
         self._path = "/api/v1/nodes/" + urllib.parse.quote(node_name, safe="")
-        self._host, self._port = host, port
-        self._token_file = token_file
-        self._context = ssl.create_default_context(cafile=str(ca_file))
-
-    @classmethod
-    def in_cluster(cls, node_name: str, account_dir: Path = SERVICE_ACCOUNT_DIR) -> OwnNodeClient:
-        host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            raise ValueError("not in a pod: KUBERNETES_SERVICE_HOST is not set")
-        return cls(node_name, host, int(port), account_dir / "token", account_dir / "ca.crt")
+        self._credentials = credentials
+        url = urllib.parse.urlsplit(credentials.server)
+        self._host, self._port = url.hostname or "localhost", url.port or 443
+        cadata = credentials.ca_pem.decode() if credentials.ca_pem is not None else None
+        self._context = ssl.create_default_context(cadata=cadata)
 
     def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        # The token is read at every request: bound service account tokens are rotated.
-        token = self._token_file.read_text().strip()
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        # bearer() reads a token file again at every request: bound tokens are rotated.
+        headers = {"Accept": "application/json", "User-Agent": "gpunode-device-plugin"}
+        token = self._credentials.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -180,7 +177,7 @@ class NodeLabeller(threading.Thread):
             else:
                 self._problem("api_error", status=exc.status, error=str(exc))
             return
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+        except (KubeUnreachable, OSError, ValueError, http.client.HTTPException) as exc:
             self._problem("api_unreachable", error=str(exc))
             return
         self._problem(None)

@@ -120,15 +120,20 @@ def _start_node_labels(config: PluginConfig, in_force: dict[str, Any]) -> Any:
     `in_force` holds the config and inventory in force (a config switch replaces them);
     returns the labeller (None when off)."""
     from gpunode.plugin.feature_labels import feature_labels
-    from gpunode.plugin.node_labeller import NodeLabeller, OwnNodeClient
+    from gpunode.plugin.kube_client import find_credentials
+    from gpunode.plugin.node_labeller import RBAC_FIX, NodeLabeller, OwnNodeClient
     from gpunode.plugin.nvml import gpu_is_lost
 
     mode = config.node_labels
     if mode == "auto":
-        in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and bool(config.node_name)
-        mode = "nfd" if config.nfd_features_dir.is_dir() else ("node" if in_pod else "off")
+        has_api = bool(os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("KUBECONFIG"))
+        mode = "nfd" if config.nfd_features_dir.is_dir() else ("node" if has_api and config.node_name else "off")
     if mode == "off":
-        log_event("node_labels", state="off", reason="asked" if config.node_labels == "off" else "no NFD, not in a pod")
+        log_event(
+            "node_labels",
+            state="off",
+            reason="asked" if config.node_labels == "off" else "no NFD directory, no Kubernetes API or node name",
+        )
         return None
     try:
         machine = config.machine_type_file.read_text(errors="replace").strip()
@@ -137,7 +142,10 @@ def _start_node_labels(config: PluginConfig, in_force: dict[str, Any]) -> Any:
     client = None
     if mode == "node":
         try:
-            client = OwnNodeClient.in_cluster(config.node_name, config.service_account_dir)
+            client = OwnNodeClient(config.node_name, find_credentials())
+        except ConfigError:
+            log_event("node_labels", state="off", reason="no KUBECONFIG and no service account token", fix=RBAC_FIX)
+            return None
         except (ValueError, OSError) as exc:
             log_event("node_labels", state="off", reason=str(exc))
             return None
@@ -295,6 +303,9 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     tracker = new_tracker(resources)
     monitor = _start_health(config, inventory, tracker)
 
+    from gpunode.plugin.gpu_conditions import ConditionWatch
+
+    ConditionWatch(inventory, config.node_labels_interval).start()
     labels_in_force = {"config": config, "inventory": inventory}
     labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:

@@ -127,6 +127,14 @@ def _confirm(plan: str) -> bool:
     default=None,
     help="Go on when the host has no NVIDIA GPU (testing, image building).",
 )
+@click.option(
+    "--install-containerd",
+    is_flag=True,
+    default=None,
+    help="A host without a container runtime gets the distribution's containerd (Debian, Ubuntu), "
+    "configured from `containerd config default` with runc's SystemdCgroup matching the init system, "
+    "as kubeadm's documentation says. Without it, such a host is refused before any change.",
+)
 @click.option("--reboot", is_flag=True, default=None, help="Reboot hosts that need it and wait for them.")
 @click.option("--skip-cluster", is_flag=True, help="Node steps only: no kubectl, no verify.")
 @click.option(
@@ -308,6 +316,11 @@ def bootstrap(
             node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
+        from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
+
+        notice = unpublished_image_notice(plugin, image, settings.get("plugin_mode"), default_image_published())
+        if notice:
+            click.echo(f"gpunode: warning: {notice}", err=True)
         access = kube_access(
             kubeconfig=kubeconfig,
             kube_context=kube_context,
@@ -371,7 +384,8 @@ def _outcome(
     body: dict[str, Any] = {"hosts": [r.as_dict(dry_run) for r in reports]}
     if rollout is not None:
         body["rollout"] = rollout
-        text += "\n" + format_rollout(rollout, dry_run=dry_run)
+        # Before the hosts' steps, so that a host's last step (verify) still ends the text.
+        text = format_rollout(rollout, dry_run=dry_run).lstrip("\n") + "\n\n" + text
     if dry_run and plan:
         text += "\n\nThe plan, with file diffs:\n" + plan
     ok = stopped is None and all(report.ok for report in reports)

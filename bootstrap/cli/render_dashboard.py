@@ -21,7 +21,8 @@ def dashboard_command(output: str) -> Outcome:
     \b
     Import it in Grafana (Dashboards > New > Import), or put it in a provisioning folder:
       gpunode render dashboard > /var/lib/grafana/dashboards/gpunode.json
+
+    With --output json, the dashboard is the one item of the envelope's `documents`. Exit status 0.
     """
     dashboard = grafana_dashboard()
-    # --output json: the dashboard is the one document of the contract's envelope.
-    return Outcome(EXIT_OK, {"documents": [dashboard]}, json.dumps(dashboard, indent=2), verbatim=True)
+    return Outcome(EXIT_OK, {"documents": [dashboard]}, json.dumps(dashboard, indent=2) + "\n", verbatim=True)

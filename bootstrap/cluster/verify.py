@@ -11,15 +11,17 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl
 from gpunode.bootstrap.cluster.pods import log_of, pod_state
 from gpunode.bootstrap.cluster.rollout import INSTANCE_LABEL, placement_blockers
-from gpunode.bootstrap.core.kube.cluster_plan import RESOURCE
+from gpunode.bootstrap.core.kube.cluster_plan import GPU_COUNT_ANNOTATION, RESOURCE
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, render_verify_pod
+from gpunode.bootstrap.core.kube.plugin_config import CONFIG_LABEL, expected_allocatable
 from gpunode.bootstrap.core.kube.taints import Toleration
+from gpunode.bootstrap.core.kube.view import quantity
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
 from gpunode.bootstrap.core.verify.result import (
     NodeObservation,
@@ -92,6 +94,44 @@ def read_nodes(kubectl: Kubectl, names: Sequence[str]) -> dict[str, dict[str, An
     return {name: kubectl.get("node", name) for name in names}
 
 
+def shared_expectation(kubectl: Kubectl, name: str, node_obj: Mapping[str, Any]) -> tuple[str, int] | None:
+    """For a node whose plugin DaemonSet mounts device plugin configs: the resource and count
+    its config in force means (GPUs recorded by bootstrap x replicas, under the advertised
+    name); None when the node has no such config or it cannot be read (doctor says why)."""
+    observation = NodeObservation.from_node(name, node_obj)
+    ref = observation.plugin_daemonset
+    gpus = quantity(observation.annotations.get(GPU_COUNT_ANNOTATION))
+    if not ref or "/" not in ref or gpus is None:
+        return None
+    namespace, daemonset_name = ref.split("/", 1)
+    daemonset = kubectl.get("daemonset", daemonset_name, namespace=namespace)
+    pod = ((daemonset or {}).get("spec") or {}).get("template", {}).get("spec") or {}
+    maps = [v["configMap"]["name"] for v in pod.get("volumes") or [] if isinstance(v.get("configMap"), dict)]
+    if not maps:
+        return None
+    defaults = [
+        str(e.get("value"))
+        for c in pod.get("containers") or []
+        for e in c.get("env") or []
+        if e.get("name") in ("GPUNODE_DEFAULT_CONFIG", "DEFAULT_CONFIG") and e.get("value")
+    ]
+    chosen = observation.labels.get(CONFIG_LABEL) or (defaults[0] if defaults else None)
+    config_map = kubectl.get("configmap", maps[0], namespace=namespace)
+    text = ((config_map or {}).get("data") or {}).get(chosen) if chosen else None
+    if not isinstance(text, str):
+        return None
+    from gpunode.plugin.config import ConfigError
+    from gpunode.plugin.nvidia_config import parse_config_text
+
+    try:
+        parsed = parse_config_text(text, f"config {chosen}")
+    except ConfigError:
+        return None
+    expected = expected_allocatable(parsed, gpus)
+    resource = next((n for n in expected if n != RESOURCE), RESOURCE)
+    return resource, expected[resource]
+
+
 def plugin_evidence(kubectl: Kubectl, node: NodeObservation, node_obj: Mapping[str, Any]) -> PluginEvidence:
     """What should serve the node's GPUs (as bootstrap recorded it), and what is there."""
     if node.host_plugin:
@@ -125,6 +165,17 @@ def verify_nodes(
     deadline = started + request.timeout
     names = tuple(dict.fromkeys(request.nodes))
     objects = read_nodes(kubectl, names)
+    # Shared GPUs: a node's config says which resource to judge and GPUs x replicas.
+    expects, resources = dict(request.expects), dict(request.resources)
+    for name in names:
+        node_obj = objects[name]
+        if name not in resources and node_obj is not None:
+            shared = shared_expectation(kubectl, name, node_obj)
+            if shared is not None:
+                resources[name] = shared[0]
+                if request.expect is None and name not in expects:
+                    expects[name] = shared[1]
+    request = replace(request, expects=expects, resources=resources)
     done: dict[str, tuple[NodeResult, float]] = {}
     while True:
         for name in names:

@@ -40,6 +40,8 @@ class NodeSettings:
     plugin_package: str | None = None
     plugin_wheels: str | None = None
     allow_no_gpu: bool = False
+    # A bare host without a container runtime gets the distribution's containerd.
+    install_containerd: bool = False
     reboot: bool = False
     # The device plugin config this node uses (nvidia.com/device-plugin.config): the name of
     # a --plugin-config, or a sharing shortcut (time-slicing or mps, with replicas).

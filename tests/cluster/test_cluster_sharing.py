@@ -11,6 +11,7 @@ from standins.kube_api import KubeApiStandIn
 
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.cluster.steps import run_cluster_steps
+from gpunode.bootstrap.cluster.verify import VerifyRequest, verify_nodes
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, NodeTarget
 from gpunode.bootstrap.core.kube.plugin_config import named_config
 from gpunode.bootstrap.core.report import StepResult
@@ -88,6 +89,14 @@ def test_sharing_per_node_configs_labels_and_verify(kube_api: KubeApiStandIn) ->
     volumes = daemonset["spec"]["template"]["spec"]["volumes"]
     assert any(v.get("configMap", {}).get("name") == "gpunode-device-plugin-configs" for v in volumes)
     assert "gpunode-device-plugin-configs" in results["sliced"]["device-plugin"].detail
+
+    # `gpunode verify` on its own reads each node's config in force (its label, else the
+    # DaemonSet's default) from the ConfigMap: GPUs x replicas under the advertised name.
+    kubectl = Kubectl(KubeAccess(kubeconfig=str(kube_api.kubeconfig_path)))
+    checks = {c.verdict.node: c for c in verify_nodes(kubectl, VerifyRequest(nodes=("plain", "sliced", "renamed")))}
+    assert checks["sliced"].verdict.headline == "Allocatable nvidia.com/gpu = 8: OK"
+    assert checks["renamed"].verdict.headline == "Allocatable nvidia.com/gpu.shared = 6: OK"
+    assert checks["plain"].verdict.headline == "Allocatable nvidia.com/gpu.shared = 6: OK"
 
     # A second run changes nothing.
     again = run(

@@ -161,3 +161,28 @@ def test_wait_node_ready_names_the_kubelets_reason(fleet: KubeApiStandIn, kubect
     fleet.set_node_status("gpu-2", conditions={"Ready": "False"})
     with pytest.raises(drain.HostStateError, match="node gpu-2 is not Ready"):
         drain.wait_node_ready(kubectl, "gpu-2", timeout=0.5)
+
+
+def test_a_single_node_cluster_is_said_and_asked_before_anything_is_cordoned(kube_api: KubeApiStandIn) -> None:
+    from gpunode.bootstrap.core.kube.rollout_plan import Disruption, NodeState
+    from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest
+    from gpunode.bootstrap.orchestration.rollout import NodeRollout, RolloutRequest, _roll_batch
+
+    kube_api.add_node("homelab")
+    asked: list[str] = []
+
+    def decline(question: str) -> bool:
+        asked.append(question)
+        return False
+
+    request = RolloutRequest(BootstrapRequest(overrides={}), confirm_nowhere=decline)
+    node = NodeRollout("homelab", "homelab", 1, Disruption(("the driver packages change",), "all"))
+    kubectl = Kubectl(KubeAccess(kubeconfig=str(kube_api.kubeconfig_path)))
+    stopped = _roll_batch(kubectl, request, [], [NodeState("homelab", "homelab")], {"homelab": node}, {})
+    assert asked == [
+        "No node outside homelab can take its pods (a single-node cluster?): drained pods stay Pending "
+        "until the node is back."
+    ]
+    assert stopped is not None and stopped.startswith("Rollout not started on homelab:") and "Not confirmed" in stopped
+    assert not (kube_api.get("Node", "homelab") or {}).get("spec", {}).get("unschedulable")
+    assert node.phases == []

@@ -8,6 +8,7 @@ drop-in carries the whole CRI table of config.toml, registry credentials include
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,8 @@ def test_credentials_keep_their_permissions_and_are_never_shown(node: DebianHost
     assert SECRET in dropin, "containerd 1.6 needs the whole CRI table in the drop-in"
     assert stat(node, DROPIN) == "600 0:4 regular file", "the drop-in is no more readable than config.toml"
     assert SECRET in node.exec(f"containerd --config {CONFIG} config dump").stdout, "nothing lost"
+    record = json.loads(node.exec("cat /var/lib/gpunode/state.json").stdout)
+    assert record["containerd_files"] == [CONFIG, DROPIN], "the record names exactly the files gpunode manages here"
     backups = node.exec("find /var/lib/gpunode/backups -type f -name 0 -newer /etc/hostname").stdout.split()
     assert backups and all(stat(node, b).startswith("600 0:4") for b in backups)
 

@@ -5,11 +5,9 @@ handled) or through NFD's feature file."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
-import yaml
 from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir  # noqa: F401 (fixtures)
 from polling import eventually
 from standins.fake_nvml import FakeGpu, FakeMig, FakeNvmlConfig
@@ -129,17 +127,11 @@ def api(short_dir: Path) -> KubeApiStandIn:
         yield server
 
 
-def in_cluster_env(api: KubeApiStandIn, root: Path) -> dict[str, str]:
-    """What a pod gets: the API's address, a service account token and the cluster's CA."""
-    account = root / "serviceaccount"
-    account.mkdir(exist_ok=True)
-    (account / "token").write_text(api.token)
-    cluster = yaml.safe_load(api.kubeconfig_path.read_text())["clusters"][0]["cluster"]
-    (account / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+def api_env(api: KubeApiStandIn, root: Path) -> dict[str, str]:
+    """The plugin's way to the API (a kubeconfig here; a pod's service account in a cluster,
+    found the same way by kube_client) and its node's name."""
     return {
-        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-        "KUBERNETES_SERVICE_PORT": str(api.port),
-        "GPUNODE_SERVICE_ACCOUNT_DIR": str(account),
+        "KUBECONFIG": str(api.kubeconfig_path),
         "GPUNODE_NODE_NAME": "gpu-1",
         "GPUNODE_NODE_LABELS_INTERVAL": "0.3",
         "GPUNODE_NFD_FEATURES_DIR": str(root / "no-nfd-here"),
@@ -154,7 +146,7 @@ def node_labels(api: KubeApiStandIn) -> dict[str, str]:
 
 
 def test_labels_set_updated_removed_and_others_untouched(harness: PluginHarness, api: KubeApiStandIn) -> None:
-    env = in_cluster_env(api, harness.root)
+    env = api_env(api, harness.root)
     (harness.root / "product_name").write_text("PowerEdge XE8545\n")
     migs = (FakeMig(0, gi=1, memory_mib=9856), FakeMig(0, gi=2, memory_mib=9856))
     config = FakeNvmlConfig(gpus=(FakeGpu(0, mig="1", memory_mib=81920), FakeGpu(1), FakeGpu(2)), migs=migs)
@@ -196,7 +188,7 @@ def test_labels_set_updated_removed_and_others_untouched(harness: PluginHarness,
 
 
 def test_rbac_refusal_is_named_and_devices_still_served(harness: PluginHarness, api: KubeApiStandIn) -> None:
-    env = in_cluster_env(api, harness.root)
+    env = api_env(api, harness.root)
     harness.configure(FakeNvmlConfig.uniform(1))
     api.set_fault("forbidden", "/api/v1/nodes")
     plugin = harness.serve(env=env)  # registered with the kubelet although the API refuses
@@ -218,3 +210,27 @@ def test_nfd_feature_file_when_nfd_runs(harness: PluginHarness) -> None:
     assert lines["nvidia.com/gpu.count"] == "2" and lines["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
     harness.nvml.lose_gpu(1)
     eventually(lambda: "nvidia.com/gpu.count=1\n" in (features / "gpunode").read_text(), what="NFD file updated")
+
+
+def test_sharing_labels_follow_the_per_node_config(harness: PluginHarness, api: KubeApiStandIn) -> None:
+    from test_plugin_node_config import LABEL, ConfigMapDir, sliced
+
+    configs = ConfigMapDir(harness.root / "configs")
+    configs.write({"plain": "version: v1\n", "sliced": sliced(4)})
+    api.add_node("gpu-2", labels={LABEL: "plain"})
+    harness.configure(FakeNvmlConfig.uniform(2))
+    env = {**api_env(api, harness.root), "GPUNODE_NODE_NAME": "gpu-2", "GPUNODE_NODE_LABELS_INTERVAL": "60"}
+    harness.serve("--config-dir", str(configs.root), env=env)
+
+    def labels() -> dict[str, str]:
+        node = api.get("Node", "gpu-2")
+        assert node is not None
+        return dict(node["metadata"].get("labels") or {})
+
+    eventually(lambda: labels().get("nvidia.com/gpu.replicas") == "1", what="labels of the plain config")
+    assert labels()["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
+    # The config switch wakes the labeller at once (its interval here is a minute).
+    api.patch("Node", "gpu-2", {"metadata": {"labels": {LABEL: "sliced"}}})
+    eventually(lambda: labels().get("nvidia.com/gpu.replicas") == "4", timeout=10, what="labels of the sliced config")
+    assert labels()["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB-SHARED"
+    assert labels()["nvidia.com/gpu.sharing-strategy"] == "time-slicing"

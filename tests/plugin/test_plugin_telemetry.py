@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 import urllib.request
 
 import grpc
@@ -215,3 +216,13 @@ def test_shared_replicas_and_index_ids_are_attributed_to_their_gpu() -> None:
         "GPU-a": [("a", "one", "c"), ("a", "two", "c")],
         "GPU-b": [("a", "two", "c")],
     }
+
+
+def test_a_row_remap_failure_is_logged_once_for_doctor(harness: PluginHarness) -> None:
+    harness.configure(FakeNvmlConfig.uniform(2))
+    plugin = harness.serve(env={"GPUNODE_NODE_LABELS_INTERVAL": "0.2", "GPUNODE_NODE_LABELS": "off"})
+    harness.nvml.set_telemetry(1, remap_failure=1, remap_unc=5)
+    log = plugin.wait_log(f"gpu_row_remap_failure gpu={FakeGpu(1).resolved_uuid()}")
+    assert "uncorrectable_rows=5" in log
+    time.sleep(0.6)  # several more checks: still one line
+    assert plugin.log().count("gpu_row_remap_failure") == 1

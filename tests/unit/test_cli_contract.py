@@ -521,7 +521,6 @@ def test_the_schema_requires_the_envelope_of_every_command() -> None:
 # Commands that keep the exit codes and messages but have no --output json yet, and why.
 WITHOUT_JSON = {
     "image": "a group: its subcommand prints",
-    "image build": "its --output names the archive file it writes (clashes with --output json; to be renamed)",
 }
 
 

@@ -27,7 +27,14 @@ from gpunode.bootstrap.core.nvml.library import NvmlLibrary
 from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.node.steps import NODE_STEPS, StepPlan, step_named
-from gpunode.bootstrap.node.steps.base import NodeFacts, RuntimeChange, UploadFiles, WriteFiles
+from gpunode.bootstrap.node.steps.base import (
+    InstallContainerd,
+    NodeFacts,
+    PinInstalledDriver,
+    RuntimeChange,
+    UploadFiles,
+    WriteFiles,
+)
 
 CASES = Path(__file__).parent / "steps"
 RECORD = os.environ.get("GPUNODE_RECORD_STEP_CASES") == "1"
@@ -110,6 +117,18 @@ def _command(command: Any) -> Any:
                 "runtime": f"{command.runtime_name} -> {command.binary_name}",
                 "restart_command": command.restart_command,
                 "has_systemd": command.has_systemd,
+            }
+        }
+    if isinstance(command, PinInstalledDriver):
+        return {"pin_installed": {"package": command.version_package, "backup": command.backup}}
+    if isinstance(command, InstallContainerd):
+        return {
+            "install_containerd": {
+                "commands": list(command.install_commands),
+                "config_path": command.config_path,
+                "backup": command.backup,
+                "systemd_cgroup": command.has_systemd,
+                "restart_command": command.restart_command,
             }
         }
     assert isinstance(command, str), f"a command the runner does not know: {command!r}"

@@ -519,6 +519,37 @@ _ENTRIES = (
         "UnexpectedAdmissionError: `maximum request size for shared resources is 1`",
         "Ask for nvidia.com/gpu: 1 per container (a replica is access to a shared GPU, not a share of it), then delete and recreate the pod; or set failRequestsGreaterThanOne: false in the config.",
     ),
+    # --- GPU health and feature labels (the bundled plugin's telemetry and labeller) ----------
+    Entry(
+        "GPU-ROW-REMAP-FAILURE",
+        "host",
+        "critical",
+        "a GPU has no spare memory rows left to remap a failing one",
+        "gpunode's plugin log `gpu_row_remap_failure gpu=...`; DCGM_FI_DEV_ROW_REMAP_FAILURE 1; the "
+        "GpuRowRemapFailure alert; uncorrectable ECC errors that recur",
+        "Drain the node and replace the GPU (RMA); until then keep it out of service.",
+    ),
+    Entry(
+        "NODE-LABELS-DRIVER-MISMATCH",
+        "driver",
+        "warning",
+        "the node is labelled for one driver while its plugin's NVML reports another",
+        "node label gpunode.io/driver-version differs from gpunode.io/nvml.driver-version (what the running "
+        "plugin's NVML reports): the driver changed without gpunode bootstrap, so the DaemonSet chosen by the "
+        "old label may mount the wrong library",
+        "Run gpunode bootstrap on the node again: it relabels the node and moves it to the DaemonSet that mounts "
+        "its library (reboot first if the module and the library disagree).",
+    ),
+    Entry(
+        "NODE-LABELS-REFUSED",
+        "plugin",
+        "warning",
+        "the plugin may not label its node: GPU feature labels missing or stale",
+        "gpunode's plugin log `node_labels state=forbidden`; no nvidia.com/gpu.product on the node, so pods "
+        "selecting it stay Pending",
+        "Grant the plugin's service account a ClusterRole with nodes get and patch (gpunode render and bootstrap "
+        "write it), or run NFD and use --node-labels nfd.",
+    ),
     # --- the kubelet and the node -------------------------------------------------------------
     Entry(
         "DP-REGISTER-FAILED",

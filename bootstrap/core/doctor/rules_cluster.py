@@ -19,6 +19,7 @@ from gpunode.bootstrap.core.doctor.rules_plugin import (
     plugin_rules,
 )
 from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
+from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
 from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, daemonset_name
 from gpunode.bootstrap.core.kube.view import (
@@ -79,6 +80,7 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
     plugin = _deployment_rules(case, view, node, findings)
     plugin_rules(case, view, node, plugin, findings)
     sharing_rules(view, node, findings)
+    telemetry_rules(view, node, findings)
     _registration_rules(case, view, node, plugin, findings)
     _allocatable_rules(case, view, node, plugin, findings)
     workload_rules(case, view, node, findings)

@@ -14,6 +14,7 @@ from gpunode.bootstrap.core.containerd.effective import default_runtime_name
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase, PodEvidence
 from gpunode.bootstrap.core.doctor.rules_host import effective_config, library_evidence, runtime_name_for
+from gpunode.bootstrap.core.kube.manifests import BUNDLED_IMAGE_REPOSITORY
 from gpunode.bootstrap.core.kube.view import (
     container_env,
     container_states,
@@ -244,10 +245,12 @@ def _judge_plugin_pod(
     for state in container_states(pod):
         if state.reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
             image = str(container.get("image", ""))
+            pull_cause, pull_fix = _image_pull_failure(image)
             findings.add(
                 "DP-IMAGE",
-                cause=f"The device plugin pod {pod_ref} cannot pull its image {image}.",
+                cause=f"The device plugin pod {pod_ref} {pull_cause}",
                 evidence=[summary, *messages[:3]],
+                fix=pull_fix,
             )
     add_runtime_findings(
         findings,
@@ -608,3 +611,18 @@ def default_runtime(case: DoctorCase) -> str | None:
         return default_runtime_name(text)
     except GpunodeError:
         return None
+
+
+def _image_pull_failure(image: str) -> tuple[str, str | None]:
+    """(cause, fix) for a plugin image the node cannot pull. gpunode's own image exists in
+    its registry only once a release has pushed it; until then (or on an air-gapped node)
+    it has to be built and imported, or replaced."""
+    if image.rpartition(":")[0] == BUNDLED_IMAGE_REPOSITORY:
+        return (
+            f"cannot pull gpunode's plugin image {image}: it is in no registry the node can reach "
+            "(a gpunode version whose release has not pushed it, or a node without access to ghcr.io).",
+            "Build it with `gpunode image build --archive plugin.tar` and import it on every GPU node "
+            "(`ctr -n k8s.io images import plugin.tar`), or push it to your registry and re-run bootstrap "
+            "with `--image REF`; for a single node, `--plugin-mode host` needs no image.",
+        )
+    return f"cannot pull its image {image}.", None  # the catalogue's fix

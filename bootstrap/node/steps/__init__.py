@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.node.steps import (
+    container_runtime,
     containerd,
     driver,
     nouveau,
@@ -22,6 +23,7 @@ from gpunode.bootstrap.node.steps.base import NodeFacts, NodeStep, Phase, StepPl
 
 NODE_STEPS: tuple[NodeStep, ...] = (
     preflight.STEP,
+    container_runtime.STEP,
     driver.STEP,
     nouveau.STEP,
     toolkit.STEP,

@@ -46,6 +46,14 @@ def plan_containerd_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
         if problem is not None:
             plan.failed = problem + ". Nothing was written"
             return plan
+    if containerd.binary is None and settings.install_containerd:
+        # A dry run: the container-runtime step installs it first; a run plans this step
+        # from the host as it is afterwards.
+        plan.changes.append(
+            f'add runtime "{wanted.runtime_name}" -> {wanted.binary_name} to the config the '
+            "container-runtime step writes (the files are planned once containerd is installed)"
+        )
+        return plan
     if containerd.binary is None or containerd.version_text is None:
         plan.failed = (
             "containerd is not installed on this host; gpunode configures the containerd "

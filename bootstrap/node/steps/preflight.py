@@ -34,10 +34,23 @@ def plan_preflight(node: NodeFacts, settings: NodeSettings) -> StepPlan:
         except GpunodeError:
             parts.append(facts.containerd.version_text)
     elif not facts.is_k3s:
-        parts.append("no containerd")
+        if not settings.install_containerd:
+            plan.failed = (
+                "no container runtime on this host (no containerd, no k3s): pods could never use the "
+                "GPUs, so gpunode changes nothing. Fix: pass --install-containerd to install the "
+                "distribution's containerd (configured as kubeadm's documentation says), or install the "
+                "runtime your kubelet uses, then run gpunode again"
+            )
+            return plan
+        parts.append("no containerd (--install-containerd: the container-runtime step installs it)")
     if facts.module_version:
         parts.append(f"nvidia module {facts.module_version} loaded")
     plan.unchanged = ", ".join(parts)
+    if not facts.kubelet.present and not facts.is_k3s:
+        plan.notes.append(
+            "no kubelet on this host: the node steps can run, but the cluster steps will find no node "
+            "for it until a kubelet here joins the cluster (kubeadm join, or k3s)"
+        )
     if "nouveau" in facts.loaded_modules:
         plan.notes.append("nouveau is loaded: it holds the GPUs until the host reboots with it blacklisted")
     if facts.secure_boot and settings.kernel_module == "dkms":

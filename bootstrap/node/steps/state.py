@@ -9,7 +9,21 @@ from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord
 from gpunode.bootstrap.core.packages.common import FileSpec
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.node.steps.base import NodeFacts, NodeStep, StepPlan, file_diff, write_files
-from gpunode.bootstrap.node.steps.containerd import containerd_managed_paths
+from gpunode.bootstrap.node.steps.containerd import runtime_settings
+
+
+def containerd_files(node: NodeFacts, settings: NodeSettings) -> tuple[str, ...]:
+    """The containerd files this host's run manages: config.toml and, unless in place, the drop-in.
+
+    None on k3s (k3s writes its own config; gpunode only restarts it) or without containerd.
+    """
+    facts = node.host
+    if facts.is_k3s or (facts.containerd.binary is None and not settings.install_containerd):
+        return ()
+    config = facts.containerd.config_path or settings.containerd_config
+    if settings.containerd_in_place:
+        return (config,)
+    return (config, runtime_settings(settings).dropin_path)
 
 
 def host_record(node: NodeFacts, settings: NodeSettings) -> HostRecord:
@@ -30,7 +44,7 @@ def host_record(node: NodeFacts, settings: NodeSettings) -> HostRecord:
         kernel_module=settings.kernel_module,
         nvml_library=library.path if library else None,
         toolkit_version=facts.packages.get("nvidia-container-toolkit"),
-        containerd_files=tuple(containerd_managed_paths(settings)),
+        containerd_files=containerd_files(node, settings),
         runtime_path=settings.runtime_path,
         plugin_mode=settings.plugin_mode,
     )
