@@ -101,6 +101,16 @@ def _node_rules(node: JSON, findings: Findings) -> None:
                 f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()
             ],
         )
+    agent = node_condition(node, "GPUNodeReady")
+    if agent is not None:
+        # The agent's own verdict, read back: a note beside doctor's, never a finding in
+        # itself (the evidence above is judged afresh; the condition may be old).
+        findings.add(
+            "AGENT-CONDITION",
+            cause=f"gpunode's agent on {name_of(node)} says GPUNodeReady={agent.get('status')} "
+            f"({agent.get('reason', '')}), last heartbeat {agent.get('lastHeartbeatTime', 'never')}.",
+            evidence=[f"since {agent.get('lastTransitionTime', '?')}: {agent.get('message', '')}"],
+        )
     if dig(node, "spec", "unschedulable") is True:
         findings.add(
             "NODE-CORDONED",
