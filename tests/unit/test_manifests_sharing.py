@@ -68,14 +68,21 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
 def test_sharing_shortcut_renders_the_configmap_and_mounts_it(plugin: str) -> None:
     code, docs, err = render("--plugin", plugin, "--sharing", "time-slicing", "--replicas", "4")
     assert code == 0, err
+    # The bundled plugin also labels its node: a second ClusterRole (nodes get, patch) and binding
+    # for the same account.
+    labeller = ["ClusterRole", "ClusterRoleBinding"] if plugin == "bundled" else []
     assert [d["kind"] for d in docs] == [
         "RuntimeClass",
         "ConfigMap",
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        *labeller,
         "DaemonSet",
     ]
+    if plugin == "bundled":
+        grants = [d for d in docs if d["kind"] == "ClusterRole"]
+        assert grants[1]["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
     configmap = by_kind(docs, "ConfigMap")
     assert list(configmap["data"]) == ["time-slicing-4"]
     # The config in the ConfigMap is NVIDIA's example, read back by the plugin's own parser.
