@@ -19,8 +19,15 @@ from pyinfra.context import host
 
 from gpunode.bootstrap.node.containerd_apply import apply_runtime_change
 from gpunode.bootstrap.node.containerd_install import install_containerd
+from gpunode.bootstrap.node.driver_pin import pin_installed_driver
 from gpunode.bootstrap.node.remote_files import sh, write_files_script
-from gpunode.bootstrap.node.steps.base import InstallContainerd, RuntimeChange, UploadFiles, WriteFiles
+from gpunode.bootstrap.node.steps.base import (
+    InstallContainerd,
+    PinInstalledDriver,
+    RuntimeChange,
+    UploadFiles,
+    WriteFiles,
+)
 
 
 def _expand(command: Any) -> Generator[Any, None, None]:
@@ -47,6 +54,8 @@ def _expand(command: Any) -> Generator[Any, None, None]:
                 "messages": command.messages,
             },
         )
+    elif isinstance(command, PinInstalledDriver):
+        yield FunctionCommand(pin_installed_driver, (), {"pin": command})
     elif isinstance(command, InstallContainerd):
         yield FunctionCommand(install_containerd, (), {"change": command})
     else:

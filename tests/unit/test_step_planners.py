@@ -27,7 +27,14 @@ from gpunode.bootstrap.core.nvml.library import NvmlLibrary
 from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.node.steps import NODE_STEPS, StepPlan, step_named
-from gpunode.bootstrap.node.steps.base import InstallContainerd, NodeFacts, RuntimeChange, UploadFiles, WriteFiles
+from gpunode.bootstrap.node.steps.base import (
+    InstallContainerd,
+    NodeFacts,
+    PinInstalledDriver,
+    RuntimeChange,
+    UploadFiles,
+    WriteFiles,
+)
 
 CASES = Path(__file__).parent / "steps"
 RECORD = os.environ.get("GPUNODE_RECORD_STEP_CASES") == "1"
@@ -112,6 +119,8 @@ def _command(command: Any) -> Any:
                 "has_systemd": command.has_systemd,
             }
         }
+    if isinstance(command, PinInstalledDriver):
+        return {"pin_installed": {"package": command.version_package, "backup": command.backup}}
     if isinstance(command, InstallContainerd):
         return {
             "install_containerd": {

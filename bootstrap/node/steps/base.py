@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpunode.bootstrap.core.host.facts import HostFacts
+from gpunode.bootstrap.core.host.os_release import OsRelease
 from gpunode.bootstrap.core.nvml.library import NvmlLibrary
 from gpunode.bootstrap.core.packages.common import FileSpec
+from gpunode.bootstrap.core.packages.driver import DriverRequest
 from gpunode.bootstrap.core.packages.toolkit import LocalPackage
 from gpunode.bootstrap.core.report import StepStatus
 from gpunode.bootstrap.core.settings import NodeSettings
@@ -103,6 +105,23 @@ class InstallContainerd:
     backup: str
     has_systemd: bool
     restart_command: str | None
+    messages: list[str] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class PinInstalledDriver:
+    """After installing a branch without --driver-version: hold the release apt installed.
+
+    Run by node.driver_pin at execute time (the release is known only then), with the pin
+    file the next run's plan computes from that release.
+    """
+
+    os: OsRelease
+    arch: str
+    request: DriverRequest
+    kernel_release: str
+    version_package: str
+    backup: str
     messages: list[str] = field(compare=False, repr=False)
 
 

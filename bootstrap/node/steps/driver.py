@@ -8,7 +8,15 @@ from gpunode.bootstrap.core.packages.common import FileSpec, apt_update_command,
 from gpunode.bootstrap.core.packages.driver import DRIVER_PIN_PATH, DriverRequest, plan_driver
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
-from gpunode.bootstrap.node.steps.base import NodeFacts, NodeStep, StepPlan, changed_files, file_diff, write_files
+from gpunode.bootstrap.node.steps.base import (
+    NodeFacts,
+    NodeStep,
+    PinInstalledDriver,
+    StepPlan,
+    changed_files,
+    file_diff,
+    write_files,
+)
 
 
 def effective_driver_version(facts: HostFacts, settings: NodeSettings) -> str | None:
@@ -64,6 +72,22 @@ def plan_driver_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
         plan.commands.append(driver.install_command)
         plan.commands += list(driver.post_install_commands)
         plan.changes.append("install " + ", ".join(spec.apt_arg() for spec in driver.to_install))
+        if request.version is None and facts.os.id == "debian" and driver.pin is not None:
+            # Only the branch is known now; hold the release apt installs, as the next run would.
+            plan.commands.append(
+                PinInstalledDriver(
+                    os=facts.os,
+                    arch=facts.arch,
+                    request=request,
+                    kernel_release=facts.kernel_release,
+                    version_package="libnvidia-ml1",
+                    backup=node.backup_dir("driver-pin"),
+                    messages=plan.notes,
+                )
+            )
+            plan.changes.append(
+                f"then hold the driver at the release installed (pinned to {driver.branch}.* until then)"
+            )
     installed = [f"{spec.name} {facts.packages[spec.name]}" for spec in driver.packages if spec.name in facts.packages]
     plan.unchanged = (f"branch {driver.branch}: " + ", ".join(installed)) if installed else f"branch {driver.branch}"
     if driver.pin is not None:
