@@ -316,6 +316,11 @@ def bootstrap(
             node_labels=node_labels,
         )
         validate_cluster_settings(cluster_settings)
+        from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
+
+        notice = unpublished_image_notice(plugin, image, settings.get("plugin_mode"), default_image_published())
+        if notice:
+            click.echo(f"gpunode: warning: {notice}", err=True)
         access = kube_access(
             kubeconfig=kubeconfig,
             kube_context=kube_context,

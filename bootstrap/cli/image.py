@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gpunode.bootstrap.cli.contract import ContractGroup
+from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
 from gpunode.bootstrap.core.kube.manifests import bundled_image
 
 
@@ -24,9 +24,9 @@ def image() -> None:
     """The device plugin image (what the DaemonSet runs in daemonset plugin mode)."""
 
 
-@image.command("build")
+@image.command("build", empty_body={"archive": None})
 @click.option(
-    "--output",
+    "--archive",
     required=True,
     metavar="FILE.tar",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -57,8 +57,11 @@ def image() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the Debian base is kept between builds. Default: ~/.cache/gpunode/image.",
 )
-def build(output: Path, tag: str | None, wheels: Path | None, source: Path | None, cache_dir: Path | None) -> None:
-    """Build the plugin image into FILE.tar, with no registry: a Debian 12 base made by
+@output_option
+def build(
+    archive: Path, tag: str | None, wheels: Path | None, source: Path | None, cache_dir: Path | None, output: str
+) -> Outcome:
+    """Build the plugin image into FILE.tar (--archive), with no registry: a Debian 12 base made by
     mmdebstrap (python3 from Debian), the gpunode wheel and only the plugin's dependencies.
 
     \b
@@ -77,7 +80,7 @@ def build(output: Path, tag: str | None, wheels: Path | None, source: Path | Non
     reference = tag or bundled_image()
     report = build_image(
         BuildRequest(
-            output=output,
+            output=archive,
             reference=reference,
             cache_dir=cache_dir or default_cache_dir(),
             wheels=wheels,
@@ -85,13 +88,26 @@ def build(output: Path, tag: str | None, wheels: Path | None, source: Path | Non
         )
     )
     python3 = report.debian_packages.get("python3", "?")
-    click.echo(f"built {report.reference} into {report.output}")
-    click.echo(f"  archive:  {_mb(report.archive_bytes)} (ctr images import / podman load / docker load)")
-    click.echo(f"  unpacked: {_mb(report.unpacked_bytes)} in {len(report.layers)} layers")
-    click.echo(
+    lines = [
+        f"built {report.reference} into {report.output}",
+        f"  archive:  {_mb(report.archive_bytes)} (ctr images import / podman load / docker load)",
+        f"  unpacked: {_mb(report.unpacked_bytes)} in {len(report.layers)} layers",
         f"  base:     Debian bookworm, {len(report.debian_packages)} packages, python3 {python3}"
-        f" ({'cached' if report.base_cached else 'built now'})"
-    )
-    click.echo("  python packages: " + ", ".join(f"{n} {v}" for n, v in report.python_packages.items()))
-    click.echo(f"  manifest: {report.manifest_digest}")
-    click.echo(f"  took:     {report.seconds:.1f} s")
+        f" ({'cached' if report.base_cached else 'built now'})",
+        "  python packages: " + ", ".join(f"{n} {v}" for n, v in report.python_packages.items()),
+        f"  manifest: {report.manifest_digest}",
+        f"  took:     {report.seconds:.1f} s",
+    ]
+    body = {
+        "archive": str(report.output),
+        "reference": report.reference,
+        "manifest_digest": report.manifest_digest,
+        "layers": report.layers,
+        "archive_bytes": report.archive_bytes,
+        "unpacked_bytes": report.unpacked_bytes,
+        "python_packages": report.python_packages,
+        "debian_packages": report.debian_packages,
+        "base_cached": report.base_cached,
+        "seconds": round(report.seconds, 1),
+    }
+    return Outcome(EXIT_OK, body, "\n".join(lines) + "\n")

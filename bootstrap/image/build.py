@@ -151,11 +151,22 @@ def _install(recipe: BaseRecipe, wheels: Path, target: Path) -> dict[str, str]:
         what="install the plugin's packages for the image",
     )
     shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts for this host's python
+    # pip records where each wheel came from (a temporary path of this build): nothing the
+    # image needs, and it would make two builds of the same inputs differ.
+    for direct_url in target.glob("*.dist-info/direct_url.json"):
+        direct_url.unlink()
+        record = direct_url.with_name("RECORD")
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text(
+            "".join(line for line in lines if not line.startswith(f"{direct_url.parent.name}/direct_url.json,"))
+        )
     if sys.version_info[:2] == tuple(int(p) for p in recipe.python_version.split(".")):
         # Bytecode the image's python accepts without checking timestamps (the layer's files
         # carry a fixed mtime): a container starts without compiling the plugin.
         subprocess.run(
-            [sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash", str(target)],
+            [sys.executable, "-m", "compileall", "-q", "-j0", "--invalidation-mode", "unchecked-hash"]
+            # Tracebacks name the files where they are in the image, not where they were built.
+            + ["-s", str(target), "-p", f"/{recipe.site_packages}", str(target)],
             check=True,
         )
     installed = {}
@@ -219,9 +230,12 @@ def build_image(request: BuildRequest) -> BuildReport:
     started = time.monotonic()
     output = request.output
     if output.exists() and not output.is_file():
-        raise UserError(f"--output {output} exists and is not a file.", "Give the path of a .tar file to write.")
+        raise UserError(f"--archive {output} exists and is not a file.", "Give the path of a .tar file to write.")
     if not output.parent.is_dir():
-        raise UserError(f"--output {output}: the directory {output.parent} does not exist.", "Create it first.")
+        raise UserError(
+            f"--archive {output}: the directory {output.parent} does not exist.",
+            "Create the directory, or give a path in one that exists.",
+        )
     recipe = request.recipe
     base = base_layer(recipe, request.cache_dir)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))

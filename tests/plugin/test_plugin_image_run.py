@@ -19,26 +19,22 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from conftest import test_cache_dir
+from image_world import CONSOLE_SCRIPT, DRIVER, ImageWorld, wait_exit
 from plugin_harness import GPU, fake_nvml_lib  # noqa: F401 (fixture)
 from standins.containerd_instance import ContainerdInstance
-from standins.fake_nvml import FakeGpu, FakeNvml, FakeNvmlConfig
-from standins.kubelet import HEALTHY, UNHEALTHY, KubeletStandIn
-from standins.pod_translation import translate
+from standins.fake_nvml import FakeGpu
+from standins.kubelet import HEALTHY, UNHEALTHY
 
 pytestmark = pytest.mark.slow
 
-CONSOLE_SCRIPT = Path(sys.executable).parent / "gpunode"
-DRIVER = "535.261.03"
+EPOCH = "1765000000"  # SOURCE_DATE_EPOCH: two builds of one checkout give one image
 PLUGIN_PACKAGES = {
     "gpunode",
     "click",
@@ -62,11 +58,12 @@ def image_build() -> Iterator[tuple[Path, str]]:
     out = Path(tempfile.mkdtemp(prefix="gpn-image-"))
     archive = out / "gpunode-plugin.tar"
     result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "image", "build", "--output", str(archive)]
+        [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(archive)]
         + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
         capture_output=True,
         text=True,
         timeout=1800,
+        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     yield archive, result.stdout
@@ -86,72 +83,6 @@ def containerd(image_build: tuple[Path, str]) -> Iterator[ContainerdInstance]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def host_library_chain(root: Path, library_dir: Path) -> Path:
-    """A Debian-like chain: libnvidia-ml.so.1 -> alternatives -> nvidia/current/... -> the versioned file."""
-    multiarch = root / "usr/lib/x86_64-linux-gnu"
-    current = multiarch / "nvidia/current"
-    current.mkdir(parents=True)
-    real = current / f"libnvidia-ml.so.{DRIVER}"
-    shutil.copyfile(library_dir / "libnvidia-ml.so.1", real)
-    (current / "libnvidia-ml.so.1").symlink_to(real.name)
-    alternatives = root / "etc/alternatives"
-    alternatives.mkdir(parents=True)
-    (alternatives / "nvidia--libnvidia-ml.so.1-x86_64-linux-gnu").symlink_to(current / "libnvidia-ml.so.1")
-    (multiarch / "libnvidia-ml.so.1").symlink_to(alternatives / "nvidia--libnvidia-ml.so.1-x86_64-linux-gnu")
-    return multiarch / "libnvidia-ml.so.1"
-
-
-def rendered_daemonset(lib_path: Path, kubelet_root: Path, *extra: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "render", "--lib-path", str(lib_path), "--kubelet-root", str(kubelet_root), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    (daemonset,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "DaemonSet"]
-    return daemonset
-
-
-class ImageWorld:
-    """One test's node: the library chain, the fake GPUs, a kubelet stand-in, the manifest."""
-
-    def __init__(self, root: Path, library_dir: Path, containerd: ContainerdInstance) -> None:
-        self.root = root
-        self.containerd = containerd
-        self.link = host_library_chain(root / "host", library_dir)
-        self.nvml = FakeNvml(root / "gpu", library_dir, FakeNvmlConfig.uniform(2, driver_version=DRIVER))
-        self.kubelet = KubeletStandIn(root / "kubelet" / "device-plugins")
-        self.kubelet.start()
-        self.names: list[str] = []
-
-    def daemonset(self) -> dict[str, Any]:
-        # What bootstrap does on a node: resolve the chain to the real file, render with it.
-        return rendered_daemonset(self.link.resolve(), self.root / "kubelet")
-
-    def gpu_flags(self) -> list[str]:
-        return [
-            "--env",
-            f"FAKE_NVML_CONFIG={self.nvml.config_path}",
-            "--env",
-            f"FAKE_NVML_EVENTS={self.nvml.events_path}",
-            "--mount",
-            f"type=bind,src={self.nvml.workdir},dst={self.nvml.workdir},options=rbind:ro",
-        ]
-
-    def run(self, spec: dict[str, Any], name: str) -> tuple[subprocess.Popen[bytes], Path]:
-        translated = translate(spec, self.root / "scratch")
-        log = self.root / f"{name}.log"
-        self.names.append(name)
-        proc = self.containerd.run(translated.image, name, translated.flags + self.gpu_flags(), translated.argv, log)
-        return proc, log
-
-    def close(self) -> None:
-        for name in self.names:
-            self.containerd.remove(name)
-        self.kubelet.stop()
-
-
 @pytest.fixture
 def world(containerd: ContainerdInstance, fake_nvml_lib: Path) -> Iterator[ImageWorld]:
     root = Path(tempfile.mkdtemp(prefix="gpn-", dir="/tmp"))
@@ -159,13 +90,6 @@ def world(containerd: ContainerdInstance, fake_nvml_lib: Path) -> Iterator[Image
     yield node
     node.close()
     shutil.rmtree(root, ignore_errors=True)
-
-
-def wait_exit(proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the container did not exit within {timeout} s:\n{log.read_text()}") from None
 
 
 def test_build_prints_size_and_only_the_plugin_dependencies(image_build: tuple[Path, str]) -> None:
@@ -188,6 +112,46 @@ def test_build_prints_size_and_only_the_plugin_dependencies(image_build: tuple[P
     assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == f"ghcr.io/gpunode/gpunode:{_version()}"
     assert docker[0]["RepoTags"] == [f"ghcr.io/gpunode/gpunode:{_version()}"]
     assert all(layer in names_in for layer in docker[0]["Layers"])
+
+
+def test_a_second_build_is_the_same_image_and_json_keeps_the_contract(image_build: tuple[Path, str]) -> None:
+    import jsonschema
+
+    from gpunode.bootstrap.cli.contract import SCHEMA_PATH
+
+    archive, text = image_build
+    first = next(line for line in text.splitlines() if "manifest:" in line).split()[-1]
+    again = archive.with_name("again.tar")
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(again), "--output", "json"]
+        + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
+    assert document["command"] == "image build" and document["ok"] and document["base_cached"]
+    assert document["archive"] == str(again) and again.stat().st_size == document["archive_bytes"]
+    assert set(document["python_packages"]) == PLUGIN_PACKAGES
+    assert "python3" in document["debian_packages"] and "perl" not in document["debian_packages"]
+    # Reproducible: the same checkout, base and SOURCE_DATE_EPOCH give the same manifest.
+    assert document["manifest_digest"] == first
+
+
+def test_bad_archive_paths_are_refused_before_building(tmp_path: Path) -> None:
+    for archive, words in ((tmp_path, "is a directory"), (tmp_path / "missing" / "x.tar", "does not exist")):
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(archive)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr and "Fix:" in result.stderr
+        assert result.stdout == ""
 
 
 def _version() -> str:

@@ -267,6 +267,8 @@ CASES: list[Case] = [
         "containerd-runtime-path-newline",
         ["render", "containerd", "--config", "{toml}", "--runtime-path", "/usr/bin/x\n[evil]"],
     ),
+    Case("image-archive-is-a-directory", ["image", "build", "--archive", "{dir}"], words=("--archive",)),
+    Case("image-wheels-missing", ["image", "build", "--archive", "{missing}", "--wheels", "{missing}"]),
     # --- the command itself, and the plugin's environment ---------------------------------
     Case("unknown-command", ["bootstrapp"], words=("No such command",)),
     Case("unknown-global-option", ["--bogus", "render"], words=("No such option",)),
@@ -521,7 +523,6 @@ def test_the_schema_requires_the_envelope_of_every_command() -> None:
 # Commands that keep the exit codes and messages but have no --output json yet, and why.
 WITHOUT_JSON = {
     "image": "a group: its subcommand prints",
-    "image build": "its --output names the archive file it writes (clashes with --output json; to be renamed)",
 }
 
 

@@ -31,7 +31,7 @@ from doctor_support import (
 )
 
 from gpunode.bootstrap.core.doctor.engine import LINKS, format_text
-from gpunode.bootstrap.core.doctor.evidence import PodEvidence, Unavailable
+from gpunode.bootstrap.core.doctor.evidence import ClusterView, PodEvidence, Unavailable
 from gpunode.bootstrap.core.host.diagnostics import HostProcess, NvmlCheck
 from gpunode.bootstrap.core.host.facts import PciGpu
 from gpunode.bootstrap.core.host.record import HostRecord
@@ -914,3 +914,35 @@ def test_text_and_json_output() -> None:
 def test_allocatable_against_the_gpus_on_the_host(alloc: str | None, expected: list[str]) -> None:
     view = healthy_view(node=gpu_node(allocatable=alloc, capacity=alloc))
     assert [i for i in ids(judge(case(view=view))) if i.startswith(("ALLOC", "F9"))] == expected
+
+
+def _image_pull_view(image: str) -> ClusterView:
+    daemonset = gpunode_daemonset(image=image)
+    status = {
+        "phase": "Pending",
+        "containerStatuses": [
+            {
+                "name": "gpunode-device-plugin",
+                "ready": False,
+                "restartCount": 0,
+                "image": image,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": f'failed to pull "{image}": not found'}},
+            }
+        ],
+    }
+    return healthy_view(
+        daemonsets=(daemonset,),
+        plugin_pods=(PodEvidence(plugin_pod(daemonset, status)),),
+        node=gpu_node(allocatable=None, capacity=None),
+    )
+
+
+def test_dp_image_for_gpunodes_own_image_names_it_and_the_ways_to_get_one() -> None:
+    diagnosis = judge(case(host=None, view=_image_pull_view("ghcr.io/gpunode/gpunode:0.1.0")))
+    verdict = next(v for v in diagnosis.verdicts if v.id == "DP-IMAGE")
+    assert "ghcr.io/gpunode/gpunode:0.1.0" in verdict.cause
+    for way in ("gpunode image build", "ctr -n k8s.io images import", "--image REF", "--plugin-mode host"):
+        assert way in verdict.fix
+    other = judge(case(host=None, view=_image_pull_view("registry.local/team/plugin:1")))
+    verdict = next(v for v in other.verdicts if v.id == "DP-IMAGE")
+    assert "registry.local/team/plugin:1" in verdict.cause and "gpunode image build" not in verdict.fix

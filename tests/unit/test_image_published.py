@@ -1,0 +1,52 @@
+"""Until a release has pushed it, bootstrap says the default plugin image does not exist and
+what to do instead; a wheel from the release (the workflow writes the marker) says nothing."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from gpunode.bootstrap.cli.main import cli
+from gpunode.bootstrap.core.kube.manifests import bundled_image
+from gpunode.bootstrap.image import published
+from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
+
+
+def test_notice_names_the_image_and_every_way_out() -> None:
+    notice = unpublished_image_notice("bundled", None, None, published=False)
+    assert notice is not None
+    assert bundled_image() in notice and "not published" in notice
+    for way in ("gpunode image build", "--image", "--plugin-mode host", "ctr -n k8s.io images import"):
+        assert way in notice
+    # Nothing to say when the user chose another image, NVIDIA's plugin, host mode, or the release's wheel.
+    assert unpublished_image_notice("bundled", "registry.local/gpunode:0.1.0", None, published=False) is None
+    assert unpublished_image_notice("nvidia", None, None, published=False) is None
+    assert unpublished_image_notice("bundled", None, "host", published=False) is None
+    assert unpublished_image_notice("bundled", None, "daemonset", published=True) is None
+
+
+def test_the_release_marker_decides(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    assert not files("gpunode.bootstrap.image").joinpath(published.MARKER).is_file()
+    assert default_image_published() is False
+    (tmp_path / published.MARKER).write_text(bundled_image() + "\n")
+    monkeypatch.setattr(published, "files", lambda _package: tmp_path)
+    assert default_image_published() is True
+    (tmp_path / published.MARKER).write_text("ghcr.io/gpunode/gpunode:0.0.9\n")
+    assert default_image_published() is False
+
+
+def test_bootstrap_prints_it_before_touching_a_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpunode.bootstrap.orchestration.bootstrap as orchestration
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise SystemExit(7)  # stop here: the notice must already be out
+
+    monkeypatch.setattr(orchestration, "run_bootstrap", refuse)
+    result = CliRunner().invoke(cli, ["bootstrap", "gpu01.example", "--dry-run"])
+    assert result.exit_code == 7, result.output
+    assert f"warning: The default plugin image {bundled_image()} is not published" in result.output
+    quiet = CliRunner().invoke(cli, ["bootstrap", "gpu01.example", "--dry-run", "--plugin-mode", "host"])
+    assert "not published" not in quiet.output
