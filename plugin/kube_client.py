@@ -74,20 +74,21 @@ def _from_kubeconfig(path: Path) -> KubeCredentials:
     return KubeCredentials(server=str(cluster["server"]), ca_pem=ca, token=user.get("token"), token_file=token_file)
 
 
-def find_credentials() -> KubeCredentials:
+def find_credentials(service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> KubeCredentials:
     """KUBECONFIG's current context, else the pod's service account; ConfigError if neither."""
     kubeconfig = os.environ.get("KUBECONFIG")
     if kubeconfig:
         return _from_kubeconfig(Path(kubeconfig.split(os.pathsep)[0]))
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-    token = SERVICE_ACCOUNT_DIR / "token"
+    token = service_account_dir / "token"
     if not host or not port or not token.exists():
         raise ConfigError(
             "per-node config needs the Kubernetes API (to read the node's label), but the plugin has no "
             "service account token and no KUBECONFIG. Fix: run the DaemonSet with a service account that may "
             "get and watch nodes (automountServiceAccountToken: true), or set KUBECONFIG"
         )
-    ca = (SERVICE_ACCOUNT_DIR / "ca.crt").read_bytes() if (SERVICE_ACCOUNT_DIR / "ca.crt").exists() else None
+    ca_file = service_account_dir / "ca.crt"
+    ca = ca_file.read_bytes() if ca_file.exists() else None
     bracketed = f"[{host}]" if ":" in host else host
     return KubeCredentials(server=f"https://{bracketed}:{port}", ca_pem=ca, token_file=token)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from e2e.test_cluster import gpunode, inventory
 from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE
 from gpunode.bootstrap.core.kube.rollout_plan import CORDONED_BY_ANNOTATION
 
+# Per host, when each reboot took it down and when it answered again.
+DOWNTIME: dict[str, list[list[float]]] = {}
 BUS_IDS = [f.bus_id for f in nvidia_gpus(2) if f.pci_class == 0x030200]
 ML = "ml"
 # What a boot does on these hosts: the kernel finds the GPUs and loads the installed driver's
@@ -74,9 +77,11 @@ def hosts(cache_dir: Path, api: KubeApiStandIn) -> Iterator[list[DebianHost]]:
     started = start_debian_hosts(cache_dir, 4, name_prefix="gpr")
 
     def kubelet_down(host: DebianHost) -> None:
+        DOWNTIME.setdefault(host.name, []).append([time.monotonic(), 0.0])
         api.set_node_status(host.name, conditions={"Ready": "Unknown"})
 
     def kubelet_up(host: DebianHost) -> None:
+        DOWNTIME[host.name][-1][1] = time.monotonic()
         api.set_node_status(host.name, conditions={"Ready": "True"})
 
     try:
@@ -307,3 +312,27 @@ def test_the_last_run_finishes_and_leaves_someone_elses_cordon(
     assert [h.reboots for h in fleet] == [1, 1, 1, 1]
     assert [h.reboot_errors for h in fleet] == [[], [], [], []]
     one_at_a_time(run)
+
+
+def test_without_the_cluster_reboots_go_in_waves(
+    api: KubeApiStandIn, fleet: list[DebianHost], workdir: Path, toolkit_dir: Path
+) -> None:
+    """--skip-cluster keeps the old behaviour (no cordon, no drain), and --max-parallel-reboots
+    1 reboots one host at a time: each is back before the next goes down."""
+    pair = fleet[:2]
+    for host in pair:  # the old module still loaded under the new library: F14, reboot required
+        host.set_loaded_nvidia_module(DRIVER)
+    args = [
+        "bootstrap", "-i", str(inventory(workdir, pair)), "--yes", "--output", "json", "--skip-cluster",
+        "--kernel-module", "none", "--containerd-restart-command", RESTART_CONTAINERD,
+        "--toolkit-packages", str(toolkit_dir), "--driver-version", NEWER_DRIVER,
+        "--reboot", "--max-parallel-reboots", "1",
+    ]  # fmt: skip
+    result = gpunode(api, *args, timeout=900)
+    summary = json_out(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rollout" not in summary
+    assert [h.reboots for h in pair] == [2, 2]
+    (first_down, first_up), (second_down, second_up) = sorted(DOWNTIME[h.name][-1] for h in pair)
+    assert first_up <= second_down, f"two hosts were down at once: {DOWNTIME}"
+    assert [cordon_of(api, h.name) for h in pair] == ["", ""]

@@ -267,6 +267,8 @@ CASES: list[Case] = [
         "containerd-runtime-path-newline",
         ["render", "containerd", "--config", "{toml}", "--runtime-path", "/usr/bin/x\n[evil]"],
     ),
+    Case("image-archive-is-a-directory", ["image", "build", "--archive", "{dir}"], words=("--archive",)),
+    Case("image-wheels-missing", ["image", "build", "--archive", "{missing}", "--wheels", "{missing}"]),
     # --- the command itself, and the plugin's environment ---------------------------------
     Case("unknown-command", ["bootstrapp"], words=("No such command",)),
     Case("unknown-global-option", ["--bogus", "render"], words=("No such option",)),

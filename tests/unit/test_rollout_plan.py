@@ -151,3 +151,33 @@ def test_a_single_node_has_nowhere_to_send_its_pods() -> None:
     assert nowhere_to_go([node("lab")], ["lab"])
     assert not nowhere_to_go([node("a"), node("b")], ["a"])
     assert nowhere_to_go([node("a"), node("b", unschedulable=True)], ["a"])
+
+
+def test_the_text_summary_names_batches_phases_blocks_and_the_stop() -> None:
+    from gpunode.bootstrap.core.kube.rollout_text import format_rollout
+
+    node = {
+        "host": "h2",
+        "node": "n2",
+        "batch": 2,
+        "reasons": ["the driver packages change"],
+        "drain_scope": "all",
+        "status": "failed",
+        "cordoned": True,
+        "phases": [
+            {"name": "cordon", "status": "done", "started": 0.0, "seconds": 0.2, "detail": "cordoned"},
+            {"name": "drain", "status": "failed", "started": 0.2, "seconds": 6.0, "detail": "refused"},
+        ],
+        "would_evict": ["ml/db-0"],
+        "blocked_by": ["PodDisruptionBudget ml/db allows 0 disruption(s)"],
+    }
+    calm = {**node, "node": "n1", "batch": 0}
+    doc = {"max_unavailable": "1", "batches": 2, "stopped": "Rollout stopped at node n2", "nodes": [calm, node]}
+    text = format_rollout(doc)
+    assert "rollout: 1 node(s) disrupted, in 2 batch(es) of at most 1" in text
+    assert "  batch 2  n2 (h2): failed" in text and "n1" not in text
+    assert "    drain    failed  6.0 s: refused" in text and "    left cordoned" in text
+    assert text.endswith("STOPPED: Rollout stopped at node n2")
+    planned = format_rollout(doc, dry_run=True)
+    assert "would evict (all pods, GPU pods first): ml/db-0" in planned
+    assert "would block: PodDisruptionBudget ml/db allows 0 disruption(s)" in planned

@@ -625,6 +625,15 @@ _ENTRIES = (
         "Uncordon it (`kubectl uncordon NODE`) when it should take pods again.",
     ),
     Entry(
+        "AGENT-CONDITION",
+        "allocatable",
+        "info",
+        "what gpunode's agent on the node last published (its GPUNodeReady condition)",
+        "`kubectl describe node`: condition GPUNodeReady, its reason the first verdict of this chain",
+        "Nothing when it agrees with doctor; a stale heartbeat means the agent stopped (check its DaemonSet "
+        "pod on the node, `gpunode render agent`).",
+    ),
+    Entry(
         "POD-UNSCHEDULABLE",
         "workload",
         "critical",

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase
-from gpunode.bootstrap.core.doctor.rules_host import describe_sockets, gpu_count_hint, plugin_sockets
 from gpunode.bootstrap.core.doctor.rules_plugin import (
     NO_RUNTIMECLASS,
     PluginSituation,
@@ -18,6 +17,7 @@ from gpunode.bootstrap.core.doctor.rules_plugin import (
     plugin_container,
     plugin_rules,
 )
+from gpunode.bootstrap.core.doctor.rules_runtime import describe_sockets, gpu_count_hint, plugin_sockets
 from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
 from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
@@ -100,6 +100,16 @@ def _node_rules(node: JSON, findings: Findings) -> None:
             evidence=[
                 f"condition Ready={ready.get('status')}: {ready.get('reason', '')} {ready.get('message', '')}".strip()
             ],
+        )
+    agent = node_condition(node, "GPUNodeReady")
+    if agent is not None:
+        # The agent's own verdict, read back: a note beside doctor's, never a finding in
+        # itself (the evidence above is judged afresh; the condition may be old).
+        findings.add(
+            "AGENT-CONDITION",
+            cause=f"gpunode's agent on {name_of(node)} says GPUNodeReady={agent.get('status')} "
+            f"({agent.get('reason', '')}), last heartbeat {agent.get('lastHeartbeatTime', 'never')}.",
+            evidence=[f"since {agent.get('lastTransitionTime', '?')}: {agent.get('message', '')}"],
         )
     if dig(node, "spec", "unschedulable") is True:
         findings.add(
