@@ -4,7 +4,7 @@ the kubelet. Pure: a DoctorCase in, verdicts added to Findings."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import DoctorCase
@@ -145,31 +145,79 @@ def _nvml_line(check: NvmlCheck) -> str:
     return f"host NVML check: driver {check.driver or '?'}, {check.count} GPU(s): {found}"
 
 
-def _driver_rules(facts: HostFacts, findings: Findings) -> None:
+@dataclass(frozen=True)
+class _Driver:
+    """What the driver's rules read: the host, its live checks, the library choice."""
+
+    facts: HostFacts
+    diag: HostDiagnostics | None
+    loaded: bool
+    module_line: str
+    gpus: list[str]
+    library: NvmlLibrary | None
+    problem: LibraryProblem | None
+    root_lines: list[str]
+
+
+def _driver_of(facts: HostFacts) -> _Driver:
     diag = facts.diagnostics
-    loaded = "nvidia" in facts.loaded_modules or facts.module_version is not None
-    module_line = (
-        f"loaded nvidia module: {facts.module_version}"
-        if facts.module_version
-        else "loaded nvidia module: none (/sys/module/nvidia absent)"
-    )
-    gpus = _gpu_lines(facts)
     library: NvmlLibrary | None = None
     problem: LibraryProblem | None = None
-    evidence_source = library_evidence(facts)
     try:
-        library = choose_nvml_library(evidence_source)
+        library = choose_nvml_library(library_evidence(facts))
     except LibraryProblem as exc:
         problem = exc
     except HostStateError:
         problem = None
-    root_lines = (
-        [f"the driver runs in the GPU Operator's driver container, root {diag.driver_root}"]
-        if diag is not None and diag.driver_root
-        else []
+    return _Driver(
+        facts=facts,
+        diag=diag,
+        loaded="nvidia" in facts.loaded_modules or facts.module_version is not None,
+        module_line=(
+            f"loaded nvidia module: {facts.module_version}"
+            if facts.module_version
+            else "loaded nvidia module: none (/sys/module/nvidia absent)"
+        ),
+        gpus=_gpu_lines(facts),
+        library=library,
+        problem=problem,
+        root_lines=(
+            [f"the driver runs in the GPU Operator's driver container, root {diag.driver_root}"]
+            if diag is not None and diag.driver_root
+            else []
+        ),
     )
-    explained = False
 
+
+def _driver_rules(facts: HostFacts, findings: Findings) -> None:
+    """The driver's verdicts, kernel side first: each check says whether it explained the
+    state, and the live NVML check runs only when nothing did."""
+    driver = _driver_of(facts)
+    explained = _nouveau_rule(driver, findings)
+    explained = _secure_boot_rule(driver, findings) or explained
+    explained = _branch_rule(driver, findings) or explained
+    installed = (
+        _driver_installed(facts)
+        or driver.library is not None
+        or bool(driver.diag is not None and driver.diag.module_file)
+    )
+    if not driver.loaded and not explained:
+        if not installed:
+            findings.add(
+                "DRIVER-MISSING",
+                cause=f"No NVIDIA driver is installed on {facts.hostname}.",
+                evidence=[driver.module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *driver.gpus],
+            )
+            return
+        _not_loaded_rule(driver, findings)
+        explained = True
+    explained = _library_rule(driver, installed, findings) or explained
+    if driver.loaded and driver.library is not None and not explained and driver.diag is not None:
+        _live_nvml_rules(facts, driver.diag, findings)
+
+
+def _nouveau_rule(driver: _Driver, findings: Findings) -> bool:
+    facts, module_line, gpus = driver.facts, driver.module_line, driver.gpus
     if "nouveau" in facts.loaded_modules:
         evidence = [
             "/sys/module/nouveau: nouveau (the open-source driver) is loaded and holds the GPU",
@@ -197,8 +245,13 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             fix=fix,
             reboot_required=True,
         )
-        explained = True
+        return True
 
+    return False
+
+
+def _secure_boot_rule(driver: _Driver, findings: Findings) -> bool:
+    facts, diag, loaded, module_line = driver.facts, driver.diag, driver.loaded, driver.module_line
     rejected = _kernel_lines(diag, _MODULE_REJECTED)
     unsigned = diag is not None and diag.module_file is not None and diag.module_signer is None
     if not loaded and (rejected or (facts.secure_boot and unsigned)):
@@ -216,8 +269,14 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             "Secure Boot off. A reboot is required.",
             reboot_required=True,
         )
-        explained = True
+        return True
 
+    return False
+
+
+def _branch_rule(driver: _Driver, findings: Findings) -> bool:
+    """A driver branch too new for the GPU (Kepler past 470, or the kernel's legacy message)."""
+    facts, diag, library = driver.facts, driver.diag, driver.library
     version = _driver_version_hint(facts, library)
     branch = _branch(version)
     legacy_lines = _kernel_lines(diag, _LEGACY_GPU)
@@ -242,46 +301,50 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             "Debian: nvidia-tesla-470-driver, Ubuntu: nvidia-driver-470-server), pinned, then reboot.",
             reboot_required=True,
         )
-        explained = True
+        return True
 
-    installed = _driver_installed(facts) or library is not None or bool(diag is not None and diag.module_file)
-    if not loaded and not explained:
-        # The kernel side first: without a module nothing above it can work.
-        if installed:
-            evidence = [module_line, *gpus, *root_lines]
-            if diag is not None and diag.modinfo_available:
-                evidence.append(
-                    f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
-                    + (f" (version {diag.module_file_version})" if diag.module_file_version else "")
-                )
-            if diag is not None and diag.nvml is not None:
-                evidence.append(_nvml_line(diag.nvml))
-            no_module = diag is not None and diag.modinfo_available and not diag.module_file
-            fix = (
-                "No nvidia module exists for the running kernel " + facts.kernel_release + ": install "
-                "its headers and rebuild (`apt-get install linux-headers-$(uname -r)` then `dkms "
-                "autoinstall`), or install the precompiled module package, then `modprobe nvidia`."
-                if no_module
-                else "Load it (`modprobe nvidia`) and read `dmesg | grep -i nvrm` if that fails; reboot "
-                "after a driver installation."
-            )
-            findings.add(
-                "F13",
-                cause="The nvidia kernel module is not loaded: the driver does not initialise, "
-                "so NVML cannot start and nvidia-smi fails.",
-                evidence=evidence,
-                fix=fix,
-                reboot_required=not no_module,
-            )
-        else:
-            findings.add(
-                "DRIVER-MISSING",
-                cause=f"No NVIDIA driver is installed on {facts.hostname}.",
-                evidence=[module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
-            )
-            return
-        explained = True
+    return False
 
+
+def _not_loaded_rule(driver: _Driver, findings: Findings) -> None:
+    """Installed, not loaded: the kernel side first, without a module nothing above it works."""
+    facts, diag, module_line, gpus, root_lines = (
+        driver.facts,
+        driver.diag,
+        driver.module_line,
+        driver.gpus,
+        driver.root_lines,
+    )
+    evidence = [module_line, *gpus, *root_lines]
+    if diag is not None and diag.modinfo_available:
+        evidence.append(
+            f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
+            + (f" (version {diag.module_file_version})" if diag.module_file_version else "")
+        )
+    if diag is not None and diag.nvml is not None:
+        evidence.append(_nvml_line(diag.nvml))
+    no_module = diag is not None and diag.modinfo_available and not diag.module_file
+    fix = (
+        "No nvidia module exists for the running kernel " + facts.kernel_release + ": install "
+        "its headers and rebuild (`apt-get install linux-headers-$(uname -r)` then `dkms "
+        "autoinstall`), or install the precompiled module package, then `modprobe nvidia`."
+        if no_module
+        else "Load it (`modprobe nvidia`) and read `dmesg | grep -i nvrm` if that fails; reboot "
+        "after a driver installation."
+    )
+    findings.add(
+        "F13",
+        cause="The nvidia kernel module is not loaded: the driver does not initialise, "
+        "so NVML cannot start and nvidia-smi fails.",
+        evidence=evidence,
+        fix=fix,
+        reboot_required=not no_module,
+    )
+
+
+def _library_rule(driver: _Driver, installed: bool, findings: Findings) -> bool:
+    """The library choice's verdict: F14 with both versions, or the choice's own."""
+    problem, loaded, diag, root_lines = driver.problem, driver.loaded, driver.diag, driver.root_lines
     if problem is not None and problem.verdict_id == "F14":
         cause = (
             (
@@ -299,7 +362,7 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             fix=problem.fix or "",
             reboot_required=problem.reboot_required,
         )
-        explained = True
+        return True
     elif problem is not None and (loaded or installed or problem.verdict_id != "NVML-MISSING"):
         findings.add(
             problem.verdict_id,
@@ -310,10 +373,9 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             link="driver",
             reboot_required=problem.reboot_required,
         )
-        explained = True
+        return True
 
-    if loaded and library is not None and not explained and diag is not None:
-        _live_nvml_rules(facts, diag, findings)
+    return False
 
 
 def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings) -> None:
