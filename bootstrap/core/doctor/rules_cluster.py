@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase
-from gpunode.bootstrap.core.doctor.rules_host import describe_sockets, gpu_count_hint, plugin_sockets
 from gpunode.bootstrap.core.doctor.rules_plugin import (
     NO_RUNTIMECLASS,
     PluginSituation,
@@ -18,6 +17,7 @@ from gpunode.bootstrap.core.doctor.rules_plugin import (
     plugin_container,
     plugin_rules,
 )
+from gpunode.bootstrap.core.doctor.rules_runtime import describe_sockets, gpu_count_hint, plugin_sockets
 from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
 from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
