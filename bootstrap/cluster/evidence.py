@@ -98,10 +98,11 @@ class ClusterReader:
         nodes = self.kubectl.list("nodes")  # the first call: unreachable/unauthorized raise here
         return self._snapshot({name_of(n): n for n in nodes})
 
-    def node_snapshot(self, node_name: str) -> ClusterSnapshot:
+    def node_snapshot(self, node_name: str, node: JSON | None = None) -> ClusterSnapshot:
         """What one node's view needs, without listing every node: the agent on each of a
-        thousand nodes reads its own Node, not the whole fleet's."""
-        node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
+        thousand nodes reads its own Node, not the whole fleet's (`node`: as just read)."""
+        if node is None:
+            node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
         return self._snapshot({node_name: node} if node is not None else {})
 
     def _snapshot(self, nodes: dict[str, JSON]) -> ClusterSnapshot:
