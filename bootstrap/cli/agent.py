@@ -52,6 +52,17 @@ from gpunode.bootstrap.errors import UserError
     help="How often to look for a driver change (a file read, no process).",
 )
 @click.option(
+    "--drain-timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a drain may take before the tick gives up (the node stays cordoned, the slot kept).",
+)
+@click.option(
+    "--delete-emptydir-data", is_flag=True, help="Let the drain evict pods with emptyDir volumes (their data is lost)."
+)
+@click.option(
     "--host-pid",
     type=int,
     default=1,
@@ -71,6 +82,8 @@ def agent(
     heartbeat: float,
     lease_duration: int,
     driver_poll: float,
+    drain_timeout: float,
+    delete_emptydir_data: bool,
     host_pid: int,
     once: bool,
     output: str,
@@ -116,6 +129,8 @@ def agent(
         heartbeat=heartbeat,
         lease_duration=lease_duration,
         driver_poll=driver_poll,
+        drain_timeout=drain_timeout,
+        delete_emptydir_data=delete_emptydir_data,
         progress=lambda text: click.echo(text, err=True),
     )
 

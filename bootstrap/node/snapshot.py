@@ -43,6 +43,7 @@ def snapshot_command(
     *,
     diagnostics: bool = False,
     driver_root: str = DRIVER_CONTAINER_ROOT,
+    apt_names: Iterable[str] = (),
 ) -> str:
     """The one command that reads a host; `diagnostics` adds what only doctor needs
     (`driver_root`: where a containerised driver's root would be mounted)."""
@@ -59,6 +60,7 @@ def snapshot_command(
         Parameter.CONTAINERD_CONFIG: containerd_config,
         Parameter.MANAGED_FILES: "\n".join(managed_files),
         Parameter.UPLOAD_DIR: UPLOAD_DIR,
+        Parameter.APT_NAMES: " ".join(apt_names),
     }
     if diagnostics:
         parameters |= {
@@ -79,8 +81,9 @@ class HostSnapshot(FactBase[HostFacts]):
         containerd_config: str = DEFAULT_CONTAINERD_CONFIG,
         managed_files: tuple[str, ...] = (),
         diagnostics: bool = False,
+        apt_names: tuple[str, ...] = (),
     ) -> str:
-        return snapshot_command(containerd_config, managed_files, diagnostics=diagnostics)
+        return snapshot_command(containerd_config, managed_files, diagnostics=diagnostics, apt_names=apt_names)
 
     def process(self, output: list[str]) -> HostFacts:
         return parse_snapshot("\n".join(output))

@@ -48,6 +48,22 @@ sec nvml
 sec packages
 if command -v dpkg-query >/dev/null 2>&1; then echo dpkg; @GPUNODE_DPKG_QUERY@
 elif command -v rpm >/dev/null 2>&1; then echo rpm; @GPUNODE_RPM_QUERY@; fi
+# What apt could install of the packages the steps may install (GPUNODE_APT_NAMES, with
+# KERNEL_RELEASE standing for `uname -r`): a plan must not count on a package apt has no
+# candidate for (the headers of a kernel the distribution does not ship). Only names not
+# installed are asked about: apt-cache loads every package list (most of a second), which
+# a converged host never pays.
+sec apt_candidates
+if [ -n "$GPUNODE_APT_NAMES" ] && command -v apt-cache >/dev/null 2>&1; then
+  kernel=$(uname -r)
+  set --
+  for n in $GPUNODE_APT_NAMES; do [ "$n" = linux-headers-KERNEL_RELEASE ] && n="linux-headers-$kernel"; set -- "$@" "$n"; done
+  installed=" $(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "$@" 2>/dev/null | awk '$1 == "ii" {printf "%s ", $2}')"
+  asked=
+  for n in "$@"; do case "$installed" in *" $n "*) ;; *) asked="$asked $n" ;; esac; done
+  echo "asked$asked"
+  [ -z "$asked" ] || LC_ALL=C apt-cache policy $asked 2>/dev/null | grep -E '^[^ ].*:$|^  Candidate:'
+fi
 sec toolkit_runtime; command -v nvidia-container-runtime 2>/dev/null
 sec containerd
 if command -v containerd >/dev/null 2>&1; then

@@ -38,7 +38,7 @@ from gpunode.bootstrap.masking import mask_secrets
 from gpunode.bootstrap.node.host_lock import HostLock
 from gpunode.bootstrap.node.local_packages import read_local_packages
 from gpunode.bootstrap.node.operations import converge
-from gpunode.bootstrap.node.steps import NodeFacts, NodeStep, StepPlan, managed_paths, steps_of
+from gpunode.bootstrap.node.steps import NodeFacts, NodeStep, StepPlan, apt_names, managed_paths, steps_of
 from gpunode.bootstrap.node.steps.base import backup_stamp
 from gpunode.bootstrap.orchestration.session import OpOutcome, PlannedOp, Session
 
@@ -487,6 +487,7 @@ def _read(session: Session, runs: Sequence[HostRun]) -> None:
         [run.host for run in runs],
         containerd_config={h: s.containerd_config for h, s in settings.items()},
         managed_files={h: managed_paths(s) for h, s in settings.items()},
+        apt_names={h: apt_names(s) for h, s in settings.items()},
     )
     for run in runs:
         value = results[run.host]

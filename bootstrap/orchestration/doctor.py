@@ -16,7 +16,7 @@ from gpunode.bootstrap.cluster.evidence import ClusterReader, ClusterSnapshot, g
 from gpunode.bootstrap.cluster.kubectl import KubeAccess, Kubectl
 from gpunode.bootstrap.core.doctor.engine import Diagnosis, Findings, diagnose, order
 from gpunode.bootstrap.core.doctor.evidence import ClusterView, DoctorCase, PodEvidence, Unavailable
-from gpunode.bootstrap.core.doctor.rules_host import K3S_CONTAINERD_CONFIG
+from gpunode.bootstrap.core.doctor.rules_runtime import K3S_CONTAINERD_CONFIG
 from gpunode.bootstrap.core.host.facts import HostFacts
 from gpunode.bootstrap.core.host.record import STATE_PATH, HostRecord, parse_record
 from gpunode.bootstrap.core.kube.view import dig, pod_gpu_limit, pod_spec_of

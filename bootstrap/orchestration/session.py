@@ -112,11 +112,14 @@ class Session:
         *,
         containerd_config: Mapping[Host, str],
         managed_files: Mapping[Host, tuple[str, ...]],
+        apt_names: Mapping[Host, tuple[str, ...]] | None = None,
         diagnostics: bool = False,
     ) -> dict[Host, HostFacts | Exception]:
         def read(host: Host) -> HostFacts | Exception:
             output = host.run_shell_command(
-                HostSnapshot().command(containerd_config[host], managed_files[host], diagnostics),
+                HostSnapshot().command(
+                    containerd_config[host], managed_files[host], diagnostics, (apt_names or {}).get(host, ())
+                ),
             )
             status, lines = output
             if not status:

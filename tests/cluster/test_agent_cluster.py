@@ -164,3 +164,21 @@ def test_a_refused_lease_write_names_the_missing_grant(kube_api: KubeApiStandIn,
             DisruptionBudget(kc, NS, "gpu-a", max_unavailable=1).try_hold()
     assert "leases.coordination.k8s.io" in caught.value.problem
     assert caught.value.fix and "grant" in caught.value.fix
+
+
+def test_a_refused_condition_write_names_the_missing_grant(kube_api: KubeApiStandIn, kc: Kubectl) -> None:
+    kube_api.add_node("gpu-1")
+    bad = NodeCondition("False", "F17", "x")
+    with kube_api.fault("forbidden", r"/nodes/gpu-1/status"):
+        with pytest.raises(ClusterAuthError) as caught:
+            publish(
+                kc,
+                read_node(kc, "gpu-1"),
+                bad,
+                now=datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc),
+                heartbeat_seconds=300,
+                event_namespace=NS,
+                reporting_instance="x",
+            )
+    assert "patch" in caught.value.problem and "nodes" in caught.value.problem, caught.value.problem
+    assert caught.value.fix and "grant" in caught.value.fix

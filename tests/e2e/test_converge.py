@@ -55,3 +55,24 @@ def test_second_run_is_unchanged_and_writes_nothing(
     assert changed == {}, second.explain()
     written = gpu_host.exec(f"find {WATCHED} -xdev -newer {MARKER} -not -type d 2>/dev/null | sort").stdout.split()
     assert written == [], written
+
+
+def test_a_package_apt_cannot_install_fails_the_plan(gpu_host: DebianHost, toolkit_package_dir: Path) -> None:
+    """This machine's kernel is no Debian kernel: apt has no headers for it, and the plan says so."""
+    gpu_host.set_loaded_nvidia_module(DRIVER)
+    release = gpu_host.exec("uname -r").stdout.strip()
+    assert gpu_host.exec(
+        f"apt-cache policy linux-headers-{release} | grep -c Candidate", check=False
+    ).stdout.strip() in (
+        "",
+        "0",
+    ), "the premise: Debian ships no headers for this kernel"
+    packages = gpu_host.exec("dpkg-query -W | sort").stdout
+    for extra in (("--dry-run",), ()):
+        run = bootstrap(gpu_host, "--kernel-module", "dkms", *extra, toolkit_dir=toolkit_package_dir)
+        driver = run.step("driver")
+        assert driver["status"] == "failed", run.explain()
+        assert (
+            f"no installation candidate for linux-headers-{release}" in driver["detail"] and "Fix:" in driver["detail"]
+        )
+        assert gpu_host.exec("dpkg-query -W | sort").stdout == packages, "nothing installed"

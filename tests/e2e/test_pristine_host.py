@@ -67,6 +67,15 @@ def wheelhouse(cache_dir: Path) -> Path:
     return target
 
 
+def debian_kernel_release(host: DebianHost) -> str:
+    """The release of the kernel Debian currently ships (6.1.0-NN-amd64), from the host's apt."""
+    depends = host.exec("apt-cache depends linux-headers-amd64").stdout
+    for word in depends.split():
+        if word.startswith("linux-headers-") and word[len("linux-headers-") :][:1].isdigit():
+            return word[len("linux-headers-") :]
+    raise AssertionError(f"linux-headers-amd64 depends on no versioned headers package:\n{depends}")
+
+
 def copy_checkout(host: DebianHost) -> None:
     """The repository's files (tracked and new, not ignored) as a clone would have them."""
     listed = subprocess.run(
@@ -90,6 +99,9 @@ def pristine_host(cache_dir: Path) -> Iterator[DebianHost]:
     host = start_debian_host(cache_dir, name="gpunode-pristine", recipe=PRISTINE_RECIPE)
     try:
         host.exec("rm -rf /root/.ssh")
+        # The host shares this machine's kernel, which Debian ships no headers for: it is shown
+        # the kernel Debian 12 would run (the one linux-headers-amd64 depends on).
+        host.set_kernel_release(debian_kernel_release(host))
         shutil.copytree(wheelhouse(cache_dir), f"{host.root}{WHEELHOUSE}")
         host.put_file("/etc/pip.conf", f"[global]\nno-index = true\nfind-links = {WHEELHOUSE}\n")
         copy_checkout(host)

@@ -11,7 +11,7 @@ import pytest
 from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir  # noqa: F401 (fixtures)
 from polling import eventually
 from standins.fake_nvml import FakeGpu, FakeMig, FakeNvmlConfig
-from standins.kube_api import KubeApiStandIn
+from standins.kube_api import KubeApiStandIn, kubectl_binary
 
 from gpunode.plugin.config import PluginConfig
 from gpunode.plugin.feature_labels import LABELS_ANNOTATION, OWNED, feature_labels, label_value, node_patch
@@ -121,8 +121,8 @@ def test_the_patch_sets_removes_its_own_and_touches_nothing_else() -> None:
 
 
 @pytest.fixture
-def api(short_dir: Path) -> KubeApiStandIn:
-    with KubeApiStandIn(workdir=short_dir / "api") as server:
+def api(short_dir: Path, cache_dir: Path) -> KubeApiStandIn:
+    with KubeApiStandIn(workdir=short_dir / "api", kubectl=kubectl_binary(cache_dir)) as server:
         server.add_node("gpu-1", labels={"team": "ml", "nvidia.com/gpu.deploy.device-plugin": "true"})
         yield server
 
@@ -158,6 +158,9 @@ def test_labels_set_updated_removed_and_others_untouched(harness: PluginHarness,
     assert labels["nvidia.com/gpu.machine"] == "PowerEdge-XE8545"
     assert labels["nvidia.com/cuda.driver.major"] == "535" and labels["gpunode.io/nvml.driver-version"] == "535.261.03"
     assert labels["team"] == "ml" and labels["nvidia.com/gpu.deploy.device-plugin"] == "true"
+    # What a user sees with the real kubectl: the node selected by GFD's product label.
+    shown = api.kubectl("get", "nodes", "-l", "nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB", "-o", "name")
+    assert shown.returncode == 0 and shown.stdout.split() == ["node/gpu-1"], shown.stderr
 
     # A GPU falls off the bus: it is no longer counted.
     harness.nvml.lose_gpu(2)

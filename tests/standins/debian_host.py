@@ -346,6 +346,37 @@ class DebianHost:
             if on_up is not None:
                 on_up(self)
 
+    # --- the kernel release a Debian machine would run ---------------------------------------
+
+    def set_kernel_release(self, release: str) -> None:
+        """Make `uname -r` in the host say `release` (a Debian kernel's, e.g. 6.1.0-41-amd64).
+
+        The host shares the machine's kernel, which is no Debian kernel: apt has no headers
+        for it. A first-contact test of a Debian machine needs the release Debian would
+        run; this shows it where tools read it, inside this host only: `uname` (a wrapper
+        bound over /usr/bin/uname that answers -r and passes everything else on) and
+        /proc/sys/kernel/osrelease. Nothing else of that kernel comes with it.
+        """
+        if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+-[0-9]+-[a-z0-9]+", release):
+            raise ValueError(f"{release!r} is not a Debian kernel release like 6.1.0-41-amd64")
+        script = """
+            set -e
+            base=/run/gpunode-testbed/kernel
+            mkdir -p "$base"
+            [ -e "$base/uname.real" ] || cp -p /usr/bin/uname "$base/uname.real"
+            printf '%s\\n' "$1" > "$base/osrelease"
+            cat > "$base/uname" <<EOF
+        #!/bin/sh
+        # gpunode test host: the kernel release a Debian machine would run (tests/standins/debian_host.py)
+        if [ "\\$#" = 1 ] && { [ "\\$1" = -r ] || [ "\\$1" = --kernel-release ]; }; then echo $1; exit 0; fi
+        exec $base/uname.real "\\$@"
+        EOF
+            chmod 0755 "$base/uname"
+            mountpoint -q /usr/bin/uname || mount --bind "$base/uname" /usr/bin/uname
+            mountpoint -q /proc/sys/kernel/osrelease || mount --bind "$base/osrelease" /proc/sys/kernel/osrelease
+        """
+        self.exec(f"sh -c {shlex.quote(textwrap.dedent(script))} sh {shlex.quote(release)}")
+
     # --- lifetime ---------------------------------------------------------------------
 
     @property

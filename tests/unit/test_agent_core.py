@@ -245,3 +245,79 @@ def test_bad_render_input(kwargs: dict[str, Any], words: str) -> None:
 def test_bad_selector() -> None:
     with pytest.raises(UserError, match="key=value"):
         parse_selector("gpu")
+
+
+# --- doctor reads the agent's condition --------------------------------------------------------
+
+
+def test_doctor_notes_the_agents_condition_without_counting_it_as_a_problem() -> None:
+    from doctor_support import case, gpu_node, healthy_view, judge
+
+    node = gpu_node()
+    node["status"]["conditions"].append(
+        {
+            "type": CONDITION_TYPE,
+            "status": "False",
+            "reason": "F17",
+            "message": "containerd has no nvidia runtime. Fix: run gpunode bootstrap.",
+            "lastHeartbeatTime": "2026-12-07T03:00:00Z",
+            "lastTransitionTime": "2026-12-07T02:55:00Z",
+        }
+    )
+    diagnosis = judge(case(view=healthy_view(node=node)))
+    (note,) = [v for v in diagnosis.verdicts if v.id == "AGENT-CONDITION"]
+    assert note.severity == "info" and "GPUNodeReady=False (F17)" in note.cause
+    assert "2026-12-07T03:00:00Z" in note.cause and "containerd has no nvidia runtime" in note.evidence[0]
+    assert diagnosis.exit_code == 0  # the evidence itself is healthy: doctor judges afresh
+    assert "AGENT-CONDITION" not in [v.id for v in judge(case()).verdicts]
+
+
+def test_verify_reports_the_agents_condition_beside_its_own_verdict() -> None:
+    from gpunode.bootstrap.core.verify.result import NodeObservation, quick_result
+
+    node = {
+        "metadata": {"name": "gpu-1"},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": "0"},
+            "capacity": {"nvidia.com/gpu": "1"},
+            "conditions": [
+                {"type": CONDITION_TYPE, "status": "False", "reason": "F8", "message": "plugin gone. Fix: re-apply."}
+            ],
+        },
+    }
+    result = quick_result(NodeObservation.from_node("gpu-1", node), 1)
+    assert result.kind == "zero"  # verify judges Allocatable itself; the condition is said beside it
+    assert result.as_dict()["agent"]["reason"] == "F8"
+    assert any(line.startswith("gpunode agent: GPUNodeReady=False (F8)") for line in result.lines())
+    plain = quick_result(NodeObservation.from_node("gpu-1", {"metadata": {}, "status": {}}), 1)
+    assert plain.as_dict()["agent"] is None
+
+
+def test_missing_grants_compares_the_roles_with_what_the_agent_does() -> None:
+    from gpunode.bootstrap.core.kube.agent_manifests import missing_grants
+
+    objects = {o["kind"]: o for o in agent_objects(AgentDeployment(mode="apply"))}
+    cluster_role, role = objects["ClusterRole"], objects["Role"]
+    assert missing_grants("apply", "kube-system", cluster_role, role) == []
+    trimmed = {**cluster_role, "rules": [r for r in cluster_role["rules"] if "pods/eviction" not in r["resources"]]}
+    assert missing_grants("apply", "kube-system", trimmed, role) == ["create pods/eviction (cluster)"]
+    assert missing_grants("check", "kube-system", trimmed, role) == []  # check mode never evicts
+    assert "update leases.coordination.k8s.io (namespace kube-system)" in missing_grants(
+        "check", "kube-system", cluster_role, None
+    )
+    admin = {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}
+    assert missing_grants("apply", "kube-system", admin, None) == []
+
+
+def test_doctor_names_the_grant_the_agent_is_missing() -> None:
+    from doctor_support import case, healthy_view, judge
+
+    objects = {o["kind"]: o for o in agent_objects(AgentDeployment(mode="apply", namespace="gpu-system"))}
+    role = {**objects["Role"], "rules": [r for r in objects["Role"]["rules"] if "leases" not in r["resources"]]}
+    diagnosis = judge(case(view=healthy_view(agent=(objects["DaemonSet"], objects["ClusterRole"], role))))
+    (finding,) = [v for v in diagnosis.verdicts if v.id == "AGENT-RBAC"]
+    assert finding.severity == "warning"
+    assert "get leases.coordination.k8s.io (namespace gpu-system)" in finding.cause
+    assert "--mode apply --namespace gpu-system" in finding.fix
+    whole = judge(case(view=healthy_view(agent=(objects["DaemonSet"], objects["ClusterRole"], objects["Role"]))))
+    assert "AGENT-RBAC" not in [v.id for v in whole.verdicts]

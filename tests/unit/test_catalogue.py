@@ -23,7 +23,7 @@ def _constant(node: ast.AST | None) -> str | None:
 
 def emitted_ids() -> dict[str, list[str]]:
     """Every verdict id named in the code where a verdict is made: `findings.add("ID", ...)`,
-    a plugin cause `_Cause(id="ID", ...)`, and the library choice's `LibraryProblem("ID", ...)`
+    a plugin cause `PluginCause(id="ID", ...)`, and the library choice's `LibraryProblem("ID", ...)`
     (which rules_host turns into a verdict of the same id). id -> where."""
     found: dict[str, list[str]] = {}
     for path in sorted((REPO / "bootstrap").rglob("*.py")):
@@ -35,7 +35,7 @@ def emitted_ids() -> dict[str, list[str]]:
             first = node.args[0] if node.args else None
             if name == "add" and isinstance(func, ast.Attribute) and any(k.arg == "cause" for k in node.keywords):
                 verdict = _constant(first)
-            elif name == "_Cause":
+            elif name == "PluginCause":
                 verdict = _constant(next((k.value for k in node.keywords if k.arg == "id"), first))
             elif name == "LibraryProblem":
                 verdict = _constant(first)

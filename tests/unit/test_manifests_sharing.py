@@ -72,6 +72,9 @@ def test_sharing_shortcut_renders_the_configmap_and_mounts_it(plugin: str) -> No
     # The objects the DaemonSet needs come before it (other roles, e.g. the node labeller's, may join).
     assert kinds[0] == "RuntimeClass" and kinds[-1] == "DaemonSet" and kinds.count("DaemonSet") == 1
     assert {"ConfigMap", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= set(kinds)
+    if plugin == "bundled":
+        labeller = next(d for d in docs if d["metadata"]["name"] == "gpunode-device-plugin-node-labeller")
+        assert labeller["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
     configmap = by_kind(docs, "ConfigMap")
     assert list(configmap["data"]) == ["time-slicing-4"]
     # The config in the ConfigMap is NVIDIA's example, read back by the plugin's own parser.

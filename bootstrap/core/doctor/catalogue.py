@@ -625,6 +625,24 @@ _ENTRIES = (
         "Uncordon it (`kubectl uncordon NODE`) when it should take pods again.",
     ),
     Entry(
+        "AGENT-CONDITION",
+        "allocatable",
+        "info",
+        "what gpunode's agent on the node last published (its GPUNodeReady condition)",
+        "`kubectl describe node`: condition GPUNodeReady, its reason the first verdict of this chain",
+        "Nothing when it agrees with doctor; a stale heartbeat means the agent stopped (check its DaemonSet "
+        "pod on the node, `gpunode render agent`).",
+    ),
+    Entry(
+        "AGENT-RBAC",
+        "deployment",
+        "warning",
+        "gpunode's agent lacks a permission it uses",
+        "the agent's ClusterRole/Role `gpunode-agent` misses a rule `gpunode render agent` grants; "
+        "its ticks log the refusal, its condition goes stale or is never written",
+        "Apply `gpunode render agent` (with the agent's --mode) again, or add the named grant to its roles.",
+    ),
+    Entry(
         "POD-UNSCHEDULABLE",
         "workload",
         "critical",

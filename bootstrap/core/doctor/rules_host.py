@@ -4,25 +4,15 @@ the kubelet. Pure: a DoctorCase in, verdicts added to Findings."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from gpunode.bootstrap.core.containerd.effective import (
-    default_runtime_name,
-    runtime_binary,
-    runtime_problems,
-    runtimes,
-)
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import DoctorCase
+from gpunode.bootstrap.core.doctor.rules_runtime import containerd_rules, kubelet_host_rules, toolkit_rules
 from gpunode.bootstrap.core.host.diagnostics import HostDiagnostics, NvmlCheck
 from gpunode.bootstrap.core.host.facts import HostFacts
-from gpunode.bootstrap.core.kube.view import dig
 from gpunode.bootstrap.core.nvml.library import LibraryEvidence, LibraryProblem, NvmlLibrary, choose_nvml_library
 from gpunode.bootstrap.errors import HostStateError
-
-K3S_CONTAINERD_CONFIG = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"
-KUBELET_SOCKET = "kubelet.sock"
 
 # Package names whose presence means an NVIDIA driver (userspace or module) is installed:
 # Debian, Ubuntu, the RHEL family.
@@ -92,9 +82,9 @@ def host_rules(case: DoctorCase, findings: Findings) -> None:
         )
         return
     _driver_rules(facts, findings)
-    _toolkit_rules(case, facts, findings)
-    _containerd_rules(case, facts, findings)
-    _kubelet_host_rules(case, facts, findings)
+    toolkit_rules(case, facts, findings)
+    containerd_rules(case, facts, findings)
+    kubelet_host_rules(case, facts, findings)
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -155,31 +145,79 @@ def _nvml_line(check: NvmlCheck) -> str:
     return f"host NVML check: driver {check.driver or '?'}, {check.count} GPU(s): {found}"
 
 
-def _driver_rules(facts: HostFacts, findings: Findings) -> None:
+@dataclass(frozen=True)
+class _Driver:
+    """What the driver's rules read: the host, its live checks, the library choice."""
+
+    facts: HostFacts
+    diag: HostDiagnostics | None
+    loaded: bool
+    module_line: str
+    gpus: list[str]
+    library: NvmlLibrary | None
+    problem: LibraryProblem | None
+    root_lines: list[str]
+
+
+def _driver_of(facts: HostFacts) -> _Driver:
     diag = facts.diagnostics
-    loaded = "nvidia" in facts.loaded_modules or facts.module_version is not None
-    module_line = (
-        f"loaded nvidia module: {facts.module_version}"
-        if facts.module_version
-        else "loaded nvidia module: none (/sys/module/nvidia absent)"
-    )
-    gpus = _gpu_lines(facts)
     library: NvmlLibrary | None = None
     problem: LibraryProblem | None = None
-    evidence_source = library_evidence(facts)
     try:
-        library = choose_nvml_library(evidence_source)
+        library = choose_nvml_library(library_evidence(facts))
     except LibraryProblem as exc:
         problem = exc
     except HostStateError:
         problem = None
-    root_lines = (
-        [f"the driver runs in the GPU Operator's driver container, root {diag.driver_root}"]
-        if diag is not None and diag.driver_root
-        else []
+    return _Driver(
+        facts=facts,
+        diag=diag,
+        loaded="nvidia" in facts.loaded_modules or facts.module_version is not None,
+        module_line=(
+            f"loaded nvidia module: {facts.module_version}"
+            if facts.module_version
+            else "loaded nvidia module: none (/sys/module/nvidia absent)"
+        ),
+        gpus=_gpu_lines(facts),
+        library=library,
+        problem=problem,
+        root_lines=(
+            [f"the driver runs in the GPU Operator's driver container, root {diag.driver_root}"]
+            if diag is not None and diag.driver_root
+            else []
+        ),
     )
-    explained = False
 
+
+def _driver_rules(facts: HostFacts, findings: Findings) -> None:
+    """The driver's verdicts, kernel side first: each check says whether it explained the
+    state, and the live NVML check runs only when nothing did."""
+    driver = _driver_of(facts)
+    explained = _nouveau_rule(driver, findings)
+    explained = _secure_boot_rule(driver, findings) or explained
+    explained = _branch_rule(driver, findings) or explained
+    installed = (
+        _driver_installed(facts)
+        or driver.library is not None
+        or bool(driver.diag is not None and driver.diag.module_file)
+    )
+    if not driver.loaded and not explained:
+        if not installed:
+            findings.add(
+                "DRIVER-MISSING",
+                cause=f"No NVIDIA driver is installed on {facts.hostname}.",
+                evidence=[driver.module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *driver.gpus],
+            )
+            return
+        _not_loaded_rule(driver, findings)
+        explained = True
+    explained = _library_rule(driver, installed, findings) or explained
+    if driver.loaded and driver.library is not None and not explained and driver.diag is not None:
+        _live_nvml_rules(facts, driver.diag, findings)
+
+
+def _nouveau_rule(driver: _Driver, findings: Findings) -> bool:
+    facts, module_line, gpus = driver.facts, driver.module_line, driver.gpus
     if "nouveau" in facts.loaded_modules:
         evidence = [
             "/sys/module/nouveau: nouveau (the open-source driver) is loaded and holds the GPU",
@@ -207,8 +245,13 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             fix=fix,
             reboot_required=True,
         )
-        explained = True
+        return True
 
+    return False
+
+
+def _secure_boot_rule(driver: _Driver, findings: Findings) -> bool:
+    facts, diag, loaded, module_line = driver.facts, driver.diag, driver.loaded, driver.module_line
     rejected = _kernel_lines(diag, _MODULE_REJECTED)
     unsigned = diag is not None and diag.module_file is not None and diag.module_signer is None
     if not loaded and (rejected or (facts.secure_boot and unsigned)):
@@ -226,8 +269,14 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             "Secure Boot off. A reboot is required.",
             reboot_required=True,
         )
-        explained = True
+        return True
 
+    return False
+
+
+def _branch_rule(driver: _Driver, findings: Findings) -> bool:
+    """A driver branch too new for the GPU (Kepler past 470, or the kernel's legacy message)."""
+    facts, diag, library = driver.facts, driver.diag, driver.library
     version = _driver_version_hint(facts, library)
     branch = _branch(version)
     legacy_lines = _kernel_lines(diag, _LEGACY_GPU)
@@ -252,46 +301,50 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             "Debian: nvidia-tesla-470-driver, Ubuntu: nvidia-driver-470-server), pinned, then reboot.",
             reboot_required=True,
         )
-        explained = True
+        return True
 
-    installed = _driver_installed(facts) or library is not None or bool(diag is not None and diag.module_file)
-    if not loaded and not explained:
-        # The kernel side first: without a module nothing above it can work.
-        if installed:
-            evidence = [module_line, *gpus, *root_lines]
-            if diag is not None and diag.modinfo_available:
-                evidence.append(
-                    f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
-                    + (f" (version {diag.module_file_version})" if diag.module_file_version else "")
-                )
-            if diag is not None and diag.nvml is not None:
-                evidence.append(_nvml_line(diag.nvml))
-            no_module = diag is not None and diag.modinfo_available and not diag.module_file
-            fix = (
-                "No nvidia module exists for the running kernel " + facts.kernel_release + ": install "
-                "its headers and rebuild (`apt-get install linux-headers-$(uname -r)` then `dkms "
-                "autoinstall`), or install the precompiled module package, then `modprobe nvidia`."
-                if no_module
-                else "Load it (`modprobe nvidia`) and read `dmesg | grep -i nvrm` if that fails; reboot "
-                "after a driver installation."
-            )
-            findings.add(
-                "F13",
-                cause="The nvidia kernel module is not loaded: the driver does not initialise, "
-                "so NVML cannot start and nvidia-smi fails.",
-                evidence=evidence,
-                fix=fix,
-                reboot_required=not no_module,
-            )
-        else:
-            findings.add(
-                "DRIVER-MISSING",
-                cause=f"No NVIDIA driver is installed on {facts.hostname}.",
-                evidence=[module_line, "no NVIDIA driver package and no libnvidia-ml.so.1", *gpus],
-            )
-            return
-        explained = True
+    return False
 
+
+def _not_loaded_rule(driver: _Driver, findings: Findings) -> None:
+    """Installed, not loaded: the kernel side first, without a module nothing above it works."""
+    facts, diag, module_line, gpus, root_lines = (
+        driver.facts,
+        driver.diag,
+        driver.module_line,
+        driver.gpus,
+        driver.root_lines,
+    )
+    evidence = [module_line, *gpus, *root_lines]
+    if diag is not None and diag.modinfo_available:
+        evidence.append(
+            f"modinfo nvidia: {diag.module_file or 'no module for kernel ' + facts.kernel_release}"
+            + (f" (version {diag.module_file_version})" if diag.module_file_version else "")
+        )
+    if diag is not None and diag.nvml is not None:
+        evidence.append(_nvml_line(diag.nvml))
+    no_module = diag is not None and diag.modinfo_available and not diag.module_file
+    fix = (
+        "No nvidia module exists for the running kernel " + facts.kernel_release + ": install "
+        "its headers and rebuild (`apt-get install linux-headers-$(uname -r)` then `dkms "
+        "autoinstall`), or install the precompiled module package, then `modprobe nvidia`."
+        if no_module
+        else "Load it (`modprobe nvidia`) and read `dmesg | grep -i nvrm` if that fails; reboot "
+        "after a driver installation."
+    )
+    findings.add(
+        "F13",
+        cause="The nvidia kernel module is not loaded: the driver does not initialise, "
+        "so NVML cannot start and nvidia-smi fails.",
+        evidence=evidence,
+        fix=fix,
+        reboot_required=not no_module,
+    )
+
+
+def _library_rule(driver: _Driver, installed: bool, findings: Findings) -> bool:
+    """The library choice's verdict: F14 with both versions, or the choice's own."""
+    problem, loaded, diag, root_lines = driver.problem, driver.loaded, driver.diag, driver.root_lines
     if problem is not None and problem.verdict_id == "F14":
         cause = (
             (
@@ -309,7 +362,7 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             fix=problem.fix or "",
             reboot_required=problem.reboot_required,
         )
-        explained = True
+        return True
     elif problem is not None and (loaded or installed or problem.verdict_id != "NVML-MISSING"):
         findings.add(
             problem.verdict_id,
@@ -320,10 +373,9 @@ def _driver_rules(facts: HostFacts, findings: Findings) -> None:
             link="driver",
             reboot_required=problem.reboot_required,
         )
-        explained = True
+        return True
 
-    if loaded and library is not None and not explained and diag is not None:
-        _live_nvml_rules(facts, diag, findings)
+    return False
 
 
 def _live_nvml_rules(facts: HostFacts, diag: HostDiagnostics, findings: Findings) -> None:
@@ -422,234 +474,3 @@ def _initramfs(facts: HostFacts) -> str:
     if "dracut" in facts.initramfs_tools and "update-initramfs" not in facts.initramfs_tools:
         return "`dracut -f`"
     return "`update-initramfs -u`"
-
-
-# --- toolkit and containerd ---------------------------------------------------------------
-
-
-def runtime_name_for(case: DoctorCase) -> str:
-    """The containerd runtime GPU pods use: RuntimeClass nvidia's handler, else `nvidia`."""
-    view = case.cluster
-    for runtime_class in view.runtime_classes if view else ():
-        if dig(runtime_class, "metadata", "name") == "nvidia" and isinstance(runtime_class.get("handler"), str):
-            return str(runtime_class["handler"])
-    return case.runtime_name
-
-
-def effective_config(facts: HostFacts) -> tuple[str | None, str]:
-    """(containerd's effective config text or None, where it comes from)."""
-    if facts.is_k3s:
-        text = facts.managed_file(K3S_CONTAINERD_CONFIG)
-        return text, f"k3s's rendered {K3S_CONTAINERD_CONFIG}"
-    return facts.containerd.dump_text, "`containerd config dump`"
-
-
-def kubelet_runtime(facts: HostFacts) -> str | None:
-    """The CRI endpoint the kubelet is told to use, when it is not containerd."""
-    endpoint = facts.kubelet.flag("container-runtime-endpoint") or ""
-    for other in ("crio", "cri-dockerd", "dockershim"):
-        if other in endpoint:
-            return endpoint
-    return None
-
-
-def _toolkit_rules(case: DoctorCase, facts: HostFacts, findings: Findings) -> None:
-    diag = facts.diagnostics
-    text, _ = effective_config(facts)
-    binary: str | None = None
-    if text:
-        try:
-            runtime = runtimes(text).get(runtime_name_for(case))
-        except HostStateError:
-            runtime = None
-        if runtime is not None:
-            binary = runtime_binary(runtime)
-    present = {path for path, ok in (diag.runtime_binaries.items() if diag else ()) if ok}
-    packages = [f"{n} {v}" for n, v in sorted(facts.packages.items()) if n.startswith("nvidia-container-toolkit")]
-    if binary and binary.startswith("/") and diag is not None and diag.runtime_binaries.get(binary) is False:
-        findings.add(
-            "F17",
-            cause=f"containerd's {runtime_name_for(case)} runtime runs {binary}, which does not exist "
-            "on this host: pods with runtimeClassName nvidia cannot start.",
-            evidence=[f"BinaryName = {binary!r}: missing", *(f"installed: {p}" for p in packages)],
-            fix="Install the NVIDIA container toolkit (`gpunode bootstrap HOST`, or nvidia-container-toolkit "
-            "from NVIDIA's repository) or point BinaryName at its nvidia-container-runtime.",
-            link="toolkit",
-        )
-        return
-    installed = (
-        facts.toolkit_runtime is not None
-        or bool(packages)
-        or any("nvidia-container-runtime" in path for path in present)
-    )
-    if not installed:
-        findings.add(
-            "F17",
-            cause="The NVIDIA container toolkit is not installed: there is no "
-            "nvidia-container-runtime for containerd to run GPU containers with.",
-            evidence=["`command -v nvidia-container-runtime`: nothing", "no nvidia-container-toolkit package"],
-            fix="Install it: `gpunode bootstrap HOST` (NVIDIA's repository, or --toolkit-packages DIR "
-            "on an air-gapped host).",
-            link="toolkit",
-        )
-
-
-def _containerd_rules(case: DoctorCase, facts: HostFacts, findings: Findings) -> None:
-    other = kubelet_runtime(facts)
-    if other is not None:
-        findings.skip("containerd runtime", f"the kubelet uses {other}, not containerd; doctor checks containerd only")
-        return
-    name = runtime_name_for(case)
-    text, source = effective_config(facts)
-    if facts.is_k3s:
-        if text is None:
-            findings.skip(
-                "containerd runtime (k3s)",
-                f"{K3S_CONTAINERD_CONFIG} is missing: k3s has not rendered its containerd config (is k3s running?)",
-            )
-            return
-    else:
-        containerd = facts.containerd
-        if containerd.binary is None:
-            findings.add(
-                "CONTAINERD-MISSING",
-                cause="containerd is not installed on this host.",
-                evidence=["`command -v containerd`: nothing"],
-            )
-            return
-        if containerd.dump_error is not None:
-            first = containerd.dump_error.strip().splitlines()[0] if containerd.dump_error.strip() else ""
-            findings.add(
-                "CONTAINERD-CONFIG",
-                cause=f"containerd cannot load its config {containerd.config_path}: "
-                "`containerd config dump` fails, so a restart would fail too.",
-                evidence=[f"containerd config dump: {line}" for line in containerd.dump_error.strip().splitlines()[:4]]
-                or [first],
-                fix=f"Fix {containerd.config_path} where the error points (or restore the last good copy "
-                "from /var/lib/gpunode/backups); `gpunode render containerd --config FILE` shows a "
-                "correct merge.",
-            )
-            return
-        if text is None:
-            findings.skip("containerd runtime", "`containerd config dump` printed nothing")
-            return
-    try:
-        found = runtimes(text)
-        problems = runtime_problems(text, runtime_name=name)
-        default = default_runtime_name(text)
-    except HostStateError as exc:
-        findings.add(
-            "CONTAINERD-CONFIG",
-            cause=f"containerd's effective config cannot be read: {exc.problem}",
-            evidence=[source],
-            fix=exc.fix or "",
-        )
-        return
-    names = ", ".join(sorted(found)) or "none"
-    for problem in problems:
-        if problem.startswith("containerd has no runtime"):
-            if name != "nvidia" and "nvidia" in found:
-                findings.add(
-                    "F17",
-                    cause=f"RuntimeClass nvidia's handler is \"{name}\", but containerd's NVIDIA runtime "
-                    'is named "nvidia": pods with runtimeClassName nvidia fail with `no runtime for '
-                    f'"{name}" is configured`.',
-                    evidence=[f"{source}: runtimes {names}", f"RuntimeClass nvidia: handler {name}"],
-                    fix="Set the RuntimeClass handler to the containerd runtime's name: `kubectl patch "
-                    "runtimeclass nvidia ...` cannot change a handler, so delete and re-create it with "
-                    "handler: nvidia (`gpunode render` prints it).",
-                    link="runtimeclass",
-                )
-            else:
-                findings.add(
-                    "F17",
-                    cause=f'containerd has no runtime "{name}": pods with runtimeClassName nvidia fail '
-                    f'with `no runtime for "{name}" is configured`.',
-                    evidence=[f"{source}: runtimes {names}"],
-                    fix="Add the runtime and restart containerd: `gpunode bootstrap HOST` (validated, "
-                    "restarts only on change), or see `gpunode render containerd --config FILE`.",
-                )
-        elif "SystemdCgroup" in problem:
-            findings.add(
-                "RUNTIME-CGROUP",
-                cause=problem,
-                evidence=[f"{source}: runtime {name}"],
-            )
-        elif "runtime_type" in problem:
-            findings.add(
-                "RUNTIME-TYPE",
-                cause=problem,
-                evidence=[f"{source}: runtime {name}"],
-            )
-        else:
-            findings.add(
-                "F17",
-                cause=f'containerd\'s "{name}" runtime does not run the NVIDIA container runtime, so '
-                "containers get no NVIDIA devices or libraries.",
-                evidence=[problem],
-                fix="Set its BinaryName to the toolkit's nvidia-container-runtime (gpunode bootstrap does).",
-            )
-    if default == name and name in found:
-        findings.add(
-            "F4",
-            cause=f'containerd\'s default runtime is "{name}": pods without a RuntimeClass are trusted '
-            "to get GPUs from it, which does not hold for every pod created through CRI.",
-            evidence=[f"{source}: default_runtime_name = {default!r}"],
-            fix="Be explicit instead: runtimeClassName: nvidia on GPU pods, and the library mount (or "
-            "runtimeClassName) on the device plugin; keep runc the default.",
-            severity="info",
-            link="containerd",
-        )
-
-
-def _kubelet_host_rules(case: DoctorCase, facts: HostFacts, findings: Findings) -> None:
-    kubelet = facts.kubelet
-    node_known = case.cluster is not None and case.cluster.node is not None
-    if not kubelet.running:
-        if node_known:
-            findings.add(
-                "KUBELET-DOWN",
-                cause=f"No kubelet process runs on {facts.hostname}, yet the cluster has "
-                "its node: nothing can register devices.",
-                evidence=["no kubelet, k3s or k3s-agent process"],
-            )
-        else:
-            findings.add(
-                "KUBELET-MISSING",
-                cause=f"No kubelet runs on {facts.hostname}: it is not (yet) a Kubernetes "
-                "node, and a device plugin has nothing to register with.",
-                evidence=["no kubelet, k3s or k3s-agent process"],
-            )
-        return
-    socket = f"{kubelet.root_dir}/device-plugins/{KUBELET_SOCKET}"
-    if socket not in kubelet.device_plugin_sockets:
-        findings.add(
-            "KUBELET-SOCKET",
-            cause=f"The kubelet runs but serves no {socket}: device plugins cannot register.",
-            evidence=[
-                f"kubelet {kubelet.process} --root-dir {kubelet.root_dir}",
-                "device-plugins: " + (", ".join(kubelet.device_plugin_sockets) or "no sockets"),
-            ],
-        )
-
-
-def plugin_sockets(facts: HostFacts) -> list[str]:
-    return [path for path in facts.kubelet.device_plugin_sockets if not path.endswith("/" + KUBELET_SOCKET)]
-
-
-def gpu_count_hint(case: DoctorCase) -> int | None:
-    if case.host is not None and case.host.gpus:
-        return len(case.host.gpus)
-    if case.record is not None and case.record.gpu_count:
-        return case.record.gpu_count
-    return None
-
-
-def describe_sockets(facts: HostFacts) -> Sequence[str]:
-    diag = facts.diagnostics
-    lines = []
-    for path in facts.kubelet.device_plugin_sockets:
-        stamp = diag.socket_mtimes.get(path) if diag else None
-        age = f" (created {diag.now - stamp} s ago)" if diag and diag.now and stamp else ""
-        lines.append(f"socket {path}{age}")
-    return lines

@@ -10,10 +10,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpunode.bootstrap.core.containerd.effective import default_runtime_name
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase, PodEvidence
-from gpunode.bootstrap.core.doctor.rules_host import effective_config, library_evidence, runtime_name_for
+from gpunode.bootstrap.core.doctor.rules_plugin_nvml import init_failure_cause, library_mount_failed
 from gpunode.bootstrap.core.kube.manifests import BUNDLED_IMAGE_REPOSITORY
 from gpunode.bootstrap.core.kube.view import (
     container_env,
@@ -22,7 +21,6 @@ from gpunode.bootstrap.core.kube.view import (
     dig,
     event_text,
     host_path_mounts,
-    is_privileged,
     is_up,
     name_of,
     owner_of,
@@ -30,9 +28,7 @@ from gpunode.bootstrap.core.kube.view import (
     pod_summary,
     ref,
 )
-from gpunode.bootstrap.core.nvml.library import LibraryProblem, choose_nvml_library, driver_version_of
-from gpunode.bootstrap.core.plugin_log import InitFailure, PluginLog, read_plugin_log
-from gpunode.bootstrap.errors import GpunodeError
+from gpunode.bootstrap.core.plugin_log import PluginLog, read_plugin_log
 
 # Directories whose replacement by the host's copy swaps the container's libc (F3).
 SYSTEM_LIBRARY_DIRS = frozenset(
@@ -46,18 +42,6 @@ SYSTEM_LIBRARY_DIRS = frozenset(
         "/lib/aarch64-linux-gnu",
         "/usr/lib/aarch64-linux-gnu",
         "/usr/lib/powerpc64le-linux-gnu",
-    }
-)
-# Where the dynamic loader looks without LD_LIBRARY_PATH (ld.so's defaults on glibc images).
-_DEFAULT_LOADER_DIRS = frozenset(
-    {
-        "/lib",
-        "/lib64",
-        "/usr/lib",
-        "/usr/lib64",
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
     }
 )
 # The kubelet's and containerd's words for a runtime or RuntimeClass that is not there.
@@ -109,16 +93,6 @@ class PluginSituation:
 
 
 # --- the plugin pod ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Cause:
-    id: str
-    cause: str
-    fix: str
-    link: str
-    evidence: tuple[str, ...] = ()
-    reboot_required: bool = False
 
 
 def plugin_container(spec: JSON) -> JSON:
@@ -227,7 +201,7 @@ def _judge_plugin_pod(
             if f'volume "{mount.volume}"' not in text:
                 continue
             if posixpath.basename(mount.host_path).startswith("libnvidia-ml"):
-                failed = _library_mount_failed(case, pod_ref, mount.host_path, text, summary)
+                failed = library_mount_failed(case, pod_ref, mount.host_path, text, summary)
                 findings.add(
                     failed.id,
                     cause=failed.cause,
@@ -281,7 +255,7 @@ def _judge_plugin_pod(
 
     failure = log.init_failure
     if failure is not None:
-        cause = _init_failure_cause(case, pod_ref, spec, container, failure)
+        cause = init_failure_cause(case, pod_ref, spec, container, failure)
         hidden = is_up(pod)
         lines = [summary, f"log: {failure.line.strip()}", *cause.evidence]
         # The failure is a verdict of its own, whatever hides it: a consumer of --output json
@@ -347,270 +321,6 @@ def kubelet_dir_lines(case: DoctorCase, spec: JSON, container: JSON) -> list[str
     if case.host is not None:
         lines.append(f"the kubelet's device-plugins directory: {case.host.kubelet.root_dir}/device-plugins")
     return lines
-
-
-def _library_mount_failed(case: DoctorCase, pod_ref: str, host_path: str, text: str, summary: str) -> _Cause:
-    evidence = [summary, f"event: {text}"]
-    if case.host is not None:
-        try:
-            library = choose_nvml_library(library_evidence(case.host))
-        except LibraryProblem:
-            library = None
-        if library is not None and library.path != host_path:
-            evidence.append(f"the host's library: {' -> '.join(library.chain)}")
-            mounted = driver_version_of(host_path)
-            if mounted and mounted != library.version:
-                return _Cause(
-                    "DP-LIB-STALE",
-                    cause=f"The device plugin pod {pod_ref} mounts the library of driver "
-                    f"{mounted}, but the node now has driver {library.version}: the mount fails.",
-                    fix="Re-render the DaemonSet for the new driver: `gpunode bootstrap HOST` (labels the "
-                    "node and applies the DaemonSet that mounts the new file).",
-                    link="plugin",
-                    evidence=tuple(evidence),
-                )
-    return _Cause(
-        "F2",
-        cause=f"The device plugin pod {pod_ref} cannot mount its NVML library {host_path}: it is not a file on the node.",
-        fix="On the node, resolve the symlink chain (`readlink -f /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1`) "
-        "and mount that real file (hostPath type File) at /usr/local/lib/libnvidia-ml.so.1 with "
-        "LD_LIBRARY_PATH=/usr/local/lib; `gpunode bootstrap` renders it so.",
-        link="plugin",
-        evidence=tuple(evidence),
-    )
-
-
-def _init_failure_cause(case: DoctorCase, pod_ref: str, spec: JSON, container: JSON, failure: InitFailure) -> _Cause:
-    reason = failure.reason
-    mounts = host_path_mounts(spec, container)
-    library_mounts = [m for m in mounts if posixpath.basename(m.host_path).startswith("libnvidia-ml")]
-    dev_mounted = any(m.host_path.rstrip("/") == "/dev" or m.host_path.startswith("/dev/nvidia") for m in mounts)
-    runtime_class = spec.get("runtimeClassName")
-    privileged = is_privileged(container)
-    env = container_env(container)
-    mount_fix = (
-        "Mount the host's real libnvidia-ml.so.<version> (resolve the symlink chain on the host) as a "
-        "hostPath of type File at /usr/local/lib/libnvidia-ml.so.1 with LD_LIBRARY_PATH=/usr/local/lib, "
-        "or run the pod with runtimeClassName: nvidia; `gpunode render` writes either."
-    )
-    where = f"in the device plugin pod {pod_ref}"
-    spec_line = (
-        f"pod spec: runtimeClassName {runtime_class or 'none'}, library mounts "
-        + (", ".join(f"{m.host_path} -> {m.mount_path}" for m in library_mounts) or "none")
-        + f", privileged {str(privileged).lower()}, /dev mounted {str(dev_mounted).lower()}"
-    )
-    if reason == "library_not_found":
-        if library_mounts:
-            mount = library_mounts[0]
-            links = case.host.nvml.links if case.host is not None else {}
-            ld_dirs = [d.rstrip("/") for d in env.get("LD_LIBRARY_PATH", "").split(":") if d]
-            mount_dir = posixpath.dirname(mount.mount_path)
-            if posixpath.basename(mount.host_path) == "libnvidia-ml.so.1" or mount.host_path in links:
-                return _Cause(
-                    "F2",
-                    cause=f"The device plugin pod {pod_ref} mounts {mount.host_path}, a symlink on the "
-                    "host: a hostPath of a symlink mounts nothing useful, so NVML is not found.",
-                    fix=mount_fix,
-                    link="plugin",
-                    evidence=(spec_line,),
-                )
-            if mount_dir not in ld_dirs and mount_dir not in _DEFAULT_LOADER_DIRS:
-                return _Cause(
-                    "F2",
-                    cause=f"The device plugin pod {pod_ref} mounts the library at {mount.mount_path}, "
-                    f"where the loader does not look (LD_LIBRARY_PATH={env.get('LD_LIBRARY_PATH', '')!r}).",
-                    fix=mount_fix,
-                    link="plugin",
-                    evidence=(spec_line,),
-                )
-            if posixpath.basename(mount.mount_path) != "libnvidia-ml.so.1":
-                return _Cause(
-                    "F2",
-                    cause=f"The device plugin pod {pod_ref} mounts the library as {mount.mount_path}, "
-                    "but NVML is opened as libnvidia-ml.so.1.",
-                    fix=mount_fix,
-                    link="plugin",
-                    evidence=(spec_line,),
-                )
-            return _Cause(
-                "F2",
-                cause=f"The NVML library mounted into {pod_ref} ({mount.host_path}) cannot be loaded.",
-                fix=mount_fix,
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        if runtime_class:
-            return _Cause(
-                "DP-RUNTIME-NO-INJECT",
-                cause=f"The device plugin pod {pod_ref} runs with runtimeClassName "
-                f"{runtime_class}, yet no libnvidia-ml was injected.",
-                fix="Check that the RuntimeClass handler's containerd runtime runs nvidia-container-runtime "
-                "(gpunode doctor HOST shows it) and that the pod sets NVIDIA_VISIBLE_DEVICES=all and "
-                "NVIDIA_DRIVER_CAPABILITIES=utility.",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        default = default_runtime(case)
-        if default is not None and default == runtime_name_for(case):
-            return _Cause(
-                "F4",
-                cause=f"The device plugin pod {pod_ref} relies on containerd's default runtime "
-                f"'{default}' to give it NVML, and it did not: pods created through CRI get no "
-                "NVIDIA libraries from it.",
-                fix=mount_fix,
-                link="plugin",
-                evidence=(spec_line, f"host: containerd default_runtime_name = {default!r}"),
-            )
-        return _Cause(
-            "F1",
-            cause=f"The device plugin pod {pod_ref} runs under plain runc with no NVIDIA libraries: "
-            "nothing mounts libnvidia-ml and it names no RuntimeClass, so NVML cannot be loaded.",
-            fix=mount_fix,
-            link="plugin",
-            evidence=(spec_line,) + ((f"host: containerd default runtime {default!r}",) if default else ()),
-        )
-    if reason == "library_unusable":
-        text = failure.error + " " + failure.line
-        if re.search(r"ELFCLASS32|wrong ELF class|i386", text):
-            return _Cause(
-                "DP-LIB-ARCH",
-                cause=f"The library mounted into {pod_ref} is built for another architecture (the 32-bit i386 copy?).",
-                fix="Mount the copy of the node's architecture: `readlink -f` "
-                "of the x86_64 libnvidia-ml.so.1 (never the i386 one).",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        if re.search(r"GLIBC|no such file", text, re.IGNORECASE):
-            return _Cause(
-                "F3",
-                cause=f"The device plugin pod {pod_ref} loads the host's system libraries over its own: "
-                "glibc symbols do not match.",
-                fix="Never mount a system library directory: mount only the "
-                "real libnvidia-ml.so.<version> at /usr/local/lib/libnvidia-ml.so.1.",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        return _Cause(
-            "DP-LIB-UNUSABLE",
-            cause=f"The NVML library in {pod_ref} cannot be loaded: {failure.error}",
-            fix=mount_fix,
-            link="plugin",
-            evidence=(spec_line,),
-        )
-    if reason == "library_too_old":
-        return _Cause(
-            "DP-LIB-OLD",
-            cause=f"The NVML library in {pod_ref} is older than the plugin needs.",
-            fix="Mount the driver's current libnvidia-ml.so.<version>; after a driver upgrade re-run "
-            "`gpunode bootstrap` so the mount follows.",
-            link="plugin",
-            evidence=(spec_line,),
-        )
-    if reason == "driver_not_loaded":
-        return _Cause(
-            "F13",
-            cause=f"NVML {where} says the NVIDIA driver is not loaded on the node: the driver does "
-            "not initialise (nouveau, Secure Boot, a failed module build).",
-            fix="Run `gpunode doctor HOST` on the node for the exact cause; load or fix the module "
-            "(`modprobe nvidia`, blacklist nouveau) and reboot if it says so.",
-            link="driver",
-        )
-    if reason == "driver_library_mismatch":
-        return _Cause(
-            "F14",
-            cause=f"NVML {where} fails with Driver/library version mismatch: the driver was upgraded "
-            "and the node not rebooted.",
-            fix="Reboot the node so the module matches the library, then "
-            "run `gpunode bootstrap` so the plugin mounts the new library.",
-            link="driver",
-            reboot_required=True,
-        )
-    if reason == "no_permission":
-        if not runtime_class and not privileged:
-            return _Cause(
-                "F5",
-                cause=f"The device plugin pod {pod_ref} sees /dev/nvidia* but its device cgroup "
-                "refuses them: NVML says Insufficient Permissions.",
-                fix="The mount approach needs `securityContext: privileged: true`; or use runtimeClassName "
-                "nvidia and let the NVIDIA runtime add the devices.",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        return _Cause(
-            "DP-PERMISSION",
-            cause=f"NVML {where} is refused the GPUs (Insufficient Permissions) although "
-            "the pod is privileged or uses the NVIDIA runtime.",
-            fix="Check /dev/nvidia* ownership and modes on the host and SELinux/AppArmor denials "
-            "(`ausearch -m avc`, `dmesg | grep -i denied`).",
-            link="plugin",
-            evidence=(spec_line,),
-        )
-    if reason == "nvml_unknown_error":
-        if not runtime_class and not dev_mounted and not privileged:
-            return _Cause(
-                "DP-NO-DEVICES",
-                cause=f"The device plugin pod {pod_ref} has the library but no GPU device nodes: NVML answers Unknown Error.",
-                fix="Mount /dev with `privileged: true`, or use runtimeClassName nvidia so the runtime adds /dev/nvidia*.",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        if dev_mounted and not privileged and not runtime_class:
-            return _Cause(
-                "F5",
-                cause=f"The device plugin pod {pod_ref} sees /dev/nvidia* through a /dev mount but its "
-                "device cgroup denies them.",
-                fix="Add `securityContext: privileged: true` (the mount "
-                "approach needs it), or use runtimeClassName nvidia.",
-                link="plugin",
-                evidence=(spec_line,),
-            )
-        return _Cause(
-            "DRIVER-ERROR",
-            cause=f"NVML {where} answers Unknown Error although the pod has the devices: "
-            "the driver is in a bad state on the node.",
-            fix="Check the node itself: `gpunode doctor HOST`, "
-            "`dmesg | grep -i -e nvrm -e xid`; a reboot clears most of these.",
-            link="driver",
-            evidence=(spec_line,),
-        )
-    if reason in ("mig_no_permission", "mig_strategy_mismatch"):
-        return _Cause(
-            "F7",
-            cause=f"The device plugin {pod_ref} cannot read the MIG configuration ({failure.error}).",
-            fix="Give it MIG monitoring: NVIDIA_MIG_MONITOR_DEVICES=all and capability SYS_ADMIN, and use "
-            "MIG strategy mixed where MIG and non-MIG GPUs are mixed (`gpunode render --mig-strategy "
-            "mixed`).",
-            link="plugin",
-            evidence=(spec_line,),
-        )
-    if reason == "no_devices":
-        return _Cause(
-            "F13",
-            cause=f"NVML {where} starts but finds no GPU: the driver does not drive the node's GPUs "
-            "(a branch too new for the GPU, nouveau, a GPU off the bus).",
-            fix="Run `gpunode doctor HOST` on the node; `dmesg | grep -i nvrm` names the reason.",
-            link="driver",
-            evidence=(spec_line,),
-        )
-    return _Cause(
-        "DP-NVML-ERROR",
-        cause=f"NVML {where} fails: {failure.error}",
-        fix="Run `gpunode doctor HOST` on the node and compare with the host's own NVML check.",
-        link="plugin",
-        evidence=(spec_line,),
-    )
-
-
-def default_runtime(case: DoctorCase) -> str | None:
-    if case.host is None:
-        return None
-    text, _ = effective_config(case.host)
-    if not text:
-        return None
-    try:
-        return default_runtime_name(text)
-    except GpunodeError:
-        return None
 
 
 def _image_pull_failure(image: str) -> tuple[str, str | None]:

@@ -7,8 +7,9 @@ import re
 
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase, PodEvidence
-from gpunode.bootstrap.core.doctor.rules_host import runtime_name_for
-from gpunode.bootstrap.core.doctor.rules_plugin import add_runtime_findings, default_runtime
+from gpunode.bootstrap.core.doctor.rules_plugin import add_runtime_findings
+from gpunode.bootstrap.core.doctor.rules_plugin_nvml import default_runtime
+from gpunode.bootstrap.core.doctor.rules_runtime import runtime_name_for
 from gpunode.bootstrap.core.kube.view import (
     GPU_RESOURCE,
     container_env,

@@ -120,6 +120,9 @@ class HostFacts:
     # Paths gpunode may write that are not plain regular files: link, broken-link,
     # directory, other (a device, a FIFO). A regular file or an absent path is not listed.
     file_kinds: Mapping[str, str] = field(default_factory=dict)
+    # apt's candidate version of the packages the snapshot asked about (None: apt has none);
+    # None when the host has no apt.
+    apt_candidates: Mapping[str, str | None] | None = None
     uploads: Mapping[str, str] = field(default_factory=dict)
     plugin_venv: PluginVenvFacts = field(default_factory=lambda: PluginVenvFacts())
     # What only `gpunode doctor` asks for (the snapshot taken with diagnostics); else None.
@@ -309,6 +312,21 @@ def parse_packages(lines: list[str], arch: str) -> tuple[str | None, dict[str, s
     return None, {}
 
 
+def parse_apt_candidates(lines: list[str]) -> dict[str, str | None] | None:
+    """`asked NAME...`, then `apt-cache policy`'s `NAME:` and `  Candidate: V` lines."""
+    if not lines or lines[0].split()[:1] != ["asked"]:
+        return None
+    candidates: dict[str, str | None] = dict.fromkeys(lines[0].split()[1:])
+    name: str | None = None
+    for line in lines[1:]:
+        if line.startswith("  Candidate:") and name is not None:
+            value = line.split(":", 1)[1].strip()
+            candidates[name] = None if value in ("", "(none)") else value
+        elif line.endswith(":") and not line.startswith(" "):
+            name = line[:-1].split(":")[0]  # a multi-arch name reads `name:arch:`
+    return candidates
+
+
 def parse_file_kinds(lines: list[str]) -> dict[str, str]:
     kinds: dict[str, str] = {}
     for line in lines:
@@ -357,6 +375,7 @@ def parse_snapshot(output: str) -> HostFacts:
         apt_sources=decode_files(lines(Section.APT_SOURCES)),
         managed_files=decode_files(lines(Section.MANAGED_FILES)),
         file_kinds=parse_file_kinds(lines(Section.FILE_KINDS)),
+        apt_candidates=parse_apt_candidates(lines(Section.APT_CANDIDATES)),
         uploads=parse_uploads(lines(Section.UPLOADS)),
         plugin_venv=parse_plugin_venv(lines(Section.PLUGIN_VENV)),
         diagnostics=parse_diagnostics(sections),

@@ -36,6 +36,7 @@ class Section(str, Enum):
     INITRAMFS = "initramfs"
     NVML = "nvml"
     PACKAGES = "packages"
+    APT_CANDIDATES = "apt_candidates"
     TOOLKIT_RUNTIME = "toolkit_runtime"
     CONTAINERD = "containerd"
     CONTAINERD_CONFIG_PATH = "containerd_config_path"
@@ -80,6 +81,7 @@ class Parameter(str, Enum):
 
     CONTAINERD_CONFIG = "GPUNODE_CONTAINERD_CONFIG"
     MANAGED_FILES = "GPUNODE_MANAGED_FILES"  # newline-separated paths
+    APT_NAMES = "GPUNODE_APT_NAMES"  # space-separated packages whose apt candidates steps need
     UPLOAD_DIR = "GPUNODE_UPLOAD_DIR"
     DIAGNOSE = "GPUNODE_DIAGNOSE"  # 1: print the diag_* sections too
     NVML_CHECK = "GPUNODE_NVML_CHECK"  # python source of the live NVML check

@@ -31,6 +31,7 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     normalize_bus_id,
 )
 from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
+from gpunode.bootstrap.core.kube.node_condition import current_condition
 from gpunode.bootstrap.core.kube.view import quantity
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
 
@@ -109,6 +110,8 @@ class NodeObservation:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     resource: str = RESOURCE  # the one judged (a shared config may rename nvidia.com/gpu)
+    # gpunode agent's GPUNodeReady condition on the node, when an agent runs there.
+    agent: Mapping[str, Any] | None = None
 
     @classmethod
     def from_node(cls, name: str, node: Mapping[str, Any] | None, resource: str = RESOURCE) -> NodeObservation:
@@ -125,6 +128,7 @@ class NodeObservation:
             dict(meta.get("labels") or {}),
             dict(meta.get("annotations") or {}),
             resource,
+            current_condition(node),
         )
 
     @property
@@ -169,6 +173,7 @@ class NodeResult:
     cause: str | None = None
     fix: str | None = None
     resource: str = RESOURCE
+    agent: Mapping[str, Any] | None = None  # the agent's GPUNodeReady condition, as read
 
     @property
     def ok(self) -> bool:
@@ -207,6 +212,12 @@ class NodeResult:
             out.append(f"cause: {self.cause}")
         if self.fix:
             out.append(f"fix: {self.fix}")
+        if self.agent:
+            a = self.agent
+            out.append(
+                f"gpunode agent: GPUNodeReady={a.get('status')} ({a.get('reason')}), "
+                f"heartbeat {a.get('lastHeartbeatTime', 'never')}: {a.get('message', '')}"
+            )
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -224,6 +235,9 @@ class NodeResult:
             "headline": self.headline,
             "cause": self.cause,
             "fix": self.fix,
+            "agent": None
+            if self.agent is None
+            else {k: self.agent.get(k) for k in ("status", "reason", "message", "lastHeartbeatTime")},
         }
 
 
@@ -243,6 +257,7 @@ def quick_result(node: NodeObservation, expect: int | None) -> NodeResult:
         "expected": expected,
         "expected_from": source,
         "resource": node.resource,
+        "agent": node.agent,
     }
     if node.allocatable is None:
         kind: ResultKind = "ok" if expected == 0 else "absent"
@@ -423,6 +438,7 @@ def explain(verdict: NodeResult, node: NodeObservation, plugin: PluginEvidence |
         cause,
         fix,
         verdict.resource,
+        verdict.agent,
     )
 
 

@@ -50,7 +50,16 @@ def managed_paths(settings: NodeSettings) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def apt_names(settings: NodeSettings) -> tuple[str, ...]:
+    """Packages the steps may install, whose apt candidates the snapshot reads."""
+    names: list[str] = []
+    for step in NODE_STEPS:
+        names += [name for name in step.apt_names(settings) if name not in names]
+    return tuple(names)
+
+
 __all__ = [
+    "apt_names",
     "NODE_STEPS",
     "NodeFacts",
     "NodeStep",

@@ -184,6 +184,9 @@ class NodeStep:
     plan: Planner
     # Files the snapshot reads back so that the planner can compare before writing.
     managed_paths: Callable[[NodeSettings], tuple[str, ...]] = lambda settings: ()
+    # Packages the step may install, whose apt candidates the snapshot reads when they are not
+    # installed (`linux-headers-KERNEL_RELEASE`: the running kernel's headers).
+    apt_names: Callable[[NodeSettings], tuple[str, ...]] = lambda settings: ()
     # Planned only once the driver is what it will be: a dry run whose driver step would
     # change the driver skips it (what it decides depends on the installed library).
     needs_settled_driver: bool = False

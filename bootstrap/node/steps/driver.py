@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gpunode.bootstrap.core.host.facts import HostFacts
 from gpunode.bootstrap.core.packages.apt_sources import GPUNODE_NONFREE_SOURCES, plan_apt_components
-from gpunode.bootstrap.core.packages.common import FileSpec, apt_update_command, upstream_version
+from gpunode.bootstrap.core.packages.common import FileSpec, PackageSpec, apt_update_command, upstream_version
 from gpunode.bootstrap.core.packages.driver import DRIVER_PIN_PATH, DriverRequest, plan_driver
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
@@ -49,6 +51,12 @@ def plan_driver_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
     files: list[FileSpec | None] = []
     if facts.os.family == "debian" and driver.components:
         files.append(plan_apt_components(facts.apt_sources, facts.os, driver.components))
+    repo_files = list(driver.repo.files) if driver.repo is not None else []
+    sources_change = bool(changed_files(facts, [*files, *repo_files]))
+    unavailable = _without_candidate(facts, driver.to_install) if not sources_change else []
+    if unavailable:
+        plan.failed = _no_candidate_message(unavailable, settings)
+        return plan
     if driver.repo is not None:
         files += list(driver.repo.files)
     files.append(driver.pin)
@@ -95,10 +103,45 @@ def plan_driver_step(node: NodeFacts, settings: NodeSettings) -> StepPlan:
     return plan
 
 
+def _without_candidate(facts: HostFacts, specs: Sequence[PackageSpec]) -> list[str]:
+    """Packages to install that apt has no candidate for (only the ones the snapshot asked about).
+
+    Judged only when this step adds no apt source: a component or repository it adds brings
+    candidates the host's lists do not have yet.
+    """
+    candidates = facts.apt_candidates
+    if candidates is None:
+        return []
+    return [spec.name for spec in specs if spec.name in candidates and candidates[spec.name] is None]
+
+
+def _no_candidate_message(names: list[str], settings: NodeSettings) -> str:
+    what = ", ".join(names)
+    text = f"apt has no installation candidate for {what} on this host, so installing would fail. "
+    if any(name.startswith("linux-headers-") for name in names):
+        return text + (
+            "The running kernel is not one the distribution ships headers for, and the dkms kernel module "
+            "needs them. Fix: boot a kernel of the distribution (Debian: apt-get install linux-image-amd64 "
+            "linux-headers-amd64, then reboot), or pass --kernel-module none when the nvidia module is "
+            "managed elsewhere"
+        )
+    return text + "Fix: run apt-get update, and check that the host's apt sources carry them"
+
+
+def driver_apt_names(settings: NodeSettings) -> tuple[str, ...]:
+    """Debian's names of what the driver step installs (other distributions are not judged)."""
+    names: tuple[str, ...] = ("libnvidia-ml1", "nvidia-smi", "libcuda1")
+    if settings.kernel_module == "dkms":
+        module = "nvidia-open-kernel-dkms" if settings.driver_flavour == "open" else "nvidia-kernel-dkms"
+        names += (module, "nvidia-persistenced", "linux-headers-KERNEL_RELEASE")
+    return names
+
+
 STEP = NodeStep(
     "driver",
     "packages",
     plan_driver_step,
     managed_paths=lambda settings: (DRIVER_PIN_PATH, GPUNODE_NONFREE_SOURCES),
+    apt_names=driver_apt_names,
     changes_driver=True,
 )

@@ -49,6 +49,8 @@ class RequestRecord:
     accept: str
     status: int = 0
     body: bytes = field(default=b"", repr=False)
+    # Bytes of the answer's body (a stream's chunks summed): what the agent benchmark counts.
+    response_bytes: int = 0
 
     @property
     def dry_run(self) -> bool:
@@ -100,6 +102,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self.record.status = code
+        self.record.response_bytes = len(body)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -129,6 +132,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def _chunk(self, data: bytes) -> None:
+        self.record.response_bytes += len(data)
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
