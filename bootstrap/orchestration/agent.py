@@ -60,7 +60,7 @@ from gpunode.bootstrap.core.settings import DATA_PREFIX, NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
 from gpunode.bootstrap.log import log_event
 from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, run_bootstrap
-from gpunode.bootstrap.orchestration.doctor import DoctorRequest, _read_hosts
+from gpunode.bootstrap.orchestration.doctor import DoctorRequest, read_hosts
 
 LIBRARY_LINKS = (
     "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
@@ -343,7 +343,7 @@ class Agent:
     def diagnose(self, settings: NodeSettings, node: Mapping[str, Any] | None = None) -> tuple[Diagnosis, str | None]:
         """Doctor's verdicts for this node, and why the host could not be read (or None)."""
         inventory = _inventory(self.request.host_pid, settings)
-        hosts = _read_hosts(DoctorRequest(inventory=inventory, containerd_config=settings.containerd_config))
+        hosts = read_hosts(DoctorRequest(inventory=inventory, containerd_config=settings.containerd_config))
         host = hosts[0]
         reader = ClusterReader(self.kubectl)
         snapshot = reader.node_snapshot(self.request.node_name, dict(node) if node is not None else None)
