@@ -12,7 +12,9 @@ node. From the run's JSON, per node:
   verify of the batch): cordon + drain (eviction, and waiting for the pod to go) + the
   Ready check + uncordon;
 - the planning pass (the dry run that decides which nodes a run disrupts), per node: the
-  run's wall time minus the node spans and the steps, over the nodes.
+  run's wall time minus the node spans and the steps, over the nodes;
+- then a no-change run with the cluster (nothing disrupted: planning dry run + the run) and
+  a --dry-run of it, whole commands: what the planning pass adds to every run.
 
 --record writes the table into benchmarks/RESULTS.md between this script's markers.
 """
@@ -139,6 +141,10 @@ def main() -> None:
                     for name in phases:
                         phases[name].append(by_name[name]["seconds"])
                 planning.append((wall - spans) / len(hosts))
+            # Whatever the last round left (default runtime on or off), keep it: no change.
+            same = ["--set-default-runtime"] if (options.rounds - 1) % 2 == 0 else []
+            no_change = [gpunode(api, [*base, *same])[0] for _ in range(options.rounds)]
+            dry = [gpunode(api, [*base, *same, "--dry-run"])[0] for _ in range(options.rounds)]
     finally:
         for sim in sims:
             sim.close()
@@ -153,6 +159,11 @@ def main() -> None:
         *(f"| of which {name} | {med(values):.2f} |" for name, values in phases.items()),
         f"| planning pass (dry run deciding the disruption, Python start included), per node | {med(planning):.2f} |",
         f"| the steps themselves (containerd restart, cluster steps, verify) | {med(steps):.2f} |",
+        "",
+        f"| both hosts, whole command, median of {options.rounds} | seconds |",
+        "|---|---|",
+        f"| a no-change run with the cluster (the planning dry run, then the run) | {med(no_change):.2f} |",
+        f"| `--dry-run` of the same (what the planning pass costs, plus its own start) | {med(dry):.2f} |",
     ]
     body = "\n".join(
         [

@@ -150,8 +150,8 @@ class Metrics:
 
 
 def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
-    """Serve /metrics on address from a daemon thread; returns the server (for its port and
-    its `registry`, where the GPU telemetry registers once NVML is up)."""
+    """Serve /metrics on address from a daemon thread; returns the server (for its port, its
+    `registry` and its `text_sources`, where the GPU telemetry joins once NVML is up)."""
     # Imported here: http.server and prometheus_client are slow to import, and a plugin
     # without metrics never needs them.
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -160,13 +160,15 @@ def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
 
     registry = CollectorRegistry()
     registry.register(metrics)
+    # Further exposition text (the GPU telemetry renders its own families, see telemetry.py).
+    text_sources: list[Callable[[], str]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404, "only /metrics is served here")
                 return
-            body = generate_latest(registry)
+            body = generate_latest(registry) + b"".join(source().encode() for source in text_sources)
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
@@ -182,5 +184,6 @@ def serve_metrics(address: tuple[str, int], metrics: Metrics) -> Any:
 
     server = Server(address, Handler)
     server.registry = registry  # type: ignore[attr-defined]
+    server.text_sources = text_sources  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -58,7 +58,7 @@ def load_devices(config: PluginConfig) -> tuple[Inventory, list[Resource]]:
 
 
 def _start_telemetry(
-    config: PluginConfig, inventory: Inventory, resources: list[Resource], metrics: Metrics, registry: Any
+    config: PluginConfig, inventory: Inventory, resources: list[Resource], metrics: Metrics, text_sources: Any
 ) -> None:
     """GPU telemetry on the metrics endpoint, with pod attribution when the kubelet offers it."""
     import socket
@@ -70,7 +70,7 @@ def _start_telemetry(
     if config.pod_resources_socket is not None:
         owners = PodAttribution(config.pod_resources_socket, device_uuids(resources))
     hostname = config.node_name or socket.gethostname()
-    registry.register(GpuTelemetry(inventory, hostname, metrics.xids, owners))
+    text_sources.append(GpuTelemetry(inventory, hostname, metrics.xids, owners).render)
     log_event(
         "telemetry",
         gpus=len(inventory.gpus),
@@ -309,7 +309,7 @@ def serve(config: PluginConfig, node_configs: NodeConfigs | None = None, explici
     labels_in_force = {"config": config, "inventory": inventory}
     labeller = _start_node_labels(config, labels_in_force)
     if metrics_server is not None:
-        _start_telemetry(config, inventory, resources, metrics, metrics_server.registry)
+        _start_telemetry(config, inventory, resources, metrics, metrics_server.text_sources)
 
     manager = PluginManager(config, resources, tracker, inventory.topology, metrics, on_ready=_ready)
     if watcher is not None and node_configs is not None and choice is not None:

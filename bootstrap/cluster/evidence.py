@@ -17,6 +17,7 @@ from typing import Any
 
 from gpunode.bootstrap.cluster.kubectl import Kubectl, KubectlError
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, PodEvidence
+from gpunode.bootstrap.core.kube.agent_manifests import AGENT_NAME
 from gpunode.bootstrap.core.kube.view import (
     GPU_RESOURCE,
     container_states,
@@ -48,6 +49,8 @@ class ClusterSnapshot:
     gaps: list[str] = field(default_factory=list)
     # The ConfigMaps of device plugin configs the DaemonSets mount (per-node config).
     config_maps: list[JSON] = field(default_factory=list)
+    # gpunode's agent DaemonSet with its ClusterRole and Role, when it is deployed.
+    agent: tuple[JSON, JSON | None, JSON | None] | None = None
 
 
 def mounted_config_maps(daemonsets: Sequence[JSON]) -> list[tuple[str, str]]:
@@ -95,10 +98,11 @@ class ClusterReader:
         nodes = self.kubectl.list("nodes")  # the first call: unreachable/unauthorized raise here
         return self._snapshot({name_of(n): n for n in nodes})
 
-    def node_snapshot(self, node_name: str) -> ClusterSnapshot:
+    def node_snapshot(self, node_name: str, node: JSON | None = None) -> ClusterSnapshot:
         """What one node's view needs, without listing every node: the agent on each of a
-        thousand nodes reads its own Node, not the whole fleet's."""
-        node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
+        thousand nodes reads its own Node, not the whole fleet's (`node`: as just read)."""
+        if node is None:
+            node = self.kubectl.get("node", node_name)  # unreachable/unauthorized raise here
         return self._snapshot({node_name: node} if node is not None else {})
 
     def _snapshot(self, nodes: dict[str, JSON]) -> ClusterSnapshot:
@@ -126,7 +130,23 @@ class ClusterReader:
             cluster_policies=policy_list,
             gaps=gaps,
             config_maps=self._config_maps(plugin_daemonsets, gaps),
+            agent=self._agent(daemonsets if isinstance(daemonsets, list) else [], gaps),
         )
+
+    def _agent(self, daemonsets: Sequence[JSON], gaps: list[str]) -> tuple[JSON, JSON | None, JSON | None] | None:
+        """The agent's DaemonSet (`gpunode render agent`) and the roles it is bound to by name,
+        for doctor to compare with what the agent does."""
+        found = [d for d in daemonsets if dig(d, "metadata", "labels", "app.kubernetes.io/name") == AGENT_NAME]
+        if not found:
+            return None
+        daemonset = found[0]
+        try:
+            cluster_role = self.kubectl.get("clusterrole.rbac.authorization.k8s.io", AGENT_NAME)
+            role = self.kubectl.get("role.rbac.authorization.k8s.io", AGENT_NAME, namespace=namespace_of(daemonset))
+        except GpunodeError as exc:
+            gaps.append(f"the agent's ClusterRole/Role could not be read: {exc}")
+            return None
+        return daemonset, cluster_role, role
 
     def _config_maps(self, daemonsets: Sequence[JSON], gaps: list[str]) -> list[JSON]:
         found = []
@@ -205,6 +225,7 @@ class ClusterReader:
             other_pods=tuple(others),
             gaps=tuple(snapshot.gaps) + tuple(gaps),
             config_maps=tuple(snapshot.config_maps),
+            agent=snapshot.agent,
         )
 
     def node_views(self, snapshot: ClusterSnapshot, node_names: Sequence[str]) -> dict[str, ClusterView]:

@@ -124,6 +124,22 @@ def run_cluster_steps(
     return {h.target.host: [h.steps[name] for name in CLUSTER_STEPS if name in h.steps] for h in run.hosts}
 
 
+def verify_only(
+    kubectl: Kubectl,
+    targets: Sequence[NodeTarget],
+    settings: ClusterSettings,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, StepResult]:
+    """The verify step alone, for nodes whose other cluster steps a dry run has just shown
+    unchanged (a rollout's no-change hosts): the proof, without planning them twice."""
+    run = _Run(targets, progress, False)
+    try:
+        _verify(run, kubectl, node_configs(settings, targets))
+    except GpunodeError as exc:
+        run.fail_rest("verify", exc)
+    return {h.target.host: h.steps["verify"] for h in run.hosts if "verify" in h.steps}
+
+
 def _plan(run: _Run, settings: ClusterSettings) -> None:
     for host in run.hosts:
         try:

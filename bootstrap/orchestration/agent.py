@@ -60,7 +60,7 @@ from gpunode.bootstrap.core.settings import DATA_PREFIX, NodeSettings
 from gpunode.bootstrap.errors import GpunodeError
 from gpunode.bootstrap.log import log_event
 from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, run_bootstrap
-from gpunode.bootstrap.orchestration.doctor import DoctorRequest, _read_hosts
+from gpunode.bootstrap.orchestration.doctor import DoctorRequest, read_hosts
 
 LIBRARY_LINKS = (
     "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
@@ -203,7 +203,8 @@ class Agent:
                 self._resume_if_ours(node, outcome)
                 self._converge(settings, node, outcome)
             if not outcome.waited_for and outcome.condition.reason != REASON_DRAIN_BLOCKED:
-                outcome.condition = self._judge(settings)
+                # Check mode changed nothing: the Node read above is still the one to judge.
+                outcome.condition = self._judge(settings, node if mode == "check" else None)
             if mode == "apply":
                 self._bring_back(outcome)
         after, outcome.event = publish(
@@ -339,13 +340,13 @@ class Agent:
 
     # -- judge --------------------------------------------------------------------------
 
-    def diagnose(self, settings: NodeSettings) -> tuple[Diagnosis, str | None]:
+    def diagnose(self, settings: NodeSettings, node: Mapping[str, Any] | None = None) -> tuple[Diagnosis, str | None]:
         """Doctor's verdicts for this node, and why the host could not be read (or None)."""
         inventory = _inventory(self.request.host_pid, settings)
-        hosts = _read_hosts(DoctorRequest(inventory=inventory, containerd_config=settings.containerd_config))
+        hosts = read_hosts(DoctorRequest(inventory=inventory, containerd_config=settings.containerd_config))
         host = hosts[0]
         reader = ClusterReader(self.kubectl)
-        snapshot = reader.node_snapshot(self.request.node_name)
+        snapshot = reader.node_snapshot(self.request.node_name, dict(node) if node is not None else None)
         view = reader.node_view(snapshot, self.request.node_name)
         case = DoctorCase(
             subject=f"node {self.request.node_name}",
@@ -358,8 +359,8 @@ class Agent:
         )
         return diagnose([case]), host.problem
 
-    def _judge(self, settings: NodeSettings) -> NodeCondition:
-        diagnosis, host_problem = self.diagnose(settings)
+    def _judge(self, settings: NodeSettings, node: Mapping[str, Any] | None = None) -> NodeCondition:
+        diagnosis, host_problem = self.diagnose(settings, node)
         problems = diagnosis.problems
         if self.budget.slot is not None:
             # The agent's own cordon during its disruption is not a finding about the node:

@@ -80,6 +80,8 @@ class HostRun:
     lock: HostLock | None = None
     # What the nvml-library step resolved: the steps after it and the cluster steps use it.
     library: NvmlLibrary | None = None
+    # The node as the cluster steps saw it (None: no cluster steps for this host).
+    target: NodeTarget | None = None
 
     @property
     def active(self) -> bool:
@@ -214,6 +216,8 @@ class BootstrapResult:
     reports: list[HostReport]
     # Every change per host with its file diffs: what --dry-run shows after the summary.
     plan: str
+    # By host: the nodes the cluster steps worked on (a rollout verifies no-change hosts with them).
+    targets: dict[str, NodeTarget] = field(default_factory=dict)
 
 
 def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapResult:
@@ -221,7 +225,8 @@ def run_bootstrap(inventory: Inventory, request: BootstrapRequest) -> BootstrapR
     runs = [HostRun(host, HostReport(host.name)) for host in session.hosts]
     try:
         reports = _run(session, runs, request)
-        return BootstrapResult(reports, plan_text(runs))
+        targets = {run.report.host: run.target for run in runs if run.target is not None}
+        return BootstrapResult(reports, plan_text(runs), targets)
     finally:
         for run in runs:
             if run.lock is not None:
@@ -460,6 +465,7 @@ def _cluster(runs: Sequence[HostRun], request: BootstrapRequest, unreachable: Gp
             continue
         targets.append(target)
         by_name[target.host] = run
+        run.target = target
     if not targets:
         return
     _say(request, f"cluster steps for {len(targets)} node(s) with {request.cluster.access.describe()}")

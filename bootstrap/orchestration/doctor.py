@@ -71,7 +71,8 @@ def parse_pod(text: str) -> tuple[str, str]:
     return namespace, name
 
 
-def _read_hosts(request: DoctorRequest) -> list[_Host]:
+def read_hosts(request: DoctorRequest) -> list[_Host]:
+    """Each HOST's snapshot with doctor's diagnostic sections (the agent reads its host so too)."""
     if request.inventory is None:
         return []
     from gpunode.bootstrap.core.settings import resolve_settings
@@ -152,7 +153,7 @@ def _prefetch_views(request: DoctorRequest, hosts: Sequence[_Host], cluster: _Cl
 
 
 def run_doctor(request: DoctorRequest) -> Diagnosis:
-    hosts = _read_hosts(request)
+    hosts = read_hosts(request)
     cluster = _read_cluster(request)
     extra: list[Findings] = []
     target: PodEvidence | None = None
@@ -270,4 +271,4 @@ def run_doctor(request: DoctorRequest) -> Diagnosis:
     return Diagnosis(tuple(verdicts), tuple(skipped))
 
 
-__all__ = ["DoctorRequest", "run_doctor", "parse_pod"]
+__all__ = ["DoctorRequest", "run_doctor", "parse_pod", "read_hosts"]

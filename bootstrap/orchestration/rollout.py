@@ -27,6 +27,7 @@ from pyinfra.api.inventory import Inventory
 
 from gpunode.bootstrap.cluster import drain
 from gpunode.bootstrap.cluster.kubectl import Kubectl
+from gpunode.bootstrap.cluster.steps import verify_only
 from gpunode.bootstrap.core.kube.rollout_plan import (
     Disruption,
     MaxUnavailable,
@@ -41,7 +42,7 @@ from gpunode.bootstrap.core.kube.rollout_plan import (
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import resolve_settings
 from gpunode.bootstrap.errors import GpunodeError, UserError
-from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, check_cluster, run_bootstrap
+from gpunode.bootstrap.orchestration.bootstrap import BootstrapRequest, BootstrapResult, check_cluster, run_bootstrap
 
 
 @dataclass
@@ -150,7 +151,9 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
     hosts = list(inventory)
     origin = time.monotonic()
     _say(request, f"planning the rollout of {len(hosts)} host(s)")
-    planned = run_bootstrap(inventory, replace(request.bootstrap, dry_run=True, confirm=None))
+    # Quiet unless the user asked for the dry run: its "would change" lines are not this run's.
+    quiet = None if not request.bootstrap.dry_run else request.bootstrap.progress
+    planned = run_bootstrap(inventory, replace(request.bootstrap, dry_run=True, confirm=None, progress=quiet))
     reports = {r.host: r for r in planned.reports}
     nodes: list[NodeRollout] = []
     states: list[NodeState] = []
@@ -163,7 +166,10 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
         nodes.append(node)
         if report.error is not None or not node.node:
             continue  # it fails on its own in the run; nothing to cordon
-        state = node_state(host.name, drain.read_node(kubectl, node.node))
+        found = kubectl.get("node", node.node)
+        if found is None:
+            continue  # not in the cluster: its node-label step says so in the run
+        state = node_state(host.name, found)
         if disruption.disrupts or state.cordoned_by_us:
             if not disruption.disrupts:
                 node.disruption = Disruption(("gpunode cordoned it in an earlier run that did not finish",), "all")
@@ -202,16 +208,48 @@ def run_rollout(inventory: Inventory, request: RolloutRequest) -> RolloutResult:
                 reports[node.host].error = "not started: the rollout stopped before this host"
             result.reports = [reports[h.name] for h in hosts]
             return result
-    calm = [by_name[n.host] for n in nodes if n.batch == 0]
-    if calm:
-        _say(request, f"{len(calm)} host(s) whose run disrupts nothing: bootstrapped without a cordon")
-        for report in run_bootstrap(sub_inventory(calm), request.bootstrap).reports:
-            reports[report.host] = report
-        for node in nodes:
-            if node.batch == 0:
-                node.status = "done" if reports[node.host].ok else "failed"
+    _finish_calm(kubectl, request, [by_name[n.host] for n in nodes if n.batch == 0], planned, reports)
+    for node in nodes:
+        if node.batch == 0:
+            node.status = "done" if reports[node.host].ok else "failed"
     result.reports = [reports[h.name] for h in hosts]
     return result
+
+
+def _settled(report: HostReport) -> bool:
+    """Its planned run changes nothing: the planning dry run was its run, but for verify."""
+    return (
+        report.ok
+        and not report.reboot_required
+        and all(s.status in ("unchanged", "skipped") for s in report.steps)
+        and report.step("verify") is not None
+    )
+
+
+def _finish_calm(
+    kubectl: Kubectl,
+    request: RolloutRequest,
+    calm: list[Host],
+    planned: BootstrapResult,
+    reports: dict[str, HostReport],
+) -> None:
+    """The hosts whose run disrupts nothing, without a cordon: those whose plan changes
+    nothing are only verified (planning them again would read and compare it all twice),
+    the others get their run."""
+    settled = [h for h in calm if h.name in planned.targets and _settled(reports[h.name])]
+    rest = [h for h in calm if h not in settled]
+    if settled and request.bootstrap.cluster is not None:
+        _say(request, f"{len(settled)} host(s) with nothing to change: verified")
+        targets = [planned.targets[h.name] for h in settled]
+        proofs = verify_only(kubectl, targets, request.bootstrap.cluster.settings, request.bootstrap.progress)
+        for host in settled:
+            proof = proofs.get(host.name)
+            if proof is not None:
+                reports[host.name].record("verify", proof.status, proof.detail)
+    if rest:
+        _say(request, f"{len(rest)} host(s) whose run disrupts nothing: bootstrapped without a cordon")
+        for report in run_bootstrap(sub_inventory(rest), request.bootstrap).reports:
+            reports[report.host] = report
 
 
 def _batches_text(batches: list[list[NodeState]]) -> str:

@@ -164,3 +164,69 @@ def test_a_refused_lease_write_names_the_missing_grant(kube_api: KubeApiStandIn,
             DisruptionBudget(kc, NS, "gpu-a", max_unavailable=1).try_hold()
     assert "leases.coordination.k8s.io" in caught.value.problem
     assert caught.value.fix and "grant" in caught.value.fix
+
+
+def test_a_refused_condition_write_names_the_missing_grant(kube_api: KubeApiStandIn, kc: Kubectl) -> None:
+    kube_api.add_node("gpu-1")
+    bad = NodeCondition("False", "F17", "x")
+    with kube_api.fault("forbidden", r"/nodes/gpu-1/status"):
+        with pytest.raises(ClusterAuthError) as caught:
+            publish(
+                kc,
+                read_node(kc, "gpu-1"),
+                bad,
+                now=datetime(2026, 12, 7, 3, 0, tzinfo=timezone.utc),
+                heartbeat_seconds=300,
+                event_namespace=NS,
+                reporting_instance="x",
+            )
+    assert "patch" in caught.value.problem and "nodes" in caught.value.problem, caught.value.problem
+    assert caught.value.fix and "grant" in caught.value.fix
+
+
+def test_doctor_reads_the_agents_roles_and_names_what_is_missing(kube_api: KubeApiStandIn, tmp_path: Path) -> None:
+    """`gpunode doctor --node` against the stand-in: the agent's objects as `render agent`
+    prints them, then one rule taken away from its Role (kubectl apply, as a GitOps edit would)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from gpunode.bootstrap.core.kube.agent_manifests import AgentDeployment, agent_objects
+
+    kube_api.add_node("gpu-1", labels={"nvidia.com/gpu.present": "true"})
+    objects = agent_objects(AgentDeployment(mode="apply"))
+    role = next(o for o in objects if o["kind"] == "Role")
+    role["rules"] = [r for r in role["rules"] if "leases" not in r["resources"]]
+    applied = kube_api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+    assert applied.returncode == 0, applied.stderr
+
+    def doctor() -> dict[str, object]:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpunode.bootstrap.cli.main",
+                "doctor",
+                "--node",
+                "gpu-1",
+                "--output",
+                "json",
+                "--kubeconfig",
+                str(kube_api.kubeconfig_path),
+            ],
+            capture_output=True,
+            text=True,
+            env=kube_api.kubectl_env(),
+            check=False,
+            timeout=120,
+        )
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    found = [v for v in doctor()["verdicts"] if v["id"] == "AGENT-RBAC"]  # type: ignore[union-attr,index]
+    assert len(found) == 1, found
+    assert "get leases.coordination.k8s.io (namespace kube-system)" in found[0]["cause"]
+    assert "gpunode render agent --mode apply" in found[0]["fix"]
+    whole = agent_objects(AgentDeployment(mode="apply"))
+    kube_api.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([o for o in whole if o["kind"] == "Role"]))
+    assert "AGENT-RBAC" not in [v["id"] for v in doctor()["verdicts"]]  # type: ignore[union-attr,index]

@@ -308,9 +308,13 @@ def test_two_agents_with_max_unavailable_one_never_disrupt_both_at_once(
 ) -> None:
     pair = hosts[1:]
     agents = [AgentProcess(api, h, "--mode", "apply", "--max-unavailable", "1", "--lease-duration", "20") for h in pair]
+    lib_dir = build_fake_nvml(cache_dir)
+    # Each GPU answers when its own agent has converged its node: whichever wins the slot
+    # first (the other waits for it, and the winner keeps the slot until it is proven).
+    answering = [threading.Thread(target=gpu_answers_once_converged, args=(a, lib_dir), daemon=True) for a in agents]
     try:
-        for agent in agents:
-            gpu_answers_once_converged(agent, build_fake_nvml(cache_dir))
+        for thread in answering:
+            thread.start()
         for h in pair:
             eventually(lambda h=h: condition_is(api, h.name, "True"), timeout=600, what=f"{h.name} True")
     finally:

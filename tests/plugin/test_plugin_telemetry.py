@@ -226,3 +226,15 @@ def test_a_row_remap_failure_is_logged_once_for_doctor(harness: PluginHarness) -
     assert "uncorrectable_rows=5" in log
     time.sleep(0.6)  # several more checks: still one line
     assert plugin.log().count("gpu_row_remap_failure") == 1
+
+
+def test_render_escapes_label_values_as_the_text_format_wants() -> None:
+    from gpunode.plugin.telemetry import GpuTelemetry
+
+    telemetry = GpuTelemetry.__new__(GpuTelemetry)  # no NVML: only the formatting is under test
+    telemetry._label_text = {}
+    tricky = {"modelName": 'A "quoted" \\ name\nnext', "pod": "p"}
+    text = f"# TYPE x gauge\nx{telemetry._labels(tricky)} 1.0\n"
+    [family] = list(text_string_to_metric_families(text))
+    assert family.samples[0].labels == tricky
+    assert telemetry._labels(tricky) is telemetry._labels(dict(tricky))  # escaped once, remembered

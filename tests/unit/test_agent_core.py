@@ -291,3 +291,33 @@ def test_verify_reports_the_agents_condition_beside_its_own_verdict() -> None:
     assert any(line.startswith("gpunode agent: GPUNodeReady=False (F8)") for line in result.lines())
     plain = quick_result(NodeObservation.from_node("gpu-1", {"metadata": {}, "status": {}}), 1)
     assert plain.as_dict()["agent"] is None
+
+
+def test_missing_grants_compares_the_roles_with_what_the_agent_does() -> None:
+    from gpunode.bootstrap.core.kube.agent_manifests import missing_grants
+
+    objects = {o["kind"]: o for o in agent_objects(AgentDeployment(mode="apply"))}
+    cluster_role, role = objects["ClusterRole"], objects["Role"]
+    assert missing_grants("apply", "kube-system", cluster_role, role) == []
+    trimmed = {**cluster_role, "rules": [r for r in cluster_role["rules"] if "pods/eviction" not in r["resources"]]}
+    assert missing_grants("apply", "kube-system", trimmed, role) == ["create pods/eviction (cluster)"]
+    assert missing_grants("check", "kube-system", trimmed, role) == []  # check mode never evicts
+    assert "update leases.coordination.k8s.io (namespace kube-system)" in missing_grants(
+        "check", "kube-system", cluster_role, None
+    )
+    admin = {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}
+    assert missing_grants("apply", "kube-system", admin, None) == []
+
+
+def test_doctor_names_the_grant_the_agent_is_missing() -> None:
+    from doctor_support import case, healthy_view, judge
+
+    objects = {o["kind"]: o for o in agent_objects(AgentDeployment(mode="apply", namespace="gpu-system"))}
+    role = {**objects["Role"], "rules": [r for r in objects["Role"]["rules"] if "leases" not in r["resources"]]}
+    diagnosis = judge(case(view=healthy_view(agent=(objects["DaemonSet"], objects["ClusterRole"], role))))
+    (finding,) = [v for v in diagnosis.verdicts if v.id == "AGENT-RBAC"]
+    assert finding.severity == "warning"
+    assert "get leases.coordination.k8s.io (namespace gpu-system)" in finding.cause
+    assert "--mode apply --namespace gpu-system" in finding.fix
+    whole = judge(case(view=healthy_view(agent=(objects["DaemonSet"], objects["ClusterRole"], objects["Role"]))))
+    assert "AGENT-RBAC" not in [v.id for v in whole.verdicts]

@@ -634,6 +634,15 @@ _ENTRIES = (
         "pod on the node, `gpunode render agent`).",
     ),
     Entry(
+        "AGENT-RBAC",
+        "deployment",
+        "warning",
+        "gpunode's agent lacks a permission it uses",
+        "the agent's ClusterRole/Role `gpunode-agent` misses a rule `gpunode render agent` grants; "
+        "its ticks log the refusal, its condition goes stale or is never written",
+        "Apply `gpunode render agent` (with the agent's --mode) again, or add the named grant to its roles.",
+    ),
+    Entry(
         "POD-UNSCHEDULABLE",
         "workload",
         "critical",

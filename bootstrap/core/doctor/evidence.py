@@ -47,6 +47,9 @@ class ClusterView:
     gaps: tuple[str, ...] = ()
     # ConfigMaps of device plugin configs mounted by those DaemonSets (per-node config).
     config_maps: tuple[JSON, ...] = ()
+    # gpunode's agent, when its DaemonSet exists: (DaemonSet, its ClusterRole, its Role),
+    # the roles None when they are gone.
+    agent: tuple[JSON, JSON | None, JSON | None] | None = None
 
 
 @dataclass(frozen=True)

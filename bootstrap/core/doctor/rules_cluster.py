@@ -21,6 +21,7 @@ from gpunode.bootstrap.core.doctor.rules_runtime import describe_sockets, gpu_co
 from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
 from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
+from gpunode.bootstrap.core.kube.agent_manifests import agent_mode_of, missing_grants
 from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, daemonset_name
 from gpunode.bootstrap.core.kube.view import (
     controlled_by,
@@ -76,6 +77,7 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
             workload_rules(case, view, None, findings)
         return
     _node_rules(node, findings)
+    _agent_rbac_rules(view, findings)
     _runtimeclass_rules(case, view, findings)
     plugin = _deployment_rules(case, view, node, findings)
     plugin_rules(case, view, node, plugin, findings)
@@ -88,6 +90,27 @@ def cluster_rules(case: DoctorCase, findings: Findings) -> None:
 
 
 # --- the node -------------------------------------------------------------------------------
+
+
+def _agent_rbac_rules(view: ClusterView, findings: Findings) -> None:
+    """gpunode's agent DaemonSet exists: does its ClusterRole/Role allow what it does?"""
+    if view.agent is None:
+        return
+    agent_daemonset, cluster_role, role = view.agent
+    mode = agent_mode_of(agent_daemonset)
+    namespace = str((agent_daemonset.get("metadata") or {}).get("namespace", ""))
+    missing = missing_grants(mode, namespace, cluster_role, role)
+    if not missing:
+        return
+    roles = f"ClusterRole gpunode-agent {'found' if cluster_role else 'missing'}, Role {'found' if role else 'missing'}"
+    findings.add(
+        "AGENT-RBAC",
+        cause=f"gpunode's agent ({namespace}/{name_of(agent_daemonset)}, --mode {mode}) may not do "
+        f"{len(missing)} thing(s) it does: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}.",
+        evidence=[f"missing: {grant}" for grant in missing] + [roles],
+        fix=f"`gpunode render agent --mode {mode} --namespace {namespace} | kubectl apply -f -`, "
+        f"or grant {missing[0]} to ServiceAccount {namespace}/gpunode-agent.",
+    )
 
 
 def _node_rules(node: JSON, findings: Findings) -> None:

@@ -125,6 +125,13 @@ def cluster_rules(mode: str) -> list[dict[str, Any]]:
         {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["list"]},
         # The GPU Operator's status, when its CRD exists (F8: ready while the plugin is gone).
         {"apiGroups": ["nvidia.com"], "resources": ["clusterpolicies"], "verbs": ["list"]},
+        # Its own roles, by name: doctor's check that nothing it needs was taken away.
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles", "roles"],
+            "resourceNames": [AGENT_NAME],
+            "verbs": ["get"],
+        },
     ]
     if mode == "apply":
         rules[0] = {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
@@ -250,6 +257,49 @@ def render_agent(dep: AgentDeployment) -> str:
     return yaml.safe_dump_all(agent_objects(dep), sort_keys=False, default_flow_style=False)
 
 
+def _covers(rule: Mapping[str, Any], group: str, resource: str, verb: str) -> bool:
+    """Whether one RBAC rule allows the request (a rule limited to resourceNames does not
+    allow a list, and is taken as not covering a request by any name)."""
+    if rule.get("resourceNames") and AGENT_NAME not in rule["resourceNames"]:
+        return False
+    return (
+        any(g in (group, "*") for g in rule.get("apiGroups") or [])
+        and any(r in (resource, "*") for r in rule.get("resources") or [])
+        and any(v in (verb, "*") for v in rule.get("verbs") or [])
+    )
+
+
+def missing_grants(
+    mode: str, namespace: str, cluster_role: Mapping[str, Any] | None, role: Mapping[str, Any] | None
+) -> list[str]:
+    """What the agent needs (`cluster_rules`, `namespace_rules`) and its ClusterRole / Role
+    do not allow, as `verb resource[.group] (scope)`. A namespaced need is met by either."""
+    cluster = list((cluster_role or {}).get("rules") or [])
+    local = cluster + list((role or {}).get("rules") or [])
+    out = []
+    for rules, granted, scope in (
+        (cluster_rules(mode), cluster, "cluster"),
+        (namespace_rules(), local, f"namespace {namespace}"),
+    ):
+        for rule in rules:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        if not any(_covers(g, group, resource, verb) for g in granted):
+                            out.append(f"{verb} {resource}{'.' + group if group else ''} ({scope})")
+    return out
+
+
+def agent_mode_of(daemonset: Mapping[str, Any]) -> str:
+    """The --mode the agent DaemonSet runs with (check when it says none)."""
+    containers = ((((daemonset.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
+    for container in containers:
+        for arg in container.get("args") or []:
+            if isinstance(arg, str) and arg.startswith("--mode="):
+                return arg.split("=", 1)[1]
+    return "check"
+
+
 def needed_grants(mode: str, namespace: str) -> list[str]:
     """Each permission as `verb resource[.group] (scope)`: what doctor compares a refusal with."""
     out = []
@@ -262,4 +312,11 @@ def needed_grants(mode: str, namespace: str) -> list[str]:
     return out
 
 
-__all__: Sequence[str] = ("AgentDeployment", "agent_objects", "render_agent", "parse_selector", "needed_grants")
+__all__: Sequence[str] = (
+    "AgentDeployment",
+    "agent_objects",
+    "render_agent",
+    "parse_selector",
+    "needed_grants",
+    "missing_grants",
+)
