@@ -50,3 +50,22 @@ def test_bootstrap_prints_it_before_touching_a_host(monkeypatch: pytest.MonkeyPa
     assert f"warning: The default plugin image {bundled_image()} is not published" in result.output
     quiet = CliRunner().invoke(cli, ["bootstrap", "gpu01.example", "--dry-run", "--plugin-mode", "host"])
     assert "not published" not in quiet.output
+
+
+def test_render_agent_says_the_default_agent_image_is_not_published(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from gpunode.bootstrap.core.kube.agent_manifests import agent_image
+
+    result = CliRunner().invoke(cli, ["render", "agent"])
+    assert result.exit_code == 0, result.output
+    notice = f"warning: The default agent image {agent_image()} is not published"
+    assert notice in result.stderr and notice not in result.stdout  # the YAML stays clean
+    for way in ("gpunode image build --kind agent", "--image REF", "ctr -n k8s.io images import"):
+        assert way in result.stderr
+    # Another image, or a release's wheel that pushed both images: nothing to say.
+    assert "not published" not in CliRunner().invoke(cli, ["render", "agent", "--image", "r.local/a:1"]).stderr
+    (tmp_path / published.MARKER).write_text(f"{bundled_image()}\n{agent_image()}\n")
+    monkeypatch.setattr(published, "files", lambda _package: tmp_path)
+    assert published.default_image_published() and published.default_agent_image_published()
+    assert "not published" not in CliRunner().invoke(cli, ["render", "agent"]).stderr
