@@ -73,6 +73,11 @@ def agent_command(
                 f"--settings {settings_file}: {exc.strerror}.", fix="give a readable settings.yaml"
             ) from exc
         parse_agent_config(settings_yaml)  # refused here rather than by every agent later
+    from gpunode.bootstrap.image.published import default_agent_image_published, unpublished_agent_image_notice
+
+    notice = unpublished_agent_image_notice(image, default_agent_image_published())
+    if notice:
+        click.echo(f"gpunode: warning: {notice}", err=True)
     deployment = AgentDeployment(
         namespace=namespace,
         image=image or agent_image(),

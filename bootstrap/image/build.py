@@ -1,8 +1,9 @@
-"""`gpunode image build`: the device plugin image as one archive, with no registry at all.
+"""`gpunode image build`: the plugin or agent image as one archive, with no registry at all.
 
-Two layers: the Debian base (base.py, cached per recipe) and the plugin's packages (the
-gpunode wheel and only the plugin's dependencies, installed by pip for the base's python
-and architecture into /usr/local). The archive is an OCI image layout with docker's
+Layers: the Debian base (base.py, cached per recipe), for the agent a layer per package
+from another Debian suite (foreign_deb.py: kubectl), and the Python packages (the gpunode
+wheel with only the plugin's dependencies, or with all of gpunode's for the agent,
+installed by pip for the base's python and architecture into /usr/local). The archive is an OCI image layout with docker's
 manifest.json beside it (core/image/oci.py), written to a temporary name and renamed.
 """
 
@@ -22,6 +23,7 @@ from email.parser import HeaderParser
 from importlib.metadata import requires
 from pathlib import Path
 
+from gpunode.bootstrap.core.image.kinds import PLUGIN, ImageKind, image_requirements
 from gpunode.bootstrap.core.image.oci import (
     OCI_LAYOUT,
     Blob,
@@ -32,9 +34,11 @@ from gpunode.bootstrap.core.image.oci import (
     image_index,
     image_manifest,
 )
-from gpunode.bootstrap.core.image.recipe import DEFAULT_BASE, BaseRecipe, plugin_requirements
+from gpunode.bootstrap.core.image.recipe import DEFAULT_BASE, BaseRecipe
 from gpunode.bootstrap.errors import HostStateError, UserError
 from gpunode.bootstrap.image.base import base_layer, gzip_layer
+from gpunode.bootstrap.image.foreign_deb import deb_layer
+from gpunode.bootstrap.image.layer_tar import tree_layer_tar
 
 # What the gpunode wheel is built from (the Containerfile copies the same).
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "bootstrap", "plugin", "templates")
@@ -48,6 +52,7 @@ class BuildRequest:
     wheels: Path | None = None  # a directory with the gpunode wheel and its plugin dependencies
     source: Path | None = None  # a gpunode checkout to build the wheel from
     recipe: BaseRecipe = DEFAULT_BASE
+    kind: ImageKind = PLUGIN
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class BuildReport:
     base_cached: bool
     seconds: float
     layers: list[str] = field(default_factory=list)
+    foreign_packages: dict[str, str] = field(default_factory=dict)  # e.g. kubectl -> version (Debian 13)
 
 
 def checkout_of_this_gpunode() -> Path | None:
@@ -115,8 +121,8 @@ def _gpunode_wheel(request: BuildRequest, into: Path) -> None:
     _pip("wheel", "--no-deps", "--wheel-dir", str(into), str(copy), what=f"build the gpunode wheel from {source}")
 
 
-def _plugin_wheels(request: BuildRequest, into: Path) -> None:
-    """The plugin's dependencies (and theirs) as wheels for the image's python and machine."""
+def _dependency_wheels(request: BuildRequest, into: Path) -> None:
+    """The image's dependencies (and theirs) as wheels for the image's python and machine."""
     recipe = request.recipe
     platform = [f"--platform={tag}" for tag in recipe.wheel_platforms()]
     index = ["--no-index", f"--find-links={request.wheels}"] if request.wheels else []
@@ -129,8 +135,8 @@ def _plugin_wheels(request: BuildRequest, into: Path) -> None:
         f"--python-version={recipe.python_version}",
         "--implementation=cp",
         *index,
-        *plugin_requirements(requires("gpunode") or []),
-        what="download the plugin's dependencies",
+        *image_requirements(request.kind, requires("gpunode") or [], recipe),
+        what=f"download the {request.kind.name} image's dependencies",
     )
 
 
@@ -148,7 +154,7 @@ def _install(recipe: BaseRecipe, wheels: Path, target: Path) -> dict[str, str]:
         f"--python-version={recipe.python_version}",
         "--implementation=cp",
         *sorted(str(w) for w in wheels.glob("*.whl")),
-        what="install the plugin's packages for the image",
+        what="install the Python packages for the image",
     )
     shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts for this host's python
     # pip records where each wheel came from (a temporary path of this build): nothing the
@@ -176,26 +182,14 @@ def _install(recipe: BaseRecipe, wheels: Path, target: Path) -> dict[str, str]:
     return dict(sorted(installed.items(), key=lambda item: item[0].lower()))
 
 
-def _site_layer_tar(recipe: BaseRecipe, target: Path, out: Path, mtime: int) -> None:
-    """A layer tar of `target` under the image's site-packages: root-owned, fixed times, sorted."""
-    prefix = recipe.site_packages
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        parts = prefix.split("/")
-        for depth in range(1, len(parts) + 1):
-            info = tarfile.TarInfo("/".join(parts[:depth]))
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, mtime
-            tar.addfile(info)
-        for path in sorted(target.rglob("*")):
-            info = tar.gettarinfo(str(path), arcname=f"{prefix}/{path.relative_to(target)}")
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mtime = mtime
-            info.mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
-            if path.is_file() and not path.is_symlink():
-                with open(path, "rb") as data:
-                    tar.addfile(info, data)
-            else:
-                tar.addfile(info)
+# The console script pip would write, for the image's own python (pip's are for this host's).
+CONSOLE_SCRIPT = """#!/usr/bin/python3
+import sys
+
+from gpunode.bootstrap.cli.main import console_main
+
+sys.exit(console_main())
+"""
 
 
 def _write_archive(output: Path, blobs: dict[Blob, Path | bytes], index: bytes, docker: bytes) -> None:
@@ -226,9 +220,7 @@ def _write_archive(output: Path, blobs: dict[Blob, Path | bytes], index: bytes, 
         partial.unlink(missing_ok=True)
 
 
-def build_image(request: BuildRequest) -> BuildReport:
-    started = time.monotonic()
-    output = request.output
+def _check_output(output: Path) -> None:
     if output.exists() and not output.is_file():
         raise UserError(f"--archive {output} exists and is not a file.", "Give the path of a .tar file to write.")
     if not output.parent.is_dir():
@@ -236,52 +228,74 @@ def build_image(request: BuildRequest) -> BuildReport:
             f"--archive {output}: the directory {output.parent} does not exist.",
             "Create the directory, or give a path in one that exists.",
         )
+
+
+def _python_layer(request: BuildRequest, work: Path, epoch: int) -> tuple[Layer, Path, int, dict[str, str]]:
+    """The gpunode wheel and its dependencies for this kind, installed under /usr/local."""
     recipe = request.recipe
+    wheels, tree = work / "wheels", work / "tree"
+    wheels.mkdir()
+    _gpunode_wheel(request, wheels)
+    _dependency_wheels(request, wheels)
+    installed = _install(recipe, wheels, tree / recipe.site_packages)
+    if "gpunode" not in installed:
+        raise HostStateError("The gpunode wheel was not installed into the image.", "Check --wheels or --source.")
+    if request.kind.console_script:
+        script = tree / "usr/local/bin/gpunode"
+        script.parent.mkdir(parents=True)
+        script.write_text(CONSOLE_SCRIPT)
+        script.chmod(0o755)
+    tree_layer_tar(tree, work / "site.tar", mtime=epoch)
+    with open(work / "site.tar", "rb") as plain:
+        blob, diff_id, site_bytes = gzip_layer(plain, work / "site.tar.gz")
+    packages = " ".join(f"{name}=={installed[name]}" for name in installed)
+    layer = Layer(blob, diff_id, f"pip install --target /{recipe.site_packages} {packages}")
+    return layer, work / "site.tar.gz", site_bytes, installed
+
+
+def build_image(request: BuildRequest) -> BuildReport:
+    started = time.monotonic()
+    _check_output(request.output)
+    recipe, kind = request.recipe, request.kind
     base = base_layer(recipe, request.cache_dir)
+    debs = [deb_layer(deb, recipe, base.debian_packages, request.cache_dir) for deb in kind.foreign_debs]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     with tempfile.TemporaryDirectory(prefix="gpunode-image-") as tmp:
         work = Path(tmp)
-        wheels, target = work / "wheels", work / "site"
-        wheels.mkdir()
-        _gpunode_wheel(request, wheels)
-        _plugin_wheels(request, wheels)
-        installed = _install(recipe, wheels, target)
-        if "gpunode" not in installed:
-            raise HostStateError("The gpunode wheel was not installed into the image.", "Check --wheels or --source.")
-        _site_layer_tar(recipe, target, work / "site.tar", mtime=epoch)
-        with open(work / "site.tar", "rb") as plain:
-            blob, diff_id, site_bytes = gzip_layer(plain, work / "site.tar.gz")
-        packages = " ".join(f"{name}=={installed[name]}" for name in installed)
-        site = Layer(blob, diff_id, f"pip install --target /{recipe.site_packages} {packages}")
-        layers = [base.layer, site]
+        site, site_path, site_bytes, installed = _python_layer(request, work, epoch)
+        layers = [base.layer, *(deb.layer for deb in debs), site]
         labels = {
-            "org.opencontainers.image.title": "gpunode device plugin",
+            "org.opencontainers.image.title": kind.title,
             "org.opencontainers.image.version": installed["gpunode"],
             "org.opencontainers.image.created": created,
             "org.opencontainers.image.base.name": f"debian:{recipe.suite} (mmdebstrap {recipe.variant})",
         }
-        config = canonical(image_config(layers, recipe.architecture, created, labels))
+        config = canonical(image_config(layers, recipe.architecture, created, labels, kind.entrypoint, kind.cmd))
         config_blob = _blob_of(config)
         manifest = canonical(image_manifest(config_blob, layers, labels))
         manifest_blob = _blob_of(manifest)
+        blobs: dict[Blob, Path | bytes] = {base.layer.blob: base.path}
+        blobs.update({deb.layer.blob: deb.path for deb in debs})
+        blobs.update({site.blob: site_path, config_blob: config, manifest_blob: manifest})
         _write_archive(
-            output,
-            {base.layer.blob: base.path, site.blob: work / "site.tar.gz", config_blob: config, manifest_blob: manifest},
+            request.output,
+            blobs,
             canonical(image_index(manifest_blob, request.reference, recipe.architecture)),
             canonical(docker_manifest(config_blob, layers, request.reference)),
         )
     return BuildReport(
-        output=output,
+        output=request.output,
         reference=request.reference,
         manifest_digest=manifest_blob.digest,
-        archive_bytes=output.stat().st_size,
-        unpacked_bytes=base.unpacked_bytes + site_bytes,
+        archive_bytes=request.output.stat().st_size,
+        unpacked_bytes=base.unpacked_bytes + sum(deb.unpacked_bytes for deb in debs) + site_bytes,
         python_packages=installed,
         debian_packages=base.debian_packages,
         base_cached=base.cached,
         seconds=time.monotonic() - started,
         layers=[layer.blob.digest for layer in layers],
+        foreign_packages={deb.package: layer.version for deb, layer in zip(kind.foreign_debs, debs, strict=True)},
     )
 
 

@@ -1,27 +1,36 @@
-"""Whether the default plugin image exists in its registry.
+"""Whether gpunode's default images exist in their registry.
 
 The release workflow (.github/workflows/release.yml) pushes ghcr.io/gpunode/gpunode:<version>
-and only then builds the wheel, writing the pushed reference into `published-image.txt`
-beside this module. A wheel from that release knows its image is there; a checkout, or a
-wheel built any other way, does not, and bootstrap says so before a node meets
-ErrImagePull.
+(the plugin) and ghcr.io/gpunode/gpunode-agent:<version> (the agent), and only then builds
+the wheel, writing the pushed references, one a line, into `published-image.txt` beside this
+module. A wheel from that release knows its images are there; a checkout, or a wheel built
+any other way, does not, and bootstrap / render agent say so before a node meets ErrImagePull.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
 
+from gpunode.bootstrap.core.kube.agent_manifests import agent_image
 from gpunode.bootstrap.core.kube.manifests import bundled_image
 
 MARKER = "published-image.txt"
 
 
-def default_image_published() -> bool:
+def published_images() -> set[str]:
     marker = files("gpunode.bootstrap.image").joinpath(MARKER)
     try:
-        return marker.read_text().strip() == bundled_image()
+        return {line.strip() for line in marker.read_text().splitlines() if line.strip()}
     except (FileNotFoundError, OSError):
-        return False
+        return set()
+
+
+def default_image_published() -> bool:
+    return bundled_image() in published_images()
+
+
+def default_agent_image_published() -> bool:
+    return agent_image() in published_images()
 
 
 def unpublished_image_notice(plugin: str, image: str | None, plugin_mode: str | None, published: bool) -> str | None:
@@ -36,4 +45,17 @@ def unpublished_image_notice(plugin: str, image: str | None, plugin_mode: str | 
         "(`ctr -n k8s.io images import plugin.tar`), or push it to your registry and pass "
         "`--image REF`; for a single node, `--plugin-mode host` runs the plugin as a service "
         "on the node, with no image."
+    )
+
+
+def unpublished_agent_image_notice(image: str | None, published: bool) -> str | None:
+    """What `render agent` tells a user whose DaemonSet would name an image no registry has."""
+    if image is not None or published:
+        return None
+    return (
+        f"The default agent image {agent_image()} is not published (no release of this gpunode "
+        "version has pushed it): the agent's pods would end in ErrImagePull. Fix: build it with "
+        "`gpunode image build --kind agent --archive agent.tar` and import it on every GPU node "
+        "(`ctr -n k8s.io images import agent.tar`), or push it to your registry and pass "
+        "`--image REF` to `gpunode render agent`."
     )

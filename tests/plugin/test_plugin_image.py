@@ -55,11 +55,11 @@ def test_plugin_imports_only_what_the_image_installs() -> None:
 def test_containerfile_base_is_a_build_arg_and_entry_point_matches_image_build() -> None:
     # People with a registry build the Containerfile, with --build-arg BASE=<their mirror>;
     # `gpunode image build` must give the image the same entry point.
-    from gpunode.bootstrap.core.image.oci import CMD, ENTRYPOINT
+    from gpunode.bootstrap.core.image.kinds import PLUGIN
 
     text = CONTAINERFILE.read_text()
     assert re.search(r"^ARG BASE=python:3\.\d+-slim$", text, re.M)
     froms = re.findall(r"^FROM (\S+)", text, re.M)
     assert froms and all(base == "${BASE}" for base in froms), froms
-    assert f"ENTRYPOINT {json.dumps(ENTRYPOINT)}" in text
-    assert f"CMD {json.dumps(CMD)}" in text
+    assert f"ENTRYPOINT {json.dumps(list(PLUGIN.entrypoint))}" in text
+    assert f"CMD {json.dumps(list(PLUGIN.cmd))}" in text

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from gpunode.bootstrap.cli.main import cli
 from gpunode.bootstrap.core.kube.manifests import bundled_image
 from gpunode.bootstrap.image import published
 from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
@@ -53,3 +55,22 @@ def test_bootstrap_prints_it_before_touching_a_host(tmp_path: Path) -> None:
         [*base, "--plugin-mode", "host"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
     assert "connecting to" in quiet.stderr and "not published" not in quiet.stderr
+
+
+def test_render_agent_says_the_default_agent_image_is_not_published(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from gpunode.bootstrap.core.kube.agent_manifests import agent_image
+
+    result = CliRunner().invoke(cli, ["render", "agent"])
+    assert result.exit_code == 0, result.output
+    notice = f"warning: The default agent image {agent_image()} is not published"
+    assert notice in result.stderr and notice not in result.stdout  # the YAML stays clean
+    for way in ("gpunode image build --kind agent", "--image REF", "ctr -n k8s.io images import"):
+        assert way in result.stderr
+    # Another image, or a release's wheel that pushed both images: nothing to say.
+    assert "not published" not in CliRunner().invoke(cli, ["render", "agent", "--image", "r.local/a:1"]).stderr
+    (tmp_path / published.MARKER).write_text(f"{bundled_image()}\n{agent_image()}\n")
+    monkeypatch.setattr(published, "files", lambda _package: tmp_path)
+    assert published.default_image_published() and published.default_agent_image_published()
+    assert "not published" not in CliRunner().invoke(cli, ["render", "agent"]).stderr

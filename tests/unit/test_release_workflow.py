@@ -14,6 +14,7 @@ import tomllib
 import yaml
 from conftest import REPO_ROOT
 
+from gpunode.bootstrap.core.kube.agent_manifests import AGENT_IMAGE_REPOSITORY
 from gpunode.bootstrap.core.kube.manifests import BUNDLED_IMAGE_REPOSITORY
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
@@ -85,12 +86,31 @@ def test_release_pushes_the_default_image_for_both_architectures_and_the_wheel()
     assert any(str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish") for s in publish["steps"])
     # The wheel is built after the push and records it: bootstrap then knows its default exists.
     wheel = workflow["jobs"]["wheel"]
-    assert "image" in wheel["needs"]
+    assert "image" in wheel["needs"] and "agent-image" in wheel["needs"]
     marker = next(s for s in wheel["steps"] if "published-image.txt" in str(s.get("run", "")))
-    assert marker["run"] == 'echo "${IMAGE}:${VERSION}" > bootstrap/image/published-image.txt'
+    assert marker["run"] == (
+        'printf \'%s\\n\' "${IMAGE}:${VERSION}" "${AGENT_IMAGE}:${VERSION}" > bootstrap/image/published-image.txt'
+    )
     assert wheel["steps"].index(marker) < next(
         i for i, s in enumerate(wheel["steps"]) if "build --outdir" in str(s.get("run"))
     )
     archives = workflow["jobs"]["archive"]
     assert {m["arch"] for m in archives["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
     assert any("gpunode image build" in str(s.get("run", "")) for s in archives["steps"])
+
+
+def test_release_pushes_the_default_agent_image_for_both_architectures() -> None:
+    workflow = yaml.safe_load(RELEASE.read_text())
+    assert workflow["env"]["AGENT_IMAGE"] == AGENT_IMAGE_REPOSITORY
+    per_arch = workflow["jobs"]["agent-arch"]
+    assert {m["arch"] for m in per_arch["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
+    runs = [str(s.get("run", "")) for s in per_arch["steps"]]
+    build = next(r for r in runs if "gpunode image build" in r)
+    assert "--kind agent" in build and '--tag "${AGENT_IMAGE}:${VERSION}-${ARCH}"' in build
+    assert any('skopeo copy oci-archive:agent.tar "docker://${AGENT_IMAGE}:${VERSION}-${ARCH}"' in r for r in runs)
+    # The tag the code defaults to (the package version) names both architectures.
+    joined = workflow["jobs"]["agent-image"]
+    assert "agent-arch" in joined["needs"]
+    create = next(str(s["run"]) for s in joined["steps"] if "imagetools create" in str(s.get("run", "")))
+    assert '--tag "${AGENT_IMAGE}:${VERSION}"' in create
+    assert '"${AGENT_IMAGE}:${VERSION}-amd64" "${AGENT_IMAGE}:${VERSION}-arm64"' in create

@@ -19,9 +19,6 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 
-# What the Containerfile sets: the plugin's own entry point, serve by default.
-ENTRYPOINT = ["python", "-m", "gpunode.plugin"]
-CMD = ["serve"]
 ENV = [
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "PYTHONUNBUFFERED=1",
@@ -54,12 +51,20 @@ def canonical(document: dict[str, Any] | list[Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def image_config(layers: list[Layer], architecture: str, created: str, labels: dict[str, str]) -> dict[str, Any]:
+def image_config(
+    layers: list[Layer],
+    architecture: str,
+    created: str,
+    labels: dict[str, str],
+    entrypoint: tuple[str, ...],
+    cmd: tuple[str, ...],
+) -> dict[str, Any]:
+    config = {"Env": ENV, "Entrypoint": list(entrypoint), "Cmd": list(cmd), "Labels": labels}
     return {
         "architecture": architecture,
         "os": "linux",
         "created": created,
-        "config": {"Env": ENV, "Entrypoint": ENTRYPOINT, "Cmd": CMD, "Labels": labels},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [{"created": created, "created_by": layer.created_by} for layer in layers],
     }
