@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from gpunode.bootstrap.cli.contract import (
+    EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
     ContractCommand,
@@ -388,8 +389,14 @@ def _outcome(
         text = format_rollout(rollout, dry_run=dry_run).lstrip("\n") + "\n\n" + text
     if dry_run and plan:
         text += "\n\nThe plan, with file diffs:\n" + plan
-    ok = stopped is None and all(report.ok for report in reports)
-    return Outcome(EXIT_OK if ok else EXIT_FAILED, body, text)
+    failed = [report for report in reports if not report.ok]
+    if stopped is None and not failed:
+        return Outcome(EXIT_OK, body, text)
+    if stopped is None and all(report.only_unchecked for report in failed):
+        # Nothing found wrong, but a part could not be checked (a dry run without its
+        # cluster): the contract's "could not check".
+        return Outcome(EXIT_BAD_INPUT, body, text)
+    return Outcome(EXIT_FAILED, body, text)
 
 
 def _confirm_nowhere(question: str) -> bool:

@@ -47,10 +47,19 @@ class HostReport:
     node_name: str | None = None
     # Set when the host never got as far as its steps (unreachable, locked, no GPU).
     error: str | None = None
+    # Steps that failed only because their evidence could not be read (a dry run whose
+    # cluster did not answer): "could not check", not "found a failure".
+    unchecked: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
         return self.error is None and all(step.status != "failed" for step in self.steps)
+
+    @property
+    def only_unchecked(self) -> bool:
+        """Not ok, but only because some steps could not be checked."""
+        failed = {step.name for step in self.steps if step.status == "failed"}
+        return self.error is None and bool(failed) and failed <= self.unchecked
 
     def step(self, name: str) -> StepResult | None:
         for step in self.steps:

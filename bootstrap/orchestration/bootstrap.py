@@ -454,6 +454,7 @@ def _cluster(runs: Sequence[HostRun], request: BootstrapRequest, unreachable: Gp
         if unreachable is not None and run.report.error is None:
             first, *rest = CLUSTER_STEPS
             run.report.record(first, "failed", f"not planned: {unreachable}")
+            run.report.unchecked.add(first)
             for name in rest:
                 run.report.record(name, "skipped", f"not planned: see {first}")
             continue
