@@ -19,6 +19,7 @@ from gpunode.bootstrap.cli.contract import (
 from gpunode.bootstrap.cli.kube_options import kube_access, kube_options, parse_tolerations, toleration_option
 from gpunode.bootstrap.cli.params import FiniteFloatRange
 from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, plugin_configs_from
+from gpunode.bootstrap.cli.ssh_options import ssh_options
 from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
 from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
@@ -43,21 +44,7 @@ def _confirm(plan: str) -> bool:
     help="A pyinfra inventory file (see inventory/fleet.py, inventory/homelab.py) "
     "instead of HOST arguments; settings come from its data as gpunode_<setting>.",
 )
-@click.option("--ssh-user", metavar="USER", help="SSH user (default: inventory data, then your SSH config).")
-@click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
-@click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
-@click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
-@click.option(
-    "--known-hosts",
-    metavar="FILE",
-    help="known_hosts file to check host keys against and record new ones in (default ~/.ssh/known_hosts).",
-)
-@click.option(
-    "--strict-host-keys",
-    is_flag=True,
-    help="Refuse hosts whose key is not already in the known-hosts file (default: record a new "
-    "host's key, as ssh's StrictHostKeyChecking=accept-new; a changed key is always refused).",
-)
+@ssh_options
 @click.option(
     "--sudo/--no-sudo",
     default=None,

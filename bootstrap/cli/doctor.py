@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gpunode.bootstrap.cli.contract import EXIT_BAD_INPUT, ContractCommand, Outcome, output_option
+from gpunode.bootstrap.cli.ssh_options import ssh_options
 from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.local_paths import check_local_file
 
@@ -31,21 +32,7 @@ def _text(value: object) -> str | None:
     "--kube-host", metavar="HOST", help="Run kubectl on this control host over SSH (with the SSH options below)."
 )
 @click.option("--no-cluster", is_flag=True, help="Judge the HOSTs only; do not run kubectl.")
-@click.option("--ssh-user", metavar="USER", help="SSH user (default: inventory data, then your SSH config).")
-@click.option("--ssh-port", type=click.IntRange(1, 65535), metavar="PORT", help="SSH port.")
-@click.option("--ssh-key", metavar="FILE", help="SSH private key file.")
-@click.option("--ssh-config", metavar="FILE", help="An ssh_config file (Host aliases, ports, keys).")
-@click.option(
-    "--known-hosts",
-    metavar="FILE",
-    help="known_hosts file to check host keys against and record new ones in (default ~/.ssh/known_hosts).",
-)
-@click.option(
-    "--strict-host-keys",
-    is_flag=True,
-    help="Refuse hosts whose key is not already in the known-hosts file (default: record a new "
-    "host's key, as ssh's StrictHostKeyChecking=accept-new; a changed key is always refused).",
-)
+@ssh_options
 @click.option("--sudo/--no-sudo", default=None, help="Run the (read-only) commands through sudo on the hosts.")
 @click.option("--containerd-config", metavar="PATH", help="containerd's config.toml on the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 500), default=10, show_default=True, help="Hosts read at once.")
