@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from gpunode.bootstrap.core.kube.gpu_alerts import GpuAlertOptions, gpu_alert_rules
-from gpunode.bootstrap.core.kube.promql_regex import re2_problem
+from gpunode.bootstrap.core.kube.promql_regex import check_re2
 from gpunode.bootstrap.errors import UserError
 
 # Node labels that mark a GPU node, as `key` (any value) or `key=value`.
@@ -97,13 +97,7 @@ def check_options(options: AlertOptions) -> None:
                 f"{value!r} is not a Kubernetes label value.",
                 fix="give --gpu-node-label as KEY or KEY=VALUE with a plain value",
             )
-    problem = re2_problem(options.daemonset_regex)
-    if problem is not None:
-        raise UserError(
-            f"--daemonset-regex {options.daemonset_regex!r} is not an RE2 regular expression, "
-            f"the syntax Prometheus uses ({problem}).",
-            fix="give an RE2 expression such as .*device-plugin.* (RE2 has no lookaround and no backreferences)",
-        )
+    check_re2("--daemonset-regex", options.daemonset_regex, ".*device-plugin.*")
     if not _DNS_LABEL.match(options.namespace):
         raise UserError(f"{options.namespace!r} is not a namespace name.", fix="use e.g. monitoring")
     for key, value in options.rule_labels.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gpunode.bootstrap.core.kube.promql_regex import re2_problem
+from gpunode.bootstrap.core.kube.promql_regex import check_re2
 from gpunode.bootstrap.errors import UserError
 
 # XIDs that are an application's fault, not the GPU's (NVIDIA's XID catalogue; the plugin's
@@ -37,13 +37,7 @@ def check_gpu_options(options: GpuAlertOptions) -> None:
             f"--temperature-threshold {options.temperature_threshold} is not a GPU temperature in C.",
             fix="give a value between 30 and 120, e.g. 85",
         )
-    problem = re2_problem(options.plugin_job_regex)
-    if problem is not None:
-        raise UserError(
-            f"--plugin-job-regex {options.plugin_job_regex!r} is not an RE2 regular expression, "
-            f"the syntax Prometheus uses ({problem}).",
-            fix="give an RE2 expression such as .*gpunode.* (RE2 has no lookaround and no backreferences)",
-        )
+    check_re2("--plugin-job-regex", options.plugin_job_regex, ".*gpunode.*")
 
 
 _WHO = "{{ $labels.Hostname }} GPU {{ $labels.gpu }} ({{ $labels.modelName }}, {{ $labels.UUID }})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gpunode.bootstrap.errors import UserError
+
 
 def re2_problem(pattern: str) -> str | None:
     """Why Prometheus would refuse `pattern`, or None. Prometheus matches label values with
@@ -17,3 +19,13 @@ def re2_problem(pattern: str) -> str | None:
         reason = exc.args[0] if exc.args else exc
         return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
     return None
+
+
+def check_re2(flag: str, pattern: str, example: str) -> None:
+    """Refuse `pattern`, given as option `flag`, when Prometheus could not evaluate it."""
+    problem = re2_problem(pattern)
+    if problem is not None:
+        raise UserError(
+            f"{flag} {pattern!r} is not an RE2 regular expression, the syntax Prometheus uses ({problem}).",
+            fix=f"give an RE2 expression such as {example} (RE2 has no lookaround and no backreferences)",
+        )
