@@ -20,7 +20,7 @@ from standins.toolkit_packages import build_toolkit_packages
 
 from e2e.bootstrap_harness import bootstrap
 from e2e.host_gpus import nvidia_gpus, set_pci_functions
-from gpunode.bootstrap.node.steps.plugin_service import PLUGIN_DEPENDENCIES
+from gpunode.bootstrap.core.plugin_dependencies import PLUGIN_DEPENDENCIES
 
 UNIT = "/etc/systemd/system/gpunode-device-plugin.service"
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from packaging.requirements import Requirement
 
-from gpunode.bootstrap.core.image.recipe import ARCHITECTURES, BaseRecipe, plugin_requirements
+from gpunode.bootstrap.core.image.recipe import ARCHITECTURES, BaseRecipe
+from gpunode.bootstrap.core.plugin_dependencies import plugin_requirements
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-
-from packaging.requirements import Requirement
-
-# The plugin's own runtime dependencies, as named in gpunode's metadata: never the operator
-# side (pyinfra, gevent, jinja2 ...). The Containerfile selects the same six (pyyaml reads
-# NVIDIA's device plugin config file, --config-file and --config-dir).
-PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py", "prometheus_client", "pyyaml")
 
 # Bump when the way a base is produced changes in a way the recipe does not show.
 _FORMAT = 1
@@ -87,13 +79,3 @@ class BaseRecipe:
 
 
 DEFAULT_BASE = BaseRecipe()
-
-
-def plugin_requirements(requires: Iterable[str]) -> list[str]:
-    """The plugin's dependencies (with gpunode's floors) out of gpunode's own requirements."""
-    wanted = []
-    for text in requires:
-        requirement = Requirement(text)
-        if requirement.name in PLUGIN_DEPENDENCIES and requirement.marker is None:
-            wanted.append(str(requirement))
-    return wanted

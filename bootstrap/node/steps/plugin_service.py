@@ -13,16 +13,14 @@ from importlib.metadata import requires
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import Requirement
-
 from gpunode.bootstrap.core.host.plugin_unit import UNIT_NAME, UNIT_PATH, VENV_DIR, render_plugin_unit
 from gpunode.bootstrap.core.host.record import STATE_PATH, parse_record
 from gpunode.bootstrap.core.packages.common import FileSpec, PackageSpec, apt_install_command
+from gpunode.bootstrap.core.plugin_dependencies import PLUGIN_DEPENDENCIES, plugin_requirements
 from gpunode.bootstrap.core.settings import NodeSettings
 from gpunode.bootstrap.errors import GpunodeError, UserError
 from gpunode.bootstrap.node.steps.base import NodeFacts, NodeStep, StepPlan, UploadFiles, file_diff, write_files
 
-PLUGIN_DEPENDENCIES = ("click", "grpcio", "protobuf", "nvidia-ml-py")
 WHEEL_DIR = "/var/lib/gpunode/packages/plugin"
 
 
@@ -30,14 +28,9 @@ def plugin_service_paths(settings: NodeSettings) -> tuple[str, ...]:
     return (UNIT_PATH,) if settings.plugin_mode == "host" else ()
 
 
-def plugin_requirements() -> list[str]:
+def installed_plugin_requirements() -> list[str]:
     """The plugin's own dependencies with the floors this gpunode was built against."""
-    wanted = []
-    for text in requires("gpunode") or []:
-        requirement = Requirement(text)
-        if requirement.name in PLUGIN_DEPENDENCIES and requirement.marker is None:
-            wanted.append(str(requirement))
-    return wanted
+    return plugin_requirements(requires("gpunode") or [])
 
 
 def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
@@ -56,7 +49,7 @@ def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
             raise UserError(
                 f"--plugin-wheels {settings.plugin_wheels} holds no .whl files.",
                 fix="put the gpunode wheel and its plugin dependencies there "
-                "(pip wheel --no-deps . && pip download click grpcio protobuf nvidia-ml-py)",
+                f"(pip wheel --no-deps . && pip download {' '.join(PLUGIN_DEPENDENCIES)})",
             )
         commands.append(UploadFiles(tuple((str(wheel), posixpath.join(WHEEL_DIR, wheel.name), "") for wheel in wheels)))
         # Only these files: a host without an index (air-gapped) must not try one.
@@ -68,7 +61,7 @@ def venv_install_commands(settings: NodeSettings, ours: str) -> list[Any]:
     if not settings.plugin_wheels:
         commands.append(f"{pip} install --quiet --upgrade pip")
     commands += [
-        f"{pip} install --quiet{source} " + " ".join(shlex.quote(r) for r in plugin_requirements()),
+        f"{pip} install --quiet{source} " + " ".join(shlex.quote(r) for r in installed_plugin_requirements()),
         # The distribution also carries the operator side (pyinfra, gevent); the service
         # needs only the plugin's dependencies, installed just above.
         f"{pip} install --quiet --no-deps{source} {shlex.quote(package)}",
