@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,36 +28,12 @@ sys.path.insert(0, str(REPO / "tests" / "plugin"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conftest import test_cache_dir  # noqa: E402
+from image_builds import build, line_value  # noqa: E402
 from image_world import CONSOLE_SCRIPT, wait_exit  # noqa: E402
-from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, seconds, write_section  # noqa: E402
 from standins.containerd_instance import ContainerdInstance  # noqa: E402
 
 RUNS = 5
-
-
-def build(archive: Path, cache: Path) -> tuple[float, str]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            str(CONSOLE_SCRIPT),
-            "image",
-            "build",
-            "--kind",
-            "agent",
-            "--archive",
-            str(archive),
-            "--cache-dir",
-            str(cache),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return time.monotonic() - started, result.stdout
-
-
-def line_value(stdout: str, label: str) -> str:
-    return next(line for line in stdout.splitlines() if line.strip().startswith(label)).split(":", 1)[1].strip()
 
 
 def container_version(containerd: ContainerdInstance, reference: str, work: Path) -> list[float]:
@@ -81,10 +56,6 @@ def process_version() -> list[float]:
     return times
 
 
-def seconds(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s ({len(values)} runs)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="write the figures into benchmarks/RESULTS.md")
@@ -94,14 +65,14 @@ def main() -> None:
     figures: dict[str, str] = {}
     try:
         cache = test_cache_dir() / "plugin-image"
-        build(work / "warmup.tar", cache)  # base and kubectl in the cache, pip's cache warm
-        warm, stdout = build(work / "image.tar", cache)
+        build(work / "warmup.tar", cache, kind="agent")  # base and kubectl in the cache, pip's cache warm
+        warm, stdout = build(work / "image.tar", cache, kind="agent")
         figures["build"] = f"{warm:.1f} s (Debian base and kubectl layer from the cache)"
         fresh = work / "base-only-cache"
         fresh.mkdir()
         for base in cache.glob("base-*"):
             shutil.copytree(base, fresh / base.name, ignore=shutil.ignore_patterns(".lock", ".build-*"))
-        first, _ = build(work / "first.tar", fresh)
+        first, _ = build(work / "first.tar", fresh, kind="agent")
         figures["build-kubectl"] = f"{first:.1f} s (Debian base cached; kubectl fetched from Debian 13)"
         figures["archive"] = line_value(stdout, "archive:").split(" (")[0]
         figures["unpacked"] = line_value(stdout, "unpacked:")

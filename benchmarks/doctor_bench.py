@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_obj
 from gpunode.bootstrap.node.snapshot import snapshot_command  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, seconds, write_section  # noqa: E402
 
 DRIVER = "535.261.03"
 LIBRARY = f"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.{DRIVER}"
@@ -43,10 +42,6 @@ LOG = (
     "plugin_starting driver=535.261.03 gpus=2 resources=nvidia.com/gpu:2\n"
     "registered resource=nvidia.com/gpu socket=gpunode-nvidia.com-gpu.sock attempt=1\nplugin_ready version=0.1.0\n"
 )
-
-
-def seconds(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s ({len(values)} runs)"
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:

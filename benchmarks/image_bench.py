@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,28 +28,14 @@ sys.path.insert(0, str(REPO / "tests" / "plugin"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from conftest import test_cache_dir  # noqa: E402
-from image_world import CONSOLE_SCRIPT, ImageWorld, wait_exit  # noqa: E402
-from results import installed_cli_env, load_note, measured_on, write_section  # noqa: E402
+from image_builds import build, line_value  # noqa: E402
+from image_world import ImageWorld, wait_exit  # noqa: E402
+from results import installed_cli_env, load_note, measured_on, seconds, write_section  # noqa: E402
 from standins.containerd_instance import ContainerdInstance  # noqa: E402
 from standins.fake_nvml import build_fake_nvml  # noqa: E402
 
 GPU = "nvidia.com/gpu"
 RUNS = 5
-
-
-def build(archive: Path, cache: Path) -> tuple[float, str]:
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(archive), "--cache-dir", str(cache)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return time.monotonic() - started, result.stdout
-
-
-def line_value(stdout: str, label: str) -> str:
-    return next(line for line in stdout.splitlines() if line.strip().startswith(label)).split(":", 1)[1].strip()
 
 
 def container_registers(containerd: ContainerdInstance, library: Path) -> list[float]:
@@ -100,10 +85,6 @@ def process_registers(library: Path) -> list[float]:
             kubelet.stop()
             shutil.rmtree(root, ignore_errors=True)
     return times
-
-
-def seconds(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s ({len(values)} runs)"
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import datetime
 import os
 import platform
 import re
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -60,3 +61,7 @@ def write_section(key: str, title: str, body: str) -> Path:
     RESULTS.write_text(text)
     print(f"recorded in {RESULTS}")
     return RESULTS
+
+
+def seconds(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s ({len(values)} runs)"
