@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from tempfile import mkstemp
 from typing import Any, cast
 
@@ -28,6 +30,17 @@ from pyinfra.connectors.util import extract_control_arguments, make_unix_command
 
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_ENV = ("PATH=" + HOST_PATH, "HOME=/root", "LANG=C.UTF-8", "USER=root")
+
+
+@contextmanager
+def _local_temp() -> Iterator[str]:
+    """A file on this machine that file transfers pass through, removed afterwards."""
+    fd, temp = mkstemp()
+    os.close(fd)
+    try:
+        yield temp
+    finally:
+        os.remove(temp)
 
 
 def nsenter_argv(pid: int) -> list[str]:
@@ -103,17 +116,13 @@ class NsenterConnector(ChrootConnector):
         print_input: bool = False,
         **kwargs: Any,
     ) -> bool:
-        fd, temp = mkstemp()
-        os.close(fd)
-        try:
+        with _local_temp() as temp:
             with get_file_io(filename_or_io) as file_io, open(temp, "wb") as out:
                 data = file_io.read()
                 out.write(data.encode() if isinstance(data, str) else data)
             status, output = self._through_temp(
                 f"cat > {shlex.quote(remote_filename)}", temp, print_output, print_input
             )
-        finally:
-            os.remove(temp)
         if not status:
             raise OSError(output.stderr)
         return True
@@ -127,14 +136,10 @@ class NsenterConnector(ChrootConnector):
         print_input: bool = False,
         **kwargs: Any,
     ) -> bool:
-        fd, temp = mkstemp()
-        os.close(fd)
-        try:
+        with _local_temp() as temp:
             status, output = self._through_temp(f"cat {shlex.quote(remote_filename)}", temp, print_output, print_input)
             if not status:
                 raise OSError(output.stderr)
             with open(temp, "rb") as source, get_file_io(filename_or_io, "wb") as file_io:
                 file_io.write(source.read())
-        finally:
-            os.remove(temp)
         return True
