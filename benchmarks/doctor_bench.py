@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from doctor_support import case, judge  # noqa: E402
 from standins.kube_api import KubeApiStandIn, kubectl_binary  # noqa: E402
 
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects  # noqa: E402
+from gpunode.bootstrap.core.kube.manifests import manifest_objects  # noqa: E402
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment  # noqa: E402
 from gpunode.bootstrap.node.snapshot import snapshot_command  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -13,7 +13,8 @@ from gpunode.bootstrap.core.doctor.evidence import ClusterView, DoctorCase, PodE
 from gpunode.bootstrap.core.host.diagnostics import HostDiagnostics, NvmlCheck
 from gpunode.bootstrap.core.host.facts import ContainerdFacts, HostFacts, KubeletFacts, PciGpu
 from gpunode.bootstrap.core.host.os_release import parse_os_release
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import manifest_objects
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 from gpunode.bootstrap.core.nvml.library import LibraryEvidence
 
 JSON = dict[str, Any]

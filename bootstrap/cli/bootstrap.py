@@ -22,7 +22,7 @@ from gpunode.bootstrap.cli.plugin_config_options import plugin_config_options, p
 from gpunode.bootstrap.cli.ssh_options import ssh_options
 from gpunode.bootstrap.cli.telemetry_options import telemetry_options
 from gpunode.bootstrap.core.kube.cluster_plan import ClusterSettings, validate_cluster_settings
-from gpunode.bootstrap.core.kube.manifests import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
+from gpunode.bootstrap.core.kube.plugin_deployment import MODES, NVIDIA_PLUGIN_IMAGE, PLUGINS
 from gpunode.bootstrap.core.kube.rollout_plan import parse_max_unavailable
 from gpunode.bootstrap.core.kube.rollout_text import format_rollout
 from gpunode.bootstrap.core.report import format_reports

@@ -11,7 +11,7 @@ import click
 from gpunode.bootstrap.cli.contract import EXIT_OK, ContractGroup, Outcome, output_option
 from gpunode.bootstrap.core.image.kinds import KINDS
 from gpunode.bootstrap.core.kube.agent_manifests import agent_image
-from gpunode.bootstrap.core.kube.manifests import bundled_image
+from gpunode.bootstrap.core.kube.plugin_deployment import bundled_image
 
 
 def default_cache_dir() -> Path:

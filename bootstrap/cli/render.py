@@ -15,7 +15,9 @@ from gpunode.bootstrap.cli.render_alerts import alerts_command, yaml_documents
 from gpunode.bootstrap.cli.render_containerd import containerd_command
 from gpunode.bootstrap.cli.render_dashboard import dashboard_command
 from gpunode.bootstrap.cli.telemetry_options import telemetry_options
-from gpunode.bootstrap.core.kube.manifests import (
+from gpunode.bootstrap.core.kube.manifest_templates import dump_yaml
+from gpunode.bootstrap.core.kube.manifests import render_manifests
+from gpunode.bootstrap.core.kube.plugin_deployment import (
     MIG_STRATEGIES,
     MODES,
     NVIDIA_PLUGIN_IMAGE,
@@ -24,9 +26,7 @@ from gpunode.bootstrap.core.kube.manifests import (
     Mode,
     Plugin,
     PluginDeployment,
-    dump_yaml,
     library_file_version,
-    render_manifests,
 )
 from gpunode.bootstrap.core.kube.telemetry import pod_monitor
 from gpunode.bootstrap.errors import UserError

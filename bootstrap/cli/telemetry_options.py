@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gpunode.bootstrap.core.kube.manifests import DEFAULT_METRICS_ADDR, NODE_LABEL_MODES
+from gpunode.bootstrap.core.kube.plugin_deployment import DEFAULT_METRICS_ADDR, NODE_LABEL_MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -38,15 +38,13 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     unused_daemonsets,
 )
 from gpunode.bootstrap.core.kube.manifests import (
-    DEVICE_PLUGIN_LABEL,
-    DRIVER_VERSION_LABEL,
-    PluginDeployment,
     config_objects,
     labeller_objects,
     mps_daemon_objects,
     render_device_plugin,
     render_runtimeclass,
 )
+from gpunode.bootstrap.core.kube.plugin_deployment import DEVICE_PLUGIN_LABEL, DRIVER_VERSION_LABEL, PluginDeployment
 from gpunode.bootstrap.core.report import StepResult, StepStatus
 from gpunode.bootstrap.errors import GpunodeError
 

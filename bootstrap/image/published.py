@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 from gpunode.bootstrap.core.kube.agent_manifests import agent_image
-from gpunode.bootstrap.core.kube.manifests import bundled_image
+from gpunode.bootstrap.core.kube.plugin_deployment import bundled_image
 
 MARKER = "published-image.txt"
 

@@ -45,7 +45,6 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     metadata_patch,
     normalize_bus_id,
 )
-from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, NVML_LIBRARY_ANNOTATION
 from gpunode.bootstrap.core.kube.node_condition import (
     REASON_DRAIN_BLOCKED,
     NodeCondition,
@@ -54,6 +53,7 @@ from gpunode.bootstrap.core.kube.node_condition import (
     unknown_condition,
     waiting_condition,
 )
+from gpunode.bootstrap.core.kube.plugin_deployment import DRIVER_VERSION_LABEL, NVML_LIBRARY_ANNOTATION
 from gpunode.bootstrap.core.kube.rollout_plan import CORDONED_BY_ANNOTATION, disruption_of, plan_drain
 from gpunode.bootstrap.core.report import HostReport
 from gpunode.bootstrap.core.settings import DATA_PREFIX, NodeSettings

@@ -26,7 +26,8 @@ from standins.kube_api import KubeApiStandIn
 from standins.kube_api.process_pods import PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
 
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import manifest_objects
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 
 JSON = dict[str, Any]
 NS = "kube-system"

@@ -813,7 +813,8 @@ def test_cluster_info(kube_api: KubeApiStandIn, kubectl: Kubectl) -> None:
 def test_gpunodes_rendered_manifests_apply_and_roll_out(
     kube_api: KubeApiStandIn, kubectl: Kubectl, plugin: str, mode: str
 ) -> None:
-    from gpunode.bootstrap.core.kube.manifests import PluginDeployment, render_manifests
+    from gpunode.bootstrap.core.kube.manifests import render_manifests
+    from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 
     choices: dict[str, Any] = {"plugin": plugin, "mode": mode}
     deployment = PluginDeployment(driver_version="535.288.01", lib_path=LIBRARY, **choices)
@@ -913,7 +914,8 @@ def test_the_whole_path_from_apply_to_allocatable(
     from standins.fake_nvml import FakeNvml, FakeNvmlConfig, build_fake_nvml
     from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
 
-    from gpunode.bootstrap.core.kube.manifests import PluginDeployment, render_manifests
+    from gpunode.bootstrap.core.kube.manifests import render_manifests
+    from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 
     gpu = "nvidia.com/gpu"
     nvml = FakeNvml(

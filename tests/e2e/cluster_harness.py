@@ -51,7 +51,8 @@ from standins.kube_api.process_pods import ContainerStartError, PodProcessRunner
 from standins.kubelet import HEALTHY, DeviceState, KubeletStandIn
 
 from gpunode.bootstrap.core.containerd.effective import effective_runtime
-from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE, NVIDIA_PLUGIN_IMAGE, bundled_image
+from gpunode.bootstrap.core.kube.manifests import DEFAULT_VERIFY_IMAGE
+from gpunode.bootstrap.core.kube.plugin_deployment import NVIDIA_PLUGIN_IMAGE, bundled_image
 
 RESOURCE = "nvidia.com/gpu"
 KUBELET_PLUGINS_DIR = "/var/lib/kubelet/device-plugins"

@@ -43,7 +43,8 @@ from standins.toolkit_packages import DEFAULT_VERSION, build_toolkit_packages
 
 from e2e.bootstrap_harness import DRIVER, NEWER_DRIVER, bootstrap, target_args
 from e2e.host_gpus import nvidia_gpus, set_pci_functions
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import manifest_objects
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 
 JSON = dict[str, Any]
 NODE = "gpu-doctor"

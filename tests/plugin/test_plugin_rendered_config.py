@@ -15,8 +15,9 @@ from plugin_harness import GPU, PluginHarness, fake_nvml_lib, harness, short_dir
 from standins.fake_nvml import FakeNvmlConfig
 from standins.kube_api import KubeApiStandIn
 
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import manifest_objects
 from gpunode.bootstrap.core.kube.plugin_config import PluginConfigs, sharing_config
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 
 NODE = "gpu-node-7"
 

@@ -23,12 +23,11 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     unused_daemonsets,
     validate_cluster_settings,
 )
-from gpunode.bootstrap.core.kube.manifests import (
+from gpunode.bootstrap.core.kube.manifests import render_device_plugin, render_verify_pod
+from gpunode.bootstrap.core.kube.plugin_deployment import (
     DEVICE_PLUGIN_LABEL,
     DRIVER_VERSION_LABEL,
     NVML_LIBRARY_ANNOTATION,
-    render_device_plugin,
-    render_verify_pod,
 )
 from gpunode.bootstrap.core.kube.taints import Taint, Toleration, parse_toleration, untolerated_taints
 from gpunode.bootstrap.errors import UserError

@@ -9,8 +9,9 @@ from doctor_support import case, gpu_node, gpunode_daemonset, healthy_view, ids,
 
 from gpunode.bootstrap.core.doctor.engine import format_text
 from gpunode.bootstrap.core.doctor.evidence import PodEvidence
-from gpunode.bootstrap.core.kube.manifests import PluginDeployment, config_objects
+from gpunode.bootstrap.core.kube.manifests import config_objects
 from gpunode.bootstrap.core.kube.plugin_config import PluginConfigs, sharing_config
+from gpunode.bootstrap.core.kube.plugin_deployment import PluginDeployment
 from gpunode.plugin.log import format_event
 
 LIB = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from gpunode.bootstrap.cli.main import cli
-from gpunode.bootstrap.core.kube.manifests import bundled_image
+from gpunode.bootstrap.core.kube.plugin_deployment import bundled_image
 from gpunode.bootstrap.image import published
 from gpunode.bootstrap.image.published import default_image_published, unpublished_image_notice
 

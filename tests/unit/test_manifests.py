@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from gpunode.bootstrap.core.kube import manifests
+from gpunode.bootstrap.core.kube import manifest_templates, manifests, plugin_deployment
 from gpunode.bootstrap.core.kube.manifests import (
+    manifest_objects,
+    render_device_plugin,
+    render_manifests,
+    render_runtimeclass,
+)
+from gpunode.bootstrap.core.kube.plugin_deployment import (
     DRIVER_VERSION_LABEL,
     MANAGED_BY_LABELS,
     MIG_STRATEGIES,
@@ -17,10 +23,6 @@ from gpunode.bootstrap.core.kube.manifests import (
     PLUGINS,
     PluginDeployment,
     daemonset_name,
-    manifest_objects,
-    render_device_plugin,
-    render_manifests,
-    render_runtimeclass,
 )
 from gpunode.bootstrap.errors import UserError
 
@@ -120,7 +122,7 @@ def test_daemonset_names_are_dns_labels_and_distinct_per_plugin() -> None:
     names = {daemonset_name(v, p) for v in ("535.261.03", "535.261.3", "390.157") for p in PLUGINS}
     assert len(names) == 6
     for name in names:
-        assert manifests._DNS_LABEL.match(name), name
+        assert plugin_deployment.DNS_LABEL.match(name), name
     assert daemonset_name("535.261.03", "bundled") == "gpunode-device-plugin-535-261-03"
     with pytest.raises(UserError):
         daemonset_name("535.261.03; rm -rf /", "bundled")
@@ -374,7 +376,7 @@ def test_every_template_slot_goes_through_the_yaml_filter(plugin: str) -> None:
     context = manifests._context(dep)
     context["labels"] = {hostile_line + "k": hostile_line + "v"}
     context["kubelet_host_dir"] = hostile_line + "kubelet"
-    rendered = manifests._render(manifests._TEMPLATE[plugin], context)
+    rendered = manifest_templates.render_template(manifests._TEMPLATE[plugin], context)
     ds = yaml.safe_load(rendered)
     assert ds["metadata"]["namespace"] == hostile_line + "namespace"
     assert ds["metadata"]["labels"] == {hostile_line + "k": hostile_line + "v"}
@@ -394,10 +396,13 @@ def test_every_template_slot_goes_through_the_yaml_filter(plugin: str) -> None:
 
 
 def test_a_value_printed_without_the_filter_is_refused() -> None:
-    template = manifests._environment().from_string("name: {{ value }}\n")
+    template = manifest_templates._environment().from_string("name: {{ value }}\n")
     with pytest.raises(TypeError, match="without the yaml filter"):
         template.render(value="x")
-    assert manifests._environment().from_string("name: {{ value | yaml }}\n").render(value="a: b") == 'name: "a: b"\n'
+    assert (
+        manifest_templates._environment().from_string("name: {{ value | yaml }}\n").render(value="a: b")
+        == 'name: "a: b"\n'
+    )
 
 
 @pytest.mark.parametrize(
@@ -451,4 +456,4 @@ def test_a_value_printed_without_the_filter_is_refused() -> None:
     ],
 )
 def test_yaml_filter_round_trips(value: object) -> None:
-    assert yaml.safe_load(f"key: {manifests.yaml_value(value)}\n") == {"key": value}
+    assert yaml.safe_load(f"key: {manifest_templates.yaml_value(value)}\n") == {"key": value}

@@ -17,7 +17,8 @@ import pytest
 from kubernetes_validate.utils import latest_version
 from packaging.version import Version
 
-from gpunode.bootstrap.core.kube.manifests import MIG_STRATEGIES, MODES, PLUGINS, PluginDeployment, manifest_objects
+from gpunode.bootstrap.core.kube.manifests import manifest_objects
+from gpunode.bootstrap.core.kube.plugin_deployment import MIG_STRATEGIES, MODES, PLUGINS, PluginDeployment
 
 OLDEST = "1.28.0"
 NEWEST = latest_version()

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from gpunode.bootstrap.core.kube.agent_manifests import AGENT_IMAGE_REPOSITORY
-from gpunode.bootstrap.core.kube.manifests import BUNDLED_IMAGE_REPOSITORY
+from gpunode.bootstrap.core.kube.plugin_deployment import BUNDLED_IMAGE_REPOSITORY
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 RELEASE = WORKFLOWS / "release.yml"

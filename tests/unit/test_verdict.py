@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gpunode.bootstrap.core.kube.cluster_plan import GPU_COUNT_ANNOTATION, GPUS_ANNOTATION, PLUGIN_DAEMONSET_ANNOTATION
-from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
+from gpunode.bootstrap.core.kube.plugin_deployment import DEVICE_PLUGIN_LABEL
 from gpunode.bootstrap.core.plugin_log import parse_event_line, read_plugin_log
 from gpunode.bootstrap.core.verify.result import (
     NodeObservation,

@@ -22,7 +22,7 @@ from gpunode.bootstrap.core.doctor.rules_sharing import sharing_rules
 from gpunode.bootstrap.core.doctor.rules_telemetry import telemetry_rules
 from gpunode.bootstrap.core.doctor.rules_workload import debug_pod_rules, workload_rules
 from gpunode.bootstrap.core.kube.agent_manifests import agent_mode_of, missing_grants
-from gpunode.bootstrap.core.kube.manifests import DRIVER_VERSION_LABEL, daemonset_name
+from gpunode.bootstrap.core.kube.plugin_deployment import DRIVER_VERSION_LABEL, daemonset_name
 from gpunode.bootstrap.core.kube.view import (
     controlled_by,
     dig,

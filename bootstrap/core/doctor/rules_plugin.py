@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from gpunode.bootstrap.core.doctor.engine import Findings
 from gpunode.bootstrap.core.doctor.evidence import JSON, ClusterView, DoctorCase, PodEvidence
 from gpunode.bootstrap.core.doctor.rules_plugin_nvml import init_failure_cause, library_mount_failed
-from gpunode.bootstrap.core.kube.manifests import BUNDLED_IMAGE_REPOSITORY
+from gpunode.bootstrap.core.kube.plugin_deployment import BUNDLED_IMAGE_REPOSITORY
 from gpunode.bootstrap.core.kube.view import (
     container_env,
     container_states,

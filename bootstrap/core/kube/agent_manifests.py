@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from gpunode.bootstrap.core.kube.agent_settings import CONFIGMAP_KEY, CONFIGMAP_NAME
-from gpunode.bootstrap.core.kube.manifests import MANAGED_BY_LABELS
+from gpunode.bootstrap.core.kube.plugin_deployment import MANAGED_BY_LABELS
 from gpunode.bootstrap.errors import UserError
 
 AGENT_NAME = "gpunode-agent"

@@ -21,15 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gpunode.bootstrap.core.kube.manifests import (
-    DEVICE_PLUGIN_LABEL,
-    DRIVER_VERSION_LABEL,
-    MANAGED_BY_LABELS,
-    NVML_LIBRARY_ANNOTATION,
-    Mode,
-    Plugin,
-    PluginDeployment,
-)
 from gpunode.bootstrap.core.kube.plugin_config import (
     CONFIG_LABEL,
     NamedConfig,
@@ -37,6 +28,15 @@ from gpunode.bootstrap.core.kube.plugin_config import (
     expected_allocatable,
     named_config,
     sharing_config,
+)
+from gpunode.bootstrap.core.kube.plugin_deployment import (
+    DEVICE_PLUGIN_LABEL,
+    DRIVER_VERSION_LABEL,
+    MANAGED_BY_LABELS,
+    NVML_LIBRARY_ANNOTATION,
+    Mode,
+    Plugin,
+    PluginDeployment,
 )
 from gpunode.bootstrap.core.kube.taints import Toleration
 from gpunode.bootstrap.errors import UserError

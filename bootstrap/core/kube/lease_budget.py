@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from gpunode.bootstrap.core.kube.manifests import MANAGED_BY_LABELS
 from gpunode.bootstrap.core.kube.node_condition import parse_rfc3339
+from gpunode.bootstrap.core.kube.plugin_deployment import MANAGED_BY_LABELS
 
 LEASE_PREFIX = "gpunode-disruption-"
 LEASE_LABEL = ("gpunode.io/lease", "disruption")

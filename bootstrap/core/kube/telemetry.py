@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpunode.bootstrap.core.kube.manifests import MANAGED_BY_LABELS, PluginDeployment
+from gpunode.bootstrap.core.kube.plugin_deployment import MANAGED_BY_LABELS, PluginDeployment
 from gpunode.bootstrap.errors import UserError
 
 POD_MONITOR_NAME = "gpunode-device-plugin"

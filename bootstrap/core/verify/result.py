@@ -30,8 +30,8 @@ from gpunode.bootstrap.core.kube.cluster_plan import (
     RESOURCE,
     normalize_bus_id,
 )
-from gpunode.bootstrap.core.kube.manifests import DEVICE_PLUGIN_LABEL
 from gpunode.bootstrap.core.kube.node_condition import current_condition
+from gpunode.bootstrap.core.kube.plugin_deployment import DEVICE_PLUGIN_LABEL
 from gpunode.bootstrap.core.kube.view import quantity
 from gpunode.bootstrap.core.plugin_log import read_plugin_log
 
