@@ -4,13 +4,18 @@ in a private containerd (standins/containerd_instance.py) through pod_translatio
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import test_cache_dir
 from standins.containerd_instance import ContainerdInstance
 from standins.fake_nvml import FakeNvml, FakeNvmlConfig
 from standins.kubelet import KubeletStandIn
@@ -18,6 +23,40 @@ from standins.pod_translation import translate
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "gpunode"
 DRIVER = "535.261.03"
+IMAGE_EPOCH = "1765000000"  # SOURCE_DATE_EPOCH: two builds of one checkout give one image
+
+
+def gpunode_version() -> str:
+    from importlib.metadata import version
+
+    return version("gpunode")
+
+
+def run_image_build(*options: str) -> subprocess.CompletedProcess[str]:
+    """`gpunode image build OPTIONS` as the image tests run it: the Debian base from the test
+    cache (one `plugin-image` directory for the plugin and the agent image: the same base) and
+    a fixed SOURCE_DATE_EPOCH."""
+    return subprocess.run(
+        [str(CONSOLE_SCRIPT), "image", "build", *options, "--cache-dir", str(test_cache_dir() / "plugin-image")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "SOURCE_DATE_EPOCH": IMAGE_EPOCH},
+    )
+
+
+@contextmanager
+def containerd_with_image(archive: Path) -> Iterator[ContainerdInstance]:
+    """A private containerd with the image archive imported; stopped and removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="gpn-ctd-", dir="/tmp"))
+    instance = ContainerdInstance(workdir)
+    instance.start()
+    try:
+        instance.ctr("images", "import", str(archive))
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def host_library_chain(root: Path, library_dir: Path) -> Path:

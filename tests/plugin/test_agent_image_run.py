@@ -25,23 +25,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import test_cache_dir
-from image_world import CONSOLE_SCRIPT, wait_exit
+from image_world import CONSOLE_SCRIPT, containerd_with_image, gpunode_version, run_image_build, wait_exit
 from standins.containerd_instance import ContainerdInstance
 
 pytestmark = pytest.mark.slow
 
-EPOCH = "1765000000"
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("gpunode")
-
 
 def _reference() -> str:
-    return f"ghcr.io/gpunode/gpunode-agent:{_version()}"
+    return f"ghcr.io/gpunode/gpunode-agent:{gpunode_version()}"
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +41,7 @@ def agent_build() -> Iterator[tuple[Path, dict]]:
         pytest.fail("the image tests need root (mmdebstrap, containerd): run them as tests/run does")
     out = Path(tempfile.mkdtemp(prefix="gpn-agent-image-"))
     archive = out / "gpunode-agent.tar"
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "image", "build", "--kind", "agent", "--archive", str(archive), "--output", "json"]
-        + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
-    )
+    result = run_image_build("--kind", "agent", "--archive", str(archive), "--output", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     yield archive, json.loads(result.stdout)
     shutil.rmtree(out, ignore_errors=True)
@@ -65,15 +49,8 @@ def agent_build() -> Iterator[tuple[Path, dict]]:
 
 @pytest.fixture(scope="module")
 def containerd(agent_build: tuple[Path, dict]) -> Iterator[ContainerdInstance]:
-    workdir = Path(tempfile.mkdtemp(prefix="gpn-ctd-", dir="/tmp"))
-    instance = ContainerdInstance(workdir)
-    instance.start()
-    try:
-        instance.ctr("images", "import", str(agent_build[0]))
+    with containerd_with_image(agent_build[0]) as instance:
         yield instance
-    finally:
-        instance.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_in_image(containerd: ContainerdInstance, tmp_path: Path, name: str, argv: list[str]) -> tuple[int, str]:
@@ -109,7 +86,7 @@ def test_build_reports_every_dependency_kubectl_and_keeps_the_contract(agent_bui
 
 def test_gpunode_kubectl_and_nsenter_run_inside_the_container(containerd: ContainerdInstance, tmp_path: Path) -> None:
     code, out = run_in_image(containerd, tmp_path, "version", ["gpunode", "--version"])
-    assert code == 0 and _version() in out, out
+    assert code == 0 and gpunode_version() in out, out
     code, out = run_in_image(containerd, tmp_path, "kubectl", ["kubectl", "version", "--client", "--output", "json"])
     assert code == 0, out
     assert json.loads(out)["clientVersion"]["major"] == "1", out

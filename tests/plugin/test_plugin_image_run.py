@@ -25,8 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import test_cache_dir
-from image_world import CONSOLE_SCRIPT, DRIVER, ImageWorld, wait_exit
+from image_world import (
+    CONSOLE_SCRIPT,
+    DRIVER,
+    ImageWorld,
+    containerd_with_image,
+    gpunode_version,
+    run_image_build,
+    wait_exit,
+)
 from plugin_harness import GPU, fake_nvml_lib  # noqa: F401 (fixture)
 from standins.containerd_instance import ContainerdInstance
 from standins.fake_nvml import FakeGpu
@@ -34,7 +41,6 @@ from standins.kubelet import HEALTHY, UNHEALTHY
 
 pytestmark = pytest.mark.slow
 
-EPOCH = "1765000000"  # SOURCE_DATE_EPOCH: two builds of one checkout give one image
 PLUGIN_PACKAGES = {
     "gpunode",
     "click",
@@ -57,14 +63,7 @@ def image_build() -> Iterator[tuple[Path, str]]:
         pytest.fail("the image tests need root (mmdebstrap, containerd): run them as tests/run does")
     out = Path(tempfile.mkdtemp(prefix="gpn-image-"))
     archive = out / "gpunode-plugin.tar"
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(archive)]
-        + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
-    )
+    result = run_image_build("--archive", str(archive))
     assert result.returncode == 0, result.stdout + result.stderr
     yield archive, result.stdout
     shutil.rmtree(out, ignore_errors=True)
@@ -72,15 +71,8 @@ def image_build() -> Iterator[tuple[Path, str]]:
 
 @pytest.fixture(scope="module")
 def containerd(image_build: tuple[Path, str]) -> Iterator[ContainerdInstance]:
-    workdir = Path(tempfile.mkdtemp(prefix="gpn-ctd-", dir="/tmp"))
-    instance = ContainerdInstance(workdir)
-    instance.start()
-    try:
-        instance.ctr("images", "import", str(image_build[0]))
+    with containerd_with_image(image_build[0]) as instance:
         yield instance
-    finally:
-        instance.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -94,7 +86,7 @@ def world(containerd: ContainerdInstance, fake_nvml_lib: Path) -> Iterator[Image
 
 def test_build_prints_size_and_only_the_plugin_dependencies(image_build: tuple[Path, str]) -> None:
     archive, stdout = image_build
-    assert f"built ghcr.io/gpunode/gpunode:{_version()} into {archive}" in stdout
+    assert f"built ghcr.io/gpunode/gpunode:{gpunode_version()} into {archive}" in stdout
     packages_line = next(line for line in stdout.splitlines() if "python packages:" in line)
     names = {item.strip().rsplit(" ", 1)[0] for item in packages_line.split(":", 1)[1].split(",")}
     assert names == PLUGIN_PACKAGES
@@ -109,8 +101,11 @@ def test_build_prints_size_and_only_the_plugin_dependencies(image_build: tuple[P
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
         docker = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     assert {"oci-layout", "index.json", "manifest.json"} <= names_in
-    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == f"ghcr.io/gpunode/gpunode:{_version()}"
-    assert docker[0]["RepoTags"] == [f"ghcr.io/gpunode/gpunode:{_version()}"]
+    assert (
+        index["manifests"][0]["annotations"]["io.containerd.image.name"]
+        == f"ghcr.io/gpunode/gpunode:{gpunode_version()}"
+    )
+    assert docker[0]["RepoTags"] == [f"ghcr.io/gpunode/gpunode:{gpunode_version()}"]
     assert all(layer in names_in for layer in docker[0]["Layers"])
 
 
@@ -122,14 +117,7 @@ def test_a_second_build_is_the_same_image_and_json_keeps_the_contract(image_buil
     archive, text = image_build
     first = next(line for line in text.splitlines() if "manifest:" in line).split()[-1]
     again = archive.with_name("again.tar")
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "image", "build", "--archive", str(again), "--output", "json"]
-        + ["--cache-dir", str(test_cache_dir() / "plugin-image")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
-    )
+    result = run_image_build("--archive", str(again), "--output", "json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     jsonschema.validate(document, json.loads(SCHEMA_PATH.read_text()))
@@ -154,12 +142,6 @@ def test_bad_archive_paths_are_refused_before_building(tmp_path: Path) -> None:
         assert result.stdout == ""
 
 
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("gpunode")
-
-
 def test_image_holds_the_plugin_and_nothing_of_the_operator_side(
     containerd: ContainerdInstance, tmp_path: Path
 ) -> None:
@@ -169,7 +151,7 @@ def test_image_holds_the_plugin_and_nothing_of_the_operator_side(
         "print(json.dumps([n for n in ('pyinfra', 'gevent', 'jinja2', 'pip') if u.find_spec(n)]))"
     )
     log = tmp_path / "probe.log"
-    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{_version()}", "probe", [], ["python", "-c", probe], log)
+    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{gpunode_version()}", "probe", [], ["python", "-c", probe], log)
     assert wait_exit(proc, log) == 0, log.read_text()
     lines = log.read_text().splitlines()
     assert set(json.loads(lines[0])) == PLUGIN_PACKAGES
@@ -177,7 +159,7 @@ def test_image_holds_the_plugin_and_nothing_of_the_operator_side(
     # No command given: the image's own ENTRYPOINT and CMD, the Containerfile's
     # `python -m gpunode.plugin serve`. No NVML here: it fails on NVML and says so, exit 1.
     default_log = tmp_path / "default.log"
-    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{_version()}", "default", [], [], default_log)
+    proc = containerd.run(f"ghcr.io/gpunode/gpunode:{gpunode_version()}", "default", [], [], default_log)
     assert wait_exit(proc, default_log) == 1, default_log.read_text()
     assert "nvml_init_failed reason=library_not_found" in default_log.read_text()
 
@@ -186,7 +168,7 @@ def test_rendered_daemonset_runs_registers_allocates_and_survives(world: ImageWo
     daemonset = world.daemonset()
     spec = daemonset["spec"]["template"]["spec"]
     container = spec["containers"][0]
-    assert container["image"] == f"ghcr.io/gpunode/gpunode:{_version()}"  # the image just imported
+    assert container["image"] == f"ghcr.io/gpunode/gpunode:{gpunode_version()}"  # the image just imported
     library = next(v for v in spec["volumes"] if v["name"] == "nvml-library")
     assert library["hostPath"] == {"path": str(world.link.resolve()), "type": "File"}
 
